@@ -1,0 +1,209 @@
+"""A strict, deterministic POSIX ustar codec for model bundles.
+
+Bundles are plain ``ustar`` archives (readable by ``tar -tvf``), but this
+module writes and reads only the subset a bundle needs: regular files with
+safe relative names. Writing is canonical (fixed mode, owner and time; the
+caller's order), so the same members always give the same bytes. Reading
+trusts nothing: every header is checksummed, every size is capped before any
+data is touched, and links, devices, extended headers, path traversal,
+truncation and trailing garbage are refused with a typed error.
+
+Pure: bytes in, bytes out; no file-system access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from edge_runtime.bundle.manifest import is_safe_member_name
+from edge_runtime.errors import (
+    BundleArchiveError,
+    BundleTooLargeError,
+    DuplicateMemberError,
+    UnsafeMemberError,
+)
+
+__all__ = ["ArchiveLimits", "pack_members", "unpack_members"]
+
+BLOCK = 512
+RECORD = 20 * BLOCK  # what tar(1) pads archives to
+_MAX_OCTAL_SIZE = 8**11 - 1  # 11 octal digits in the size field
+_REGULAR = {b"0", b"\0", b"7"}  # '7' is a contiguous file, treated as regular by POSIX
+_DIRECTORY = b"5"
+_LINK_TYPES = {b"1": "hard link", b"2": "symbolic link"}
+_DEVICE_TYPES = {b"3": "character device", b"4": "block device", b"6": "FIFO"}
+_EXTENDED_TYPES = {
+    b"x": "pax extended header",
+    b"g": "pax global header",
+    b"L": "GNU long name",
+    b"K": "GNU long link name",
+}
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Caps applied while reading an archive, before its data is touched."""
+
+    max_archive_bytes: int = 512 * 1024 * 1024
+    max_member_bytes: int = 256 * 1024 * 1024
+    max_members: int = 64
+
+
+def _octal(value: int, width: int) -> bytes:
+    """``width``-byte field: zero-padded octal digits and a NUL terminator."""
+    return f"{value:0{width - 1}o}".encode("ascii") + b"\0"
+
+
+def _header(name: str, size: int) -> bytes:
+    encoded = name.encode("utf-8")
+    prefix = b""
+    if len(encoded) > 100:
+        split = encoded.rfind(b"/", 0, 156)
+        if split <= 0 or len(encoded) - split - 1 > 100:
+            raise BundleArchiveError(f"member name {name!r} is too long for a ustar header")
+        prefix, encoded = encoded[:split], encoded[split + 1 :]
+    if size > _MAX_OCTAL_SIZE:
+        raise BundleTooLargeError(f"member {name!r} ({size} bytes) is too large for ustar")
+    header = bytearray(BLOCK)
+    header[0:100] = encoded.ljust(100, b"\0")
+    header[100:108] = _octal(0o644, 8)
+    header[108:116] = _octal(0, 8)  # uid
+    header[116:124] = _octal(0, 8)  # gid
+    header[124:136] = _octal(size, 12)
+    header[136:148] = _octal(0, 12)  # mtime: fixed, for reproducible bundles
+    header[148:156] = b" " * 8
+    header[156:157] = b"0"
+    header[257:263] = b"ustar\0"
+    header[263:265] = b"00"
+    header[329:337] = _octal(0, 8)  # devmajor
+    header[337:345] = _octal(0, 8)  # devminor
+    header[345:500] = prefix.ljust(155, b"\0")
+    header[148:156] = f"{sum(header):06o}".encode("ascii") + b"\0 "
+    return bytes(header)
+
+
+def pack_members(members: Iterable[tuple[str, bytes]]) -> bytes:
+    """Canonical ustar bytes for ``(name, data)`` pairs, in the order given."""
+    out = bytearray()
+    seen: set[str] = set()
+    for name, data in members:
+        if not is_safe_member_name(name):
+            raise UnsafeMemberError(f"refusing to write unsafe member name {name!r}")
+        if name in seen:
+            raise DuplicateMemberError(f"member {name!r} given twice")
+        seen.add(name)
+        out += _header(name, len(data))
+        out += data
+        out += b"\0" * (-len(data) % BLOCK)
+    out += b"\0" * (2 * BLOCK)
+    out += b"\0" * (-len(out) % RECORD)
+    return bytes(out)
+
+
+def _parse_octal(field: bytes, what: str, where: str) -> int:
+    text = field.rstrip(b"\0 ").lstrip(b" ")
+    if not text:
+        return 0
+    if not all(48 <= byte <= 55 for byte in text):
+        raise BundleArchiveError(f"{where}: {what} field {field!r} is not an octal number")
+    return int(text, 8)
+
+
+def _checksum_ok(header: bytes, stored: int) -> bool:
+    blanked = header[:148] + b" " * 8 + header[156:]
+    unsigned = sum(blanked)
+    signed = sum(byte - 256 if byte > 127 else byte for byte in blanked)
+    return stored in {unsigned, signed}
+
+
+def _member_name(header: bytes, where: str) -> str:
+    raw_name = header[0:100].split(b"\0", 1)[0]
+    prefix = header[345:500].split(b"\0", 1)[0]
+    raw = prefix + b"/" + raw_name if prefix else raw_name
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnsafeMemberError(f"{where}: member name {raw!r} is not UTF-8") from exc
+
+
+def unpack_members(data: bytes, limits: ArchiveLimits | None = None) -> dict[str, bytes]:
+    """Read a bundle archive into ``{name: bytes}``; raise a :class:`BundleError` on anything odd."""
+    limits = limits or ArchiveLimits()
+    if len(data) > limits.max_archive_bytes:
+        raise BundleTooLargeError(
+            f"archive is {len(data)} bytes, over the {limits.max_archive_bytes}-byte cap"
+        )
+    if len(data) < 2 * BLOCK:
+        raise BundleArchiveError(f"archive is {len(data)} bytes, too short to be a ustar archive")
+    members: dict[str, bytes] = {}
+    offset = 0
+    while True:
+        where = f"header at byte {offset}"
+        if offset + BLOCK > len(data):
+            raise BundleArchiveError(f"archive is truncated: {where} is incomplete")
+        header = data[offset : offset + BLOCK]
+        if header == b"\0" * BLOCK:
+            break
+        stored = _parse_octal(header[148:156], "checksum", where)
+        if not _checksum_ok(header, stored):
+            raise BundleArchiveError(f"{where}: header checksum does not match (corrupt archive)")
+        if header[257:263] not in {b"ustar\0", b"ustar "}:
+            raise BundleArchiveError(f"{where}: not a ustar header (magic {header[257:263]!r})")
+        name = _member_name(header, where)
+        typeflag = header[156:157]
+        if typeflag in _LINK_TYPES:
+            raise UnsafeMemberError(f"member {name!r} is a {_LINK_TYPES[typeflag]}; links are refused")
+        if typeflag in _DEVICE_TYPES:
+            raise UnsafeMemberError(f"member {name!r} is a {_DEVICE_TYPES[typeflag]}; refused")
+        if typeflag in _EXTENDED_TYPES:
+            raise BundleArchiveError(
+                f"{where}: {_EXTENDED_TYPES[typeflag]} is not supported in bundles; "
+                "write the archive with `edgefleet bundle pack` or `tar --format=ustar`"
+            )
+        if typeflag not in _REGULAR and typeflag != _DIRECTORY:
+            raise UnsafeMemberError(f"member {name!r} has unknown type flag {typeflag!r}")
+        is_dir = typeflag == _DIRECTORY
+        check_name = name[:-1] if is_dir and name.endswith("/") else name
+        if check_name.startswith("/"):
+            raise UnsafeMemberError(f"member {name!r} has an absolute path")
+        if ".." in check_name.split("/"):
+            raise UnsafeMemberError(f"member {name!r} has a '..' component (path traversal)")
+        if not is_safe_member_name(check_name):
+            raise UnsafeMemberError(f"member {name!r} is not a safe relative path")
+        size = _parse_octal(header[124:136], "size", f"member {name!r}")
+        if is_dir:
+            if size:
+                raise BundleArchiveError(f"directory member {name!r} claims {size} bytes")
+            offset += BLOCK
+            continue
+        if len(members) >= limits.max_members:
+            raise BundleTooLargeError(f"archive holds more than {limits.max_members} members")
+        if size > limits.max_member_bytes:
+            raise BundleTooLargeError(
+                f"member {name!r} is {size} bytes, over the {limits.max_member_bytes}-byte cap"
+            )
+        if name in members:
+            raise DuplicateMemberError(f"member {name!r} appears twice in the archive")
+        start = offset + BLOCK
+        end = start + size
+        if end > len(data):
+            raise BundleArchiveError(
+                f"archive is truncated inside member {name!r} "
+                f"({len(data) - start} of {size} bytes present)"
+            )
+        members[name] = data[start:end]
+        offset = end + (-size % BLOCK)
+        if any(data[end:offset]):
+            raise BundleArchiveError(f"padding after member {name!r} is not zero (corrupt archive)")
+    if offset + 2 * BLOCK > len(data) or data[offset + BLOCK : offset + 2 * BLOCK] != b"\0" * BLOCK:
+        raise BundleArchiveError("archive ends without its two end-of-archive blocks")
+    if any(data[offset:]):
+        raise BundleArchiveError("archive has data after its end-of-archive marker")
+    return members
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lowercase hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()

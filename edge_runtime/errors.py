@@ -1,0 +1,84 @@
+"""The edgefleet exception hierarchy, rooted in :class:`EdgefleetError`.
+
+Every package raises its own sub-tree (``converter.errors``,
+``fleet_server.errors`` extend it); broad ``except`` clauses exist only at a
+boundary (CLI, network handler) and always re-raise as one of these with
+``raise ... from e``. Class names say who is at fault, in the manner of
+python-tuf's ``RepositoryError`` / ``DownloadError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BundleArchiveError",
+    "BundleError",
+    "BundleTooLargeError",
+    "DuplicateMemberError",
+    "EdgefleetError",
+    "HashMismatchError",
+    "ManifestError",
+    "MemberContentError",
+    "MissingMemberError",
+    "RuntimeDeviceError",
+    "UnexpectedMemberError",
+    "UnsafeMemberError",
+    "UnsupportedSchemaVersionError",
+]
+
+
+class EdgefleetError(Exception):
+    """Root of every error that edgefleet raises on purpose."""
+
+
+# --- model bundle -----------------------------------------------------------
+
+
+class BundleError(EdgefleetError):
+    """A model bundle is unreadable, unsafe or inconsistent; it must not be used."""
+
+
+class BundleArchiveError(BundleError):
+    """The archive itself is malformed: not ustar, truncated, bad checksum, trailing data."""
+
+
+class BundleTooLargeError(BundleError):
+    """The archive, one member or the number of members is over its size cap."""
+
+
+class UnsafeMemberError(BundleError):
+    """A member could escape or abuse the destination: traversal, absolute path, link, device."""
+
+
+class DuplicateMemberError(BundleError):
+    """The same member name appears twice in the archive."""
+
+
+class MissingMemberError(BundleError):
+    """A member the manifest lists (or ``manifest.json`` itself) is not in the archive."""
+
+
+class UnexpectedMemberError(BundleError):
+    """The archive holds a member that the manifest does not list."""
+
+
+class HashMismatchError(BundleError):
+    """A member's bytes do not match the size or sha256 recorded in the manifest."""
+
+
+class ManifestError(BundleError):
+    """``manifest.json`` is not valid JSON or does not match the schema; the message names the field."""
+
+
+class UnsupportedSchemaVersionError(ManifestError):
+    """The manifest was written for a schema version this runtime does not know."""
+
+
+class MemberContentError(BundleError):
+    """A member's content is unusable (model without its format's magic, bad golden array)."""
+
+
+# --- device runtime ---------------------------------------------------------
+
+
+class RuntimeDeviceError(EdgefleetError):
+    """Root of the device runtime's own errors (sources, backends, config)."""

@@ -1,0 +1,1 @@
+"""Subcommand groups of the ``edgefleet`` CLI, one module each, imported lazily."""

@@ -1,0 +1,63 @@
+"""Tiny real models for tests: a TFLite classifier made by TensorFlow, an ONNX one by onnx.helper.
+
+Both are real files that the real runtimes load; they are built in seconds,
+deterministically (fixed seeds), so nothing binary is committed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LABELS = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
+SIZE = 32
+
+
+def tiny_tflite_model(num_classes: int = len(LABELS), size: int = SIZE) -> bytes:
+    """A small float32 Keras CNN (softmax head) converted to a TFLite flatbuffer."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(7)
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((size, size, 3), batch_size=1, name="image"),
+            tf.keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
+            tf.keras.layers.GlobalAveragePooling2D(),
+            tf.keras.layers.Dense(num_classes, activation="softmax"),
+        ]
+    )
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    return bytes(converter.convert())
+
+
+def tiny_onnx_model(num_classes: int = len(LABELS), size: int = SIZE) -> bytes:
+    """A float32 NHWC ONNX classifier: global mean pool, then a seeded dense layer (logits)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    weights = rng.normal(size=(3, num_classes)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["image", "axes"], ["pooled"], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "weights"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, size, size, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, num_classes])],
+        initializer=[
+            numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "axes"),
+            numpy_helper.from_array(weights, "weights"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def tflite_tensor_names(model: bytes) -> tuple[str, str]:
+    """(input name, output name) of a single-input, single-output TFLite model, per LiteRT."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model)
+    return interpreter.get_input_details()[0]["name"], interpreter.get_output_details()[0]["name"]

@@ -1,0 +1,139 @@
+"""The bundle format: round trips, canonical bytes, compatibility with tar(1)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.bundle import (
+    MANIFEST_NAME,
+    QualityReport,
+    build_bundle,
+    decode_frame,
+    load_manifest,
+    parse_bundle,
+    read_bundle,
+    write_bundle,
+)
+from edge_runtime.bundle.ustar import sha256_hex, unpack_members
+from tests.conftest import golden_frame, manifest_for, members_for
+from tests.models import LABELS, tflite_tensor_names
+
+
+def test_round_trip_keeps_manifest_members_and_frames(onnx_model: bytes) -> None:
+    manifest = manifest_for("onnx")
+    data = build_bundle(manifest, members_for(onnx_model))
+    bundle = parse_bundle(data)
+    assert bundle.manifest.model == manifest.model
+    assert bundle.manifest.labels == LABELS
+    assert bundle.model_bytes == onnx_model
+    assert bundle.sha256 == sha256_hex(data)
+    assert bundle.id == f"sha256:{bundle.sha256}"
+    frames = bundle.golden_frames()
+    assert [f.shape for f in frames] == [(48, 64, 3), (48, 64, 3)]
+    np.testing.assert_array_equal(frames[1], golden_frame(1))
+    # the files table is computed from the members, never taken from the caller
+    assert bundle.manifest.files["model.onnx"].sha256 == sha256_hex(onnx_model)
+    assert bundle.manifest.files["model.onnx"].size == len(onnx_model)
+
+
+def test_real_tflite_model_bundle(tflite_model: bytes, tmp_path: Path) -> None:
+    names = tflite_tensor_names(tflite_model)
+    written = write_bundle(
+        tmp_path / "tiny.efb",
+        manifest_for("tflite", names=names),
+        members_for(tflite_model, "tflite"),
+    )
+    again = read_bundle(tmp_path / "tiny.efb")
+    assert again.sha256 == written.sha256
+    assert again.manifest.model.inputs[0].name == names[0]
+    assert again.model_bytes[4:8] == b"TFL3"
+
+
+def test_same_inputs_give_identical_bytes(onnx_model: bytes) -> None:
+    members = members_for(onnx_model)
+    first = build_bundle(manifest_for(), members)
+    reordered = dict(reversed(list(members.items())))
+    second = build_bundle(manifest_for(), reordered)
+    assert first == second
+    changed = build_bundle(manifest_for(version="1.0.1"), members)
+    assert changed != first
+
+
+def test_archive_is_canonical_ustar_readable_by_tarfile(valid_bundle: bytes) -> None:
+    with tarfile.open(fileobj=io.BytesIO(valid_bundle), mode="r:") as archive:
+        infos = archive.getmembers()
+    assert [i.name for i in infos] == [MANIFEST_NAME, "golden/000.npy", "golden/001.npy", "model.onnx"]
+    assert {(i.mtime, i.uid, i.gid, i.mode, i.uname, i.gname) for i in infos} == {(0, 0, 0, 0o644, "", "")}
+    assert len(valid_bundle) % 10240 == 0
+
+
+def test_tar_cli_bundle_is_accepted(valid_bundle: bytes, tmp_path: Path) -> None:
+    """A bundle re-made by GNU tar in ustar format (as a hand-writer would) still reads."""
+    members = unpack_members(valid_bundle)
+    src = tmp_path / "src"
+    for name, data in members.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    out = tmp_path / "by-tar.efb"
+    subprocess.run(
+        ["tar", "--format=ustar", "-C", str(src), "-cf", str(out), "manifest.json", "golden", "model.onnx"],
+        check=True,
+    )
+    bundle = read_bundle(out)
+    assert bundle.manifest == parse_bundle(valid_bundle).manifest
+
+
+def test_manifest_dump_is_canonical_json(valid_bundle: bytes) -> None:
+    raw = unpack_members(valid_bundle)[MANIFEST_NAME]
+    assert raw.endswith(b"\n")
+    manifest = load_manifest(raw)
+    assert manifest.schema_version == 1
+    assert raw.decode().index('"compatibility"') < raw.decode().index('"model"')
+
+
+def test_quality_report_round_trips(make_bundle: Callable[..., bytes]) -> None:
+    report = QualityReport.model_validate(
+        {
+            "dataset": {"name": "trashnet/val", "sha256": "a" * 64, "num_images": 328},
+            "float_accuracy": 0.81,
+            "accuracy": 0.805,
+            "top1_agreement": 0.985,
+            "accuracy_drop_points": 0.5,
+            "per_class": [{"label": "glass", "support": 50, "float_accuracy": 0.8, "accuracy": 0.78}],
+            "confusion": [[1, 0], [0, 1]],
+            "passed": True,
+            "thresholds": {"max_accuracy_drop": 1.0, "min_agreement": 0.98},
+        }
+    )
+    bundle = parse_bundle(make_bundle(quality=report))
+    assert bundle.manifest.quality == report
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"labels": ["a", "b"]}, "6 classes but 2 labels"),
+        ({"labels": ["a", "a", "b", "c", "d", "e"]}, "appears twice"),
+        ({"version": "one"}, "version"),
+        ({"name": "Has Spaces"}, "name"),
+    ],
+)
+def test_inconsistent_manifest_is_refused_when_built(
+    make_bundle: Callable[..., bytes], override: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ValueError, match=field):
+        make_bundle(**override)
+
+
+def test_frame_encoding_round_trips() -> None:
+    from edge_runtime.bundle import encode_frame
+
+    frame = golden_frame(3, 7, 5)
+    np.testing.assert_array_equal(decode_frame(encode_frame(frame), "x.npy"), frame)

@@ -1,0 +1,339 @@
+"""Hostile bundles: every way an archive can lie is refused with a typed error naming the culprit."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_runtime.bundle import MANIFEST_NAME, BundleLimits, parse_bundle, read_bundle
+from edge_runtime.bundle.ustar import pack_members, sha256_hex, unpack_members
+from edge_runtime.errors import (
+    BundleArchiveError,
+    BundleError,
+    BundleTooLargeError,
+    DuplicateMemberError,
+    EdgefleetError,
+    HashMismatchError,
+    ManifestError,
+    MemberContentError,
+    MissingMemberError,
+    UnexpectedMemberError,
+    UnsafeMemberError,
+    UnsupportedSchemaVersionError,
+)
+
+
+def tar_with(members: dict[str, bytes], *extra: tarfile.TarInfo, fmt: int = tarfile.USTAR_FORMAT) -> bytes:
+    """A tar made by Python's tarfile: the bundle's members plus hand-made entries."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for info in extra:
+            archive.addfile(info, io.BytesIO(b"x" * info.size) if info.isreg() else None)
+    return buffer.getvalue()
+
+
+def entry(name: str, kind: bytes = tarfile.REGTYPE, size: int = 0, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = size
+    info.linkname = link
+    return info
+
+
+def with_manifest(valid: bytes, edit: Callable[[dict], None]) -> dict[str, bytes]:
+    members = unpack_members(valid)
+    manifest = json.loads(members[MANIFEST_NAME])
+    edit(manifest)
+    members[MANIFEST_NAME] = json.dumps(manifest).encode()
+    return members
+
+
+def refuse(data: bytes, error: type[BundleError], *words: str, limits: BundleLimits | None = None) -> str:
+    with pytest.raises(error) as caught:
+        parse_bundle(data, limits)
+    message = str(caught.value)
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+    return message
+
+
+# --- archive level -----------------------------------------------------------
+
+
+def test_path_traversal(valid_bundle: bytes) -> None:
+    refuse(tar_with(unpack_members(valid_bundle), entry("golden/../../etc/cron.d/x", size=1)),
+           UnsafeMemberError, "golden/../../etc/cron.d/x", "traversal")
+
+
+def test_absolute_path(valid_bundle: bytes) -> None:
+    refuse(tar_with(unpack_members(valid_bundle), entry("/etc/passwd", size=1)),
+           UnsafeMemberError, "/etc/passwd", "absolute")
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        (tarfile.SYMTYPE, "symbolic link"),
+        (tarfile.LNKTYPE, "hard link"),
+        (tarfile.CHRTYPE, "character device"),
+        (tarfile.BLKTYPE, "block device"),
+        (tarfile.FIFOTYPE, "FIFO"),
+    ],
+)
+def test_links_and_devices(valid_bundle: bytes, kind: bytes, words: str) -> None:
+    evil = entry("model-link", kind, link="/etc/shadow" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else "")
+    refuse(tar_with(unpack_members(valid_bundle), evil), UnsafeMemberError, "model-link", words)
+
+
+def test_pax_headers_are_refused(valid_bundle: bytes) -> None:
+    members = unpack_members(valid_bundle)
+    members["golden/" + "x" * 120 + ".npy"] = b"1"
+    refuse(tar_with(members, fmt=tarfile.PAX_FORMAT), BundleArchiveError, "pax")
+
+
+def test_archive_over_cap(valid_bundle: bytes) -> None:
+    refuse(valid_bundle, BundleTooLargeError, "cap", limits=BundleLimits(max_archive_bytes=4096))
+
+
+def test_member_over_cap_is_refused_before_reading(valid_bundle: bytes) -> None:
+    refuse(valid_bundle, BundleTooLargeError, "cap", limits=BundleLimits(max_member_bytes=200))
+
+
+def test_manifest_over_cap(valid_bundle: bytes) -> None:
+    refuse(valid_bundle, BundleTooLargeError, MANIFEST_NAME, limits=BundleLimits(max_manifest_bytes=100))
+
+
+def test_too_many_members(valid_bundle: bytes) -> None:
+    members = unpack_members(valid_bundle)
+    members.update({f"junk/{i}": b"" for i in range(70)})
+    refuse(pack_members(members.items()), BundleTooLargeError, "more than 64 members")
+
+
+def test_huge_declared_size_is_refused_without_allocation(valid_bundle: bytes) -> None:
+    # a header that claims 8 GiB in a 10 KiB archive
+    data = bytearray(valid_bundle)
+    header = bytearray(data[:512])
+    header[124:136] = b"77777777777\0"
+    header[148:156] = b" " * 8
+    header[148:156] = f"{sum(header):06o}".encode() + b"\0 "
+    data[:512] = header
+    refuse(bytes(data), BundleTooLargeError, MANIFEST_NAME)
+
+
+def test_duplicate_member(valid_bundle: bytes) -> None:
+    members = unpack_members(valid_bundle)
+    data = tar_with(members, entry("model.onnx", size=3))
+    refuse(data, DuplicateMemberError, "model.onnx")
+
+
+def test_truncated_archive(valid_bundle: bytes) -> None:
+    refuse(valid_bundle[:1500], BundleArchiveError, "truncated")
+
+
+def test_empty_and_tiny_input() -> None:
+    refuse(b"", BundleArchiveError, "too short")
+    refuse(b"PK\x03\x04" + b"\0" * 2000, BundleArchiveError, "checksum")
+
+
+def test_trailing_garbage(valid_bundle: bytes) -> None:
+    refuse(valid_bundle + b"appended" + b"\0" * 504, BundleArchiveError, "after its end")
+
+
+def test_bad_header_checksum(valid_bundle: bytes) -> None:
+    data = bytearray(valid_bundle)
+    data[5] ^= 0x01  # inside the first member's name
+    refuse(bytes(data), BundleArchiveError, "checksum")
+
+
+def test_compressed_archive_is_refused(valid_bundle: bytes) -> None:
+    import gzip
+
+    refuse(gzip.compress(valid_bundle), BundleArchiveError)
+
+
+# --- member set and hashes ---------------------------------------------------------
+
+
+def test_missing_manifest(valid_bundle: bytes) -> None:
+    members = unpack_members(valid_bundle)
+    del members[MANIFEST_NAME]
+    refuse(pack_members(members.items()), MissingMemberError, MANIFEST_NAME)
+
+
+def test_missing_member(valid_bundle: bytes) -> None:
+    members = unpack_members(valid_bundle)
+    del members["golden/001.npy"]
+    refuse(pack_members(members.items()), MissingMemberError, "golden/001.npy")
+
+
+def test_extra_member(valid_bundle: bytes) -> None:
+    members = unpack_members(valid_bundle)
+    members["payload.sh"] = b"#!/bin/sh\nrm -rf /\n"
+    refuse(pack_members(members.items()), UnexpectedMemberError, "payload.sh")
+
+
+def test_listed_but_unused_member(valid_bundle: bytes) -> None:
+    def add(manifest: dict) -> None:
+        manifest["files"]["notes.txt"] = {"size": 2, "sha256": sha256_hex(b"hi")}
+
+    members = with_manifest(valid_bundle, add)
+    members["notes.txt"] = b"hi"
+    refuse(pack_members(members.items()), UnexpectedMemberError, "notes.txt")
+
+
+def test_tampered_model_bytes(valid_bundle: bytes) -> None:
+    members = unpack_members(valid_bundle)
+    model = bytearray(members["model.onnx"])
+    model[-1] ^= 0xFF
+    members["model.onnx"] = bytes(model)
+    refuse(pack_members(members.items()), HashMismatchError, "model.onnx", "tampered")
+
+
+def test_size_mismatch(valid_bundle: bytes) -> None:
+    members = unpack_members(valid_bundle)
+    members["golden/000.npy"] += b"\0"
+    refuse(pack_members(members.items()), HashMismatchError, "golden/000.npy", "bytes")
+
+
+# --- manifest ------------------------------------------------------------------------
+
+
+def test_schema_error_names_the_field(valid_bundle: bytes) -> None:
+    def bad_dtype(manifest: dict) -> None:
+        manifest["model"]["inputs"][0]["dtype"] = "complex128"
+
+    refuse(pack_members(with_manifest(valid_bundle, bad_dtype).items()), ManifestError, "model.inputs.0.dtype")
+
+
+def test_unknown_field_is_refused(valid_bundle: bytes) -> None:
+    def typo(manifest: dict) -> None:
+        manifest["preprocessing"]["colour_order"] = "rgb"
+
+    refuse(pack_members(with_manifest(valid_bundle, typo).items()), ManifestError, "preprocessing.colour_order")
+
+
+def test_unknown_schema_version(valid_bundle: bytes) -> None:
+    def future(manifest: dict) -> None:
+        manifest["schema_version"] = 2
+
+    refuse(pack_members(with_manifest(valid_bundle, future).items()), UnsupportedSchemaVersionError, "schema_version 2")
+
+
+def test_missing_schema_version(valid_bundle: bytes) -> None:
+    refuse(pack_members(with_manifest(valid_bundle, lambda m: m.pop("schema_version")).items()),
+           ManifestError, "schema_version")
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"schema_version": 1, "schema_version": 1}', "appears twice"),
+        (b'{"schema_version": NaN}', "NaN"),
+        (b"\xff\xfe{}", "UTF-8"),
+        (b"[" * 100000 + b"]" * 100000, "deeply"),
+    ],
+)
+def test_malformed_manifest(valid_bundle: bytes, raw: bytes, words: str) -> None:
+    members = unpack_members(valid_bundle)
+    members[MANIFEST_NAME] = raw
+    refuse(pack_members(members.items()), ManifestError, MANIFEST_NAME, words)
+
+
+def test_traversal_inside_manifest_reference(valid_bundle: bytes) -> None:
+    def point_outside(manifest: dict) -> None:
+        manifest["model"]["file"] = "../model.onnx"
+
+    refuse(pack_members(with_manifest(valid_bundle, point_outside).items()), ManifestError, "model.file")
+
+
+# --- member content ---------------------------------------------------------------
+
+
+def test_model_without_format_magic(make_bundle: Callable[..., bytes], tflite_model: bytes) -> None:
+    from edge_runtime.bundle import build_bundle
+    from tests.conftest import manifest_for, members_for
+
+    with pytest.raises(MemberContentError, match="model.tflite"):
+        build_bundle(manifest_for("tflite"), members_for(b"\x08\x01 this is not a flatbuffer", "tflite"))
+    with pytest.raises(MemberContentError, match="model.onnx"):
+        build_bundle(manifest_for("onnx"), members_for(tflite_model, "onnx"))
+
+
+@pytest.mark.parametrize(
+    ("array", "words"),
+    [
+        (np.zeros((4, 4, 3), np.float32), "dtype"),
+        (np.zeros((4, 4), np.uint8), "H x W x 3"),
+        (np.array([{"a": 1}], dtype=object), "golden/000.npy"),
+    ],
+)
+def test_bad_golden_frames(valid_bundle: bytes, array: np.ndarray, words: str) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    members = unpack_members(valid_bundle)
+    members["golden/000.npy"] = buffer.getvalue()
+
+    def rehash(manifest: dict) -> None:
+        manifest["files"]["golden/000.npy"] = {
+            "size": len(buffer.getvalue()),
+            "sha256": sha256_hex(buffer.getvalue()),
+        }
+
+    members[MANIFEST_NAME] = with_manifest(pack_members(members.items()), rehash)[MANIFEST_NAME]
+    refuse(pack_members(members.items()), MemberContentError, words)
+
+
+def test_read_bundle_names_the_file(tmp_path: Path, valid_bundle: bytes) -> None:
+    path = tmp_path / "broken.efb"
+    path.write_bytes(valid_bundle[:2000])
+    with pytest.raises(BundleArchiveError, match="broken.efb"):
+        read_bundle(path)
+    with pytest.raises(BundleArchiveError, match="cannot read"):
+        read_bundle(tmp_path / "absent.efb")
+    with pytest.raises(BundleArchiveError, match="not a regular file"):
+        read_bundle(tmp_path)
+
+
+# --- fuzzing ------------------------------------------------------------------------
+
+mutation = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 2**31), st.integers(1, 255)),
+    st.tuples(st.just("truncate"), st.integers(0, 2**31), st.just(0)),
+    st.tuples(st.just("insert"), st.integers(0, 2**31), st.integers(0, 255)),
+    st.tuples(st.just("delete"), st.integers(0, 2**31), st.integers(1, 600)),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutations=st.lists(mutation, min_size=1, max_size=4))
+def test_random_mutations_raise_only_our_errors(valid_bundle: bytes, mutations: list[tuple[str, int, int]]) -> None:
+    data = bytearray(valid_bundle)
+    # Bias positions towards the headers and the manifest, where parsing is most intricate.
+    for kind, position, value in mutations:
+        index = position % (len(data) or 1) if position % 3 else position % 2048 % (len(data) or 1)
+        if kind == "flip" and data:
+            data[index] ^= value
+        elif kind == "truncate":
+            del data[index:]
+        elif kind == "insert":
+            data.insert(index, value)
+        elif kind == "delete":
+            del data[index : index + value]
+    try:
+        parse_bundle(bytes(data))
+    except EdgefleetError:
+        pass
