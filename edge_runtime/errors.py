@@ -66,7 +66,7 @@ class HashMismatchError(BundleError):
 
 
 class ManifestError(BundleError):
-    """``manifest.json`` is not valid JSON or does not match the schema; the message names the field."""
+    """``manifest.json`` is not valid JSON or breaks the schema; the message names the field."""
 
 
 class UnsupportedSchemaVersionError(ManifestError):

@@ -53,7 +53,9 @@ def manifest_for(
             inputs=[TensorSpec(name=in_name, shape=[1, SIZE, SIZE, 3], dtype="float32")],
             outputs=[TensorSpec(name=out_name, shape=[1, len(LABELS)], dtype="float32")],
         ),
-        "preprocessing": Preprocessing(height=SIZE, width=SIZE, mean=(0, 0, 0), std=(255, 255, 255)),
+        "preprocessing": Preprocessing(
+            height=SIZE, width=SIZE, mean=(0, 0, 0), std=(255, 255, 255)
+        ),
         "labels": LABELS,
         "postprocessing": Postprocessing(apply_softmax=model_format == "onnx", top_k=3),
         "golden": GoldenSet(

@@ -294,7 +294,7 @@ class FileEntry(_Strict):
 class ManifestSpec(_Strict):
     """The whole ``manifest.json`` (schema version 1)."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: str = Field(pattern=_SLUG_RE.pattern, description="model name, a lowercase slug")
     version: str = Field(pattern=_VERSION_RE.pattern, description="semantic version")
     description: str = Field(default="", max_length=4096)
@@ -326,7 +326,8 @@ class ManifestSpec(_Strict):
         classes = output.shape[-1] if output.shape else None
         if classes is not None and classes != -1 and classes != len(self.labels):
             raise ValueError(
-                f"output {output.name!r} has {classes} classes but {len(self.labels)} labels are given"
+                f"output {output.name!r} has {classes} classes "
+                f"but {len(self.labels)} labels are given"
             )
         if self.postprocessing.uncertain_label in self.labels:
             raise ValueError(

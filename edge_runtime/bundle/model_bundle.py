@@ -133,7 +133,9 @@ def parse_bundle(data: bytes, limits: BundleLimits | None = None) -> Bundle:
     listed = set(manifest.files)
     present = set(members) - {MANIFEST_NAME}
     if missing := sorted(listed - present):
-        raise MissingMemberError(f"listed in {MANIFEST_NAME} but missing from the archive: {missing}")
+        raise MissingMemberError(
+            f"listed in {MANIFEST_NAME} but missing from the archive: {missing}"
+        )
     if extra := sorted(present - listed):
         raise UnexpectedMemberError(f"in the archive but not listed in {MANIFEST_NAME}: {extra}")
     if unused := sorted(listed - set(manifest.referenced_members())):

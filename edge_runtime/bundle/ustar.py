@@ -128,8 +128,64 @@ def _member_name(header: bytes, where: str) -> str:
         raise UnsafeMemberError(f"{where}: member name {raw!r} is not UTF-8") from exc
 
 
+@dataclass(frozen=True)
+class _Header:
+    name: str
+    size: int
+    is_dir: bool
+
+
+def _read_header(header: bytes, where: str) -> _Header:
+    """Check one 512-byte header block and return what a bundle needs of it."""
+    stored = _parse_octal(header[148:156], "checksum", where)
+    if not _checksum_ok(header, stored):
+        raise BundleArchiveError(f"{where}: header checksum does not match (corrupt archive)")
+    if header[257:263] not in {b"ustar\0", b"ustar "}:
+        raise BundleArchiveError(f"{where}: not a ustar header (magic {header[257:263]!r})")
+    name = _member_name(header, where)
+    typeflag = header[156:157]
+    if typeflag in _LINK_TYPES:
+        raise UnsafeMemberError(f"member {name!r} is a {_LINK_TYPES[typeflag]}; links are refused")
+    if typeflag in _DEVICE_TYPES:
+        raise UnsafeMemberError(f"member {name!r} is a {_DEVICE_TYPES[typeflag]}; refused")
+    if typeflag in _EXTENDED_TYPES:
+        raise BundleArchiveError(
+            f"{where}: {_EXTENDED_TYPES[typeflag]} is not supported in bundles; "
+            "write the archive with `edgefleet bundle pack` or `tar --format=ustar`"
+        )
+    if typeflag not in _REGULAR and typeflag != _DIRECTORY:
+        raise UnsafeMemberError(f"member {name!r} has unknown type flag {typeflag!r}")
+    is_dir = typeflag == _DIRECTORY
+    _check_name(name[:-1] if is_dir and name.endswith("/") else name, name)
+    size = _parse_octal(header[124:136], "size", f"member {name!r}")
+    if is_dir and size:
+        raise BundleArchiveError(f"directory member {name!r} claims {size} bytes")
+    return _Header(name=name, size=size, is_dir=is_dir)
+
+
+def _check_name(path: str, name: str) -> None:
+    if path.startswith("/"):
+        raise UnsafeMemberError(f"member {name!r} has an absolute path")
+    if ".." in path.split("/"):
+        raise UnsafeMemberError(f"member {name!r} has a '..' component (path traversal)")
+    if not is_safe_member_name(path):
+        raise UnsafeMemberError(f"member {name!r} is not a safe relative path")
+
+
+def _check_caps(header: _Header, members: dict[str, bytes], limits: ArchiveLimits) -> None:
+    if len(members) >= limits.max_members:
+        raise BundleTooLargeError(f"archive holds more than {limits.max_members} members")
+    if header.size > limits.max_member_bytes:
+        raise BundleTooLargeError(
+            f"member {header.name!r} is {header.size} bytes, "
+            f"over the {limits.max_member_bytes}-byte cap"
+        )
+    if header.name in members:
+        raise DuplicateMemberError(f"member {header.name!r} appears twice in the archive")
+
+
 def unpack_members(data: bytes, limits: ArchiveLimits | None = None) -> dict[str, bytes]:
-    """Read a bundle archive into ``{name: bytes}``; raise a :class:`BundleError` on anything odd."""
+    """Read a bundle archive into ``{name: bytes}``; any defect raises a :class:`BundleError`."""
     limits = limits or ArchiveLimits()
     if len(data) > limits.max_archive_bytes:
         raise BundleTooLargeError(
@@ -140,64 +196,30 @@ def unpack_members(data: bytes, limits: ArchiveLimits | None = None) -> dict[str
     members: dict[str, bytes] = {}
     offset = 0
     while True:
-        where = f"header at byte {offset}"
         if offset + BLOCK > len(data):
-            raise BundleArchiveError(f"archive is truncated: {where} is incomplete")
-        header = data[offset : offset + BLOCK]
-        if header == b"\0" * BLOCK:
+            raise BundleArchiveError(f"archive is truncated: header at byte {offset} is incomplete")
+        block = data[offset : offset + BLOCK]
+        if block == b"\0" * BLOCK:
             break
-        stored = _parse_octal(header[148:156], "checksum", where)
-        if not _checksum_ok(header, stored):
-            raise BundleArchiveError(f"{where}: header checksum does not match (corrupt archive)")
-        if header[257:263] not in {b"ustar\0", b"ustar "}:
-            raise BundleArchiveError(f"{where}: not a ustar header (magic {header[257:263]!r})")
-        name = _member_name(header, where)
-        typeflag = header[156:157]
-        if typeflag in _LINK_TYPES:
-            raise UnsafeMemberError(f"member {name!r} is a {_LINK_TYPES[typeflag]}; links are refused")
-        if typeflag in _DEVICE_TYPES:
-            raise UnsafeMemberError(f"member {name!r} is a {_DEVICE_TYPES[typeflag]}; refused")
-        if typeflag in _EXTENDED_TYPES:
-            raise BundleArchiveError(
-                f"{where}: {_EXTENDED_TYPES[typeflag]} is not supported in bundles; "
-                "write the archive with `edgefleet bundle pack` or `tar --format=ustar`"
-            )
-        if typeflag not in _REGULAR and typeflag != _DIRECTORY:
-            raise UnsafeMemberError(f"member {name!r} has unknown type flag {typeflag!r}")
-        is_dir = typeflag == _DIRECTORY
-        check_name = name[:-1] if is_dir and name.endswith("/") else name
-        if check_name.startswith("/"):
-            raise UnsafeMemberError(f"member {name!r} has an absolute path")
-        if ".." in check_name.split("/"):
-            raise UnsafeMemberError(f"member {name!r} has a '..' component (path traversal)")
-        if not is_safe_member_name(check_name):
-            raise UnsafeMemberError(f"member {name!r} is not a safe relative path")
-        size = _parse_octal(header[124:136], "size", f"member {name!r}")
-        if is_dir:
-            if size:
-                raise BundleArchiveError(f"directory member {name!r} claims {size} bytes")
-            offset += BLOCK
+        header = _read_header(block, f"header at byte {offset}")
+        offset += BLOCK
+        if header.is_dir:
             continue
-        if len(members) >= limits.max_members:
-            raise BundleTooLargeError(f"archive holds more than {limits.max_members} members")
-        if size > limits.max_member_bytes:
-            raise BundleTooLargeError(
-                f"member {name!r} is {size} bytes, over the {limits.max_member_bytes}-byte cap"
-            )
-        if name in members:
-            raise DuplicateMemberError(f"member {name!r} appears twice in the archive")
-        start = offset + BLOCK
-        end = start + size
+        _check_caps(header, members, limits)
+        end = offset + header.size
         if end > len(data):
             raise BundleArchiveError(
-                f"archive is truncated inside member {name!r} "
-                f"({len(data) - start} of {size} bytes present)"
+                f"archive is truncated inside member {header.name!r} "
+                f"({len(data) - offset} of {header.size} bytes present)"
             )
-        members[name] = data[start:end]
-        offset = end + (-size % BLOCK)
+        members[header.name] = data[offset:end]
+        offset = end + (-header.size % BLOCK)
         if any(data[end:offset]):
-            raise BundleArchiveError(f"padding after member {name!r} is not zero (corrupt archive)")
-    if offset + 2 * BLOCK > len(data) or data[offset + BLOCK : offset + 2 * BLOCK] != b"\0" * BLOCK:
+            raise BundleArchiveError(
+                f"padding after member {header.name!r} is not zero (corrupt archive)"
+            )
+    end_marker = data[offset + BLOCK : offset + 2 * BLOCK]
+    if offset + 2 * BLOCK > len(data) or end_marker != b"\0" * BLOCK:
         raise BundleArchiveError("archive ends without its two end-of-archive blocks")
     if any(data[offset:]):
         raise BundleArchiveError("archive has data after its end-of-archive marker")

@@ -69,8 +69,15 @@ def test_same_inputs_give_identical_bytes(onnx_model: bytes) -> None:
 def test_archive_is_canonical_ustar_readable_by_tarfile(valid_bundle: bytes) -> None:
     with tarfile.open(fileobj=io.BytesIO(valid_bundle), mode="r:") as archive:
         infos = archive.getmembers()
-    assert [i.name for i in infos] == [MANIFEST_NAME, "golden/000.npy", "golden/001.npy", "model.onnx"]
-    assert {(i.mtime, i.uid, i.gid, i.mode, i.uname, i.gname) for i in infos} == {(0, 0, 0, 0o644, "", "")}
+    assert [i.name for i in infos] == [
+        MANIFEST_NAME,
+        "golden/000.npy",
+        "golden/001.npy",
+        "model.onnx",
+    ]
+    assert {(i.mtime, i.uid, i.gid, i.mode, i.uname, i.gname) for i in infos} == {
+        (0, 0, 0, 0o644, "", "")
+    }
     assert len(valid_bundle) % 10240 == 0
 
 
@@ -83,7 +90,17 @@ def test_tar_cli_bundle_is_accepted(valid_bundle: bytes, tmp_path: Path) -> None
         (src / name).write_bytes(data)
     out = tmp_path / "by-tar.efb"
     subprocess.run(
-        ["tar", "--format=ustar", "-C", str(src), "-cf", str(out), "manifest.json", "golden", "model.onnx"],
+        [
+            "tar",
+            "--format=ustar",
+            "-C",
+            str(src),
+            "-cf",
+            str(out),
+            "manifest.json",
+            "golden",
+            "model.onnx",
+        ],
         check=True,
     )
     bundle = read_bundle(out)
@@ -106,7 +123,9 @@ def test_quality_report_round_trips(make_bundle: Callable[..., bytes]) -> None:
             "accuracy": 0.805,
             "top1_agreement": 0.985,
             "accuracy_drop_points": 0.5,
-            "per_class": [{"label": "glass", "support": 50, "float_accuracy": 0.8, "accuracy": 0.78}],
+            "per_class": [
+                {"label": "glass", "support": 50, "float_accuracy": 0.8, "accuracy": 0.78}
+            ],
             "confusion": [[1, 0], [0, 1]],
             "passed": True,
             "thresholds": {"max_accuracy_drop": 1.0, "min_agreement": 0.98},

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import edge_runtime
 
-FORBIDDEN = ("tensorflow", "tf2onnx", "keras", "converter", "fleet_server", "edgefleet", "sqlalchemy", "fastapi", "amqtt")
+FORBIDDEN = (
+    "tensorflow",
+    "tf2onnx",
+    "keras",
+    "converter",
+    "fleet_server",
+    "edgefleet",
+    "sqlalchemy",
+    "fastapi",
+    "amqtt",
+)
 PACKAGE = Path(edge_runtime.__file__).parent
 
 
@@ -21,9 +31,13 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module":
-            if node.args and isinstance(node.args[0], ast.Constant):
-                names.add(str(node.args[0].value))
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", None) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            names.add(str(node.args[0].value))
     return names
 
 
@@ -41,7 +55,9 @@ def test_no_forbidden_import_statement_anywhere_in_edge_runtime() -> None:
 
 def test_importing_every_module_loads_no_forbidden_package() -> None:
     modules = sorted(
-        ".".join(("edge_runtime", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+        ".".join(("edge_runtime", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(
+            ".__init__"
+        )
         for path in PACKAGE.rglob("*.py")
     )
     script = (
