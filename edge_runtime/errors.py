@@ -10,15 +10,19 @@ python-tuf's ``RepositoryError`` / ``DownloadError``.
 from __future__ import annotations
 
 __all__ = [
+    "BackendError",
+    "BackendUnavailableError",
     "BundleArchiveError",
     "BundleError",
     "BundleTooLargeError",
     "DuplicateMemberError",
     "EdgefleetError",
+    "GoldenMismatchError",
     "HashMismatchError",
     "ManifestError",
     "MemberContentError",
     "MissingMemberError",
+    "PreprocessingError",
     "RuntimeDeviceError",
     "UnexpectedMemberError",
     "UnsafeMemberError",
@@ -82,3 +86,19 @@ class MemberContentError(BundleError):
 
 class RuntimeDeviceError(EdgefleetError):
     """Root of the device runtime's own errors (sources, backends, config)."""
+
+
+class PreprocessingError(RuntimeDeviceError):
+    """A frame or a preprocessing contract cannot produce the model's input tensor."""
+
+
+class BackendError(RuntimeDeviceError):
+    """An inference backend is missing, cannot load the model, or failed to run it."""
+
+
+class BackendUnavailableError(BackendError):
+    """The package a backend needs is not installed; the message names it."""
+
+
+class GoldenMismatchError(RuntimeDeviceError):
+    """Replaying a bundle's golden vectors on this device did not reproduce the expected scores."""

@@ -5,13 +5,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = {"tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "tf-keras", "fastapi", "sqlalchemy", "amqtt"}
+HEAVY = {
+    "tensorflow",
+    "tensorflow-cpu",
+    "keras",
+    "tf2onnx",
+    "tf-keras",
+    "fastapi",
+    "sqlalchemy",
+    "amqtt",
+}
 
 
 def test_extras_are_declared_as_the_design_says() -> None:
@@ -19,7 +28,16 @@ def test_extras_are_declared_as_the_design_says() -> None:
     extras = project["optional-dependencies"]
     assert set(extras) >= {"device", "convert", "server", "test", "all"}
     device = " ".join(extras["device"])
-    for needed in ("numpy", "opencv-python-headless", "ai-edge-litert", "onnxruntime", "paho-mqtt", "tuf", "pydantic", "pyyaml"):
+    for needed in (
+        "numpy",
+        "opencv-python-headless",
+        "ai-edge-litert",
+        "onnxruntime",
+        "paho-mqtt",
+        "tuf",
+        "pydantic",
+        "pyyaml",
+    ):
         assert needed in device, needed
     assert "tensorflow" not in device
     assert any(dep.startswith("tensorflow-cpu") for dep in extras["convert"])
@@ -31,9 +49,21 @@ def test_device_install_resolves_without_tensorflow(tmp_path: Path) -> None:
     """Ask pip what `pip install '.[device]'` would install on a clean machine."""
     report = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-         "--report", str(report), f"{ROOT}[device]"],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            f"{ROOT}[device]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
