@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from typing import Any
 
@@ -121,4 +122,6 @@ def cli(log_level: str) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # TensorFlow's C++ start-up chatter (oneDNN, CPU features) is noise for CLI users.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cli(prog_name="edgefleet")

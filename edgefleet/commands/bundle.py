@@ -21,7 +21,7 @@ from edge_runtime.bundle import (
 )
 from edge_runtime.errors import BundleError
 
-__all__ = ["bundle"]
+__all__ = ["bundle", "print_summary"]
 
 
 @click.group()
@@ -48,7 +48,7 @@ def inspect(path: Path, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(dump_manifest(loaded.manifest).decode("utf-8"))
         return
-    _print_summary(loaded, Console(highlight=False))
+    print_summary(loaded, Console(highlight=False))
 
 
 @bundle.command()
@@ -138,7 +138,7 @@ def _print_quality(console: Console, quality: QualityReport) -> None:
         console.print(table)
 
 
-def _print_summary(loaded: Bundle, console: Console) -> None:
+def print_summary(loaded: Bundle, console: Console) -> None:
     m = loaded.manifest
     console.print(f"[bold]{m.name} {m.version}[/]  {loaded.id}")
     if m.description:
