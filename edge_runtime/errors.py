@@ -15,6 +15,7 @@ __all__ = [
     "BundleArchiveError",
     "BundleError",
     "BundleTooLargeError",
+    "ConfigError",
     "DuplicateMemberError",
     "EdgefleetError",
     "GoldenMismatchError",
@@ -22,8 +23,12 @@ __all__ = [
     "ManifestError",
     "MemberContentError",
     "MissingMemberError",
+    "OutputError",
     "PreprocessingError",
     "RuntimeDeviceError",
+    "SourceError",
+    "SourceUnavailableError",
+    "StatusServerError",
     "UnexpectedMemberError",
     "UnsafeMemberError",
     "UnsupportedSchemaVersionError",
@@ -88,6 +93,14 @@ class RuntimeDeviceError(EdgefleetError):
     """Root of the device runtime's own errors (sources, backends, config)."""
 
 
+class ConfigError(RuntimeDeviceError):
+    """The device config is unreadable or invalid; the message names the field and line."""
+
+
+class OutputError(RuntimeDeviceError):
+    """A prediction output (file, plug-in) cannot be opened or loaded."""
+
+
 class PreprocessingError(RuntimeDeviceError):
     """A frame or a preprocessing contract cannot produce the model's input tensor."""
 
@@ -102,3 +115,15 @@ class BackendUnavailableError(BackendError):
 
 class GoldenMismatchError(RuntimeDeviceError):
     """Replaying a bundle's golden vectors on this device did not reproduce the expected scores."""
+
+
+class SourceError(RuntimeDeviceError):
+    """A frame source (camera, file, stream, folder) cannot be opened or read; the message names it."""
+
+
+class SourceUnavailableError(SourceError):
+    """A source cannot be opened: missing file or device, unreachable URL, backend not built in."""
+
+
+class StatusServerError(RuntimeDeviceError):
+    """The local health/metrics HTTP endpoint cannot start (address in use, bad host)."""

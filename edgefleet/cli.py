@@ -42,7 +42,7 @@ _GROUPS: dict[str, tuple[str, str, str]] = {
         "Fleet operator: devices, bundles, staged rollouts, provisioning.",
     ),
     "device": (
-        "edgefleet.commands.planned",
+        "edgefleet.commands.device",
         "device",
         "Camera box: run the classifier on frames, or classify files once.",
     ),

@@ -61,3 +61,41 @@ def tflite_tensor_names(model: bytes) -> tuple[str, str]:
 
     interpreter = Interpreter(model_content=model)
     return interpreter.get_input_details()[0]["name"], interpreter.get_output_details()[0]["name"]
+
+
+def slow_onnx_model(rows: int = 2800, num_classes: int = len(LABELS), size: int = SIZE) -> bytes:
+    """A real ONNX classifier made deliberately slow: a large matrix product per frame.
+
+    Input NHWC float32 ``[1, size, size, 3]``, output logits ``[1, num_classes]``; its cost
+    grows linearly with ``rows`` (about 2 * rows * size*size*3 * 512 flops).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    features = size * size * 3
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["image", "flat_shape"], ["flat"]),
+            helper.make_node("Tile", ["flat", "repeats"], ["tiled"]),
+            helper.make_node("MatMul", ["tiled", "w1"], ["hidden"]),
+            helper.make_node("ReduceMean", ["hidden", "axis0"], ["pooled"], keepdims=1),
+            helper.make_node("MatMul", ["pooled", "w2"], ["logits"]),
+        ],
+        "slow",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, size, size, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, num_classes])],
+        initializer=[
+            numpy_helper.from_array(np.array([1, features], dtype=np.int64), "flat_shape"),
+            numpy_helper.from_array(np.array([rows, 1], dtype=np.int64), "repeats"),
+            numpy_helper.from_array(
+                (rng.normal(size=(features, 512)) / 50).astype(np.float32), "w1"
+            ),
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
+            numpy_helper.from_array(rng.normal(size=(512, num_classes)).astype(np.float32), "w2"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

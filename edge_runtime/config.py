@@ -1,0 +1,170 @@
+"""The device's one YAML config, parsed once at start-up into typed, frozen models.
+
+Unknown keys are refused (``extra="forbid"``), and every error names the
+field and the line of the YAML file it came from, so a typo stops the
+device before anything runs instead of silently changing behaviour.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_runtime.errors import ConfigError
+from edge_runtime.sources import SourceConfig
+
+__all__ = [
+    "DeviceConfig",
+    "HealthConfig",
+    "JsonLinesOutputConfig",
+    "MetricsConfig",
+    "MqttConfig",
+    "MqttOutputConfig",
+    "OutputsConfig",
+    "TlsConfig",
+    "load_config",
+    "parse_config",
+]
+
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Strict):
+    """TLS towards the broker: CA bundle, optional client certificate for mutual TLS."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+
+class MqttConfig(_Strict):
+    """Broker connection; the device publishes only under ``{topic_prefix}/devices/{device_id}/``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    tls: TlsConfig | None = None
+    topic_prefix: str = Field(default="edgefleet", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+
+
+class JsonLinesOutputConfig(_Strict):
+    """Predictions as JSON lines: ``-`` for stdout, or a file path (appended)."""
+
+    path: str = "-"
+
+
+class MqttOutputConfig(_Strict):
+    """Predictions on ``{prefix}/devices/{id}/predictions``; ``every_n`` thins a fast stream."""
+
+    qos: Literal[0, 1] = 0
+    every_n: int = Field(default=1, ge=1)
+
+
+class OutputsConfig(_Strict):
+    """Where predictions go; ``plugins`` names entry points in the ``edgefleet.outputs`` group."""
+
+    jsonl: JsonLinesOutputConfig | None = None
+    mqtt: MqttOutputConfig | None = None
+    plugins: list[str] = Field(default_factory=list)
+
+
+class MetricsConfig(_Strict):
+    """The local Prometheus ``/metrics`` and ``/healthz`` endpoint."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)
+
+
+class HealthConfig(_Strict):
+    """When the device reports itself unhealthy, and when the watchdog restarts capture."""
+
+    max_frame_age_s: float = Field(default=5.0, gt=0)
+    max_inference_s: float = Field(default=2.0, gt=0)
+    startup_grace_s: float = Field(default=15.0, ge=0)
+
+
+class DeviceConfig(_Strict):
+    """Everything ``edgefleet device run`` needs."""
+
+    device_id: str = Field(pattern=_DEVICE_ID.pattern)
+    source: SourceConfig
+    bundle: Path | None = Field(default=None, description="bundle to serve at start")
+    store: Path = Field(default=Path("/var/lib/edgefleet"), description="bundle store folder")
+    backend: Literal["auto", "litert", "tflite-runtime", "tf-lite", "onnxruntime"] = "auto"
+    threads: int = Field(default=1, ge=1, le=64)
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig)
+    mqtt: MqttConfig | None = None
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...], index: dict[tuple[Any, ...], int]) -> None:
+    """Map every key path in a composed YAML document to its 1-based line."""
+    index.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*path, key_node.value)
+            index[child] = key_node.start_mark.line + 1
+            _line_index(value_node, child, index)
+    elif isinstance(node, yaml.SequenceNode):
+        for position, item in enumerate(node.value):
+            _line_index(item, (*path, position), index)
+
+
+def _line_for(location: tuple[Any, ...], index: dict[tuple[Any, ...], int]) -> int | None:
+    path = tuple(location)
+    while path:
+        if path in index:
+            return index[path]
+        path = path[:-1]
+    return index.get(())
+
+
+def parse_config(text: str, source: str = "<config>") -> DeviceConfig:
+    """Parse YAML text into a :class:`DeviceConfig`; errors name field and line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{where} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a YAML mapping of settings")
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _line_index(node, (), lines)
+    try:
+        return DeviceConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            # pydantic puts the union member's tag in the location; drop it for the user
+            location = tuple(p for p in error["loc"] if p not in {"video", "folder", "synthetic"})
+            line = _line_for(location, lines)
+            field = ".".join(str(p) for p in location) or "(top level)"
+            where = f"line {line}: " if line is not None else ""
+            problems.append(f"{where}{field}: {error['msg']}")
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems)) from exc
+
+
+def load_config(path: str | Path) -> DeviceConfig:
+    """Read and parse a device config file."""
+    target = Path(path)
+    try:
+        text = target.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {target}: {exc}") from exc
+    return parse_config(text, str(target))
