@@ -1,0 +1,51 @@
+"""Real media for tests: videos written by OpenCV's VideoWriter, bundles made by the packaging code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from converter.packaging import assemble_bundle
+from converter.synthetic import CLASSES, draw_frame
+from edge_runtime.bundle import Bundle, Postprocessing, Preprocessing
+from tests.models import LABELS, SIZE
+
+
+def write_video(path: Path, frames: int = 60, fps: float = 30.0, size: int = 96) -> Path:
+    """An MJPG .avi of synthetic conveyor frames, cycling through the classes."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size, size))
+    assert writer.isOpened(), "OpenCV cannot write MJPG here"
+    for index in range(frames):
+        writer.write(draw_frame(CLASSES[index % len(CLASSES)], index, size, size))
+    writer.release()
+    return path
+
+
+def make_bundle(
+    path: Path,
+    model: bytes,
+    model_format: str = "tflite",
+    version: str = "1.0.0",
+    softmax: bool = False,
+) -> Bundle:
+    """A complete bundle (runtime-read specs, golden vectors) for a tiny test model."""
+    frames = [(draw_frame(label, 1), label) for label in CLASSES[:2]]
+    return assemble_bundle(
+        path,
+        name="tiny-classifier",
+        version=version,
+        model=model,
+        model_format=model_format,
+        precision="fp32",
+        preprocessing=Preprocessing(height=SIZE, width=SIZE, mean=(0, 0, 0), std=(255, 255, 255)),
+        labels=LABELS,
+        postprocessing=Postprocessing(apply_softmax=softmax, top_k=3),
+        golden_frames=frames,
+        golden_atol=1e-4,
+    )
+
+
+def frame(seed: int = 0) -> np.ndarray:
+    return draw_frame(CLASSES[seed % 6], seed)
