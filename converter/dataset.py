@@ -65,8 +65,12 @@ class LabelledFolder:
             raise DatasetError(f"{root} has no class sub-folders")
         return cls(root=root, labels=list(labels), items=items)
 
-    def balanced(self, count: int, seed: int = 0) -> LabelledFolder:
-        """At most ``count`` images, as even across classes as the folder allows."""
+    def balanced(self, count: int, seed: int = 0, shuffle: bool = False) -> LabelledFolder:
+        """At most ``count`` images, as even across classes as the folder allows.
+
+        Sorted by class unless ``shuffle``: calibration wants the classes mixed,
+        because a moving-average range estimate favours the last images it sees.
+        """
         rng = np.random.default_rng(seed)
         per_class = [[item for item in self.items if item[1] == k] for k in range(len(self.labels))]
         for group in per_class:

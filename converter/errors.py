@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from edge_runtime.errors import EdgefleetError
 
-__all__ = ["ConversionError", "DatasetError", "ModelLoadError", "ParityGateError"]
+__all__ = [
+    "ConversionError",
+    "DatasetError",
+    "ModelLoadError",
+    "ParityGateError",
+    "QuantizationError",
+    "UnsupportedModelError",
+]
 
 
 class ConversionError(EdgefleetError):
@@ -21,3 +28,11 @@ class DatasetError(ConversionError):
 
 class ParityGateError(ConversionError):
     """The converted model disagrees with the float model beyond the allowed thresholds."""
+
+
+class UnsupportedModelError(ConversionError):
+    """The model loads but cannot be converted as asked (input layout, ops, format pair)."""
+
+
+class QuantizationError(ConversionError):
+    """Calibration or quantisation failed inside the quantiser."""

@@ -22,7 +22,7 @@ __all__ = ["main"]
 # name -> (module, attribute, one-line help). Order is the order in --help.
 _GROUPS: dict[str, tuple[str, str, str]] = {
     "convert": (
-        "edgefleet.commands.planned",
+        "edgefleet.commands.convert",
         "convert",
         "ML engineer: quantise a trained model to TFLite/ONNX bundles with a parity gate.",
     ),

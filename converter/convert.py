@@ -1,0 +1,461 @@
+"""One conversion job: a trained model in, one checked bundle per format and precision out.
+
+For each requested format and precision the model is converted (and
+quantised with calibration images streamed through ``edge_runtime``'s own
+preprocessing), then run through the device's own pipeline on the parity
+images and compared with the float model. A conversion that misses the gate
+writes no bundle (unless ``keep_failed``); one that passes gets golden
+vectors, its quality report and provenance, and is written atomically next
+to an HTML parity report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from converter.dataset import LabelledFolder
+from converter.errors import ConversionError, DatasetError, ParityGateError
+from converter.packaging import assemble_bundle
+from converter.parity import compare_scores
+from converter.quantize import IoType, OnnxCalibration, quantize_onnx_int8, quantize_tflite
+from converter.report import render_report
+from converter.source import SourceModel, load_source_model
+from edge_runtime import __version__
+from edge_runtime.atomic import atomic_write_text
+from edge_runtime.bundle import (
+    BUNDLE_SUFFIX,
+    Compatibility,
+    DatasetRef,
+    Postprocessing,
+    Preprocessing,
+    Provenance,
+    QualityReport,
+    TensorSpec,
+)
+from edge_runtime.classifier import Classifier
+from edge_runtime.postprocess import softmax
+from edge_runtime.preprocess import Preprocessor
+
+__all__ = ["ConversionResult", "ConvertOptions", "Progress", "convert"]
+
+log = logging.getLogger(__name__)
+
+FORMAT_PRECISIONS = {"tflite": ("fp32", "fp16", "dynamic-int8", "int8"), "onnx": ("fp32", "int8")}
+Progress = Callable[[str, int, int | None], None]
+"""``progress(task, advance, total)``: ``total`` set once per task, then advances."""
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything one conversion job needs (the CLI's flags, parsed)."""
+
+    model: Path
+    out: Path
+    parity: Path
+    calibration: Path | None = None
+    formats: tuple[str, ...] = ("tflite", "onnx")
+    precisions: tuple[str, ...] = ("int8",)
+    labels: list[str] | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    calibration_samples: int = 200
+    io_type: IoType = "int8"
+    onnx_calibration: OnnxCalibration = "minmax"
+    per_channel: bool = True
+    max_accuracy_drop: float = 1.0
+    min_agreement: float = 0.98
+    keep_failed: bool = False
+    strict: bool = False
+    name: str | None = None
+    version: str = "1.0.0"
+    golden_count: int = 6
+    apply_softmax: bool | None = None
+    top_k: int = 3
+    confidence_threshold: float = 0.0
+    latency_budget_ms: float | None = None
+    device_profiles: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class ConversionResult:
+    """One format x precision: where it went and how it measured."""
+
+    format: str
+    precision: str
+    model_size: int
+    report: QualityReport
+    latency_p50_ms: float
+    bundle_path: Path | None
+    report_path: Path
+    bundle_id: str | None
+    suffered: list[str]
+
+    @property
+    def passed(self) -> bool:
+        """Whether the parity gate passed."""
+        return bool(self.report.passed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary row."""
+        return {
+            "format": self.format,
+            "precision": self.precision,
+            "passed": self.passed,
+            "model_bytes": self.model_size,
+            "float_accuracy": self.report.float_accuracy,
+            "accuracy": self.report.accuracy,
+            "accuracy_drop_points": self.report.accuracy_drop_points,
+            "top1_agreement": self.report.top1_agreement,
+            "host_latency_p50_ms": round(self.latency_p50_ms, 3),
+            "bundle": str(self.bundle_path) if self.bundle_path else None,
+            "bundle_id": self.bundle_id,
+            "report": str(self.report_path),
+            "suffered_classes": self.suffered,
+        }
+
+
+def _check_requests(options: ConvertOptions) -> None:
+    for fmt in options.formats:
+        if fmt not in FORMAT_PRECISIONS:
+            raise ConversionError(
+                f"unknown format {fmt!r}; choose from {', '.join(FORMAT_PRECISIONS)}"
+            )
+    for precision in options.precisions:
+        if not any(precision in FORMAT_PRECISIONS[f] for f in options.formats):
+            raise ConversionError(
+                f"precision {precision!r} is not available for {', '.join(options.formats)}"
+            )
+    needs_calibration = any(p == "int8" for p in options.precisions)
+    if needs_calibration and options.calibration is None:
+        raise ConversionError("int8 needs calibration images: pass --calibration DIR")
+
+
+def _contract(source: SourceModel, overrides: dict[str, Any]) -> Preprocessing:
+    inferred = source.inferred_preprocessing()
+    fields: dict[str, Any] = {"height": inferred.height, "width": inferred.width}
+    if inferred.mean is not None and inferred.std is not None:
+        fields.update(mean=inferred.mean, std=inferred.std)
+        log.info("preprocessing inferred from the model: %s", inferred.reason)
+    fields.update(overrides)
+    if (fields.get("height"), fields.get("width")) != (inferred.height, inferred.width):
+        raise ConversionError(
+            f"the model's input is {inferred.height}x{inferred.width}, "
+            f"but the preprocessing asks for {fields.get('height')}x{fields.get('width')}"
+        )
+    if "mean" not in fields or "std" not in fields:
+        raise ConversionError(
+            "the model does not say how its input is normalised: pass --mean and --std "
+            "(or --scale), or a --preprocessing YAML (e.g. mean 127.5 / std 127.5 for [-1, 1])"
+        )
+    try:
+        return Preprocessing.model_validate(fields)
+    except ValueError as exc:
+        raise ConversionError(f"invalid preprocessing: {exc}") from exc
+
+
+def _float_spec(contract: Preprocessing) -> TensorSpec:
+    return TensorSpec(name="image", shape=[1, contract.height, contract.width, 3], dtype="float32")
+
+
+def _created_at() -> str | None:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        return None
+    return datetime.fromtimestamp(int(epoch), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"edgefleet": __version__}
+    for package in (
+        "tensorflow-cpu",
+        "tf2onnx",
+        "onnx",
+        "onnxruntime",
+        "ai-edge-litert",
+        "litert-quantizer",
+        "numpy",
+        "opencv-python-headless",
+    ):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def _suffered(report: QualityReport, threshold_points: float) -> list[str]:
+    """Classes whose accuracy fell by more than the allowed drop, worst first."""
+    drops = [
+        (100 * ((row.float_accuracy or 0.0) - row.accuracy), row.label)
+        for row in report.per_class
+        if row.float_accuracy is not None
+    ]
+    return [
+        f"{label} (-{drop:.1f} points)"
+        for drop, label in sorted(drops, reverse=True)
+        if drop > threshold_points
+    ]
+
+
+class _Job:
+    def __init__(self, options: ConvertOptions, progress: Progress | None) -> None:
+        self.options = options
+        self.progress = progress or (lambda task, advance, total: None)
+        self.source = load_source_model(options.model)
+        self.parity = LabelledFolder.scan(options.parity, options.labels)
+        self.labels = self.parity.labels
+        self.contract = _contract(self.source, options.preprocessing)
+        self.preprocess = Preprocessor(self.contract, _float_spec(self.contract))
+        self.calibration = None
+        if options.calibration is not None:
+            folder = LabelledFolder.scan(options.calibration, self.labels)
+            self.calibration = folder.balanced(
+                options.calibration_samples, seed=options.seed, shuffle=True
+            )
+        self.name = options.name or _slug(options.model.stem)
+
+    def parity_frames(self) -> tuple[list[npt.NDArray[np.uint8]], npt.NDArray[np.int64]]:
+        self.progress("decode parity images", 0, len(self.parity.items))
+        frames, labels = [], []
+        for _, frame, label in self.parity.frames(strict=self.options.strict):
+            frames.append(frame)
+            labels.append(label)
+            self.progress("decode parity images", 1, None)
+        if not frames:
+            raise DatasetError(f"{self.options.parity}: no image could be decoded")
+        if self.parity.skipped:
+            log.warning("skipped %d undecodable parity images", len(self.parity.skipped))
+        return frames, np.asarray(labels, dtype=np.int64)
+
+    def float_scores(self, frames: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
+        self.progress("float model", 0, len(frames))
+        chunks = []
+        for start in range(0, len(frames), 32):
+            batch = np.concatenate([self.preprocess(f) for f in frames[start : start + 32]]).astype(
+                np.float32
+            )
+            chunks.append(self.source.float_scores(batch).reshape(len(batch), -1))
+            self.progress("float model", len(batch), None)
+        scores = np.concatenate(chunks)
+        if scores.shape[1] != len(self.labels):
+            raise ConversionError(
+                f"the model outputs {scores.shape[1]} scores but {len(self.labels)} labels are given "
+                f"({', '.join(self.labels)})"
+            )
+        return scores
+
+    def samples(self) -> Iterator[npt.NDArray[np.float32]]:
+        assert self.calibration is not None
+        for _, frame, _ in self.calibration.frames(strict=self.options.strict):
+            self.progress("calibrate", 1, None)
+            yield self.preprocess(frame).astype(np.float32)
+
+    def convert_one(self, fmt: str, precision: str, float_model: bytes) -> bytes:
+        samples = self.samples if self.calibration is not None else None
+        if self.calibration is not None and precision == "int8":
+            self.progress(
+                "calibrate", 0, len(self.calibration.items) * (2 if fmt == "tflite" else 1)
+            )
+        if fmt == "tflite":
+            return quantize_tflite(
+                float_model,
+                precision,
+                samples=samples,
+                io_type=self.options.io_type,
+                input_range=self.input_range(),
+            )
+        if precision == "fp32":
+            return float_model
+        assert samples is not None
+        return quantize_onnx_int8(
+            float_model,
+            samples,
+            per_channel=self.options.per_channel,
+            method=self.options.onnx_calibration,
+        )
+
+    def input_range(self) -> tuple[float, float]:
+        """The exact range of preprocessed input values: pixels 0..255 through mean/std."""
+        mean = np.asarray(self.contract.mean)
+        std = np.asarray(self.contract.std)
+        ends = np.concatenate([(0 - mean) / std, (255 - mean) / std])
+        return float(ends.min()), float(ends.max())
+
+    def evaluate(
+        self, classifier: Classifier, frames: list[npt.NDArray[np.uint8]], task: str
+    ) -> tuple[npt.NDArray[np.float32], float]:
+        self.progress(task, 0, len(frames))
+        scores, latencies = [], []
+        for frame in frames:
+            result = classifier.classify(frame)
+            scores.append(result.scores)
+            latencies.append(result.total_ms)
+            self.progress(task, 1, None)
+        return np.stack(scores), float(np.median(latencies))
+
+
+def _slug(text: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in text.lower()).strip("-._")
+    return (cleaned or "model")[:64]
+
+
+def convert(options: ConvertOptions, progress: Progress | None = None) -> list[ConversionResult]:
+    """Run the job; returns one result per format x precision (raises on unusable input)."""
+    _check_requests(options)
+    job = _Job(options, progress)
+    options.out.mkdir(parents=True, exist_ok=True)
+    frames, y_true = job.parity_frames()
+    raw_float = job.float_scores(frames)
+    probabilities = bool(
+        np.all(raw_float >= 0) and np.allclose(raw_float.sum(axis=1), 1.0, atol=1e-3)
+    )
+    apply_softmax = (
+        options.apply_softmax if options.apply_softmax is not None else not probabilities
+    )
+    float_scores = softmax(raw_float) if apply_softmax else raw_float
+    parity_ref = DatasetRef(
+        name=str(options.parity), sha256=job.parity.sha256(), num_images=len(frames)
+    )
+    golden = _golden(frames, y_true, job.labels, options.golden_count)
+    postprocessing = Postprocessing(
+        apply_softmax=apply_softmax,
+        top_k=min(options.top_k, len(job.labels)),
+        confidence_threshold=options.confidence_threshold,
+    )
+    provenance = Provenance(
+        source_model_sha256=job.source.sha256,
+        calibration_data_sha256=job.calibration.sha256() if job.calibration is not None else None,
+        parity_data_sha256=parity_ref.sha256,
+        created_by=f"edgefleet {__version__}",
+        created_at=_created_at(),
+        tools=_tool_versions(),
+    )
+    results: list[ConversionResult] = []
+    for fmt in options.formats:
+        precisions = [p for p in options.precisions if p in FORMAT_PRECISIONS[fmt]]
+        if not precisions:
+            continue
+        float_model = job.source.tflite_fp32() if fmt == "tflite" else job.source.onnx_fp32()
+        for precision in precisions:
+            model = job.convert_one(fmt, precision, float_model)
+            stem = f"{job.name}-{options.version}-{fmt}-{precision}"
+            common: dict[str, Any] = {
+                "name": job.name,
+                "version": options.version,
+                "model": model,
+                "model_format": fmt,
+                "precision": precision,
+                "preprocessing": job.contract,
+                "labels": job.labels,
+                "postprocessing": postprocessing,
+                "description": f"{options.model.name} as {fmt} {precision}",
+                "provenance": provenance,
+                "compatibility": Compatibility(
+                    min_runtime_version=__version__,
+                    backends=["litert", "tflite-runtime", "tf-lite"]
+                    if fmt == "tflite"
+                    else ["onnxruntime"],
+                    device_profiles=list(options.device_profiles),
+                    latency_budget_ms=options.latency_budget_ms,
+                ),
+            }
+            draft_path = options.out / f".{stem}.draft{BUNDLE_SUFFIX}"
+            try:
+                draft = assemble_bundle(draft_path, **common, golden_frames=[], golden_atol=0.0)
+            finally:
+                draft_path.unlink(missing_ok=True)
+            scores, latency = job.evaluate(Classifier(draft), frames, f"evaluate {fmt} {precision}")
+            report = compare_scores(
+                float_scores,
+                scores,
+                y_true,
+                job.labels,
+                parity_ref,
+                max_accuracy_drop=options.max_accuracy_drop,
+                min_agreement=options.min_agreement,
+            )
+            report_path = options.out / f"{stem}.report.html"
+            atomic_write_text(
+                report_path,
+                render_report(
+                    report,
+                    f"{job.name} {options.version}: {fmt} {precision}",
+                    job.labels,
+                    f"{options.model.name} on {parity_ref.num_images} images of {options.parity}",
+                ),
+            )
+            suffered = _suffered(report, options.max_accuracy_drop)
+            bundle_path = None
+            bundle_id = None
+            if report.passed or options.keep_failed:
+                bundle_path = options.out / f"{stem}{BUNDLE_SUFFIX}"
+                written = assemble_bundle(
+                    bundle_path,
+                    **common,
+                    quality=report,
+                    golden_frames=golden,
+                    golden_atol=0.02 if precision in {"int8", "dynamic-int8"} else 1e-3,
+                )
+                bundle_id = written.id
+            results.append(
+                ConversionResult(
+                    fmt,
+                    precision,
+                    len(model),
+                    report,
+                    latency,
+                    bundle_path,
+                    report_path,
+                    bundle_id,
+                    suffered,
+                )
+            )
+    return results
+
+
+def _golden(
+    frames: list[npt.NDArray[np.uint8]],
+    y_true: npt.NDArray[np.int64],
+    labels: list[str],
+    count: int,
+) -> list[tuple[npt.NDArray[np.uint8], str | None]]:
+    """Up to ``count`` parity frames, one per class first."""
+    chosen: list[int] = []
+    for k in range(len(labels)):
+        hits = np.flatnonzero(y_true == k)
+        if len(hits) and len(chosen) < count:
+            chosen.append(int(hits[0]))
+    for index in range(len(frames)):
+        if len(chosen) >= count:
+            break
+        if index not in chosen:
+            chosen.append(index)
+    return [(frames[i], labels[int(y_true[i])]) for i in sorted(chosen)]
+
+
+def gate_error(results: list[ConversionResult], options: ConvertOptions) -> ParityGateError | None:
+    """The error to exit with when any conversion missed the gate (None when all passed)."""
+    failed = [r for r in results if not r.passed]
+    if not failed:
+        return None
+    lines = []
+    for r in failed:
+        drop = r.report.accuracy_drop_points or 0.0
+        lines.append(
+            f"{r.format} {r.precision}: accuracy drop {drop:.2f} points (max {options.max_accuracy_drop:g}), "
+            f"agreement {100 * (r.report.top1_agreement or 0):.2f}% (min {100 * options.min_agreement:g}%)"
+            + (f"; classes that suffered: {', '.join(r.suffered)}" if r.suffered else "")
+            + ("; bundle kept (--keep-failed)" if r.bundle_path else "; no bundle written")
+        )
+    return ParityGateError("parity gate failed:\n  " + "\n  ".join(lines))

@@ -1,0 +1,273 @@
+"""Quantisation through the maintained paths.
+
+* TFLite: LiteRT Quantizer (``litert-quantizer``) on a float32 ``.tflite``:
+  fp16 (weights cast to float16), dynamic-int8 (int8 weights, float
+  activations), int8 (static: int8 weights per channel and int8 activations,
+  calibrated; model I/O int8, uint8 or float32).
+* ONNX: ``onnxruntime.quantization``: ``quant_pre_process`` then static QDQ
+  with per-channel int8 weights by default and MinMax, Entropy or Percentile
+  calibration. ONNX fp32 is tf2onnx's output unchanged.
+
+TensorFlow's in-converter quantisation (``TFLiteConverter.optimizations``)
+is not used: Google deprecates it in favour of the LiteRT Quantizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from converter.errors import QuantizationError
+
+__all__ = ["IoType", "OnnxCalibration", "quantize_onnx_int8", "quantize_tflite"]
+
+log = logging.getLogger(__name__)
+
+IoType = Literal["int8", "uint8", "float32"]
+OnnxCalibration = Literal["minmax", "entropy", "percentile"]
+Samples = Callable[[], Iterable[npt.NDArray[np.float32]]]
+"""Re-iterable calibration inputs: each call yields batch-1 float32 tensors."""
+
+
+def _tflite_signature(model: bytes) -> tuple[str, str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    signatures = Interpreter(model_content=model).get_signature_list()
+    if not signatures:
+        raise QuantizationError("the float TFLite model has no signature to calibrate through")
+    key = next(iter(signatures))
+    return key, signatures[key]["inputs"][0]
+
+
+def _global_min_max(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Calibration statistics: the widest range seen so far."""
+    if not qsv:
+        return new
+    return {
+        **new,
+        "min": np.minimum(qsv["min"], new["min"]),
+        "max": np.maximum(qsv["max"], new["max"]),
+    }
+
+
+def _input_tensor_name(model: bytes) -> str:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return str(Interpreter(model_content=model).get_input_details()[0]["name"])
+
+
+def _tflite_recipe(precision: str, io_type: IoType) -> Any:
+    from litert_quantizer import qtyping
+    from litert_quantizer.algorithm_manager import AlgorithmName
+    from litert_quantizer.recipe_manager import RecipeManager
+
+    manager = RecipeManager()
+    every = qtyping.TFLOperationName.ALL_SUPPORTED
+    if precision == "fp16":
+        manager.add_weight_only_config(
+            regex=".*", operation_name=every, num_bits=16, algorithm_key=AlgorithmName.FLOAT_CASTING
+        )
+    elif precision == "dynamic-int8":
+        manager.add_dynamic_config(regex=".*", operation_name=every, num_bits=8)
+    elif precision == "int8":
+        manager.add_static_config(
+            regex=".*", operation_name=every, activation_num_bits=8, weight_num_bits=8
+        )
+        boundary = (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT)
+        if io_type == "float32":
+            for op in boundary:
+                manager.add_quantization_config(
+                    regex=".*", operation_name=op, algorithm_key=AlgorithmName.NO_QUANTIZE
+                )
+        elif io_type == "uint8":
+            for op in boundary:
+                manager.add_quantization_config(
+                    regex=".*",
+                    operation_name=op,
+                    op_config=qtyping.OpQuantizationConfig(
+                        activation_tensor_config=qtyping.TensorQuantizationConfig(
+                            num_bits=8, symmetric=False, dtype=qtyping.TensorDataType.UINT
+                        ),
+                        weight_tensor_config=qtyping.TensorQuantizationConfig(
+                            num_bits=8,
+                            symmetric=True,
+                            granularity=qtyping.QuantGranularity.CHANNELWISE,
+                        ),
+                        compute_precision=qtyping.ComputePrecision.INTEGER,
+                    ),
+                )
+    else:
+        raise QuantizationError(f"unknown TFLite precision {precision!r}")
+    return manager.get_quantization_recipe()
+
+
+def quantize_tflite(
+    float_model: bytes,
+    precision: str,
+    *,
+    samples: Samples | None = None,
+    io_type: IoType = "int8",
+    input_range: tuple[float, float] | None = None,
+    moving_average: bool = False,
+) -> bytes:
+    """Quantise a float32 TFLite model to ``fp16``, ``dynamic-int8`` or ``int8`` (static).
+
+    ``input_range`` is the exact range of the preprocessed input (known from the
+    preprocessing contract); it replaces the calibrated range of the input
+    tensor, whose moving-average estimate would clip the brightest frames.
+    Activation ranges are the global min/max over the calibration images (as
+    TensorFlow's calibrator did) unless ``moving_average`` asks for the LiteRT
+    Quantizer's own moving average.
+    """
+    if precision == "fp32":
+        return float_model
+    from litert_quantizer import calibrator, quantizer
+
+    try:
+        recipe = _tflite_recipe(precision, io_type)
+        qt = quantizer.Quantizer(bytearray(float_model))
+        qt.load_quantization_recipe(recipe)
+        calibration = None
+        if qt.need_calibration:
+            if samples is None:
+                raise QuantizationError(f"{precision} needs calibration images (--calibration DIR)")
+            from litert_quantizer.recipe_manager import RecipeManager
+
+            manager = RecipeManager()
+            manager.load_quantization_recipe(recipe)
+            key, name = _tflite_signature(float_model)
+            with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the quantiser's progress bar and debug warnings
+                update = {} if moving_average else {"qsv_update_func": _global_min_max}
+                calib = calibrator.Calibrator(bytearray(float_model), num_threads=1, **update)
+                calib.calibrate({key: _Feeds(name, samples)}, manager)
+                calibration = calib.get_model_qsvs()
+            if input_range is not None:
+                input_tensor = _input_tensor_name(float_model)
+                if input_tensor in calibration:
+                    calibration[input_tensor] = {
+                        "min": np.float32(input_range[0]),
+                        "max": np.float32(input_range[1]),
+                    }
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = qt.quantize(
+                calibration, enable_progress_report=False, enable_progress_bar=False
+            )
+    except QuantizationError:
+        raise
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise QuantizationError(f"LiteRT Quantizer failed for {precision}: {exc}") from exc
+    if result.quantized_model is None:
+        raise QuantizationError(f"LiteRT Quantizer produced no model for {precision}")
+    return bytes(result.quantized_model)
+
+
+class _Feeds:
+    """Re-iterable ``{input_name: sample}`` feeds: the quantiser walks the data twice
+    (once to count), and each walk decodes the images again instead of holding them."""
+
+    def __init__(self, input_name: str, samples: Samples) -> None:
+        self._input_name = input_name
+        self._samples = samples
+
+    def __iter__(self) -> Iterator[dict[str, npt.NDArray[np.float32]]]:
+        return ({self._input_name: sample} for sample in self._samples())
+
+
+class _Reader:
+    """``onnxruntime.quantization.CalibrationDataReader`` over re-iterable samples."""
+
+    def __init__(self, input_name: str, samples: Samples) -> None:
+        self._input_name = input_name
+        self._samples = samples
+        self._iterator: Iterator[npt.NDArray[np.float32]] | None = None
+
+    def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
+        if self._iterator is None:
+            self._iterator = iter(self._samples())
+        sample = next(self._iterator, None)
+        return None if sample is None else {self._input_name: sample}
+
+    def rewind(self) -> None:
+        self._iterator = None
+
+
+def quantize_onnx_int8(
+    float_model: bytes,
+    samples: Samples,
+    *,
+    per_channel: bool = True,
+    method: OnnxCalibration = "minmax",
+    quant_format: Literal["qdq", "qoperator"] = "qdq",
+    activation_type: Literal["int8", "uint8"] = "int8",
+) -> bytes:
+    """Static int8 quantisation of a float32 ONNX model (pre-processed, calibrated)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not per_channel:
+        log.warning(
+            "per-tensor weight quantisation usually costs accuracy on convolutional models; per-channel is the default"
+        )
+    if quant_format == "qoperator":
+        log.warning(
+            "QOperator format is slower than QDQ on x86 CPUs with ONNX Runtime; QDQ is the default"
+        )
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    import onnx
+
+    input_name = onnx.load_model_from_string(float_model).graph.input[0].name
+
+    class Reader(_Reader, CalibrationDataReader):  # type: ignore[misc]
+        pass
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-ortq-") as tmp:
+        source, prepared, output = (
+            Path(tmp) / "fp32.onnx",
+            Path(tmp) / "pre.onnx",
+            Path(tmp) / "int8.onnx",
+        )
+        source.write_bytes(float_model)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+                quantize_static(
+                    str(prepared),
+                    str(output),
+                    Reader(input_name, samples),
+                    quant_format=QuantFormat.QDQ
+                    if quant_format == "qdq"
+                    else QuantFormat.QOperator,
+                    per_channel=per_channel,
+                    activation_type=QuantType.QInt8
+                    if activation_type == "int8"
+                    else QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=methods[method],
+                    extra_options={"CalibTensorRangeSymmetric": False},
+                )
+        except Exception as exc:
+            raise QuantizationError(
+                f"ONNX Runtime quantisation failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        return output.read_bytes()

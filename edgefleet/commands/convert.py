@@ -1,0 +1,444 @@
+"""``edgefleet convert``: trained model -> quantised, parity-checked bundles; reference models and data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+__all__ = ["convert"]
+
+
+class _DefaultGroup(click.Group):
+    """A group whose first argument, when it is not a subcommand, goes to the ``model`` command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in {"-h", "--help"}:
+            args = ["model", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultGroup)
+def convert() -> None:
+    """Convert a trained model into quantised TFLite/ONNX bundles, checked on real images.
+
+    \b
+      edgefleet convert MODEL --calibration DIR --parity DIR --precision int8 \\
+          --formats tflite,onnx --out DIR
+      edgefleet convert train-reference DATA_DIR --out model.keras
+      edgefleet convert make-dataset OUT_DIR
+
+    MODEL is a .keras/.h5 file, a SavedModel folder or an .onnx file. Run
+    `edgefleet convert model --help` for every conversion option.
+    """
+
+
+def _labels(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_file():
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [label.strip() for label in value.split(",") if label.strip()]
+
+
+def _preprocessing(yaml_path: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if yaml_path is not None:
+        loaded = yaml.safe_load(yaml_path.read_text())
+        if not isinstance(loaded, dict):
+            raise click.BadParameter(f"{yaml_path} must hold a mapping of preprocessing fields")
+        fields.update(loaded)
+    scale = flags.pop("scale")
+    if scale is not None:
+        fields.update(mean=(0.0, 0.0, 0.0), std=(1 / scale,) * 3)
+    for key, value in flags.items():
+        if value is not None:
+            fields[key] = tuple(value) if isinstance(value, list) else value
+    return fields
+
+
+def _floats3(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    parts = [float(v) for v in value.split(",")]
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise click.BadParameter("give one value or three comma-separated values (per channel)")
+    return tuple(parts)
+
+
+@convert.command("model")
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--parity",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Labelled image folder (one sub-folder per class) the converted models are checked on.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Labelled image folder for int8 calibration (keep it separate from --parity).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for the bundles and reports.",
+)
+@click.option(
+    "--formats", default="tflite,onnx", show_default=True, help="Comma-separated: tflite, onnx."
+)
+@click.option(
+    "--precision",
+    "precisions",
+    default="int8",
+    show_default=True,
+    help="Comma-separated: fp32, fp16, dynamic-int8 (TFLite), int8.",
+)
+@click.option(
+    "--calibration-samples",
+    type=click.IntRange(1),
+    default=200,
+    show_default=True,
+    help="Class-balanced calibration images.",
+)
+@click.option(
+    "--io-type",
+    type=click.Choice(["int8", "uint8", "float32"]),
+    default="int8",
+    show_default=True,
+    help="TFLite int8 model input/output type.",
+)
+@click.option(
+    "--onnx-calibration",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    default="minmax",
+    show_default=True,
+    help="ONNX int8 calibration method.",
+)
+@click.option(
+    "--per-tensor",
+    is_flag=True,
+    help="ONNX: per-tensor weights (per-channel is the default and usually more accurate).",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Largest allowed float -> converted accuracy drop, in points.",
+)
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 100),
+    default=98.0,
+    show_default=True,
+    help="Smallest allowed top-1 agreement with the float model, in percent.",
+)
+@click.option(
+    "--keep-failed",
+    is_flag=True,
+    help="Write bundles that miss the gate anyway (the exit status still says so).",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Stop at the first image that does not decode (default: skip and count).",
+)
+@click.option(
+    "--labels",
+    help="Comma-separated labels or a file with one per line (default: the parity folder's class folders, sorted).",
+)
+@click.option("--name", help="Bundle name (default: from the model file name).")
+@click.option("--version", "version", default="1.0.0", show_default=True, help="Bundle version.")
+@click.option(
+    "--preprocessing",
+    "preprocessing_yaml",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML with preprocessing fields (see docs/bundle.md).",
+)
+@click.option(
+    "--resize", type=click.Choice(["stretch", "center-crop", "letterbox"]), help="Resize mode."
+)
+@click.option(
+    "--interpolation",
+    type=click.Choice(["nearest", "linear", "area", "cubic"]),
+    help="Resize interpolation.",
+)
+@click.option(
+    "--color-order", type=click.Choice(["rgb", "bgr"]), help="Channel order the model expects."
+)
+@click.option(
+    "--mean", callback=_floats3, help="Per-channel mean in 0..255 pixel units (one value or three)."
+)
+@click.option(
+    "--std", callback=_floats3, help="Per-channel std in pixel units (one value or three)."
+)
+@click.option(
+    "--scale", type=float, help="Shortcut: input = pixel * SCALE (e.g. 0.00392 for [0, 1])."
+)
+@click.option("--crop-fraction", type=float, help="Centre-crop fraction.")
+@click.option(
+    "--softmax/--no-softmax",
+    "apply_softmax",
+    default=None,
+    help="Apply softmax to outputs (default: detected from the float outputs).",
+)
+@click.option(
+    "--confidence-threshold",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Below it the device answers 'uncertain'.",
+)
+@click.option(
+    "--latency-budget-ms", type=float, help="Latency budget the device smoke test enforces."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the table.")
+def model_command(
+    model: Path,
+    parity: Path,
+    calibration: Path | None,
+    out: Path,
+    formats: str,
+    precisions: str,
+    calibration_samples: int,
+    io_type: str,
+    onnx_calibration: str,
+    per_tensor: bool,
+    max_accuracy_drop: float,
+    min_agreement: float,
+    keep_failed: bool,
+    strict: bool,
+    labels: str | None,
+    name: str | None,
+    version: str,
+    preprocessing_yaml: Path | None,
+    resize: str | None,
+    interpolation: str | None,
+    color_order: str | None,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    scale: float | None,
+    crop_fraction: float | None,
+    apply_softmax: bool | None,
+    confidence_threshold: float,
+    latency_budget_ms: float | None,
+    as_json: bool,
+) -> None:
+    """Convert MODEL into one bundle per format and precision, each checked against the float model.
+
+    A conversion that loses more than --max-accuracy-drop points or agrees less
+    than --min-agreement with the float model writes no bundle (unless
+    --keep-failed), names the classes that suffered, and makes the command exit
+    with status 3. Every conversion writes an HTML parity report.
+    """
+    from converter.convert import ConvertOptions, gate_error
+    from converter.convert import convert as run_convert
+
+    options = ConvertOptions(
+        model=model,
+        out=out,
+        parity=parity,
+        calibration=calibration,
+        formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+        precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()),
+        labels=_labels(labels),
+        preprocessing=_preprocessing(
+            preprocessing_yaml,
+            {
+                "resize": resize,
+                "interpolation": interpolation,
+                "color_order": color_order,
+                "mean": mean,
+                "std": std,
+                "scale": scale,
+                "crop_fraction": crop_fraction,
+            },
+        ),
+        calibration_samples=calibration_samples,
+        io_type=io_type,  # type: ignore[arg-type]
+        onnx_calibration=onnx_calibration,  # type: ignore[arg-type]
+        per_channel=not per_tensor,
+        max_accuracy_drop=max_accuracy_drop,
+        min_agreement=min_agreement / 100,
+        keep_failed=keep_failed,
+        strict=strict,
+        name=name,
+        version=version,
+        apply_softmax=apply_softmax,
+        confidence_threshold=confidence_threshold,
+        latency_budget_ms=latency_budget_ms,
+    )
+    console = Console(stderr=True, highlight=False)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=as_json,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(task: str, advance: int, total: int | None) -> None:
+            if task not in tasks:
+                tasks[task] = bar.add_task(task, total=total)
+            elif total is not None:
+                bar.reset(tasks[task], total=total)
+            if advance:
+                bar.advance(tasks[task], advance)
+
+        results = run_convert(options, progress)
+    if as_json:
+        sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+    else:
+        _print_table(results, Console(highlight=False))
+    error = gate_error(results, options)
+    if error is not None:
+        click.secho(f"error: {error}", fg="red", err=True)
+        raise SystemExit(3)
+
+
+def _print_table(results: list[Any], console: Console) -> None:
+    table = Table(
+        "format",
+        "precision",
+        "size",
+        "float acc",
+        "accuracy",
+        "drop",
+        "agreement",
+        "host p50",
+        "gate",
+        "bundle",
+    )
+    for r in results:
+        q = r.report
+        table.add_row(
+            r.format,
+            r.precision,
+            f"{r.model_size / 1024:.0f} KiB",
+            f"{100 * (q.float_accuracy or 0):.2f}%",
+            f"{100 * q.accuracy:.2f}%",
+            f"{q.accuracy_drop_points:+.2f}",
+            f"{100 * (q.top1_agreement or 0):.2f}%",
+            f"{r.latency_p50_ms:.2f} ms",
+            "[green]pass[/]" if r.passed else "[red]FAIL[/]",
+            str(r.bundle_path.name) if r.bundle_path else "-",
+        )
+    console.print(table)
+    if results:
+        console.print(f"reports: {results[0].report_path.parent}/*.report.html")
+
+
+@convert.command("train-reference")
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to save the trained .keras model.",
+)
+@click.option(
+    "--arch", type=click.Choice(["mobilenetv2", "tiny"]), default="mobilenetv2", show_default=True
+)
+@click.option(
+    "--size",
+    type=click.IntRange(32, 512),
+    default=224,
+    show_default=True,
+    help="Input side in pixels.",
+)
+@click.option(
+    "--alpha", type=float, default=1.0, show_default=True, help="MobileNetV2 width multiplier."
+)
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_reference_command(
+    data: Path, out: Path, arch: str, size: int, alpha: float, epochs: int, seed: int
+) -> None:
+    """Train a reference classifier from scratch (weights=None) on DATA/train, checked on DATA/val.
+
+    The model's preprocessing is stretch resize, area interpolation, RGB,
+    scaled to [-1, 1] (convert it with --mean 127.5 --std 127.5).
+    """
+    from converter.dataset import LabelledFolder
+    from converter.reference import train_reference
+
+    train = LabelledFolder.scan(data / "train")
+    val = LabelledFolder.scan(data / "val", train.labels) if (data / "val").is_dir() else None
+    console = Console(stderr=True, highlight=False)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("training", total=epochs)
+        trained = train_reference(
+            train,
+            val,
+            arch="tiny" if arch == "tiny" else "mobilenetv2",
+            size=size,
+            epochs=epochs,
+            alpha=alpha,
+            seed=seed,
+            on_epoch=lambda e, logs: bar.update(
+                task,
+                advance=1,
+                description=f"training (loss {logs.get('loss', 0):.3f}, val acc {logs.get('val_accuracy', 0):.3f})",
+            ),
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    trained.model.save(out)
+    accuracy = (
+        f"{100 * trained.val_accuracy:.1f}%"
+        if trained.val_accuracy is not None
+        else "n/a (no val/)"
+    )
+    click.echo(
+        f"saved {out}: {arch} {size}x{size}, {len(train.labels)} classes, validation accuracy {accuracy}"
+    )
+
+
+@convert.command("make-dataset")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--train",
+    "per_train",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Training images per class.",
+)
+@click.option(
+    "--val",
+    "per_val",
+    type=click.IntRange(0),
+    default=30,
+    show_default=True,
+    help="Validation images per class.",
+)
+@click.option("--size", type=click.IntRange(16, 1024), default=128, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def make_dataset_command(out: Path, per_train: int, per_val: int, size: int, seed: int) -> None:
+    """Draw the labelled synthetic conveyor data set (six waste classes) into OUT/train and OUT/val."""
+    from converter.synthetic import write_dataset
+
+    written = write_dataset(out, per_train, per_val, size=size, seed=seed)
+    click.echo(f"wrote {written.train} training and {written.val} validation images to {out}")
