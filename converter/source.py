@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from converter.errors import ModelLoadError, UnsupportedModelError
+from converter.onnx_canonical import canonicalize
 
 __all__ = ["InferredPreprocessing", "SourceModel", "load_source_model"]
 
@@ -144,7 +146,9 @@ class SourceModel:
 
                 height, width, channels = self.input_shape()
                 image = keras.Input((height, width, channels), batch_size=1, name="image")
-                fixed = keras.Model(image, self.model(image, training=False))
+                fixed = keras.Model(
+                    image, self.model(image, training=False), name="edgefleet_export"
+                )
                 converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
             else:
                 converter = tf.lite.TFLiteConverter.from_saved_model(str(self.path))
@@ -165,33 +169,38 @@ class SourceModel:
         with tempfile.TemporaryDirectory(prefix="edgefleet-onnx-") as tmp:
             saved = self.path
             if self.kind == "keras":
+                # a fresh process: TensorFlow's name counters start at zero, so the bytes repeat
                 saved = Path(tmp) / "savedmodel"
-                with contextlib.redirect_stdout(io.StringIO()):
-                    self.model.export(str(saved), verbose=False)
-            out = Path(tmp) / "model.onnx"
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "tf2onnx.convert",
-                    "--saved-model",
-                    str(saved),
-                    "--output",
-                    str(out),
-                    "--opset",
-                    "17",
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if result.returncode != 0 or not out.exists():
-                tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-                raise UnsupportedModelError(
-                    f"{self.path}: tf2onnx could not convert the model:\n{tail}"
+                _run(
+                    [sys.executable, "-m", "converter._export", str(self.path), str(saved)],
+                    self.path,
+                    "SavedModel export",
                 )
-            self._onnx_fp32 = out.read_bytes()
+            out = Path(tmp) / "model.onnx"
+            tf2onnx = [
+                sys.executable,
+                "-m",
+                "tf2onnx.convert",
+                "--saved-model",
+                str(saved),
+                "--output",
+                str(out),
+                "--opset",
+                "17",
+            ]
+            _run(tf2onnx, self.path, "tf2onnx")
+            self._onnx_fp32 = canonicalize(out.read_bytes())
         return self._onnx_fp32
+
+
+def _run(command: list[str], model: Path, what: str) -> None:
+    """Run a conversion step in a fresh process; a failure names the model and the step."""
+    # a fixed hash seed: tf2onnx names shared constants in set-iteration order
+    env = {**os.environ, "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+        raise UnsupportedModelError(f"{model}: {what} failed:\n{tail}")
 
 
 def load_source_model(path: Path) -> SourceModel:

@@ -1,0 +1,320 @@
+"""The converter on tiny real models trained in seconds on generated data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from converter.convert import ConvertOptions, convert, gate_error
+from converter.errors import ConversionError, DatasetError, ModelLoadError, UnsupportedModelError
+from converter.quantize import quantize_onnx_int8, quantize_tflite
+from converter.source import load_source_model
+from edge_runtime.backends import create_backend
+from edge_runtime.bundle import read_bundle
+from edge_runtime.classifier import Classifier
+
+EDGEFLEET = [sys.executable, "-m", "edgefleet"]
+ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+NORM = {"mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5), "interpolation": "area"}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data root, .keras model): the tiny reference CNN trained on a small synthetic set."""
+    from converter.dataset import LabelledFolder
+    from converter.reference import train_reference
+    from converter.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    write_dataset(root, per_class_train=40, per_class_val=12, size=64)
+    train = LabelledFolder.scan(root / "train")
+    model = train_reference(
+        train, LabelledFolder.scan(root / "val", train.labels), arch="tiny", size=48, epochs=8
+    )
+    assert model.val_accuracy is not None and model.val_accuracy > 0.5, (
+        "the tiny model did not learn"
+    )
+    path = root / "tiny.keras"
+    model.model.save(path)
+    return root, path
+
+
+def samples_for(root: Path, count: int = 24):
+    from converter.dataset import LabelledFolder
+    from converter.reference import REFERENCE_PREPROCESSING, load_tensors
+
+    x, _ = load_tensors(
+        LabelledFolder.scan(root / "val").balanced(count), REFERENCE_PREPROCESSING(48)
+    )
+    return lambda: (x[i : i + 1] for i in range(len(x)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("precision", "io_type", "dtypes"),
+    [
+        ("fp16", "int8", ("float32", "float32")),
+        ("dynamic-int8", "int8", ("float32", "float32")),
+        ("int8", "int8", ("int8", "int8")),
+        ("int8", "uint8", ("uint8", "uint8")),
+        ("int8", "float32", ("float32", "float32")),
+    ],
+)
+def test_tflite_precisions_and_io_types(
+    trained: tuple[Path, Path], precision: str, io_type: str, dtypes: tuple[str, str]
+) -> None:
+    root, model_path = trained
+    fp32 = load_source_model(model_path).tflite_fp32()
+    quantized = quantize_tflite(
+        fp32, precision, samples=samples_for(root), io_type=io_type, input_range=(-1.0, 1.0)
+    )
+    backend = create_backend("litert", "tflite", quantized)
+    assert (backend.inputs[0].dtype, backend.outputs[0].dtype) == dtypes
+    assert len(quantized) < len(fp32)
+    if dtypes[0] != "float32":
+        q = backend.inputs[0].quantization
+        assert q is not None  # the exact input range [-1, 1] replaced the calibrated one
+        low, high = (
+            q.scale[0] * (np.iinfo(dtypes[0]).min - q.zero_point[0]),
+            q.scale[0] * (np.iinfo(dtypes[0]).max - q.zero_point[0]),
+        )
+        assert low == pytest.approx(-1.0, abs=0.01) and high == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.slow
+def test_onnx_int8_is_static_qdq_per_channel(trained: tuple[Path, Path]) -> None:
+    root, model_path = trained
+    float_model = load_source_model(model_path).onnx_fp32()
+    quantized = onnx.load_model_from_string(quantize_onnx_int8(float_model, samples_for(root)))
+    ops = {node.op_type for node in quantized.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    initializers = {init.name: init for init in quantized.graph.initializer}
+    per_channel = [
+        node
+        for node in quantized.graph.node
+        if node.op_type == "DequantizeLinear"
+        and node.input[1] in initializers
+        and len(onnx.numpy_helper.to_array(initializers[node.input[1]]).shape) == 1
+        and onnx.numpy_helper.to_array(initializers[node.input[1]]).size > 1
+    ]
+    assert per_channel, "weights should carry one scale per output channel"
+
+
+@pytest.mark.slow
+def test_convert_writes_checked_bundles(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    root, model_path = trained
+    options = ConvertOptions(
+        model=model_path,
+        out=tmp_path / "out",
+        parity=root / "val",
+        calibration=root / "train",
+        formats=("tflite", "onnx"),
+        precisions=("fp32", "int8"),
+        preprocessing=NORM,
+        calibration_samples=60,
+        max_accuracy_drop=100,
+        min_agreement=0.0,
+        version="2.1.0",
+    )
+    results = convert(options)
+    assert [(r.format, r.precision) for r in results] == [
+        ("tflite", "fp32"),
+        ("tflite", "int8"),
+        ("onnx", "fp32"),
+        ("onnx", "int8"),
+    ]
+    assert gate_error(results, options) is None
+    for result in results:
+        assert result.bundle_path is not None and result.report_path.exists()
+        bundle = read_bundle(result.bundle_path)
+        manifest = bundle.manifest
+        assert manifest.version == "2.1.0" and manifest.model.precision == result.precision
+        assert manifest.quality is not None and manifest.quality.dataset.num_images == 72
+        assert manifest.preprocessing.mean == (127.5, 127.5, 127.5)
+        assert manifest.provenance.calibration_data_sha256 is not None
+        assert manifest.golden is not None and len(manifest.golden.vectors) == 6
+        assert (
+            Classifier(bundle).replay_golden().vectors == 6
+        )  # the device smoke test reproduces them
+    fp32, int8 = results[0], results[1]
+    assert fp32.report.top1_agreement == 1.0 and fp32.report.accuracy_drop_points == 0.0
+    assert read_bundle(int8.bundle_path).manifest.model.inputs[0].dtype == "int8"
+    html = fp32.report_path.read_text()
+    assert html.count("<table class='cm'>") == 2 and "Per-class accuracy" in html
+    assert not list((tmp_path / "out").glob(".*"))  # no drafts or temp files left behind
+    again = convert(options)  # same inputs, same bytes
+    assert [r.bundle_id for r in again] == [r.bundle_id for r in results]
+
+
+@pytest.mark.slow
+def test_gate_failure_writes_no_bundle_and_names_classes(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, model_path = trained
+    command = [
+        *EDGEFLEET,
+        "convert",
+        str(model_path),
+        "--parity",
+        str(root / "val"),
+        "--out",
+        str(tmp_path),
+        "--formats",
+        "tflite",
+        "--precision",
+        "fp32",
+        "--mean",
+        "127.5",
+        "--std",
+        "127.5",
+        "--max-accuracy-drop",
+        "-50",  # demands a 50-point gain: cannot pass
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "parity gate failed" in result.stderr and "classes that suffered: " in result.stderr
+    assert "no bundle written" in result.stderr
+    assert not list(tmp_path.glob("*.efb")) and list(tmp_path.glob("*.report.html"))
+    kept = subprocess.run(
+        [*command, "--keep-failed", "--json"], capture_output=True, text=True, env=ENV, timeout=300
+    )
+    assert kept.returncode == 3
+    summary = json.loads(kept.stdout)
+    assert summary[0]["passed"] is False and Path(summary[0]["bundle"]).exists()
+
+
+@pytest.mark.slow
+def test_savedmodel_and_onnx_sources(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    import keras
+
+    root, model_path = trained
+    saved = tmp_path / "savedmodel"
+    keras.models.load_model(model_path).export(str(saved), verbose=False)
+    results = convert(
+        ConvertOptions(
+            model=saved,
+            out=tmp_path / "a",
+            parity=root / "val",
+            formats=("tflite", "onnx"),
+            precisions=("fp32",),
+            preprocessing=NORM,
+        )
+    )
+    assert all(r.passed for r in results) and len(results) == 2
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(load_source_model(model_path).onnx_fp32())
+    onnx_results = convert(
+        ConvertOptions(
+            model=onnx_path,
+            out=tmp_path / "b",
+            parity=root / "val",
+            calibration=root / "train",
+            formats=("onnx",),
+            precisions=("int8",),
+            preprocessing=NORM,
+            calibration_samples=30,
+            max_accuracy_drop=100,
+            min_agreement=0,
+        )
+    )
+    assert onnx_results[0].bundle_path is not None
+    with pytest.raises(
+        UnsupportedModelError, match="TFLite output needs a Keras or SavedModel source"
+    ):
+        convert(
+            ConvertOptions(
+                model=onnx_path,
+                out=tmp_path / "c",
+                parity=root / "val",
+                formats=("tflite",),
+                precisions=("fp32",),
+                preprocessing=NORM,
+            )
+        )
+
+
+@pytest.mark.slow
+def test_rescaling_layer_gives_the_preprocessing(
+    tmp_path: Path, trained: tuple[Path, Path]
+) -> None:
+    import keras
+
+    root, _ = trained
+    inputs = keras.Input((48, 48, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(6, activation="softmax")(x))
+    path = tmp_path / "raw.keras"
+    model.save(path)
+    results = convert(
+        ConvertOptions(
+            model=path,
+            out=tmp_path / "o",
+            parity=root / "val",
+            formats=("tflite",),
+            precisions=("fp32",),
+        )
+    )
+    manifest = read_bundle(results[0].bundle_path).manifest
+    assert (manifest.preprocessing.mean, manifest.preprocessing.std) == ((0, 0, 0), (1, 1, 1))
+
+
+def test_bad_inputs_are_named(tmp_path: Path) -> None:
+    from converter.synthetic import write_dataset
+
+    corrupt = tmp_path / "broken.keras"
+    corrupt.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ModelLoadError, match=r"broken\.keras"):
+        load_source_model(corrupt)
+    (tmp_path / "model.pt").write_bytes(b"torch")
+    with pytest.raises(ModelLoadError, match="unsupported model file"):
+        load_source_model(tmp_path / "model.pt")
+    with pytest.raises(ModelLoadError, match="not a SavedModel"):
+        load_source_model(tmp_path)
+    write_dataset(tmp_path / "data", per_class_train=1, per_class_val=1, size=16)
+    with pytest.raises(ConversionError, match="int8 needs calibration images"):
+        convert(
+            ConvertOptions(
+                model=corrupt,
+                out=tmp_path / "o",
+                parity=tmp_path / "data" / "val",
+                precisions=("int8",),
+            )
+        )
+    with pytest.raises(DatasetError, match="missing"):
+        from converter.dataset import LabelledFolder
+
+        LabelledFolder.scan(tmp_path / "data" / "val", labels=["a", "b"])
+
+
+@pytest.mark.slow
+def test_normalisation_must_be_known(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    root, model_path = trained
+    with pytest.raises(ConversionError, match="does not say how its input is normalised"):
+        convert(
+            ConvertOptions(
+                model=model_path,
+                out=tmp_path,
+                parity=root / "val",
+                formats=("tflite",),
+                precisions=("fp32",),
+            )
+        )
+    with pytest.raises(ConversionError, match="input is 48x48"):
+        convert(
+            ConvertOptions(
+                model=model_path,
+                out=tmp_path,
+                parity=root / "val",
+                formats=("tflite",),
+                precisions=("fp32",),
+                preprocessing={**NORM, "height": 64},
+            )
+        )
