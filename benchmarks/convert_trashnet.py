@@ -1,0 +1,161 @@
+"""Converter targets on TrashNet (issue #3), measured in one run and printed side by side.
+
+    .venv/bin/python benchmarks/convert_trashnet.py --model mnv2.keras [--data ../shared/datasets/trashnet]
+
+Without --model it first trains the reference MobileNetV2 (alpha 1.0, 224x224,
+weights=None) on DATA/train with `edgefleet convert train-reference` (slow on
+2 cores: about 90 s per epoch). Then it runs, as a user would:
+
+1. `edgefleet convert MODEL --precision int8 --formats tflite,onnx` with 200
+   calibration images (DATA/train) and the 328 parity images (DATA/val), timed;
+2. the same with `--precision fp32`, for the size comparison.
+
+It prints each target next to its measured figure and writes the JSON summary
+to benchmarks/reports/convert-trashnet.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EDGEFLEET = [sys.executable, "-m", "edgefleet"]
+
+
+def run_convert(model: Path, data: Path, out: Path, precision: str) -> tuple[list[dict], float]:
+    command = [
+        *EDGEFLEET,
+        "convert",
+        str(model),
+        "--calibration",
+        str(data / "train"),
+        "--parity",
+        str(data / "val"),
+        "--calibration-samples",
+        "200",
+        "--precision",
+        precision,
+        "--formats",
+        "tflite,onnx",
+        "--mean",
+        "127.5",
+        "--std",
+        "127.5",
+        "--interpolation",
+        "area",
+        "--out",
+        str(out),
+        "--json",
+        "--keep-failed",
+    ]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if result.returncode not in (0, 3):
+        sys.exit(f"conversion failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout), wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, help="trained .keras model (default: train one)")
+    parser.add_argument(
+        "--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "trashnet"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=10, help="training epochs when --model is not given"
+    )
+    parser.add_argument(
+        "--work", type=Path, default=Path(tempfile.gettempdir()) / "edgefleet-convert-bench"
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args.work.mkdir(parents=True, exist_ok=True)
+    model = args.model
+    if model is None:
+        model = args.work / "mobilenetv2-trashnet.keras"
+        subprocess.run(
+            [
+                *EDGEFLEET,
+                "convert",
+                "train-reference",
+                str(args.data),
+                "--out",
+                str(model),
+                "--arch",
+                "mobilenetv2",
+                "--size",
+                "224",
+                "--epochs",
+                str(args.epochs),
+            ],
+            check=True,
+        )
+    int8, int8_wall = run_convert(model, args.data, args.work / "int8", "int8")
+    fp32, _ = run_convert(model, args.data, args.work / "fp32", "fp32")
+    sizes = {
+        (r["format"], r["precision"]): Path(r["bundle"]).stat().st_size for r in [*int8, *fp32]
+    }
+    rows = []
+    for r in int8:
+        fmt = r["format"]
+        ratio = sizes[(fmt, "int8")] / sizes[(fmt, "fp32")]
+        rows += [
+            (
+                f"{fmt} int8 accuracy drop (points)",
+                "<= 1.0",
+                f"{r['accuracy_drop_points']:.2f}",
+                r["accuracy_drop_points"] <= 1.0,
+            ),
+            (
+                f"{fmt} int8 top-1 agreement",
+                ">= 98%",
+                f"{100 * r['top1_agreement']:.2f}%",
+                r["top1_agreement"] >= 0.98,
+            ),
+            (f"{fmt} int8 / fp32 bundle size", "<= 30%", f"{100 * ratio:.1f}%", ratio <= 0.30),
+        ]
+    rows.append(("both int8 conversions, wall", "<= 90 s", f"{int8_wall:.1f} s", int8_wall <= 90))
+    print(
+        f"model {model}; float accuracy {100 * int8[0]['float_accuracy']:.2f}% on {args.data / 'val'}"
+    )
+    for r in [*fp32, *int8]:
+        print(
+            f"  {r['format']:6} {r['precision']:5} accuracy {100 * r['accuracy']:.2f}%  agreement {100 * r['top1_agreement']:.2f}%"
+            f"  bundle {sizes[(r['format'], r['precision'])] / 1e6:.2f} MB  host p50 {r['host_latency_p50_ms']:.2f} ms"
+        )
+    width = max(len(row[0]) for row in rows)
+    print(f"\n{'target':{width}}  {'bound':8}  {'measured':>10}  verdict")
+    for name, bound, measured, ok in rows:
+        print(f"{name:{width}}  {bound:8}  {measured:>10}  {'met' if ok else 'MISSED'}")
+    report = ROOT / "benchmarks" / "reports" / "convert-trashnet.json"
+    report.write_text(
+        json.dumps(
+            {
+                "model": str(model),
+                "int8": int8,
+                "fp32": fp32,
+                "int8_wall_s": int8_wall,
+                "sizes": {f"{f}-{p}": s for (f, p), s in sizes.items()},
+                "targets": [
+                    {"target": n, "bound": b, "measured": m, "met": ok} for n, b, m, ok in rows
+                ],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"\nwrote {report}")
+
+
+if __name__ == "__main__":
+    main()
