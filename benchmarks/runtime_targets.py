@@ -70,42 +70,41 @@ def ours_once(classifier: Classifier, frame: np.ndarray, index: int) -> float:
     return (time.perf_counter() - started) * 1e3
 
 
-def bare_once(
-    interpreter,
-    input_index: int,
-    output_index: int,
-    size: tuple[int, int],
-    dtype,
-    frame: np.ndarray,
-) -> float:  # noqa: PLR0917
-    started = time.perf_counter()
-    tensor = cv2.resize(frame, size).astype(dtype)[np.newaxis]
-    interpreter.set_tensor(input_index, tensor)
-    interpreter.invoke()
-    interpreter.get_tensor(output_index)
-    return (time.perf_counter() - started) * 1e3
+class BareLoop:
+    """The reference: cv2.resize + dtype cast + set_tensor/invoke/get_tensor, nothing else."""
+
+    def __init__(self, model: bytes, threads: int) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_content=model, num_threads=threads)
+        self.interpreter.allocate_tensors()
+        detail = self.interpreter.get_input_details()[0]
+        self.input_index = detail["index"]
+        self.dtype = detail["dtype"]
+        self.size = (int(detail["shape"][2]), int(detail["shape"][1]))
+        self.output_index = self.interpreter.get_output_details()[0]["index"]
+
+    def once(self, frame: np.ndarray) -> float:
+        started = time.perf_counter()
+        tensor = cv2.resize(frame, self.size).astype(self.dtype)[np.newaxis]
+        self.interpreter.set_tensor(self.input_index, tensor)
+        self.interpreter.invoke()
+        self.interpreter.get_tensor(self.output_index)
+        return (time.perf_counter() - started) * 1e3
 
 
 def overhead(int8_path: Path, threads: int, rounds: int) -> dict[str, float]:
-    from ai_edge_litert.interpreter import Interpreter
-
     bundle = read_bundle(int8_path)
     classifier = Classifier(bundle, backend="litert", threads=threads)
-    interpreter = Interpreter(model_content=bundle.model_bytes, num_threads=threads)
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    size = (int(detail["shape"][2]), int(detail["shape"][1]))
-    out_index = interpreter.get_output_details()[0]["index"]
+    bare_loop = BareLoop(bundle.model_bytes, threads)
     data = frames()
     ours, bare = [], []
     for i in range(10):  # warm-up
         ours_once(classifier, data[i], i)
-        bare_once(interpreter, detail["index"], out_index, size, detail["dtype"], data[i])
+        bare_loop.once(data[i])
     for block in range(rounds):
         for frame in data[:16]:
-            bare.append(
-                bare_once(interpreter, detail["index"], out_index, size, detail["dtype"], frame)
-            )
+            bare.append(bare_loop.once(frame))
         for i, frame in enumerate(data[:16]):
             ours.append(ours_once(classifier, frame, block * 16 + i))
     return {
