@@ -20,6 +20,7 @@ from edge_runtime.bundle import (
     write_bundle,
 )
 from edge_runtime.errors import BundleError
+from edgefleet.commands._console import make_console
 
 __all__ = ["bundle", "print_summary"]
 
@@ -48,7 +49,7 @@ def inspect(path: Path, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(dump_manifest(loaded.manifest).decode("utf-8"))
         return
-    print_summary(loaded, Console(highlight=False))
+    print_summary(loaded, make_console())
 
 
 @bundle.command()

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edgefleet.commands._console import make_console
+
 __all__ = ["convert"]
 
 
@@ -282,7 +284,7 @@ def model_command(
         confidence_threshold=confidence_threshold,
         latency_budget_ms=latency_budget_ms,
     )
-    console = Console(stderr=True, highlight=False)
+    console = make_console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -306,7 +308,7 @@ def model_command(
     if as_json:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     else:
-        _print_table(results, Console(highlight=False))
+        _print_table(results, make_console())
     error = gate_error(results, options)
     if error is not None:
         click.secho(f"error: {error}", fg="red", err=True)
@@ -381,7 +383,7 @@ def train_reference_command(
 
     train = LabelledFolder.scan(data / "train")
     val = LabelledFolder.scan(data / "val", train.labels) if (data / "val").is_dir() else None
-    console = Console(stderr=True, highlight=False)
+    console = make_console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

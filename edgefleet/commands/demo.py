@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
+
+from edgefleet.commands._console import make_console
 
 __all__ = ["demo"]
 
@@ -38,5 +39,5 @@ def demo(workdir: Path, data: Path | None, fast: bool, seed: int) -> None:
     """
     from edgefleet.demo import DemoOptions, run_demo
 
-    status = run_demo(DemoOptions(workdir=workdir, data=data, fast=fast, seed=seed), Console())
+    status = run_demo(DemoOptions(workdir=workdir, data=data, fast=fast, seed=seed), make_console())
     raise SystemExit(status)

@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 import numpy as np
-from rich.console import Console
 from rich.table import Table
+
+from edgefleet.commands._console import make_console
 
 __all__ = ["device"]
 
@@ -111,7 +112,7 @@ def classify(bundle_path: Path, path: Path, backend: str, threads: int, as_json:
     bundle = read_bundle(bundle_path)
     classifier = Classifier(bundle, backend=backend, threads=threads)
     labels = bundle.manifest.labels
-    console = Console(highlight=False)
+    console = make_console()
     table = Table("frame", "label", "confidence", "top-k", "ms", box=None, padding=(0, 2))
     latencies: list[float] = []
     counts: dict[str, int] = {}
