@@ -45,7 +45,14 @@ from edge_runtime.classifier import Classifier
 from edge_runtime.postprocess import softmax
 from edge_runtime.preprocess import Preprocessor
 
-__all__ = ["ConversionResult", "ConvertOptions", "Progress", "convert"]
+__all__ = [
+    "ConversionResult",
+    "ConvertOptions",
+    "Progress",
+    "convert",
+    "gate_error",
+    "tool_versions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +180,8 @@ def _created_at() -> str | None:
     return datetime.fromtimestamp(int(epoch), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _tool_versions() -> dict[str, str]:
+def tool_versions() -> dict[str, str]:
+    """Versions of edgefleet and the libraries that shaped a bundle (for provenance)."""
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"edgefleet": __version__}
@@ -339,7 +347,7 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> list[C
         parity_data_sha256=parity_ref.sha256,
         created_by=f"edgefleet {__version__}",
         created_at=_created_at(),
-        tools=_tool_versions(),
+        tools=tool_versions(),
     )
     results: list[ConversionResult] = []
     for fmt in options.formats:

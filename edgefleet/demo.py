@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from edge_runtime import __version__
@@ -27,6 +27,7 @@ from edge_runtime.bundle import Bundle, DatasetRef, Postprocessing, Provenance, 
 from edge_runtime.bundle.ustar import sha256_hex
 from edge_runtime.classifier import Classifier
 from edge_runtime.errors import BundleError
+from edgefleet.commands._console import progress_bar
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -55,14 +56,7 @@ class _DeviceRun:
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("  {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
+    return progress_bar(console, indent="  ")
 
 
 class _Demo:
@@ -131,6 +125,7 @@ class _Demo:
         return trained, keras_path, size
 
     def bundle(self, trained: Any, keras_path: Path, size: int, val: Any, data_root: Path) -> Path:
+        from converter.convert import tool_versions
         from converter.packaging import assemble_bundle
         from converter.parity import compare_scores
         from converter.reference import export_tflite_fp32, load_tensors
@@ -167,7 +162,7 @@ class _Demo:
                 source_model_sha256=sha256_hex(keras_path.read_bytes()),
                 parity_data_sha256=val.sha256(),
                 created_by=f"edgefleet {__version__}",
-                tools=_tool_versions(),
+                tools=tool_versions(),
             ),
         }
         draft_path = self.workdir / "draft.efb"
@@ -285,21 +280,3 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         return 1
     demo.summary(bundle, path, run, time.perf_counter() - started)
     return 0
-
-
-def _tool_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for package in (
-        "tensorflow-cpu",
-        "ai-edge-litert",
-        "onnxruntime",
-        "numpy",
-        "opencv-python-headless",
-    ):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return versions

@@ -6,8 +6,9 @@ import os
 import sys
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["make_console"]
+__all__ = ["make_console", "progress_bar"]
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -15,3 +16,18 @@ def make_console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() or "COLUMNS" in os.environ else 160
     return Console(stderr=stderr, highlight=False, width=width)
+
+
+def progress_bar(
+    console: Console, *, transient: bool = True, disable: bool = False, indent: str = ""
+) -> Progress:
+    """The one progress-bar layout the CLI uses: description, bar, n/total, elapsed."""
+    return Progress(
+        TextColumn(indent + "{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=transient,
+        disable=disable,
+    )

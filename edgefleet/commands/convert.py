@@ -10,10 +10,9 @@ from typing import Any
 import click
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgefleet.commands._console import make_console
+from edgefleet.commands._console import make_console, progress_bar
 
 __all__ = ["convert"]
 
@@ -285,15 +284,7 @@ def model_command(
         latency_budget_ms=latency_budget_ms,
     )
     console = make_console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=as_json,
-    ) as bar:
+    with progress_bar(console, disable=as_json) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(task: str, advance: int, total: int | None) -> None:
@@ -384,13 +375,7 @@ def train_reference_command(
     train = LabelledFolder.scan(data / "train")
     val = LabelledFolder.scan(data / "val", train.labels) if (data / "val").is_dir() else None
     console = make_console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
+    with progress_bar(console, transient=False) as bar:
         task = bar.add_task("training", total=epochs)
         trained = train_reference(
             train,
