@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -76,6 +76,7 @@ class ConvertOptions:
     calibration_samples: int = 200
     io_type: IoType = "int8"
     onnx_calibration: OnnxCalibration = "minmax"
+    onnx_format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
     max_accuracy_drop: float = 1.0
     min_agreement: float = 0.98
@@ -291,6 +292,7 @@ class _Job:
             samples,
             per_channel=self.options.per_channel,
             method=self.options.onnx_calibration,
+            quant_format=self.options.onnx_format,
         )
 
     def input_range(self) -> tuple[float, float]:

@@ -130,6 +130,13 @@ def _floats3(
     help="ONNX int8 calibration method.",
 )
 @click.option(
+    "--onnx-format",
+    type=click.Choice(["qdq", "qoperator"]),
+    default="qdq",
+    show_default=True,
+    help="ONNX int8 graph format (QOperator is slower on x86 CPUs; a warning says so).",
+)
+@click.option(
     "--per-tensor",
     is_flag=True,
     help="ONNX: per-tensor weights (per-channel is the default and usually more accurate).",
@@ -218,6 +225,7 @@ def model_command(
     calibration_samples: int,
     io_type: str,
     onnx_calibration: str,
+    onnx_format: str,
     per_tensor: bool,
     max_accuracy_drop: float,
     min_agreement: float,
@@ -272,6 +280,7 @@ def model_command(
         calibration_samples=calibration_samples,
         io_type=io_type,  # type: ignore[arg-type]
         onnx_calibration=onnx_calibration,  # type: ignore[arg-type]
+        onnx_format="qoperator" if onnx_format == "qoperator" else "qdq",
         per_channel=not per_tensor,
         max_accuracy_drop=max_accuracy_drop,
         min_agreement=min_agreement / 100,
