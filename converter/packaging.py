@@ -29,7 +29,7 @@ from edge_runtime.bundle import (
     Provenance,
     QualityReport,
     build_bundle,
-    encode_frame,
+    encode_frame_png,
     parse_bundle,
     write_bundle,
 )
@@ -67,7 +67,7 @@ def assemble_bundle(
     )
     members = {model_spec.file: model}
     members.update(
-        {f"golden/{i:03d}.npy": encode_frame(f) for i, (f, _) in enumerate(golden_frames)}
+        {f"golden/{i:03d}.png": encode_frame_png(f) for i, (f, _) in enumerate(golden_frames)}
     )
     fields = {
         "name": name,
@@ -93,7 +93,7 @@ def assemble_bundle(
                 "refusing to pack a broken model"
             )
         expected = [round(float(s), 6) for s in scores]
-        vectors.append(GoldenVector(input=f"golden/{i:03d}.npy", expected=expected, label=label))
+        vectors.append(GoldenVector(input=f"golden/{i:03d}.png", expected=expected, label=label))
     golden = GoldenSet(atol=golden_atol, vectors=vectors) if vectors else None
     manifest = ManifestSpec(**fields, golden=golden)
     return write_bundle(path, manifest, members)

@@ -7,7 +7,12 @@ See ``docs/bundle.md`` for the format. Public entry points:
 
 from __future__ import annotations
 
-from edge_runtime.bundle.golden import decode_frame, encode_frame
+from edge_runtime.bundle.golden import (
+    check_frame_member,
+    decode_frame,
+    encode_frame,
+    encode_frame_png,
+)
 from edge_runtime.bundle.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -59,9 +64,11 @@ __all__ = [
     "Quantization",
     "TensorSpec",
     "build_bundle",
+    "check_frame_member",
     "decode_frame",
     "dump_manifest",
     "encode_frame",
+    "encode_frame_png",
     "load_manifest",
     "parse_bundle",
     "read_bundle",

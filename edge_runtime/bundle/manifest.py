@@ -207,7 +207,9 @@ class Postprocessing(_Strict):
 class GoldenVector(_Strict):
     """A real frame and the class scores the runtime must reproduce for it."""
 
-    input: MemberName = Field(description="a .npy member: uint8 frame, H x W x 3, BGR")
+    input: MemberName = Field(
+        description="a .png (lossless) or .npy member: uint8 frame, H x W x 3, BGR"
+    )
     expected: list[Finite] = Field(min_length=1, max_length=10_000)
     label: str | None = Field(default=None, description="the frame's true class, if known")
 

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_runtime.atomic import atomic_write_bytes
-from edge_runtime.bundle.golden import decode_frame
+from edge_runtime.bundle.golden import check_frame_member, decode_frame
 from edge_runtime.bundle.manifest import (
     MANIFEST_NAME,
     FileEntry,
@@ -145,7 +145,7 @@ def parse_bundle(data: bytes, limits: BundleLimits | None = None) -> Bundle:
     _check_model_magic(manifest, members[manifest.model.file])
     if manifest.golden is not None:
         for vector in manifest.golden.vectors:
-            decode_frame(members[vector.input], vector.input)
+            check_frame_member(members[vector.input], vector.input)
     return Bundle(
         manifest=manifest,
         members=MappingProxyType(dict(members)),

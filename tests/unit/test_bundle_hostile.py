@@ -382,3 +382,41 @@ def test_random_mutations_raise_only_our_errors(
             del data[index : index + value]
     with contextlib.suppress(EdgefleetError):
         parse_bundle(bytes(data))
+
+
+def png_bundle(valid_bundle: bytes, png: bytes) -> bytes:
+    """The valid bundle with golden/000.npy replaced by a PNG member (manifest rehashed)."""
+    members = unpack_members(valid_bundle)
+    del members["golden/000.npy"]
+    members["golden/000.png"] = png
+    manifest = json.loads(members[MANIFEST_NAME])
+    del manifest["files"]["golden/000.npy"]
+    manifest["files"]["golden/000.png"] = {"size": len(png), "sha256": sha256_hex(png)}
+    manifest["golden"]["vectors"][0]["input"] = "golden/000.png"
+    members[MANIFEST_NAME] = json.dumps(manifest).encode()
+    return pack_members(members.items())
+
+
+def test_png_golden_frames_are_checked_without_decoding(valid_bundle: bytes) -> None:
+    import cv2
+
+    from edge_runtime.bundle import decode_frame, encode_frame_png
+    from tests.conftest import golden_frame
+
+    frame = golden_frame(0)
+    good = encode_frame_png(frame)
+    bundle = parse_bundle(png_bundle(valid_bundle, good))
+    np.testing.assert_array_equal(bundle.golden_frames()[0], frame)  # lossless
+    np.testing.assert_array_equal(decode_frame(good, "x.png"), frame)
+
+    corrupt = bytearray(good)
+    corrupt[20] ^= 0xFF  # inside IHDR: the header CRC no longer matches
+    refuse(
+        png_bundle(valid_bundle, bytes(corrupt)), MemberContentError, "golden/000.png", "checksum"
+    )
+    rgba = cv2.imencode(".png", np.zeros((4, 4, 4), np.uint8))[1].tobytes()
+    refuse(png_bundle(valid_bundle, rgba), MemberContentError, "without alpha")
+    refuse(png_bundle(valid_bundle, b"GIF89a" + b"\0" * 40), MemberContentError, "not a PNG")
+    truncated_body = good[:40] + b"\0" * 10  # header fine, data corrupt: caught when decoded
+    with pytest.raises(MemberContentError, match="corrupt"):
+        decode_frame(truncated_body, "golden/000.png")
