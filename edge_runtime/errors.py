@@ -15,7 +15,9 @@ __all__ = [
     "BundleArchiveError",
     "BundleError",
     "BundleTooLargeError",
+    "ChunkIntegrityError",
     "ConfigError",
+    "DeliveryError",
     "DuplicateMemberError",
     "EdgefleetError",
     "GoldenMismatchError",
@@ -26,12 +28,18 @@ __all__ = [
     "OutputError",
     "PreprocessingError",
     "RuntimeDeviceError",
+    "SmokeTestError",
     "SourceError",
     "SourceUnavailableError",
     "StatusServerError",
+    "StoreError",
+    "TargetMismatchError",
+    "TrustError",
     "UnexpectedMemberError",
+    "UnknownTargetError",
     "UnsafeMemberError",
     "UnsupportedSchemaVersionError",
+    "UpdateError",
 ]
 
 
@@ -127,3 +135,38 @@ class SourceUnavailableError(SourceError):
 
 class StatusServerError(RuntimeDeviceError):
     """The local health/metrics HTTP endpoint cannot start (address in use, bad host)."""
+
+
+# --- trust, delivery and updates -----------------------------------------------
+
+
+class TrustError(EdgefleetError):
+    """TUF metadata, an assignment or a bundle failed verification; nothing unverified is used."""
+
+
+class UnknownTargetError(TrustError):
+    """An assignment names a bundle that no release key signed (or a target that does not exist)."""
+
+
+class TargetMismatchError(TrustError):
+    """Downloaded bytes do not match the signed length or sha256 of their target."""
+
+
+class DeliveryError(RuntimeDeviceError):
+    """Bundle chunks could not be received, stored or assembled."""
+
+
+class ChunkIntegrityError(DeliveryError):
+    """A chunk is longer than allowed, out of range, or does not match its announced hash."""
+
+
+class UpdateError(RuntimeDeviceError):
+    """The device update lifecycle could not proceed (the active bundle keeps serving)."""
+
+
+class StoreError(UpdateError):
+    """The on-device bundle store cannot write or read (disk full, permissions, corruption)."""
+
+
+class SmokeTestError(UpdateError):
+    """A staged bundle failed its smoke test (load, tensor specs, golden vectors, latency budget)."""

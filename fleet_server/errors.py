@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from edge_runtime.errors import EdgefleetError
 
-__all__ = ["FleetError", "RegistryError", "RolloutError"]
+__all__ = [
+    "DeliveryServerError",
+    "FleetError",
+    "KeyManagementError",
+    "RegistryError",
+    "ReleaseError",
+    "RolloutError",
+]
 
 
 class FleetError(EdgefleetError):
@@ -17,3 +24,15 @@ class RegistryError(FleetError):
 
 class RolloutError(FleetError):
     """A rollout cannot be created or moved on as asked."""
+
+
+class KeyManagementError(FleetError):
+    """Keys cannot be created, loaded (wrong passphrase, bad file) or rotated as asked."""
+
+
+class ReleaseError(FleetError):
+    """A bundle cannot be released or assigned (unreadable, already released differently, unknown)."""
+
+
+class DeliveryServerError(FleetError):
+    """The server cannot serve bundle chunks (unknown bundle, unreadable file)."""
