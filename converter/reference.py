@@ -131,8 +131,11 @@ def train_reference(
     x_train, y_train = load_tensors(train, contract)
     validation = load_tensors(val, contract) if val is not None else None
     model = _build(arch, size, len(train.labels), alpha)
+    steps = epochs * -(-len(x_train) // batch_size)
+    # cosine decay: the last epochs settle, so the final weights are not caught mid-jump
+    schedule = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=steps, alpha=0.02)
     model.compile(
-        optimizer=keras.optimizers.Adam(2e-3),
+        optimizer=keras.optimizers.Adam(schedule),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )

@@ -18,10 +18,12 @@ __all__ = [
     "ChunkIntegrityError",
     "ConfigError",
     "DeliveryError",
+    "DiskFullError",
     "DuplicateMemberError",
     "EdgefleetError",
     "GoldenMismatchError",
     "HashMismatchError",
+    "IllegalTransitionError",
     "ManifestError",
     "MemberContentError",
     "MissingMemberError",
@@ -170,3 +172,11 @@ class StoreError(UpdateError):
 
 class SmokeTestError(UpdateError):
     """A staged bundle failed its smoke test (load, tensor specs, golden vectors, latency budget)."""
+
+
+class IllegalTransitionError(UpdateError):
+    """An update lifecycle input arrived in a state that does not accept it (a bug or a stale result)."""
+
+
+class DiskFullError(StoreError):
+    """The bundle store's filesystem is out of space; nothing half-written was left behind."""

@@ -123,3 +123,36 @@ def test_bad_frames_are_refused() -> None:
         pre(np.zeros((8, 8, 3), np.float32))
     with pytest.raises(PreprocessingError, match="H x W x 3"):
         pre(cv2.cvtColor(np.zeros((8, 8, 3), np.uint8), cv2.COLOR_BGR2GRAY))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "quant", "mean", "path"),
+    [
+        ("uint8", None, (0.0, 0.0, 0.0), "_identity"),
+        ("int8", Quantization(scale=[1.0], zero_point=[-128]), (0.0, 0.0, 0.0), "_flip"),
+        (
+            "int8",
+            Quantization(scale=[0.0078125], zero_point=[-1]),
+            (127.5, 127.5, 127.5),
+            "_shared",
+        ),
+        ("float32", None, (10.0, 120.0, 200.0), None),
+    ],
+)
+def test_fast_paths_equal_the_formula(
+    dtype: str, quant: Quantization | None, mean: tuple[float, float, float], path: str | None
+) -> None:
+    contract = Preprocessing(
+        height=32,
+        width=48,
+        mean=mean,
+        std=(1.0, 1.0, 1.0) if quant is None or quant.scale[0] == 1.0 else (127.5,) * 3,
+    )
+    spec = TensorSpec(name="x", shape=[1, 32, 48, 3], dtype=dtype, quantization=quant)
+    pre = Preprocessor(contract, spec)
+    taken = [name for name in ("_identity", "_flip", "_shared") if getattr(pre, name)]
+    assert (taken[0] if taken else None) == path
+    expected = reference(FRAME, contract, spec)
+    np.testing.assert_allclose(
+        pre(FRAME).astype(np.float64), expected.astype(np.float64), rtol=1e-6, atol=1e-6
+    )
