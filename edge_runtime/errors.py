@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "BackendUnavailableError",
+    "BadSignatureError",
     "BundleArchiveError",
     "BundleError",
     "BundleTooLargeError",
@@ -24,11 +25,15 @@ __all__ = [
     "GoldenMismatchError",
     "HashMismatchError",
     "IllegalTransitionError",
+    "IncompleteMetadataError",
+    "InconsistentMetadataError",
     "ManifestError",
     "MemberContentError",
+    "MetadataExpiredError",
     "MissingMemberError",
     "OutputError",
     "PreprocessingError",
+    "RollbackError",
     "RuntimeDeviceError",
     "SmokeTestError",
     "SourceError",
@@ -180,3 +185,29 @@ class IllegalTransitionError(UpdateError):
 
 class DiskFullError(StoreError):
     """The bundle store's filesystem is out of space; nothing half-written was left behind."""
+
+
+# --- TUF metadata refused on the device (raised by edge_runtime.trust) ----------
+
+
+class IncompleteMetadataError(TrustError):
+    """The retained metadata is not complete or consistent yet (a message has not arrived).
+
+    Nothing new is trusted; refresh again when the next metadata message arrives.
+    """
+
+
+class BadSignatureError(TrustError):
+    """Metadata is not signed by a threshold of the keys trusted for its role (forged, wrong or revoked key)."""
+
+
+class RollbackError(TrustError):
+    """Metadata older than what the device already trusts was offered (a replay); it is refused."""
+
+
+class MetadataExpiredError(TrustError):
+    """Metadata the device needs has expired (a freeze attack, or a server that stopped re-signing)."""
+
+
+class InconsistentMetadataError(TrustError):
+    """Signed metadata from two repository states was combined (mix-and-match); it is refused."""

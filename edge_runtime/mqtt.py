@@ -2,7 +2,9 @@
 
 Topics live under ``{prefix}/devices/{device_id}/``; ``docs/protocol.md``
 documents them. The connection reconnects by itself with backoff; publishing
-never blocks the caller.
+never blocks the caller. Subscriptions are kept by the link and made again
+after every reconnect (the session is clean, so the broker forgets them);
+their callbacks and the connect listeners run on paho's network thread.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -17,9 +21,22 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_runtime.config import MqttConfig
 
-__all__ = ["MqttLink", "device_topic"]
+__all__ = ["ConnectListener", "MessageHandler", "MqttLink", "device_topic"]
 
 log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], None]
+"""Called with a message's topic and payload, on paho's network thread."""
+
+ConnectListener = Callable[[], None]
+"""Called after every successful (re)connect, on paho's network thread."""
+
+
+@dataclass(frozen=True)
+class _Subscription:
+    qos: int
+    handler: MessageHandler
+    on_subscribed: ConnectListener | None
 
 
 def device_topic(prefix: str, device_id: str, leaf: str) -> str:
@@ -28,13 +45,17 @@ def device_topic(prefix: str, device_id: str, leaf: str) -> str:
 
 
 class MqttLink:
-    """One broker connection per device process; thread-safe ``publish``."""
+    """One broker connection per device process; thread-safe ``publish`` and ``subscribe``."""
 
     def __init__(self, config: MqttConfig, device_id: str) -> None:
         self.config = config
         self.device_id = device_id
         self.availability_topic = device_topic(config.topic_prefix, device_id, "availability")
         self.connected = threading.Event()
+        self._lock = threading.RLock()
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._pending_subacks: dict[int, list[str]] = {}
+        self._connect_listeners: list[ConnectListener] = []
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"edgefleet-device-{device_id}",
@@ -56,6 +77,7 @@ class MqttLink:
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
 
     def _on_connect(
         self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
@@ -67,13 +89,48 @@ class MqttLink:
             return
         log.info("connected to MQTT broker %s:%s", self.config.host, self.config.port)
         client.publish(self.availability_topic, b"online", qos=1, retain=True)
-        self.connected.set()
+        with self._lock:
+            listeners = list(self._connect_listeners)
+        for listener in listeners:
+            _run_callback(listener)
+        with self._lock:
+            self.connected.set()
+            if self._subscriptions:
+                self._send_subscribe(list(self._subscriptions))
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
-        self.connected.clear()
+        with self._lock:
+            self.connected.clear()
+            self._pending_subacks.clear()
         log.warning("disconnected from MQTT broker (%s); reconnecting", reason)
+
+    def _on_subscribe(
+        self, _client: mqtt.Client, _userdata: Any, mid: int, reasons: Any, _props: Any
+    ) -> None:
+        with self._lock:
+            filters = self._pending_subacks.pop(mid, [])
+            granted = []
+            for topic_filter, reason in zip(filters, reasons, strict=False):
+                if reason.is_failure:
+                    log.warning("broker refused subscription to %s: %s", topic_filter, reason)
+                    continue
+                subscription = self._subscriptions.get(topic_filter)
+                if subscription is not None and subscription.on_subscribed is not None:
+                    granted.append(subscription.on_subscribed)
+        for on_subscribed in granted:
+            _run_callback(on_subscribed)
+
+    def _send_subscribe(self, filters: list[str]) -> None:
+        """Ask for ``filters``; called with ``self._lock`` held so the SUBACK finds its mid."""
+        rc, mid = self._client.subscribe(
+            [(topic_filter, self._subscriptions[topic_filter].qos) for topic_filter in filters]
+        )
+        if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+            self._pending_subacks[mid] = filters
+        else:
+            log.debug("subscription to %s deferred to the next connect (%s)", filters, rc)
 
     def start(self) -> None:
         """Connect in the background and keep reconnecting."""
@@ -90,6 +147,48 @@ class MqttLink:
         """Queue a message; QoS 0 messages published while disconnected are dropped."""
         self._client.publish(topic, payload, qos=qos, retain=retain)
 
+    def subscribe(
+        self,
+        topic_filter: str,
+        handler: MessageHandler,
+        qos: int = 1,
+        *,
+        on_subscribed: ConnectListener | None = None,
+    ) -> None:
+        """Receive messages matching ``topic_filter``, now and after every reconnect.
+
+        ``handler(topic, payload)`` runs on paho's network thread; an exception
+        in it is logged and the message dropped. ``on_subscribed`` runs each
+        time the broker acknowledges the subscription (first time and after
+        each reconnect): from then on, nothing published on it is missed.
+        Subscribing again to the same filter replaces the handler.
+        """
+        with self._lock:
+            self._subscriptions[topic_filter] = _Subscription(qos, handler, on_subscribed)
+            self._client.message_callback_add(topic_filter, _dispatcher(handler))
+            if self.connected.is_set():
+                self._send_subscribe([topic_filter])
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Stop receiving ``topic_filter`` (no-op if not subscribed)."""
+        with self._lock:
+            if self._subscriptions.pop(topic_filter, None) is None:
+                return
+            self._client.message_callback_remove(topic_filter)
+            if self.connected.is_set():
+                self._client.unsubscribe(topic_filter)
+
+    def add_connect_listener(self, listener: ConnectListener) -> None:
+        """Call ``listener()`` after every successful (re)connect, before subscriptions are renewed."""
+        with self._lock:
+            self._connect_listeners.append(listener)
+
+    def remove_connect_listener(self, listener: ConnectListener) -> None:
+        """Stop calling ``listener`` (no-op if it was not added)."""
+        with self._lock:
+            if listener in self._connect_listeners:
+                self._connect_listeners.remove(listener)
+
     def stop(self) -> None:
         """Say ``offline`` (retained), disconnect and stop the network thread."""
         if self.connected.is_set():
@@ -97,3 +196,20 @@ class MqttLink:
             info.wait_for_publish(timeout=2.0)
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def _dispatcher(handler: MessageHandler) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:
+    """Adapt ``handler(topic, payload)`` to paho's per-filter callback."""
+
+    def dispatch(_client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        _run_callback(handler, message.topic, message.payload)
+
+    return dispatch
+
+
+def _run_callback(callback: Callable[..., None], *args: Any) -> None:
+    """Run a user callback on the network thread; paho's loop dies if one raises, so log instead."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("MQTT callback %r failed", callback)

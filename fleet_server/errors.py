@@ -8,6 +8,7 @@ __all__ = [
     "DeliveryServerError",
     "FleetError",
     "KeyManagementError",
+    "MalformedRequestError",
     "RegistryError",
     "ReleaseError",
     "RolloutError",
@@ -36,3 +37,7 @@ class ReleaseError(FleetError):
 
 class DeliveryServerError(FleetError):
     """The server cannot serve bundle chunks (unknown bundle, unreadable file)."""
+
+
+class MalformedRequestError(DeliveryServerError):
+    """A device's chunk request is not valid: not JSON, wrong fields, ranges out of bounds, unknown bundle."""

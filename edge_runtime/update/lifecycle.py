@@ -336,8 +336,9 @@ def recover(
 ) -> Transition:
     """What to do with a persisted state after the device restarted.
 
-    ``bundle_present`` says whether the target's bytes are still on disk (the
-    completed download while verifying, the store copy once staged).
+    ``bundle_present`` says whether the target's bytes are still on disk,
+    either as the completed download or already moved into the bundle store
+    (a restart can fall between the move and persisting ``staged``).
 
     * ``idle``, ``committed``, ``rolled-back``: unchanged.
     * ``downloading``: unchanged; the download resumes from its bitmap.

@@ -1,0 +1,45 @@
+"""Taking a new bundle from the fleet: lifecycle, bundle store, smoke test and probation.
+
+The lifecycle (:mod:`edge_runtime.update.lifecycle`) and the probation
+monitor are pure; the store does the file I/O; the smoke test runs the
+untrusted model. The device agent wires them to MQTT and the pipeline.
+"""
+
+from __future__ import annotations
+
+from edge_runtime.update.lifecycle import (
+    HISTORY_LIMIT,
+    BundleRef,
+    Target,
+    Transition,
+    UpdateEvent,
+    UpdatePhase,
+    UpdateState,
+    event_payload,
+    protected_bundles,
+    recover,
+    reported_state,
+)
+from edge_runtime.update.probation import ProbationMonitor, ProbationVerdict, confidence_baseline
+from edge_runtime.update.smoke import SmokeReport, smoke_test
+from edge_runtime.update.store import BundleStore
+
+__all__ = [
+    "HISTORY_LIMIT",
+    "BundleRef",
+    "BundleStore",
+    "ProbationMonitor",
+    "ProbationVerdict",
+    "SmokeReport",
+    "Target",
+    "Transition",
+    "UpdateEvent",
+    "UpdatePhase",
+    "UpdateState",
+    "confidence_baseline",
+    "event_payload",
+    "protected_bundles",
+    "recover",
+    "reported_state",
+    "smoke_test",
+]

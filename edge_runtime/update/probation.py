@@ -1,0 +1,177 @@
+"""Probation: the newly activated bundle serves real frames while it is watched.
+
+:class:`ProbationMonitor` is pure: the caller feeds it every prediction of
+the new bundle and every inference error, and asks for a verdict with the
+current time. It fails the bundle on an inference error, a NaN/inf output,
+a latency p95 over the budget, or a confidence collapse against the
+previous bundle; it passes the bundle when the window ends without any.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_runtime.prediction import Prediction
+
+__all__ = ["ProbationMonitor", "ProbationVerdict", "confidence_baseline"]
+
+
+@dataclass(frozen=True)
+class ProbationVerdict:
+    """The end of probation: passed (commit) or not (roll back), and why."""
+
+    passed: bool
+    reason: str
+
+
+def confidence_baseline(
+    recent: Sequence[float], fallback: float | None = None, min_samples: int = 20
+) -> float | None:
+    """Mean confidence of the previous bundle's recent predictions.
+
+    With fewer than ``min_samples`` finite values, ``fallback`` instead (for
+    example the bundle quality report's ``mean_confidence``); None means no
+    baseline, so no confidence-collapse check.
+    """
+    values = [value for value in recent if math.isfinite(value)]
+    if len(values) >= min_samples:
+        return float(np.mean(values))
+    return fallback
+
+
+class ProbationMonitor:
+    """Watches one bundle's probation and decides it.
+
+    The window ends once ``window_s`` seconds have passed since
+    ``started_at`` (when given) and at least ``min_predictions`` predictions
+    were seen. Latency and confidence are judged once ``min_samples``
+    predictions are in, and always at the end of the window. The first
+    failure is final.
+    """
+
+    def __init__(
+        self,
+        started_at: float,
+        *,
+        window_s: float | None = None,
+        min_predictions: int = 1,
+        baseline_confidence: float | None = None,
+        latency_budget_ms: float | None = None,
+        min_confidence_ratio: float = 0.5,
+        min_samples: int = 20,
+        latency_percentile: float = 95.0,
+    ) -> None:
+        if window_s is not None and window_s < 0:
+            raise ValueError("window_s must not be negative")
+        if min_predictions < 1:
+            raise ValueError("min_predictions must be at least 1")
+        if not 0.0 < min_confidence_ratio <= 1.0:
+            raise ValueError("min_confidence_ratio must be in (0, 1]")
+        self.started_at = started_at
+        self.window_s = window_s
+        self.min_predictions = min_predictions
+        self.baseline_confidence = baseline_confidence
+        self.latency_budget_ms = latency_budget_ms
+        self.min_confidence_ratio = min_confidence_ratio
+        self.min_samples = min_samples
+        self.latency_percentile = latency_percentile
+        self.labels: Counter[str] = Counter()
+        self._confidence_sum = 0.0
+        self._latencies: list[float] = []
+        self._failure: ProbationVerdict | None = None
+
+    @property
+    def predictions(self) -> int:
+        """How many predictions were recorded."""
+        return len(self._latencies)
+
+    @property
+    def mean_confidence(self) -> float | None:
+        """Mean confidence so far (None before the first prediction)."""
+        return self._confidence_sum / self.predictions if self.predictions else None
+
+    @property
+    def latency_p95_ms(self) -> float | None:
+        """The watched latency percentile so far (None before the first prediction)."""
+        if not self._latencies:
+            return None
+        return float(np.percentile(self._latencies, self.latency_percentile))
+
+    def record(self, prediction: Prediction, *, finite: bool = True) -> None:
+        """Record one pipeline prediction (its ``inference_ms`` is the latency watched)."""
+        self.record_prediction(
+            prediction.label, prediction.confidence, prediction.inference_ms, finite=finite
+        )
+
+    def record_prediction(
+        self, label: str, confidence: float, latency_ms: float, *, finite: bool = True
+    ) -> None:
+        """Record one prediction; ``finite`` is False when any of its scores was NaN/inf."""
+        index = self.predictions + 1
+        if not finite or not math.isfinite(confidence) or not math.isfinite(latency_ms):
+            self._fail(f"NaN/inf output on prediction {index}")
+        # keep the statistics finite; the failure above is already final
+        confidence = confidence if math.isfinite(confidence) else 0.0
+        latency_ms = latency_ms if math.isfinite(latency_ms) else 0.0
+        self.labels[label] += 1
+        self._confidence_sum += confidence
+        self._latencies.append(latency_ms)
+
+    def record_error(self, message: str) -> None:
+        """An inference error or crash of the new bundle: probation fails."""
+        self._fail(f"inference error: {message}")
+
+    def window_over(self, now: float) -> bool:
+        """True once the window's time and prediction count are both reached."""
+        elapsed = self.window_s is None or now - self.started_at >= self.window_s
+        return elapsed and self.predictions >= self.min_predictions
+
+    def verdict(self, now: float) -> ProbationVerdict | None:
+        """Failed or passed, or None while probation is undecided."""
+        if self._failure is not None:
+            return self._failure
+        over = self.window_over(now)
+        if over or self.predictions >= self.min_samples:
+            self._judge()
+            if self._failure is not None:
+                return self._failure
+        if not over:
+            return None
+        mean = self.mean_confidence
+        return ProbationVerdict(
+            passed=True,
+            reason=(
+                f"{self.predictions} predictions without failure; latency p"
+                f"{self.latency_percentile:g} {self.latency_p95_ms or 0.0:.2f} ms, "
+                f"mean confidence {mean or 0.0:.3f}"
+            ),
+        )
+
+    def _judge(self) -> None:
+        p95 = self.latency_p95_ms
+        budget = self.latency_budget_ms
+        if p95 is not None and budget is not None and p95 > budget:
+            self._fail(
+                f"latency p{self.latency_percentile:g} {p95:.2f} ms is over the budget of "
+                f"{budget:g} ms ({self.predictions} predictions)"
+            )
+            return
+        mean = self.mean_confidence
+        baseline = self.baseline_confidence
+        if mean is not None and baseline is not None and baseline > 0:
+            floor = self.min_confidence_ratio * baseline
+            if mean < floor:
+                self._fail(
+                    f"confidence collapse: mean confidence {mean:.3f} is under "
+                    f"{self.min_confidence_ratio:.0%} of the previous bundle's {baseline:.3f} "
+                    f"({self.predictions} predictions)"
+                )
+
+    def _fail(self, reason: str) -> None:
+        if self._failure is None:
+            self._failure = ProbationVerdict(passed=False, reason=reason)

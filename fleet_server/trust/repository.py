@@ -1,0 +1,591 @@
+"""The TUF repository the fleet publishes: release-signed bundles, online-signed assignments.
+
+One metadata folder holds ``1.root.json``, ``2.root.json``, ... (every root
+version; ``root.json`` is a copy of the newest), ``targets.json``,
+``assignments.json``, ``snapshot.json`` and ``timestamp.json``, each written
+atomically, plus ``assignment_counters.json`` (private bookkeeping, never
+published). Consistent snapshots are off: MQTT keeps one retained payload
+per topic (``docs/protocol.md``, "TUF metadata over MQTT").
+
+- The top-level ``targets`` role (the *release key*) lists every released
+  bundle as ``bundles/<sha256>.efb`` and delegates ``assignments/devices/*``
+  and ``assignments/groups/*`` to the ``assignments`` role (terminating).
+- The ``assignments`` role (online key) maps ``assignments/<kind>/<name>`` to
+  ``custom: {"bundle": "bundles/<sha256>.efb", "assignment": <n>}``.
+- ``snapshot`` and ``timestamp`` (online keys) pin the versions, lengths and
+  sha256 of what they describe.
+
+The fleet server needs only the online keys: :meth:`Repository.assign`,
+:meth:`Repository.unassign` and :meth:`Repository.snapshot_and_timestamp`
+never touch the release key, and :meth:`Repository.assign` refuses bundles
+the release key did not sign.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from securesystemslib.formats import encode_canonical
+
+# tuf.api.metadata and securesystemslib.signer re-export their classes without __all__,
+# which mypy (no implicit re-export) reads as private; the types still resolve.
+from securesystemslib.signer import Key, Signer  # type: ignore[attr-defined, unused-ignore]
+from tuf.api.exceptions import RepositoryError, UnsignedMetadataError
+from tuf.api.metadata import (  # type: ignore[attr-defined, unused-ignore]
+    TOP_LEVEL_ROLE_NAMES,
+    DelegatedRole,
+    Delegations,
+    Metadata,
+    MetaFile,
+    Root,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+
+from edge_runtime.atomic import atomic_write_bytes, atomic_write_text
+from edge_runtime.bundle import read_bundle
+from edge_runtime.errors import BundleError
+from fleet_server.errors import KeyManagementError, ReleaseError
+from fleet_server.trust.keys import KeySet
+
+__all__ = [
+    "ASSIGNMENTS_ROLE",
+    "ASSIGNMENT_PATHS",
+    "AssignmentKind",
+    "Expiry",
+    "ReleasedBundle",
+    "Repository",
+    "Signers",
+]
+
+log = logging.getLogger(__name__)
+
+ASSIGNMENTS_ROLE = "assignments"
+"""The delegated role, signed by the online key, that says which bundle each device or group runs."""
+ASSIGNMENT_PATHS = ["assignments/devices/*", "assignments/groups/*"]
+"""Target paths the ``assignments`` role may sign (TUF patterns match one path segment per ``*``)."""
+
+AssignmentKind = Literal["devices", "groups"]
+Signers = Signer | Sequence[Signer]
+"""One signer, or several when a role's threshold needs more than one signature."""
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ROOT_FILE_RE = re.compile(r"^([1-9][0-9]*)\.root\.json$")
+_COUNTERS = "assignment_counters.json"
+_HASH_ALGORITHMS = ["sha256"]
+_ROTATABLE = ("root", "targets", "snapshot", "timestamp")
+
+_T = TypeVar("_T", Root, Timestamp, Snapshot, Targets)
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """How long each role's metadata stays valid after it is signed."""
+
+    root: timedelta = timedelta(days=365)
+    targets: timedelta = timedelta(days=365)
+    assignments: timedelta = timedelta(days=30)
+    snapshot: timedelta = timedelta(days=7)
+    timestamp: timedelta = timedelta(days=1)
+
+    def expires(self, role: str) -> datetime:
+        """The expiry for ``role`` signed now, rounded up to the whole second TUF stores."""
+        delta: timedelta = getattr(self, role)
+        moment = datetime.now(timezone.utc) + delta
+        if moment.microsecond:
+            moment = moment.replace(microsecond=0) + timedelta(seconds=1)
+        return moment
+
+
+@dataclass(frozen=True)
+class ReleasedBundle:
+    """A bundle listed in the release-signed targets role."""
+
+    path: str
+    sha256: str
+    length: int
+    custom: dict[str, Any]
+
+
+class Repository:
+    """The TUF metadata folder of one fleet; every change is signed and written atomically."""
+
+    def __init__(self, folder: str | os.PathLike[str], expiry: Expiry | None = None) -> None:
+        self.folder = Path(folder)
+        self.expiry = expiry or Expiry()
+        if not self._root_versions():
+            raise ReleaseError(f"{self.folder} holds no TUF repository (no 1.root.json)")
+
+    @classmethod
+    def create(
+        cls, folder: str | os.PathLike[str], keys: KeySet, expiry: Expiry | None = None
+    ) -> Repository:
+        """Create root v1, targets (delegating to ``assignments``), assignments, snapshot, timestamp.
+
+        ``keys`` must hold a threshold of signers for every role.
+        """
+        target = Path(folder)
+        expiry = expiry or Expiry()
+        target.mkdir(parents=True, exist_ok=True)
+        if (target / "1.root.json").exists() or (target / "root.json").exists():
+            raise ReleaseError(f"{target} already holds a TUF repository")
+        root = Root(expires=expiry.expires("root"), consistent_snapshot=False)
+        for role in sorted(TOP_LEVEL_ROLE_NAMES):
+            for key in keys.public_keys(role):
+                root.add_key(key, role)
+            root.roles[role].threshold = _checked_threshold(keys, role)
+        assignment_keys = keys.public_keys(ASSIGNMENTS_ROLE)
+        delegation = DelegatedRole(
+            name=ASSIGNMENTS_ROLE,
+            keyids=[key.keyid for key in assignment_keys],
+            threshold=_checked_threshold(keys, ASSIGNMENTS_ROLE),
+            terminating=True,
+            paths=list(ASSIGNMENT_PATHS),
+        )
+        targets = Targets(
+            expires=expiry.expires("targets"),
+            delegations=Delegations(
+                keys={key.keyid: key for key in assignment_keys},
+                roles={ASSIGNMENTS_ROLE: delegation},
+            ),
+        )
+        root_md = Metadata(root)
+        _sign(root_md, keys.role("root"), root, "root")
+        targets_md = Metadata(targets)
+        _sign(targets_md, keys.role("targets"), root, "targets")
+        assignments_md = Metadata(Targets(expires=expiry.expires(ASSIGNMENTS_ROLE)))
+        _sign(assignments_md, keys.role(ASSIGNMENTS_ROLE), targets, ASSIGNMENTS_ROLE)
+        _write_root(target, root_md)
+        repo = cls(target, expiry)
+        repo._write("targets", targets_md)
+        repo._write(ASSIGNMENTS_ROLE, assignments_md)
+        repo._write_snapshot_and_timestamp(keys.role("snapshot"), keys.role("timestamp"), root)
+        log.info("created TUF repository in %s", target)
+        return repo
+
+    # --- reading -----------------------------------------------------------------
+
+    @property
+    def root_version(self) -> int:
+        """The newest root version."""
+        return self._root_versions()[-1]
+
+    def root_bytes(self, version: int | None = None) -> bytes:
+        """Root metadata bytes of ``version`` (default the newest): what a device is provisioned with."""
+        return self._read_file(f"{version or self.root_version}.root.json")
+
+    def released(self) -> dict[str, ReleasedBundle]:
+        """Every released bundle, by sha256."""
+        bundles: dict[str, ReleasedBundle] = {}
+        for path, info in self._load("targets", Targets).signed.targets.items():
+            sha256 = info.hashes.get("sha256", "")
+            custom = info.custom if isinstance(info.custom, dict) else {}
+            bundles[sha256] = ReleasedBundle(path, sha256, info.length, dict(custom))
+        return bundles
+
+    def assignments(self) -> dict[str, dict[str, Any]]:
+        """Every assignment, ``"<kind>/<name>"`` -> ``{"bundle": ..., "assignment": n}``."""
+        return {
+            path.removeprefix("assignments/"): dict(info.custom)
+            for path, info in self._load(ASSIGNMENTS_ROLE, Targets).signed.targets.items()
+        }
+
+    def published(self) -> dict[str, bytes]:
+        """The payload of every retained ``PREFIX/tuf/<suffix>`` topic, in publishing order.
+
+        ``root/1`` ... ``root/N`` first, then ``assignments``, ``targets``,
+        ``snapshot``, ``timestamp`` (``docs/protocol.md``).
+        """
+        payloads = {f"root/{v}": self._read_file(f"{v}.root.json") for v in self._root_versions()}
+        for role in (ASSIGNMENTS_ROLE, "targets", "snapshot", "timestamp"):
+            payloads[role] = self._read_file(f"{role}.json")
+        return payloads
+
+    # --- release key -------------------------------------------------------------
+
+    def release(
+        self, bundle_path: str | os.PathLike[str], release_signer: Signers
+    ) -> ReleasedBundle:
+        """Add the bundle at ``bundle_path`` to the targets role, signed by the release key(s).
+
+        The target is ``bundles/<sha256>.efb`` with the bundle's length, sha256
+        and ``custom: {name, version, format, precision}`` from its manifest.
+        Releasing the same bytes again changes nothing; another bundle with an
+        already released name and version is refused.
+        """
+        try:
+            bundle = read_bundle(bundle_path)
+        except BundleError as exc:
+            raise ReleaseError(f"cannot release {bundle_path}: {exc}") from exc
+        manifest = bundle.manifest
+        custom = {
+            "name": manifest.name,
+            "version": manifest.version,
+            "format": manifest.model.format,
+            "precision": manifest.model.precision,
+        }
+        path = f"bundles/{bundle.sha256}.efb"
+        released = ReleasedBundle(path, bundle.sha256, bundle.size, custom)
+        md = self._load("targets", Targets)
+        if path in md.signed.targets:
+            log.info("bundle %s is already released", bundle.sha256[:12])
+            return released
+        for other in self.released().values():
+            if (other.custom.get("name"), other.custom.get("version")) == (
+                manifest.name,
+                manifest.version,
+            ):
+                raise ReleaseError(
+                    f"{manifest.name} {manifest.version} is already released as bundle "
+                    f"{other.sha256[:12]}...; give the new bundle a new version"
+                )
+        md.signed.targets[path] = TargetFile(
+            bundle.size, {"sha256": bundle.sha256}, path, {"custom": custom}
+        )
+        self._bump(md, "targets")
+        _sign(md, release_signer, self._root(), "targets")
+        self._write("targets", md)
+        log.info(
+            "released %s %s as bundle %s (targets v%d)",
+            manifest.name,
+            manifest.version,
+            bundle.sha256[:12],
+            md.signed.version,
+        )
+        return released
+
+    # --- online keys -------------------------------------------------------------
+
+    def assign(self, kind: AssignmentKind, name: str, bundle_sha256: str, signer: Signers) -> int:
+        """Point ``assignments/<kind>/<name>`` at a released bundle; return the assignment number.
+
+        The number grows by one with every change of that path (also across
+        an unassign). Refuses a bundle the release key has not signed.
+        Publish with :meth:`snapshot_and_timestamp`.
+        """
+        target_path = _assignment_path(kind, name)
+        if not _SHA256_RE.match(bundle_sha256):
+            raise ReleaseError(
+                f"{bundle_sha256!r} is not a bundle sha256 (64 lowercase hex digits)"
+            )
+        bundle = f"bundles/{bundle_sha256}.efb"
+        if bundle not in self._load("targets", Targets).signed.targets:
+            raise ReleaseError(
+                f"bundle {bundle_sha256[:12]}... is not released (not a target of the "
+                "release-signed targets role): release it with the release key first"
+            )
+        md = self._load(ASSIGNMENTS_ROLE, Targets)
+        counters = self._counters()
+        current = md.signed.targets.get(target_path)
+        previous = current.custom.get("assignment", 0) if current and current.custom else 0
+        number = max(counters.get(target_path, 0), int(previous)) + 1
+        custom = {"bundle": bundle, "assignment": number}
+        info = TargetFile.from_data(target_path, _canonical(custom), _HASH_ALGORITHMS)
+        info.unrecognized_fields["custom"] = custom
+        md.signed.targets[target_path] = info
+        self._bump(md, ASSIGNMENTS_ROLE)
+        _sign(md, signer, self._load("targets", Targets).signed, ASSIGNMENTS_ROLE)
+        counters[target_path] = number
+        atomic_write_text(self.folder / _COUNTERS, json.dumps(counters, indent=2, sort_keys=True))
+        self._write(ASSIGNMENTS_ROLE, md)
+        log.info(
+            "assigned %s -> bundle %s (assignment %d)", target_path, bundle_sha256[:12], number
+        )
+        return number
+
+    def unassign(self, kind: AssignmentKind, name: str, signer: Signers) -> bool:
+        """Remove ``assignments/<kind>/<name>``; False when it was not assigned."""
+        target_path = _assignment_path(kind, name)
+        md = self._load(ASSIGNMENTS_ROLE, Targets)
+        if md.signed.targets.pop(target_path, None) is None:
+            return False
+        self._bump(md, ASSIGNMENTS_ROLE)
+        _sign(md, signer, self._load("targets", Targets).signed, ASSIGNMENTS_ROLE)
+        self._write(ASSIGNMENTS_ROLE, md)
+        log.info("unassigned %s", target_path)
+        return True
+
+    def resign(self, role: Literal["targets", "assignments"], signers: Signers) -> int:
+        """Sign ``role`` again with a new version and expiry (before it expires, after a key change)."""
+        md = self._load(role, Targets)
+        delegator = self._root() if role == "targets" else self._load("targets", Targets).signed
+        self._bump(md, role)
+        _sign(md, signers, delegator, role)
+        self._write(role, md)
+        return md.signed.version
+
+    def snapshot_and_timestamp(self, snapshot: Signers, timestamp: Signers) -> None:
+        """Sign a new snapshot (versions, lengths, sha256 of targets and assignments) and timestamp."""
+        self._write_snapshot_and_timestamp(snapshot, timestamp, self._root())
+
+    # --- root key ----------------------------------------------------------------
+
+    def rotate_key(
+        self, role: str, old_key: Key | str, new_key: Key, root_signers: Sequence[Signer]
+    ) -> int:
+        """Replace ``old_key`` by ``new_key`` for top-level ``role`` in a new root version.
+
+        ``root_signers`` must meet the thresholds of both the current and the
+        new root (for a root key rotation: old and new root keys). Then
+        re-sign the role's metadata with the new key (:meth:`resign` for
+        targets, :meth:`snapshot_and_timestamp` for snapshot/timestamp).
+        Returns the new root version.
+        """
+        if role not in _ROTATABLE:
+            raise KeyManagementError(
+                f"cannot rotate {role!r} in root: the assignments key is delegated by targets "
+                "(use rotate_assignments_key with the release key)"
+                if role == ASSIGNMENTS_ROLE
+                else f"unknown role {role!r}"
+            )
+        old_keyid = old_key if isinstance(old_key, str) else old_key.keyid
+        current = self._load_root()
+        new_md = Metadata[Root].from_bytes(current.to_bytes())
+        try:
+            new_md.signed.revoke_key(old_keyid, role)
+        except ValueError as exc:
+            raise KeyManagementError(f"cannot rotate {role}: {exc}") from exc
+        new_md.signed.add_key(new_key, role)
+        self._write_next_root(current.signed, new_md, root_signers)
+        log.info(
+            "rotated %s key %s -> %s (root v%d)",
+            role,
+            old_keyid[:12],
+            new_key.keyid[:12],
+            new_md.signed.version,
+        )
+        return new_md.signed.version
+
+    def revoke_key(self, role: str, keyid: str, root_signers: Sequence[Signer]) -> int:
+        """Remove ``keyid`` from top-level ``role`` in a new root version; return that version.
+
+        The role must keep at least its threshold of keys. Metadata the revoked
+        key signed is refused by devices once they trust the new root: re-sign
+        it with a remaining key.
+        """
+        if role not in _ROTATABLE:
+            raise KeyManagementError(f"cannot revoke a key of {role!r} in root")
+        current = self._load_root()
+        new_md = Metadata[Root].from_bytes(current.to_bytes())
+        try:
+            new_md.signed.revoke_key(keyid, role)
+        except ValueError as exc:
+            raise KeyManagementError(f"cannot revoke key {keyid[:12]}... of {role}: {exc}") from exc
+        remaining = new_md.signed.roles[role]
+        if len(remaining.keyids) < remaining.threshold:
+            raise KeyManagementError(
+                f"revoking key {keyid[:12]}... leaves {role} with {len(remaining.keyids)} key(s), "
+                f"below its threshold of {remaining.threshold}: rotate it instead"
+            )
+        self._write_next_root(current.signed, new_md, root_signers)
+        log.info("revoked %s key %s (root v%d)", role, keyid[:12], new_md.signed.version)
+        return new_md.signed.version
+
+    def rotate_assignments_key(
+        self,
+        old_key: Key | str,
+        new_key: Key,
+        release_signer: Signers,
+        assignments_signer: Signers,
+    ) -> None:
+        """Replace the online assignments key: targets re-signed by the release key, assignments by the new key."""
+        old_keyid = old_key if isinstance(old_key, str) else old_key.keyid
+        targets = self._load("targets", Targets)
+        try:
+            targets.signed.revoke_key(old_keyid, ASSIGNMENTS_ROLE)
+        except ValueError as exc:
+            raise KeyManagementError(f"cannot rotate the assignments key: {exc}") from exc
+        targets.signed.add_key(new_key, ASSIGNMENTS_ROLE)
+        self._bump(targets, "targets")
+        _sign(targets, release_signer, self._root(), "targets")
+        assignments = self._load(ASSIGNMENTS_ROLE, Targets)
+        self._bump(assignments, ASSIGNMENTS_ROLE)
+        _sign(assignments, assignments_signer, targets.signed, ASSIGNMENTS_ROLE)
+        self._write("targets", targets)
+        self._write(ASSIGNMENTS_ROLE, assignments)
+
+    # --- internals ---------------------------------------------------------------
+
+    def _root_versions(self) -> list[int]:
+        try:
+            names = [entry.name for entry in self.folder.iterdir()]
+        except OSError:
+            return []
+        return sorted(int(m.group(1)) for n in names if (m := _ROOT_FILE_RE.match(n)))
+
+    def _read_file(self, name: str) -> bytes:
+        try:
+            return (self.folder / name).read_bytes()
+        except OSError as exc:
+            raise ReleaseError(f"cannot read {name} in {self.folder}: {exc}") from exc
+
+    def _load(self, role: str, kind: type[_T]) -> Metadata[_T]:
+        data = self._read_file(f"{role}.json")
+        try:
+            md = Metadata[_T].from_bytes(data)
+        except RepositoryError as exc:
+            raise ReleaseError(f"{self.folder / role}.json is not TUF metadata: {exc}") from exc
+        if not isinstance(md.signed, kind):
+            raise ReleaseError(f"{self.folder / role}.json holds {md.signed.type} metadata")
+        return md
+
+    def _load_root(self) -> Metadata[Root]:
+        return self._load(f"{self.root_version}.root", Root)
+
+    def _root(self) -> Root:
+        return self._load_root().signed
+
+    def _counters(self) -> dict[str, int]:
+        path = self.folder / _COUNTERS
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ReleaseError(f"cannot read {path}: {exc}") from exc
+        return {str(k): int(v) for k, v in data.items()}
+
+    def _bump(self, md: Metadata[Any], role: str) -> None:
+        md.signed.version += 1
+        md.signed.expires = self.expiry.expires(role)
+
+    def _write(self, role: str, md: Metadata[Any]) -> bytes:
+        data = md.to_bytes()
+        atomic_write_bytes(self.folder / f"{role}.json", data)
+        return data
+
+    def _write_next_root(
+        self, current: Root, new_md: Metadata[Root], root_signers: Sequence[Signer]
+    ) -> None:
+        new_md.signed.version = current.version + 1
+        new_md.signed.expires = self.expiry.expires("root")
+        new_root = new_md.signed
+        allowed = set(current.roles["root"].keyids) | set(new_root.roles["root"].keyids)
+        new_md.signatures.clear()
+        for signer in root_signers:
+            if signer.public_key.keyid not in allowed:
+                raise KeyManagementError(
+                    f"key {signer.public_key.keyid[:12]}... is neither a key of root "
+                    f"v{current.version} nor of root v{new_root.version}"
+                )
+            _add_signature(new_md, signer)
+        for verifier, label in ((current, f"v{current.version}"), (new_root, "itself")):
+            try:
+                verifier.verify_delegate("root", new_md.signed_bytes, new_md.signatures)
+            except UnsignedMetadataError as exc:
+                raise KeyManagementError(
+                    f"root v{new_root.version} needs a threshold of signatures from the keys of "
+                    f"root {label} and of itself; {exc}"
+                ) from exc
+        _write_root(self.folder, new_md)
+
+    def _write_snapshot_and_timestamp(
+        self, snapshot_signers: Signers, timestamp_signers: Signers, root: Root
+    ) -> None:
+        meta: dict[str, MetaFile] = {}
+        for role in ("targets", ASSIGNMENTS_ROLE):
+            data = self._read_file(f"{role}.json")
+            version = self._load(role, Targets).signed.version
+            meta[f"{role}.json"] = MetaFile.from_data(version, data, _HASH_ALGORITHMS)
+        snapshot_path = self.folder / "snapshot.json"
+        snapshot_version = (
+            self._load("snapshot", Snapshot).signed.version + 1 if snapshot_path.exists() else 1
+        )
+        snapshot = Metadata(
+            Snapshot(version=snapshot_version, expires=self.expiry.expires("snapshot"), meta=meta)
+        )
+        _sign(snapshot, snapshot_signers, root, "snapshot")
+        snapshot_bytes = snapshot.to_bytes()
+        timestamp_path = self.folder / "timestamp.json"
+        timestamp_version = (
+            self._load("timestamp", Timestamp).signed.version + 1 if timestamp_path.exists() else 1
+        )
+        timestamp = Metadata(
+            Timestamp(
+                version=timestamp_version,
+                expires=self.expiry.expires("timestamp"),
+                snapshot_meta=MetaFile.from_data(
+                    snapshot_version, snapshot_bytes, _HASH_ALGORITHMS
+                ),
+            )
+        )
+        _sign(timestamp, timestamp_signers, root, "timestamp")
+        atomic_write_bytes(snapshot_path, snapshot_bytes)
+        self._write("timestamp", timestamp)
+        log.debug("snapshot v%d, timestamp v%d", snapshot_version, timestamp_version)
+
+
+def _write_root(folder: Path, md: Metadata[Root]) -> None:
+    """Write ``<N>.root.json``, then ``root.json`` (a copy of the newest root)."""
+    data = md.to_bytes()
+    atomic_write_bytes(folder / f"{md.signed.version}.root.json", data)
+    atomic_write_bytes(folder / "root.json", data)
+
+
+def _assignment_path(kind: str, name: str) -> str:
+    if kind not in ("devices", "groups"):
+        raise ReleaseError(f"assignment kind must be 'devices' or 'groups', not {kind!r}")
+    if not _NAME_RE.match(name):
+        raise ReleaseError(
+            f"{name!r} is not a valid {kind[:-1]} name (letters, digits, '.', '_', '-'; 1-64)"
+        )
+    return f"assignments/{kind}/{name}"
+
+
+def _canonical(value: dict[str, Any]) -> bytes:
+    encoded = encode_canonical(value)
+    if encoded is None:
+        raise ReleaseError(f"cannot encode {value!r} as canonical JSON")
+    return encoded.encode("utf-8")
+
+
+def _checked_threshold(keys: KeySet, role: str) -> int:
+    threshold = keys.threshold(role)
+    count = len(keys.role(role))
+    if not 1 <= threshold <= count:
+        raise KeyManagementError(f"{role}: threshold {threshold} with {count} key(s) loaded")
+    return threshold
+
+
+def _as_list(signers: Signers) -> list[Signer]:
+    return [signers] if isinstance(signers, Signer) else list(signers)
+
+
+def _add_signature(md: Metadata[Any], signer: Signer) -> None:
+    try:
+        md.sign(signer, append=True)
+    except UnsignedMetadataError as exc:
+        raise KeyManagementError(f"signing {md.signed.type} failed: {exc}") from exc
+
+
+def _sign(md: Metadata[Any], signers: Signers, delegator: Root | Targets, role: str) -> None:
+    """Replace ``md``'s signatures by those of ``signers``, checked against ``delegator``'s threshold."""
+    try:
+        delegated = delegator.get_delegated_role(role)
+    except ValueError as exc:
+        raise KeyManagementError(f"{role} is not a delegated role here: {exc}") from exc
+    md.signatures.clear()
+    for signer in _as_list(signers):
+        keyid = signer.public_key.keyid
+        if keyid not in delegated.keyids:
+            raise KeyManagementError(
+                f"key {keyid[:12]}... is not one of the {role} keys: refusing to sign {role} with it"
+            )
+        _add_signature(md, signer)
+    try:
+        delegator.verify_delegate(role, md.signed_bytes, md.signatures)
+    except UnsignedMetadataError as exc:
+        raise KeyManagementError(
+            f"{role} needs {delegated.threshold} signature(s) from its keys: {exc}"
+        ) from exc
