@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_runtime.errors import ConfigError
 from edge_runtime.sources import SourceConfig
@@ -26,6 +26,7 @@ __all__ = [
     "MqttOutputConfig",
     "OutputsConfig",
     "TlsConfig",
+    "UpdateConfig",
     "load_config",
     "parse_config",
 ]
@@ -95,6 +96,23 @@ class HealthConfig(_Strict):
     startup_grace_s: float = Field(default=15.0, ge=0)
 
 
+class UpdateConfig(_Strict):
+    """Over-the-air model updates: trust, delivery, smoke test and probation settings."""
+
+    trusted_root: Path | None = Field(
+        default=None,
+        description="root.json provisioned at first boot (later roots arrive over MQTT)",
+    )
+    groups: list[str] = Field(
+        default_factory=list, description="group names this device belongs to"
+    )
+    probation_s: float = Field(default=30.0, ge=0)
+    probation_min_predictions: int = Field(default=10, ge=0)
+    min_confidence_ratio: float = Field(default=0.5, ge=0, le=1)
+    smoke_latency_runs: int = Field(default=20, ge=1)
+    window_timeout_s: float = Field(default=10.0, gt=0)
+
+
 class DeviceConfig(_Strict):
     """Everything ``edgefleet device run`` needs."""
 
@@ -108,6 +126,13 @@ class DeviceConfig(_Strict):
     mqtt: MqttConfig | None = None
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    update: UpdateConfig | None = None
+
+    @model_validator(mode="after")
+    def _update_needs_mqtt(self) -> DeviceConfig:
+        if self.update is not None and self.mqtt is None:
+            raise ValueError("update needs an mqtt section (updates arrive over MQTT)")
+        return self
 
 
 def _line_index(node: yaml.Node, path: tuple[Any, ...], index: dict[tuple[Any, ...], int]) -> None:

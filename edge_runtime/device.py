@@ -13,10 +13,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edge_runtime.bundle import read_bundle
 from edge_runtime.classifier import Classifier
 from edge_runtime.config import DeviceConfig
+
+if TYPE_CHECKING:
+    from edge_runtime.agent import UpdateAgent
 from edge_runtime.health import HealthState
 from edge_runtime.metrics import MetricsRegistry, RuntimeMetrics
 from edge_runtime.mqtt import MqttLink, device_topic
@@ -67,11 +71,21 @@ class DeviceRuntime:
             startup_grace_s=health.startup_grace_s,
         )
         self.model = ActiveModel()
-        if config.bundle is not None:
-            bundle = read_bundle(config.bundle)
-            self.model.swap(Classifier(bundle, backend=config.backend, threads=config.threads))
-            manifest = bundle.manifest
-            self.metrics.set_active_bundle(manifest.name, manifest.version, bundle.sha256)
+        self.model.listeners.append(self._on_swap)
+        self.mqtt = MqttLink(config.mqtt, config.device_id) if config.mqtt is not None else None
+        self.agent: UpdateAgent | None = None
+        initial: Classifier | None = None
+        if config.update is not None and self.mqtt is not None:
+            from edge_runtime.agent import UpdateAgent
+
+            self.agent = UpdateAgent(config, self.model, self.mqtt)
+            initial = self.agent.boot_classifier()
+        elif config.bundle is not None:
+            initial = Classifier(
+                read_bundle(config.bundle), backend=config.backend, threads=config.threads
+            )
+        if initial is not None:
+            self.model.swap(initial)
         self.slot = LatestFrameSlot()
         self.read_timeout_s = float(getattr(config.source, "read_timeout_s", 5.0))
         source_config = config.source
@@ -82,7 +96,6 @@ class DeviceRuntime:
             read_timeout_s=self.read_timeout_s,
             open_timeout_s=float(getattr(source_config, "open_timeout_s", 10.0)),
         )
-        self.mqtt = MqttLink(config.mqtt, config.device_id) if config.mqtt is not None else None
         self.sinks = self._sinks()
         self.status_server = None
         if config.metrics.enabled:
@@ -95,6 +108,11 @@ class DeviceRuntime:
                 health=self.health,
                 extra_info=self._info,
             )
+
+    def _on_swap(self, classifier: Classifier) -> None:
+        manifest = classifier.bundle.manifest
+        self.metrics.set_active_bundle(manifest.name, manifest.version, classifier.bundle.sha256)
+        self.health.set_active_bundle(manifest.name, manifest.version, classifier.bundle.sha256)
 
     def _sinks(self) -> list[PredictionSink]:
         outputs = self.config.outputs
@@ -109,6 +127,8 @@ class DeviceRuntime:
                 MqttPredictionSink(self.mqtt, topic, outputs.mqtt.qos, outputs.mqtt.every_n)
             )
         sinks.extend(load_plugin(name) for name in outputs.plugins)
+        if self.agent is not None:
+            sinks.append(self.agent.sink)
         return sinks
 
     def _info(self) -> dict[str, object]:
@@ -133,6 +153,8 @@ class DeviceRuntime:
             self.status_server.start()
             log.info("metrics and health on %s", self.status_server.url)
         self.capture.start()
+        if self.agent is not None:
+            self.agent.start()
         pipeline = Pipeline(
             self.config.device_id,
             capture=self.capture,
@@ -142,11 +164,14 @@ class DeviceRuntime:
             metrics=self.metrics,
             health=self.health,
             read_timeout_s=self.read_timeout_s,
+            on_inference_error=None if self.agent is None else self.agent.record_inference_error,
         )
         deadline = None if duration_s is None else started + duration_s
         try:
             stats = pipeline.run(stop, max_frames=max_frames, deadline=deadline)
         finally:
+            if self.agent is not None:
+                self.agent.stop()
             self.capture.stop(timeout=2.0)
             for sink in self.sinks:
                 sink.close()

@@ -37,6 +37,8 @@ class ActiveModel:
         self._lock = threading.Lock()
         self._classifier = classifier
         self.swaps = 0
+        self.listeners: list[Callable[[Classifier], None]] = []
+        """Called (on the swapping thread) after every swap with the new classifier."""
 
     @property
     def current(self) -> Classifier | None:
@@ -55,6 +57,8 @@ class ActiveModel:
             classifier.bundle.manifest.version,
             classifier.bundle.id,
         )
+        for listener in self.listeners:
+            listener(classifier)
         return previous
 
     def load_in_background(
@@ -113,6 +117,7 @@ class Pipeline:
         metrics: RuntimeMetrics,
         health: HealthState,
         read_timeout_s: float = 5.0,
+        on_inference_error: Callable[[str], None] | None = None,
     ) -> None:
         self.device_id = device_id
         self.capture = capture
@@ -122,6 +127,7 @@ class Pipeline:
         self.metrics = metrics
         self.health = health
         self.read_timeout_s = read_timeout_s
+        self.on_inference_error = on_inference_error
         self.stats = PipelineStats()
         self.last_prediction: Prediction | None = None
 
@@ -158,6 +164,8 @@ class Pipeline:
             self.stats.inference_errors += 1
             self.metrics.inference_errors.inc()
             log.warning("inference failed on frame %d: %s", frame.frame_id, exc)
+            if self.on_inference_error is not None:
+                self.on_inference_error(str(exc))
             return None
         finally:
             self.health.inference_finished(time.monotonic())
