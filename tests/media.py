@@ -49,3 +49,25 @@ def make_bundle(
 
 def frame(seed: int = 0) -> np.ndarray:
     return draw_frame(CLASSES[seed % 6], seed)
+
+
+def make_bad_golden_bundle(
+    path: Path, model: bytes, model_format: str = "tflite", version: str = "9.0.0"
+) -> Bundle:
+    """A bundle whose golden expectations are wrong: its smoke test must fail."""
+    from edge_runtime.bundle import GoldenSet, GoldenVector, build_bundle, parse_bundle
+
+    good = make_bundle(path, model, model_format, version)
+    golden = good.manifest.golden
+    assert golden is not None
+    vectors = [
+        GoldenVector(input=v.input, expected=list(reversed(v.expected)), label=v.label)
+        for v in golden.vectors
+    ]
+    manifest = good.manifest.model_copy(
+        update={"golden": GoldenSet(atol=golden.atol, vectors=vectors), "files": {}}
+    )
+    members = {name: data for name, data in good.members.items() if name != "manifest.json"}
+    data = build_bundle(manifest, members)
+    path.write_bytes(data)
+    return parse_bundle(data)

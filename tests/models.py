@@ -29,13 +29,19 @@ def tiny_tflite_model(num_classes: int = len(LABELS), size: int = SIZE) -> bytes
     return bytes(converter.convert())
 
 
-def tiny_onnx_model(num_classes: int = len(LABELS), size: int = SIZE) -> bytes:
-    """A float32 NHWC ONNX classifier: global mean pool, then a seeded dense layer (logits)."""
+def tiny_onnx_model(
+    num_classes: int = len(LABELS), size: int = SIZE, scale: float = 1.0, seed: int = 7
+) -> bytes:
+    """A float32 NHWC ONNX classifier: global mean pool, then a seeded dense layer (logits).
+
+    ``scale`` multiplies the weights: large makes confident answers, tiny makes
+    near-uniform ones (a "confidence collapse").
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(7)
-    weights = rng.normal(size=(3, num_classes)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    weights = (rng.normal(size=(3, num_classes)) * scale).astype(np.float32)
     graph = helper.make_graph(
         [
             helper.make_node("ReduceMean", ["image", "axes"], ["pooled"], keepdims=0),

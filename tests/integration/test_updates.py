@@ -1,0 +1,282 @@
+"""Signed updates end to end on a real Mosquitto: release, assign, deliver, verify, smoke, probation.
+
+A real TUF repository (fleet_server.trust), the real chunk server, and a real
+device runtime with its update agent; predictions keep flowing throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_runtime.bundle import Bundle
+from edge_runtime.config import parse_config
+from edge_runtime.device import DeviceRuntime
+from edge_runtime.update import UpdatePhase
+from fleet_server.delivery import ChunkServer
+from fleet_server.publisher import publish_metadata
+from fleet_server.trust import Expiry, KeySet, Repository, init_keys
+from tests.media import make_bad_golden_bundle, make_bundle
+from tests.models import tiny_onnx_model, tiny_tflite_model
+
+pytestmark = pytest.mark.broker
+
+
+@dataclass
+class Fleet:
+    """The operator's side: keys, repository, chunk server, a connected MQTT client."""
+
+    port: int
+    keys: KeySet
+    repo: Repository
+    client: mqtt.Client
+    server: ChunkServer
+    bundles: dict[str, Bundle]
+    root_file: Path
+
+    def assign(self, bundle: Bundle, device: str = "cam-1") -> int:
+        version = self.repo.assign("devices", device, bundle.sha256, self.keys.role("assignments"))
+        self.repo.snapshot_and_timestamp(self.keys.role("snapshot"), self.keys.role("timestamp"))
+        publish_metadata(self.client, self.repo)
+        return version
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, mosquitto: int) -> Iterator[Fleet]:
+    keys = init_keys(tmp_path / "keys")
+    repo = Repository.create(tmp_path / "repo", keys, Expiry())
+    bundles = {
+        "v1": make_bundle(
+            tmp_path / "v1.efb", tiny_onnx_model(scale=40.0), "onnx", "1.0.0", softmax=True
+        ),
+        "v2": make_bundle(
+            tmp_path / "v2.efb", tiny_onnx_model(scale=40.0, seed=8), "onnx", "2.0.0", softmax=True
+        ),
+        "bad-golden": make_bad_golden_bundle(
+            tmp_path / "bad.efb", tiny_tflite_model(), "tflite", "3.0.0"
+        ),
+        "collapse": make_bundle(
+            tmp_path / "flat.efb",
+            tiny_onnx_model(scale=0.001, seed=9),
+            "onnx",
+            "4.0.0",
+            softmax=True,
+        ),
+    }
+    paths = {
+        "v1": tmp_path / "v1.efb",
+        "v2": tmp_path / "v2.efb",
+        "bad-golden": tmp_path / "bad.efb",
+        "collapse": tmp_path / "flat.efb",
+    }
+    for name, bundle in bundles.items():
+        repo.release(paths[name], keys.role("targets"))
+    repo.snapshot_and_timestamp(keys.role("snapshot"), keys.role("timestamp"))
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="fleet-test")
+    client.connect("127.0.0.1", mosquitto)
+    client.loop_start()
+    server = ChunkServer(client, {b.sha256: paths[name] for name, b in bundles.items()})
+    server.start()
+    publish_metadata(client, repo)
+    root_file = tmp_path / "root.json"
+    root_file.write_bytes(repo.root_bytes(1))
+    try:
+        yield Fleet(mosquitto, keys, repo, client, server, bundles, root_file)
+    finally:
+        server.stop()
+        client.loop_stop()
+        client.disconnect()
+
+
+def device_config(fleet: Fleet, tmp_path: Path, probation_s: float = 1.5) -> str:
+    return (
+        f"device_id: cam-1\nbundle: {tmp_path / 'v1.efb'}\nstore: {tmp_path / 'store'}\n"
+        f"source:\n  type: synthetic\n  fps: 30\n  width: 64\n  height: 48\n"
+        f"mqtt:\n  port: {fleet.port}\n"
+        f"outputs:\n  jsonl:\n    path: {tmp_path / 'predictions.jsonl'}\n"
+        f"metrics:\n  port: 0\n"
+        f"update:\n  trusted_root: {fleet.root_file}\n  probation_s: {probation_s}\n"
+        f"  probation_min_predictions: 10\n  smoke_latency_runs: 5\n  window_timeout_s: 2\n"
+    )
+
+
+class RunningDevice:
+    def __init__(self, config_text: str) -> None:
+        self.runtime = DeviceRuntime(parse_config(config_text))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.runtime.run, args=(self.stop,))
+        self.thread.start()
+        assert self.runtime.agent is not None
+        self.agent = self.runtime.agent
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.05)
+        raise AssertionError(
+            f"timed out; agent state {self.agent.state.phase.value}, refusals {self.agent.refusals}"
+        )
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=20)
+
+
+@pytest.fixture
+def device(fleet: Fleet, tmp_path: Path) -> Iterator[RunningDevice]:
+    running = RunningDevice(device_config(fleet, tmp_path))
+    try:
+        running.wait_for(
+            lambda: running.runtime.mqtt is not None and running.runtime.mqtt.connected.is_set()
+        )
+        yield running
+    finally:
+        running.close()
+
+
+def predictions(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+
+
+def assert_no_gap(lines: list[dict]) -> None:
+    """No gap between consecutive predictions exceeds twice the steady-state interval."""
+    times = np.array([line["captured_at"] for line in lines])
+    gaps = np.diff(times)
+    steady = float(np.median(gaps))
+    assert gaps.max() <= 2 * steady + 0.005, (gaps.max(), steady)
+
+
+def test_update_is_delivered_verified_tested_and_committed(
+    fleet: Fleet, device: RunningDevice, tmp_path: Path
+) -> None:
+    v1, v2 = fleet.bundles["v1"], fleet.bundles["v2"]
+    device.wait_for(lambda: len(predictions(tmp_path)) > 20)
+    fleet.assign(v2)
+    device.wait_for(lambda: device.agent.state.phase == UpdatePhase.COMMITTED)
+    state = device.agent.state
+    assert state.active is not None and state.active.sha256 == v2.sha256
+    assert state.last_good is not None and state.last_good.sha256 == v2.sha256
+    time.sleep(0.5)
+    lines = predictions(tmp_path)
+    hashes = [line["bundle_sha256"] for line in lines]
+    switch = hashes.index(v2.sha256)
+    assert set(hashes[:switch]) == {v1.sha256} and set(hashes[switch:]) == {v2.sha256}
+    assert_no_gap(lines)
+    phases = [e.to_state.value for e in state.history if e.bundle == v2.sha256]
+    assert phases == [
+        "downloading",
+        "verifying",
+        "staged",
+        "smoke-testing",
+        "activating",
+        "probation",
+        "committed",
+    ], phases
+    assert device.agent.store.has(v2.sha256)
+    assert fleet.server.stats().bundles[v2.sha256].chunks_published >= 1
+
+
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [("bad-golden", "golden vector"), ("collapse", "confidence")],
+)
+def test_a_bad_bundle_is_rolled_back_and_the_old_one_keeps_serving(
+    fleet: Fleet, device: RunningDevice, tmp_path: Path, bad: str, words: str
+) -> None:
+    v1, broken = fleet.bundles["v1"], fleet.bundles[bad]
+    device.wait_for(lambda: len(predictions(tmp_path)) > 30)  # the confidence baseline
+    fleet.assign(broken)
+    device.wait_for(lambda: device.agent.state.phase == UpdatePhase.ROLLED_BACK)
+    state = device.agent.state
+    assert state.active is not None and state.active.sha256 == v1.sha256
+    reasons = " ".join(e.reason for e in state.history if e.to_state == UpdatePhase.ROLLED_BACK)
+    assert words in reasons, reasons
+    time.sleep(0.5)
+    lines = predictions(tmp_path)
+    assert lines[-1]["bundle_sha256"] == v1.sha256
+    assert_no_gap(lines)
+
+
+def test_replayed_metadata_is_refused_and_reported(
+    fleet: Fleet, device: RunningDevice, tmp_path: Path
+) -> None:
+    old = fleet.repo.published()
+    fleet.assign(fleet.bundles["v2"])
+    device.wait_for(lambda: device.agent.state.phase == UpdatePhase.COMMITTED)
+    for suffix in ("timestamp", "snapshot", "assignments"):  # the attacker replays older metadata
+        fleet.client.publish(
+            f"edgefleet/tuf/{suffix}", old[suffix], qos=1, retain=True
+        ).wait_for_publish(5)
+    device.wait_for(lambda: bool(device.agent.refusals))
+    assert any("older" in r or "replay" in r for r in device.agent.refusals), device.agent.refusals
+    assert (
+        device.agent.state.active is not None
+        and device.agent.state.active.sha256 == fleet.bundles["v2"].sha256
+    )
+
+
+def test_killed_during_probation_boots_into_the_last_good_bundle(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    config = tmp_path / "device.yaml"
+    config.write_text(device_config(fleet, tmp_path, probation_s=60))
+    env = {**os.environ, "EDGEFLEET_LOG_LEVEL": "info"}
+    command = [sys.executable, "-m", "edgefleet", "device", "run", "--config", str(config)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
+    states: list[dict] = []
+    watcher = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="watcher")
+    watcher.on_message = lambda _c, _u, msg: (
+        states.append(json.loads(msg.payload)) if msg.payload else None
+    )
+    watcher.connect("127.0.0.1", fleet.port)
+    watcher.subscribe("edgefleet/devices/cam-1/state", qos=1)
+    watcher.loop_start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (tmp_path / "predictions.jsonl").exists():
+            time.sleep(0.1)
+        fleet.assign(fleet.bundles["v2"])
+        while time.monotonic() < deadline and not any(s["state"] == "probation" for s in states):
+            time.sleep(0.05)
+        assert any(s["state"] == "probation" for s in states), states[-3:]
+        process.send_signal(signal.SIGKILL)  # power cut in probation
+        process.wait(timeout=10)
+        restarted = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+        )
+        try:
+            while time.monotonic() < deadline and not (
+                states and states[-1]["state"] == "rolled-back"
+            ):
+                time.sleep(0.05)
+            assert states[-1]["state"] == "rolled-back", states[-1]
+            assert states[-1]["active"]["bundle"] == fleet.bundles["v1"].sha256
+            before = len(predictions(tmp_path))
+            time.sleep(1.5)
+            after = predictions(tmp_path)
+            assert len(after) > before and after[-1]["bundle_sha256"] == fleet.bundles["v1"].sha256
+        finally:
+            restarted.send_signal(signal.SIGTERM)
+            restarted.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        watcher.loop_stop()
+        watcher.disconnect()
