@@ -82,8 +82,8 @@ def fleet(tmp_path: Path, mosquitto: int) -> Iterator[Fleet]:
         "bad-golden": tmp_path / "bad.efb",
         "collapse": tmp_path / "flat.efb",
     }
-    for name, bundle in bundles.items():
-        repo.release(paths[name], keys.role("targets"))
+    for path in paths.values():
+        repo.release(path, keys.role("targets"))
     repo.snapshot_and_timestamp(keys.role("snapshot"), keys.role("timestamp"))
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="fleet-test")
     client.connect("127.0.0.1", mosquitto)
