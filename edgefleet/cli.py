@@ -27,9 +27,14 @@ _GROUPS: dict[str, tuple[str, str, str]] = {
         "ML engineer: quantise a trained model to TFLite/ONNX bundles with a parity gate.",
     ),
     "release": (
-        "edgefleet.commands.planned",
+        "edgefleet.commands.release",
         "release",
-        "Release manager: sign bundles with the release key (TUF) and manage keys.",
+        "Release manager: sign bundles into the TUF targets role with the release key.",
+    ),
+    "keys": (
+        "edgefleet.commands.release",
+        "keys",
+        "Release manager: create, rotate and revoke the TUF keys.",
     ),
     "serve": (
         "edgefleet.commands.planned",

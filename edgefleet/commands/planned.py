@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["bench", "fleet", "release", "serve"]
+__all__ = ["bench", "fleet", "serve"]
 
 
 def _planned(name: str, summary: str, issue: int) -> click.Command:
@@ -31,7 +31,6 @@ def _planned(name: str, summary: str, issue: int) -> click.Command:
     return command
 
 
-release = _planned("release", "Sign bundles with the release key and manage keys.", 5)
 fleet = _planned("fleet", "Manage devices, bundles and staged rollouts.", 6)
 serve = _planned("serve", "Run the fleet server.", 6)
 bench = _planned("bench", "Latency and fleet-scale benchmarks.", 7)

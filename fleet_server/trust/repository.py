@@ -185,6 +185,10 @@ class Repository:
         """Root metadata bytes of ``version`` (default the newest): what a device is provisioned with."""
         return self._read_file(f"{version or self.root_version}.root.json")
 
+    def root_keyids(self, role: str) -> list[str]:
+        """Key ids the current root trusts for top-level ``role``."""
+        return list(self._root().roles[role].keyids)
+
     def released(self) -> dict[str, ReleasedBundle]:
         """Every released bundle, by sha256."""
         bundles: dict[str, ReleasedBundle] = {}
