@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = ["keys", "release"]
 
-_PASS_ENV_HELP = (
+_KEY_LOCK_HELP = (
     "Environment variable holding the passphrase of the offline keys (root, targets); "
     "their PEM files are then encrypted."
 )
@@ -59,7 +59,7 @@ def keys() -> None:
     show_default=True,
     help="Root signatures required.",
 )
-@click.option("--passphrase-env", help=_PASS_ENV_HELP)
+@click.option("--passphrase-env", help=_KEY_LOCK_HELP)
 def keys_init(
     folder: Path, root_keys: int, root_threshold: int, passphrase_env: str | None
 ) -> None:
@@ -115,7 +115,7 @@ def _repository(repo: Path, keys_folder: Path, passphrase_env: str | None) -> Re
     required=True,
     help="Folder with the release key (targets-*.pem).",
 )
-@click.option("--passphrase-env", help=_PASS_ENV_HELP)
+@click.option("--passphrase-env", help=_KEY_LOCK_HELP)
 def release(
     bundles: tuple[Path, ...], repo: Path, keys_folder: Path, passphrase_env: str | None
 ) -> None:
@@ -151,7 +151,7 @@ def release(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     required=True,
 )
-@click.option("--passphrase-env", help=_PASS_ENV_HELP)
+@click.option("--passphrase-env", help=_KEY_LOCK_HELP)
 def keys_rotate(role: str, repo: Path, keys_folder: Path, passphrase_env: str | None) -> None:
     """Replace ROLE's key with a new one through a new root version (devices follow without re-provisioning)."""
     from fleet_server.trust import Repository, generate_key, load_keys
@@ -191,7 +191,7 @@ def keys_rotate(role: str, repo: Path, keys_folder: Path, passphrase_env: str | 
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     required=True,
 )
-@click.option("--passphrase-env", help=_PASS_ENV_HELP)
+@click.option("--passphrase-env", help=_KEY_LOCK_HELP)
 def keys_revoke(
     role: str, keyid: str, repo: Path, keys_folder: Path, passphrase_env: str | None
 ) -> None:
