@@ -220,8 +220,16 @@ class UpdateAgent:
             name=str(custom.get("name", "bundle")),
             version=str(custom.get("version", "0")),
         )
-        if self.state.phase in (UpdatePhase.ACTIVATING, UpdatePhase.PROBATION):
-            self._end_probation(restore=True)
+        handled = self.state.handled_assignment
+        newer = handled is None or assignment.assignment > handled
+        target = self.state.target
+        superseded = target is not None and target.bundle.sha256 != ref.sha256
+        if (
+            newer
+            and superseded
+            and self.state.phase in (UpdatePhase.ACTIVATING, UpdatePhase.PROBATION)
+        ):
+            self._end_probation(restore=True)  # the lifecycle rolls back before the new update
         self._apply(self.state.assignment_seen(ref, assignment.assignment, time.time()))
 
     def _advance(self) -> None:

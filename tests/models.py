@@ -69,16 +69,23 @@ def tflite_tensor_names(model: bytes) -> tuple[str, str]:
     return interpreter.get_input_details()[0]["name"], interpreter.get_output_details()[0]["name"]
 
 
-def slow_onnx_model(rows: int = 2800, num_classes: int = len(LABELS), size: int = SIZE) -> bytes:
+def slow_onnx_model(
+    rows: int = 2800,
+    num_classes: int = len(LABELS),
+    size: int = SIZE,
+    hidden: int = 512,
+    seed: int = 11,
+) -> bytes:
     """A real ONNX classifier made deliberately slow: a large matrix product per frame.
 
     Input NHWC float32 ``[1, size, size, 3]``, output logits ``[1, num_classes]``; its cost
-    grows linearly with ``rows`` (about 2 * rows * size*size*3 * 512 flops).
+    grows linearly with ``rows`` (about 2 * rows * size*size*3 * hidden flops);
+    its weights take size*size*3 * hidden * 4 bytes.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(11)
+    rng = np.random.default_rng(seed)
     features = size * size * 3
     graph = helper.make_graph(
         [
@@ -95,10 +102,12 @@ def slow_onnx_model(rows: int = 2800, num_classes: int = len(LABELS), size: int 
             numpy_helper.from_array(np.array([1, features], dtype=np.int64), "flat_shape"),
             numpy_helper.from_array(np.array([rows, 1], dtype=np.int64), "repeats"),
             numpy_helper.from_array(
-                (rng.normal(size=(features, 512)) / 50).astype(np.float32), "w1"
+                (rng.normal(size=(features, hidden)) / 50).astype(np.float32), "w1"
             ),
             numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
-            numpy_helper.from_array(rng.normal(size=(512, num_classes)).astype(np.float32), "w2"),
+            numpy_helper.from_array(
+                rng.normal(size=(hidden, num_classes)).astype(np.float32), "w2"
+            ),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])

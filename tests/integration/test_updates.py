@@ -280,3 +280,17 @@ def test_killed_during_probation_boots_into_the_last_good_bundle(
             process.kill()
         watcher.loop_stop()
         watcher.disconnect()
+
+
+def test_metadata_republished_during_probation_does_not_disturb_it(
+    fleet: Fleet, device: RunningDevice, tmp_path: Path
+) -> None:
+    v2 = fleet.bundles["v2"]
+    device.wait_for(lambda: len(predictions(tmp_path)) > 20)
+    fleet.assign(v2)
+    device.wait_for(lambda: device.agent.state.phase == UpdatePhase.PROBATION)
+    fleet.repo.snapshot_and_timestamp(fleet.keys.role("snapshot"), fleet.keys.role("timestamp"))
+    publish_metadata(fleet.client, fleet.repo)  # new timestamp, same assignment
+    device.wait_for(lambda: device.agent.state.phase == UpdatePhase.COMMITTED)
+    assert device.agent.state.active is not None and device.agent.state.active.sha256 == v2.sha256
+    assert not any(e.to_state == UpdatePhase.ROLLED_BACK for e in device.agent.state.history)
