@@ -38,9 +38,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge_runtime.bundle import read_bundle  # noqa: E402
-from edge_runtime.classifier import Classifier  # noqa: E402
-from edge_runtime.prediction import Prediction  # noqa: E402
+from edge_runtime.bundle import read_bundle
+from edge_runtime.classifier import Classifier
+from edge_runtime.prediction import Prediction
 
 
 def frames(count: int = 64) -> list[np.ndarray]:

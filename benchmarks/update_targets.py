@@ -35,17 +35,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_runtime.config import parse_config  # noqa: E402
-from edge_runtime.device import DeviceRuntime  # noqa: E402
-from edge_runtime.update import UpdatePhase  # noqa: E402
-from fleet_server.delivery import ChunkServer  # noqa: E402
-from fleet_server.publisher import publish_metadata  # noqa: E402
-from fleet_server.trust import Expiry, Repository, init_keys  # noqa: E402
-from tests.media import make_bundle  # noqa: E402
-from tests.models import slow_onnx_model  # noqa: E402
+from edge_runtime.config import parse_config
+from edge_runtime.device import DeviceRuntime
+from edge_runtime.update import UpdatePhase
+from fleet_server.delivery import ChunkServer
+from fleet_server.publisher import publish_metadata
+from fleet_server.trust import Expiry, Repository, init_keys
+from tests.media import make_bundle
+from tests.models import slow_onnx_model
 
 
 def free_port() -> int:

@@ -213,8 +213,7 @@ class UpdateAgent:
         if assignment is None:
             return
         self._assignment = assignment
-        target = self.trust.bundle_target(assignment.bundle_sha256)
-        custom = target.custom
+        custom = self.trust.bundle_target(assignment.bundle_sha256).custom
         ref = BundleRef(
             sha256=assignment.bundle_sha256,
             name=str(custom.get("name", "bundle")),
@@ -222,8 +221,8 @@ class UpdateAgent:
         )
         handled = self.state.handled_assignment
         newer = handled is None or assignment.assignment > handled
-        target = self.state.target
-        superseded = target is not None and target.bundle.sha256 != ref.sha256
+        current = self.state.target
+        superseded = current is not None and current.bundle.sha256 != ref.sha256
         if (
             newer
             and superseded
