@@ -114,6 +114,12 @@ class Preprocessor:
         table = self._lut[0, :, 0].astype(np.int64)
         self._identity = self.dtype == np.uint8 and self._shared and np.array_equal(table, pixels)
         self._flip = self.dtype == np.int8 and self._shared and np.array_equal(table, pixels - 128)
+        # "saturating pixel + c, then - 128": a common int8 input quantisation, two cheap passes
+        self._shift: int | None = None
+        if self.dtype == np.int8 and self._shared and not self._flip:
+            shift = int(table[128])
+            if np.array_equal(table, np.clip(pixels + shift, 0, 255) - 128):
+                self._shift = shift
 
     def _check_shape(self) -> None:
         shape = self.input_spec.shape
@@ -178,6 +184,13 @@ class Preprocessor:
         if self._flip:
             flipped: npt.NDArray[Any] = np.bitwise_xor(image, np.uint8(0x80)).view(np.int8)
             return flipped
+        if self._shift is not None:
+            flat = image.reshape(image.shape[0], -1)
+            moved = (
+                cv2.add(flat, self._shift) if self._shift > 0 else cv2.subtract(flat, -self._shift)
+            )
+            shifted: npt.NDArray[Any] = np.bitwise_xor(moved, np.uint8(0x80)).view(np.int8)
+            return shifted.reshape(image.shape)
         if self._shared:
             flat = image.reshape(image.shape[0], -1)
             out = np.asarray(cv2.LUT(flat, self._cv_lut_1)).reshape(image.shape)

@@ -130,6 +130,7 @@ def test_bad_frames_are_refused() -> None:
     [
         ("uint8", None, (0.0, 0.0, 0.0), "_identity"),
         ("int8", Quantization(scale=[1.0], zero_point=[-128]), (0.0, 0.0, 0.0), "_flip"),
+        ("int8", Quantization(scale=[1.0], zero_point=[-100]), (0.0, 0.0, 0.0), "_shift"),
         (
             "int8",
             Quantization(scale=[0.0078125], zero_point=[-1]),
@@ -150,7 +151,11 @@ def test_fast_paths_equal_the_formula(
     )
     spec = TensorSpec(name="x", shape=[1, 32, 48, 3], dtype=dtype, quantization=quant)
     pre = Preprocessor(contract, spec)
-    taken = [name for name in ("_identity", "_flip", "_shared") if getattr(pre, name)]
+    taken = [
+        name
+        for name in ("_identity", "_flip", "_shift", "_shared")
+        if getattr(pre, name) not in (None, False)
+    ]
     assert (taken[0] if taken else None) == path
     expected = reference(FRAME, contract, spec)
     np.testing.assert_allclose(
