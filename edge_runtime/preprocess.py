@@ -186,9 +186,11 @@ class Preprocessor:
             return flipped
         if self._shift is not None:
             flat = image.reshape(image.shape[0], -1)
-            moved = (
-                cv2.add(flat, self._shift) if self._shift > 0 else cv2.subtract(flat, -self._shift)
-            )
+            # saturating uint8 arithmetic with a scalar (OpenCV's stubs do not type scalars)
+            if self._shift > 0:
+                moved = cv2.add(flat, self._shift)  # type: ignore[call-overload]
+            else:
+                moved = cv2.subtract(flat, -self._shift)  # type: ignore[call-overload]
             shifted: npt.NDArray[Any] = np.bitwise_xor(moved, np.uint8(0x80)).view(np.int8)
             return shifted.reshape(image.shape)
         if self._shared:
