@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_runtime.atomic import atomic_write_bytes
+from edge_runtime.atomic import atomic_write_bytes, fsync_dir
 from edge_runtime.errors import ChunkIntegrityError, DeliveryError
 
 __all__ = [
@@ -375,7 +375,7 @@ class ChunkDownload:
             os.fsync(fd)
             self.close()
             os.replace(self.part_path, self.download_path)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
             self.bitmap_path.unlink(missing_ok=True)
         except OSError as e:
             raise DeliveryError(f"cannot assemble bundle {self.sha256[:12]}: {e}") from e
@@ -537,17 +537,3 @@ class ChunkDownload:
         if error.errno in _DISK_FULL:
             return DeliveryError(f"disk is full: {what} ({error.strerror})")
         return DeliveryError(f"{what}: {error}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist a rename in ``folder``; a folder that cannot be opened is fine."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 from pydantic import ValidationError
 
+from edge_runtime.atomic import fsync_dir
 from edge_runtime.bundle.model_bundle import BUNDLE_SUFFIX, Bundle, BundleLimits, read_bundle
 from edge_runtime.errors import BundleError, DiskFullError, StoreError
 from edge_runtime.update.lifecycle import UpdateState, protected_bundles
@@ -47,20 +48,6 @@ def _store_error(exc: OSError, doing: str) -> StoreError:
     if exc.errno in _FULL_ERRNOS:
         return DiskFullError(f"disk full: cannot {doing} ({exc.strerror})")
     return StoreError(f"cannot {doing}: {exc.strerror or exc}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist renames in ``folder``; some filesystems refuse to open a folder, which is fine."""
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def _write_temp(folder: Path, name: str, fill: Callable[[BinaryIO], object]) -> Path:
@@ -171,7 +158,7 @@ class BundleStore:
                 source.unlink()
         except OSError as exc:
             raise _store_error(exc, f"store bundle {sha256[:12]}...") from exc
-        _fsync_dir(self.bundles_dir)
+        fsync_dir(self.bundles_dir)
         log.info("stored bundle %s (%d bytes)", sha256, dest.stat().st_size)
         return dest
 
@@ -187,7 +174,7 @@ class BundleStore:
             os.replace(tmp, dest)
         except OSError as exc:
             raise _store_error(exc, f"store bundle {sha256[:12]}...") from exc
-        _fsync_dir(self.bundles_dir)
+        fsync_dir(self.bundles_dir)
         return dest
 
     def load(self, sha256: str, limits: BundleLimits | None = None) -> Bundle:
@@ -269,7 +256,7 @@ class BundleStore:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
             raise _store_error(exc, f"save the update state in {self.root}") from exc
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def load_state(self, now: float = 0.0) -> UpdateState:
         """The persisted state: state.json, else state.json.bak, else a fresh idle state.
