@@ -145,3 +145,36 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def amqtt_broker():
+    """The embedded amqtt broker (MQTT 3.1.1) in-process, on its own event loop thread; yields the port."""
+    import asyncio
+    import threading
+
+    from amqtt.broker import Broker
+
+    port = free_port()
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="amqtt", daemon=True)
+    thread.start()
+
+    async def start() -> Broker:
+        broker = Broker(config)
+        await broker.start()
+        return broker
+
+    broker = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(broker.shutdown(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import shutil
@@ -85,36 +84,6 @@ def restartable_mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
         yield broker
     finally:
         broker.stop()
-
-
-@pytest.fixture
-def amqtt_broker() -> Iterator[int]:
-    """The embedded amqtt broker (MQTT 3.1.1) in-process, on its own event loop thread; yields the port."""
-    from amqtt.broker import Broker
-
-    port = free_port()
-    config = {
-        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    }
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="amqtt", daemon=True)
-    thread.start()
-
-    async def start() -> Broker:
-        broker = Broker(config)
-        await broker.start()
-        return broker
-
-    broker = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
-    try:
-        wait_for_port(port)
-        yield port
-    finally:
-        asyncio.run_coroutine_threadsafe(broker.shutdown(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
 
 
 # --- a server and devices on a broker ------------------------------------------------------

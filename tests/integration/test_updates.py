@@ -6,6 +6,7 @@ device runtime with its update agent; predictions keep flowing throughout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ from fleet_server.delivery import ChunkServer
 from fleet_server.publisher import publish_metadata
 from fleet_server.trust import Expiry, KeySet, Repository, init_keys
 from tests.media import make_bad_golden_bundle, make_bundle
-from tests.models import tiny_onnx_model, tiny_tflite_model
+from tests.models import slow_onnx_model, tiny_onnx_model, tiny_tflite_model
 
 pytestmark = pytest.mark.broker
 
@@ -54,8 +55,9 @@ class Fleet:
         return version
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, mosquitto: int) -> Iterator[Fleet]:
+@contextlib.contextmanager
+def make_fleet(tmp_path: Path, port: int, big: bool = False) -> Iterator[Fleet]:
+    """Keys, a repository with four released bundles, a chunk server, on the broker at ``port``."""
     keys = init_keys(tmp_path / "keys")
     repo = Repository.create(tmp_path / "repo", keys, Expiry())
     bundles = {
@@ -85,8 +87,23 @@ def fleet(tmp_path: Path, mosquitto: int) -> Iterator[Fleet]:
     for path in paths.values():
         repo.release(path, keys.role("targets"))
     repo.snapshot_and_timestamp(keys.role("snapshot"), keys.role("timestamp"))
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="fleet-test")
-    client.connect("127.0.0.1", mosquitto)
+    if big:  # a 12 MB bundle: slow enough to kill the device mid-download
+        bundles["big"] = make_bundle(
+            tmp_path / "big.efb",
+            slow_onnx_model(rows=1, hidden=1000),
+            "onnx",
+            "5.0.0",
+            softmax=True,
+        )
+        paths["big"] = tmp_path / "big.efb"
+        repo.release(paths["big"], keys.role("targets"))
+        repo.snapshot_and_timestamp(keys.role("snapshot"), keys.role("timestamp"))
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id="fleet-test",
+        protocol=mqtt.MQTTv311,
+    )
+    client.connect("127.0.0.1", port)
     client.loop_start()
     server = ChunkServer(client, {b.sha256: paths[name] for name, b in bundles.items()})
     server.start()
@@ -94,11 +111,17 @@ def fleet(tmp_path: Path, mosquitto: int) -> Iterator[Fleet]:
     root_file = tmp_path / "root.json"
     root_file.write_bytes(repo.root_bytes(1))
     try:
-        yield Fleet(mosquitto, keys, repo, client, server, bundles, root_file)
+        yield Fleet(port, keys, repo, client, server, bundles, root_file)
     finally:
         server.stop()
         client.loop_stop()
         client.disconnect()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, mosquitto: int) -> Iterator[Fleet]:
+    with make_fleet(tmp_path, mosquitto) as made:
+        yield made
 
 
 def device_config(fleet: Fleet, tmp_path: Path, probation_s: float = 1.5) -> str:
@@ -294,3 +317,63 @@ def test_metadata_republished_during_probation_does_not_disturb_it(
     device.wait_for(lambda: device.agent.state.phase == UpdatePhase.COMMITTED)
     assert device.agent.state.active is not None and device.agent.state.active.sha256 == v2.sha256
     assert not any(e.to_state == UpdatePhase.ROLLED_BACK for e in device.agent.state.history)
+
+
+def test_update_over_the_embedded_amqtt_broker(tmp_path: Path, amqtt_broker: int) -> None:
+    with make_fleet(tmp_path, amqtt_broker) as fleet:
+        running = RunningDevice(device_config(fleet, tmp_path))
+        try:
+            running.wait_for(lambda: len(predictions(tmp_path)) > 10)
+            fleet.assign(fleet.bundles["v2"])
+            running.wait_for(lambda: running.agent.state.phase == UpdatePhase.COMMITTED)
+            assert running.agent.state.active is not None
+            assert running.agent.state.active.sha256 == fleet.bundles["v2"].sha256
+        finally:
+            running.close()
+
+
+def test_killed_mid_download_resumes_after_restart(tmp_path: Path, mosquitto: int) -> None:
+    with make_fleet(tmp_path, mosquitto, big=True) as fleet:
+        big = fleet.bundles["big"]
+        config = tmp_path / "device.yaml"
+        config.write_text(device_config(fleet, tmp_path))
+        command = [sys.executable, "-m", "edgefleet", "device", "run", "--config", str(config)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        downloads = tmp_path / "store" / "downloads"
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (tmp_path / "predictions.jsonl").exists():
+                time.sleep(0.05)
+            fleet.assign(big)
+            # wait until part of the bundle is on disk, then cut the power
+            while time.monotonic() < deadline and not list(downloads.glob("*.chunks")):
+                time.sleep(0.01)
+            assert list(downloads.glob("*.chunks")), "the download never started"
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+            assert not (tmp_path / "store" / "bundles" / f"{big.sha256}.efb").exists()
+            served_before = fleet.server.stats().bundles[big.sha256].chunks_published
+            restarted = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                state_file = tmp_path / "store" / "state.json"
+                while time.monotonic() < deadline:
+                    state = json.loads(state_file.read_text())
+                    if state["phase"] == "committed" and state["active"]["sha256"] == big.sha256:
+                        break
+                    time.sleep(0.1)
+                assert state["phase"] == "committed", state["phase"]
+                chunks = -(-big.size // (256 * 1024))
+                served = fleet.server.stats().bundles[big.sha256].chunks_published
+                assert served < 2 * chunks, (
+                    served_before,
+                    served,
+                    chunks,
+                )  # resumed, not restarted from zero
+            finally:
+                restarted.send_signal(signal.SIGTERM)
+                restarted.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
