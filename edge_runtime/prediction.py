@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Prediction"]
@@ -30,14 +31,28 @@ class Prediction:
     bundle_sha256: str
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (top-k as ``[{"label", "score"}]``)."""
-        data = asdict(self)
-        data["top_k"] = [{"label": label, "score": round(score, 6)} for label, score in self.top_k]
-        data["confidence"] = round(self.confidence, 6)
-        data["latency_ms"] = round(self.latency_ms, 3)
-        data["inference_ms"] = round(self.inference_ms, 3)
-        return data
+        """JSON-friendly form (top-k as ``[{"label", "score"}]``; non-finite numbers as null)."""
+        # built by hand: dataclasses.asdict deep-copies and costs more than the rest of a frame's output
+        return {
+            "device_id": self.device_id,
+            "frame_id": self.frame_id,
+            "captured_at": self.captured_at,
+            "label": self.label,
+            "confidence": _number(self.confidence, 6),
+            "top_k": [{"label": label, "score": _number(score, 6)} for label, score in self.top_k],
+            "uncertain": self.uncertain,
+            "latency_ms": _number(self.latency_ms, 3),
+            "inference_ms": _number(self.inference_ms, 3),
+            "bundle_name": self.bundle_name,
+            "bundle_version": self.bundle_version,
+            "bundle_sha256": self.bundle_sha256,
+        }
 
     def to_json(self) -> str:
         """One compact JSON line (no trailing newline)."""
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+
+def _number(value: float, digits: int) -> float | None:
+    """Rounded, or None for NaN/inf (a broken model must not break the JSON output)."""
+    return round(value, digits) if math.isfinite(value) else None

@@ -107,3 +107,26 @@ def test_plugin_is_loaded_by_entry_point_name(installed_plugin: Path) -> None:
         load_plugin("conveyor")
     with pytest.raises(OutputError, match="'missing' cannot be loaded"):
         load_plugin("missing")
+
+
+def test_non_finite_numbers_become_null_instead_of_breaking_the_output() -> None:
+    broken = Prediction(
+        device_id="cam-1",
+        frame_id=1,
+        captured_at=1.0,
+        label="uncertain",
+        confidence=float("nan"),
+        top_k=[("glass", float("nan"))],
+        uncertain=True,
+        latency_ms=1.0,
+        inference_ms=float("inf"),
+        bundle_name="m",
+        bundle_version="1.0.0",
+        bundle_sha256="ab" * 32,
+    )
+    data = json.loads(broken.to_json())
+    assert (
+        data["confidence"] is None
+        and data["top_k"][0]["score"] is None
+        and data["inference_ms"] is None
+    )
