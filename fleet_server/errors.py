@@ -7,11 +7,15 @@ from edge_runtime.errors import EdgefleetError
 __all__ = [
     "DeliveryServerError",
     "FleetError",
+    "IllegalRolloutTransitionError",
     "KeyManagementError",
+    "MalformedReportError",
     "MalformedRequestError",
     "RegistryError",
+    "RegistryStorageError",
     "ReleaseError",
     "RolloutError",
+    "RolloutPlanError",
 ]
 
 
@@ -41,3 +45,19 @@ class DeliveryServerError(FleetError):
 
 class MalformedRequestError(DeliveryServerError):
     """A device's chunk request is not valid: not JSON, wrong fields, ranges out of bounds, unknown bundle."""
+
+
+class MalformedReportError(RegistryError):
+    """A device's state, event or telemetry payload is not valid: wrong fields, wrong device, too large."""
+
+
+class RegistryStorageError(RegistryError):
+    """The registry's database cannot be reached, is locked too long, or holds an unknown schema."""
+
+
+class RolloutPlanError(RolloutError):
+    """A rollout's spec cannot be planned: unknown or repeated named devices, devices no wave takes."""
+
+
+class IllegalRolloutTransitionError(RolloutError):
+    """An operator command does not apply to the rollout's status (approve when not awaiting approval)."""
