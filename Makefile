@@ -5,11 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefleet-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint fmt venv mosquitto clean help
+.PHONY: demo test lint fmt venv mosquitto postgresql clean help
 
 help:
 	@echo "make demo   set up .venv and run the end-to-end demo on embedded defaults"
-	@echo "make test   set up .venv (+ Mosquitto when root), lint, and run the whole test suite"
+	@echo "make test   set up .venv (+ Mosquitto and PostgreSQL when root), lint, and run the whole test suite"
 	@echo "make lint   ruff (lint + format check) and mypy"
 	@echo "make fmt    apply ruff formatting and safe fixes"
 	@echo "make clean  remove .venv and caches"
@@ -34,6 +34,14 @@ mosquitto:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto; \
 	else echo "warning: mosquitto is not installed and this is not root; Mosquitto tests will skip (sudo apt-get install mosquitto)"; fi
 
+# The registry is tested on PostgreSQL too (a throwaway server on loopback); install it when we can.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing postgresql with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	else echo "warning: PostgreSQL is not installed and this is not root; PostgreSQL tests will skip"; fi
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -43,7 +51,7 @@ fmt: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: venv mosquitto lint
+test: venv mosquitto postgresql lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: venv

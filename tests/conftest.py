@@ -22,6 +22,8 @@ from edge_runtime.bundle import (
 )
 from tests.models import LABELS, SIZE, tiny_onnx_model, tiny_tflite_model
 
+pytest_plugins = ["tests.postgres"]
+
 
 @pytest.fixture(scope="session")
 def tflite_model() -> bytes:
