@@ -57,6 +57,9 @@ class MqttConfig(_Strict):
     tls: TlsConfig | None = None
     topic_prefix: str = Field(default="edgefleet", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    telemetry_interval_s: float = Field(
+        default=10.0, gt=0, description="seconds between telemetry snapshots (QoS 0)"
+    )
 
 
 class JsonLinesOutputConfig(_Strict):

@@ -2,8 +2,8 @@
 
 Wires the parts together from one :class:`DeviceConfig`: the frame source and
 its capture thread, the active bundle, the outputs, MQTT with a retained
-availability topic, metrics and the local ``/metrics`` + ``/healthz``
-endpoint. Everything is started by :meth:`DeviceRuntime.run` and stopped,
+availability topic and periodic telemetry, metrics and the local
+``/metrics`` + ``/healthz`` endpoint. Everything is started by :meth:`DeviceRuntime.run` and stopped,
 in reverse order, when it returns.
 """
 
@@ -27,6 +27,7 @@ from edge_runtime.mqtt import MqttLink, device_topic
 from edge_runtime.outputs import JsonLinesSink, MqttPredictionSink, PredictionSink, load_plugin
 from edge_runtime.pipeline import ActiveModel, Pipeline, PipelineStats
 from edge_runtime.sources import CaptureThread, LatestFrameSlot, create_source
+from edge_runtime.telemetry import QualityTracker, TelemetryPublisher
 
 __all__ = ["DeviceRuntime", "RunSummary"]
 
@@ -96,6 +97,20 @@ class DeviceRuntime:
             read_timeout_s=self.read_timeout_s,
             open_timeout_s=float(getattr(source_config, "open_timeout_s", 10.0)),
         )
+        self.quality: QualityTracker | None = None
+        self.telemetry: TelemetryPublisher | None = None
+        if self.mqtt is not None:
+            self.quality = QualityTracker()
+            self.telemetry = TelemetryPublisher(
+                self.mqtt,
+                device_topic(self.mqtt.config.topic_prefix, config.device_id, "telemetry"),
+                device_id=config.device_id,
+                metrics=self.metrics,
+                quality=self.quality,
+                health=self.health,
+                info=self._info,
+                interval_s=self.mqtt.config.telemetry_interval_s,
+            )
         self.sinks = self._sinks()
         self.status_server = None
         if config.metrics.enabled:
@@ -129,6 +144,8 @@ class DeviceRuntime:
         sinks.extend(load_plugin(name) for name in outputs.plugins)
         if self.agent is not None:
             sinks.append(self.agent.sink)
+        if self.quality is not None:
+            sinks.append(self.quality)
         return sinks
 
     def _info(self) -> dict[str, object]:
@@ -155,6 +172,8 @@ class DeviceRuntime:
         self.capture.start()
         if self.agent is not None:
             self.agent.start()
+        if self.telemetry is not None:
+            self.telemetry.start()
         pipeline = Pipeline(
             self.config.device_id,
             capture=self.capture,
@@ -170,6 +189,8 @@ class DeviceRuntime:
         try:
             stats = pipeline.run(stop, max_frames=max_frames, deadline=deadline)
         finally:
+            if self.telemetry is not None:
+                self.telemetry.stop()
             if self.agent is not None:
                 self.agent.stop()
             self.capture.stop(timeout=2.0)

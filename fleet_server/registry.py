@@ -778,6 +778,34 @@ class Registry:
             log.info("rollout %d: %s", rollout_id, message)
             return rollout_info(row)
 
+    def save_rollout_plan(
+        self, rollout_id: int, plan: Mapping[str, Any], status: RolloutStatus
+    ) -> RolloutInfo:
+        """Store the rollout planner's state (JSON) and follow its status, in one transaction.
+
+        The server resumes a rollout from this after a restart. A status change
+        is written to the timeline; a finished rollout's status never changes.
+        """
+        check_status(status, ROLLOUT_STATUSES, "rollout")
+        now = self._clock()
+        with self._transaction(write=True) as session:
+            row = get_rollout(session, rollout_id, lock=True)
+            row.settings = {**dict(row.settings or {}), "plan": dict(plan)}
+            row.updated_at = now
+            if row.status != status and row.status not in TERMINAL_ROLLOUT_STATUSES:
+                previous = row.status
+                row.status = status
+                session.add(
+                    timeline_entry(
+                        "rollout-status",
+                        f"{previous} -> {status}",
+                        rollout_id=rollout_id,
+                        data={"from": previous, "to": status},
+                        at=now,
+                    )
+                )
+            return rollout_info(row)
+
     def create_wave(
         self,
         rollout_id: int,

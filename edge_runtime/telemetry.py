@@ -1,0 +1,221 @@
+"""Periodic telemetry: the device's ``/stats`` snapshot plus prediction quality, over MQTT.
+
+The fleet server's quality gate reads these snapshots
+(``fleet_server.telemetry.read_sample``): the frame, error and uncertain
+counters, the fps gauge, the p95 of the ``invoke`` stage latency and the
+``quality`` section this module adds. :class:`QualityTracker` is a
+prediction sink that keeps, for the bundle serving now, how many predictions
+of each label it made and their mean confidence; :class:`TelemetryPublisher`
+publishes the whole snapshot every ``interval_s`` seconds, QoS 0 and not
+retained, on ``{prefix}/devices/{id}/telemetry`` (``docs/protocol.md``).
+Telemetry is advisory: a snapshot that cannot be built or published is
+logged and skipped, and never stops the device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_runtime.health import HealthState
+from edge_runtime.metrics import RuntimeMetrics
+from edge_runtime.outputs import PredictionSink, Publisher
+from edge_runtime.prediction import Prediction
+from edge_runtime.update.lifecycle import PROTOCOL_VERSION
+
+__all__ = [
+    "DEFAULT_TELEMETRY_INTERVAL_S",
+    "QualitySnapshot",
+    "QualityTracker",
+    "TelemetryPublisher",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TELEMETRY_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class QualitySnapshot:
+    """What the serving bundle's predictions looked like so far."""
+
+    bundle: str | None
+    """The sha256 of the bundle these figures describe (None before any prediction)."""
+    predictions: int = 0
+    mean_confidence: float | None = None
+    """Mean of the finite confidences; None when there was none."""
+    class_counts: Mapping[str, int] = field(default_factory=dict)
+    """Label -> predictions of that label (the uncertain label included)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The telemetry's ``quality`` section."""
+        return {
+            "bundle": self.bundle,
+            "predictions": self.predictions,
+            "mean_confidence": self.mean_confidence,
+            "class_counts": dict(sorted(self.class_counts.items())),
+        }
+
+
+class QualityTracker(PredictionSink):
+    """Running class counts and mean confidence of the bundle serving now.
+
+    The figures start again from zero when a prediction comes from another
+    bundle than the previous one (keyed by ``bundle_sha256``), so they always
+    describe one bundle. Non-finite confidences count towards the class but
+    not towards the mean. ``emit`` runs on the inference thread; ``snapshot``
+    may be called from any thread.
+    """
+
+    name = "quality"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bundle: str | None = None
+        self._counts: dict[str, int] = {}
+        self._predictions = 0
+        self._confidence_sum = 0.0
+        self._confidences = 0
+
+    def emit(self, prediction: Prediction) -> None:
+        """Count one prediction (starting afresh when its bundle differs from the last one's)."""
+        with self._lock:
+            if prediction.bundle_sha256 != self._bundle:
+                self._reset(prediction.bundle_sha256)
+            self._predictions += 1
+            self._counts[prediction.label] = self._counts.get(prediction.label, 0) + 1
+            if math.isfinite(prediction.confidence):
+                self._confidence_sum += prediction.confidence
+                self._confidences += 1
+
+    def _reset(self, bundle: str | None) -> None:
+        if self._bundle is not None:
+            log.debug("quality figures start again for bundle %s", bundle)
+        self._bundle = bundle
+        self._counts = {}
+        self._predictions = 0
+        self._confidence_sum = 0.0
+        self._confidences = 0
+
+    def snapshot(self, bundle: str | None = None) -> QualitySnapshot:
+        """The figures so far; for ``bundle``, when given, empty if none of its predictions came yet."""
+        with self._lock:
+            if bundle is not None and bundle != self._bundle:
+                return QualitySnapshot(bundle=bundle)
+            mean = self._confidence_sum / self._confidences if self._confidences else None
+            return QualitySnapshot(
+                bundle=self._bundle,
+                predictions=self._predictions,
+                mean_confidence=mean if mean is None or math.isfinite(mean) else None,
+                class_counts=dict(self._counts),
+            )
+
+
+class TelemetryPublisher:
+    """Publishes a telemetry snapshot every ``interval_s`` seconds from a daemon thread.
+
+    The payload is ``/stats`` (``health``, ``metrics``, ``info``) plus
+    ``quality``, ``protocol``, ``device_id``, ``bundle`` (the sha256 serving
+    now, or None) and ``at`` (wall-clock Unix seconds). ``health`` and
+    ``info`` are optional; ``clock`` (wall-clock seconds) is for tests.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        topic: str,
+        *,
+        device_id: str,
+        metrics: RuntimeMetrics,
+        quality: QualityTracker,
+        health: HealthState | None = None,
+        info: Callable[[], Mapping[str, Any]] | None = None,
+        interval_s: float = DEFAULT_TELEMETRY_INTERVAL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"telemetry interval must be positive, got {interval_s}")
+        self._publisher = publisher
+        self.topic = topic
+        self.device_id = device_id
+        self.metrics = metrics
+        self.quality = quality
+        self.health = health
+        self.info = info
+        self.interval_s = interval_s
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.published = 0
+        """Snapshots handed to the MQTT link."""
+        self.failures = 0
+        """Snapshots that could not be built or published."""
+
+    def payload(self) -> dict[str, Any]:
+        """The telemetry snapshot as of now."""
+        active = self.metrics.active_bundle
+        bundle = None if active is None else active[2]
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "device_id": self.device_id,
+            "bundle": bundle,
+            "at": self._clock(),
+            "health": {} if self.health is None else self.health.evaluate().to_dict(),
+            "metrics": self.metrics.registry.snapshot(),
+            "info": {} if self.info is None else dict(self.info()),
+            "quality": self.quality.snapshot(bundle).to_dict(),
+        }
+
+    def publish_once(self) -> bool:
+        """Build and publish one snapshot; False (logged) when that failed."""
+        try:
+            body = json.dumps(
+                self.payload(), allow_nan=False, default=str, separators=(",", ":")
+            ).encode("utf-8")
+            self._publisher.publish(self.topic, body, qos=0)
+        except Exception as exc:  # telemetry is advisory: never let it stop the device
+            self.failures += 1
+            log.warning(
+                "telemetry on %s not published: %s",
+                self.topic,
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+            return False
+        self.published += 1
+        return True
+
+    def start(self) -> None:
+        """Publish every ``interval_s`` seconds from now on, the first after one interval."""
+        if self._thread is not None:
+            raise RuntimeError("telemetry publisher already started")
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"telemetry-{self.device_id}", daemon=True
+        )
+        self._thread.start()
+        log.info("telemetry every %g s on %s", self.interval_s, self.topic)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop publishing and wait for the thread (does nothing when not started)."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        thread.join(timeout=timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the publishing thread is alive."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.publish_once()

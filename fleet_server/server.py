@@ -1,0 +1,324 @@
+"""The fleet server's core: devices' reports in, signed assignments out, rollouts driven in between.
+
+One :class:`FleetServer` owns the registry (database), the TUF repository
+with the online keys, an MQTT client, the chunk server and the rollouts.
+Devices' retained state, events, telemetry and availability are ingested
+into the registry; every running rollout is a pure :class:`RolloutState`
+whose JSON lives in the database (so a restarted server resumes it) and whose
+actions (assign a wave, roll devices back) become new signed assignments,
+published retained. The server never holds the release key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edge_runtime.bundle import read_bundle
+from edge_runtime.errors import EdgefleetError
+from fleet_server.delivery import ChunkServer
+from fleet_server.errors import FleetError, RolloutError
+from fleet_server.publisher import publish_metadata
+from fleet_server.quality_gate import Baseline, WaveTelemetry
+from fleet_server.records import TargetSelector, WaveDeviceStatus
+from fleet_server.registry import Registry
+from fleet_server.rollout_plan import Action, Assign, Notify, Rollback, RolloutState, Step, recover
+from fleet_server.rollout_spec import RolloutSpec, TargetDevice, WaveSpec
+from fleet_server.telemetry import quality_figures
+from fleet_server.trust import KeySet, Repository
+
+__all__ = ["FleetServer"]
+
+_WAVE_STATUS = {
+    "running": "running",
+    "watching": "running",
+    "passed": "succeeded",
+    "skipped": "succeeded",
+    "failed": "failed",
+    "aborted": "aborted",
+}
+_DEVICE_STATUS: dict[str, WaveDeviceStatus] = {
+    "pending": "pending",
+    "sent": "sent",
+    "in-progress": "downloading",
+    "committed": "committed",
+    "rolled-back": "rolled-back",
+    "failed": "failed",
+    "timed-out": "timed-out",
+}
+
+log = logging.getLogger(__name__)
+
+_PLAN_KEY = "plan"
+
+
+class FleetServer:
+    """Registry + trust + delivery + rollouts, on one MQTT connection."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        repository: Repository,
+        online_keys: KeySet,
+        client: mqtt.Client,
+        bundle_folder: Path,
+        *,
+        prefix: str = "edgefleet",
+        tick_s: float = 0.5,
+    ) -> None:
+        self.registry = registry
+        self.repository = repository
+        self.keys = online_keys
+        self.client = client
+        self.prefix = prefix
+        self.bundle_folder = Path(bundle_folder)
+        self.bundle_folder.mkdir(parents=True, exist_ok=True)
+        self.tick_s = tick_s
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._plans: dict[int, RolloutState] = {}
+        self._synced: dict[int, dict[str, str]] = {}
+        self._paths: dict[str, Path] = {p.stem: p for p in self.bundle_folder.glob("*.efb")}
+        self.chunks = ChunkServer(client, self._paths, prefix=prefix)  # reads _paths as it grows
+
+    # --- bundles -----------------------------------------------------------------------
+
+    def import_bundle(self, path: Path) -> str:
+        """Register a released bundle (its bytes are served to devices); returns its sha256."""
+        bundle = read_bundle(path)
+        if bundle.sha256 not in {b.sha256 for b in self.repository.released().values()}:
+            raise FleetError(f"{path.name} is not released: sign it with `edgefleet release` first")
+        target = self.bundle_folder / f"{bundle.sha256}.efb"
+        if not target.exists():
+            shutil.copyfile(path, target.with_suffix(".tmp"))
+            target.with_suffix(".tmp").replace(target)
+        self.registry.import_bundle(bundle)
+        self._paths[bundle.sha256] = target
+        return bundle.sha256
+
+    # --- running -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Subscribe to device reports, resume running rollouts, publish metadata, start ticking."""
+        for leaf in ("state", "events", "telemetry", "availability"):
+            self.client.message_callback_add(
+                f"{self.prefix}/devices/+/{leaf}", self._on_device_message
+            )
+            self.client.subscribe(f"{self.prefix}/devices/+/{leaf}", qos=1)
+        self.chunks.start()
+        now = time.time()
+        for info in self.registry.rollouts(
+            status=("pending", "running", "paused", "awaiting-approval")
+        ):
+            plan = info.settings.get(_PLAN_KEY)
+            if plan is None:
+                continue
+            step = recover(RolloutState.model_validate(plan), now)
+            self._apply(info.id, step)
+        self._publish()
+        self._thread = threading.Thread(target=self._run, name="fleet-server", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop ticking and serving chunks (the database keeps everything)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.chunks.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            try:
+                self.tick(time.time())
+            except EdgefleetError:
+                log.exception("rollout tick failed")
+
+    # --- device reports -----------------------------------------------------------------
+
+    def _on_device_message(
+        self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage
+    ) -> None:
+        parts = message.topic.split("/")
+        if len(parts) != len(self.prefix.split("/")) + 3:
+            return
+        device_id, leaf = parts[-2], parts[-1]
+        try:
+            if leaf == "availability":
+                self.registry.record_availability(device_id, message.payload == b"online")
+                return
+            if not message.payload:
+                return
+            payload = json.loads(message.payload)
+            if leaf == "state":
+                if self.registry.record_state(device_id, payload):
+                    self._device_state(device_id, payload)
+            elif leaf == "events":
+                self.registry.record_event(device_id, payload)
+            elif leaf == "telemetry":
+                self.registry.record_telemetry(device_id, payload)
+        except (ValueError, EdgefleetError) as exc:
+            log.warning("ignored %s from %s: %s", leaf, device_id, exc)
+
+    def _device_state(self, device_id: str, payload: dict[str, Any]) -> None:
+        active = (payload.get("active") or {}).get("bundle")
+        target = (payload.get("target") or {}).get("bundle")
+        phase = str(payload.get("state", ""))
+        now = time.time()
+        with self._lock:
+            for rollout_id, state in list(self._plans.items()):
+                if device_id in state.devices:
+                    step = state.device_report(device_id, phase, active, "", now, target_sha=target)
+                    self._apply(rollout_id, step)
+
+    # --- rollouts ------------------------------------------------------------------------
+
+    def create_rollout(
+        self,
+        bundle_sha256: str,
+        target: TargetSelector,
+        waves: Sequence[WaveSpec],
+        *,
+        previous_sha256: str | None = None,
+        seed: int = 0,
+    ) -> int:
+        """Plan and start a rollout; returns its id."""
+        devices = self.registry.select_devices(target)
+        if not devices:
+            raise RolloutError(f"no device matches {target.to_json()}")
+        bundle = read_bundle(self.bundle_folder / f"{bundle_sha256}.efb")
+        spec = RolloutSpec(
+            bundle=bundle_sha256,
+            previous_bundle=previous_sha256,
+            devices=tuple(
+                TargetDevice(device_id=d.id, tags=d.tags, pinned_bundle=d.pinned_bundle)
+                for d in devices
+            ),
+            waves=tuple(waves),
+            seed=seed,
+            baseline=Baseline.from_manifest(bundle.manifest),
+        )
+        info = self.registry.create_rollout(
+            bundle_sha256, target, {}, previous_sha256=previous_sha256
+        )
+        now = time.time()
+        state = RolloutState.create(spec, now)
+        with self._lock:
+            self._apply(info.id, state.start(now))
+        return info.id
+
+    def tick(self, now: float) -> None:
+        """Advance every rollout: timeouts, health windows, quality gates, next waves."""
+        with self._lock:
+            for rollout_id, state in list(self._plans.items()):
+                self._apply(rollout_id, state.tick(now, self._wave_telemetry(rollout_id, state)))
+
+    def command(self, rollout_id: int, verb: str, reason: str = "operator abort") -> RolloutState:
+        """pause, resume, approve or abort a rollout."""
+        now = time.time()
+        with self._lock:
+            state = self._plans.get(rollout_id)
+            if state is None:
+                raise RolloutError(f"rollout {rollout_id} is not running")
+            step = {
+                "pause": lambda: state.pause(now),
+                "resume": lambda: state.resume(now),
+                "approve": lambda: state.approve(now),
+                "abort": lambda: state.abort(reason, now),
+            }[verb]()
+            self._apply(rollout_id, step)
+            return step.state
+
+    def plan(self, rollout_id: int) -> RolloutState | None:
+        """The live planner state of a running rollout (None once finished)."""
+        with self._lock:
+            return self._plans.get(rollout_id)
+
+    def _wave_telemetry(self, rollout_id: int, state: RolloutState) -> dict[int, WaveTelemetry]:
+        figures: dict[int, WaveTelemetry] = {}
+        for wave in self.registry.waves(rollout_id):
+            if wave.started_at is None:
+                continue
+            new = self.registry.wave_telemetry(wave.id).overall
+            before = self.registry.aggregate_telemetry(
+                wave.device_ids, until=wave.started_at
+            ).overall
+            if new is not None:
+                figures[wave.index] = WaveTelemetry(
+                    new=quality_figures(new),
+                    previous=quality_figures(before) if before is not None else None,
+                )
+        del state
+        return figures
+
+    def _apply(self, rollout_id: int, step: Step) -> None:
+        """Persist the new planner state, record its events, execute its actions."""
+        state = step.state
+        self.registry.save_rollout_plan(
+            rollout_id, state.model_dump(mode="json"), state.status.value
+        )
+        self._sync_waves(rollout_id, state)
+        for event in step.events:
+            self.registry.add_timeline(event.kind.value, event.message, rollout_id=rollout_id)
+        if step.actions:
+            self._execute(step.actions)
+        if state.finished:
+            self._plans.pop(rollout_id, None)
+            self._synced.pop(rollout_id, None)
+        else:
+            self._plans[rollout_id] = state
+
+    def _sync_waves(self, rollout_id: int, state: RolloutState) -> None:
+        """Mirror the planner's waves and device statuses into the registry (changes only)."""
+        existing = {w.index: w for w in self.registry.waves(rollout_id)}
+        for index, wave in enumerate(state.waves):
+            if index not in existing and wave.devices:
+                existing[index] = self.registry.create_wave(rollout_id, index, wave.devices)
+            stored = existing.get(index)
+            desired = _WAVE_STATUS.get(wave.status.value)
+            if stored is not None and desired is not None and desired != stored.status:
+                if stored.status == "pending" and desired != "running":
+                    self.registry.update_wave_status(stored.id, "running")
+                self.registry.update_wave_status(stored.id, desired)  # type: ignore[arg-type]
+        synced = self._synced.setdefault(rollout_id, {})
+        for device_id, progress in state.devices.items():
+            status = _DEVICE_STATUS[progress.status.value]
+            if synced.get(device_id) != status:
+                self.registry.set_wave_device_status(
+                    rollout_id, device_id, status, progress.reason or None
+                )
+                synced[device_id] = status
+
+    def _execute(self, actions: Sequence[Action]) -> None:
+        signers = self.keys.role("assignments")
+        changed = False
+        for action in actions:
+            if isinstance(action, Assign):
+                for device_id in action.device_ids:
+                    self.repository.assign("devices", device_id, action.bundle_sha, signers)
+                changed = True
+            elif isinstance(action, Rollback):
+                for device_id in action.device_ids:
+                    if action.to_sha is None:
+                        self.repository.unassign("devices", device_id, signers)
+                    else:
+                        self.repository.assign("devices", device_id, action.to_sha, signers)
+                changed = True
+            elif isinstance(action, Notify):
+                log.info("%s", action.message)
+        if changed:
+            self._publish()
+
+    def _publish(self) -> None:
+        self.repository.snapshot_and_timestamp(
+            self.keys.role("snapshot"), self.keys.role("timestamp")
+        )
+        publish_metadata(self.client, self.repository, self.prefix)

@@ -1,0 +1,163 @@
+"""The fleet server driving staged rollouts to 20 real device agents on Mosquitto.
+
+Each device is a real DeviceRuntime with a tiny real ONNX model, its update
+agent and telemetry; the server is the real FleetServer with a SQLite
+registry, the TUF repository (online keys only) and the chunk server.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_runtime.bundle import Bundle
+from edge_runtime.config import parse_config
+from edge_runtime.device import DeviceRuntime
+from fleet_server.quality_gate import GateThresholds
+from fleet_server.records import TargetSelector
+from fleet_server.registry import Registry
+from fleet_server.rollout_spec import WaveSpec
+from fleet_server.server import FleetServer
+from fleet_server.trust import ONLINE_ROLES, Expiry, Repository, init_keys
+from tests.media import make_bad_golden_bundle, make_bundle
+from tests.models import tiny_onnx_model
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+DEVICES = 20
+GATE = GateThresholds(
+    min_samples=20, min_shift_samples=10_000, max_latency_ratio=10.0, max_budget_ratio=None
+)
+
+
+@dataclass
+class Setup:
+    server: FleetServer
+    registry: Registry
+    bundles: dict[str, Bundle]
+    devices: list[DeviceRuntime]
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.1)
+        raise AssertionError("timed out")
+
+    def active(self) -> dict[str, str | None]:
+        return {d.id: d.active_bundle for d in self.registry.devices()}
+
+
+@pytest.fixture
+def setup(tmp_path: Path, mosquitto: int) -> Iterator[Setup]:
+    keys = init_keys(tmp_path / "keys")
+    repo = Repository.create(tmp_path / "repo", keys, Expiry())
+    bundles = {
+        "v1": make_bundle(
+            tmp_path / "v1.efb", tiny_onnx_model(scale=40.0), "onnx", "1.0.0", softmax=True
+        ),
+        "v2": make_bundle(
+            tmp_path / "v2.efb", tiny_onnx_model(scale=40.0, seed=8), "onnx", "2.0.0", softmax=True
+        ),
+        "bad": make_bad_golden_bundle(
+            tmp_path / "bad.efb", tiny_onnx_model(scale=40.0, seed=9), "onnx", "3.0.0"
+        ),
+    }
+    for name in bundles:
+        repo.release(tmp_path / f"{name}.efb", keys.role("targets"))
+    registry = Registry.open(f"sqlite:///{tmp_path / 'fleet.db'}")
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id="fleet-server",
+        protocol=mqtt.MQTTv311,
+    )
+    client.connect("127.0.0.1", mosquitto)
+    client.loop_start()
+    server = FleetServer(
+        registry, repo, keys.only(ONLINE_ROLES), client, tmp_path / "served", tick_s=0.2
+    )
+    for name in bundles:
+        server.import_bundle(tmp_path / f"{name}.efb")
+    for i in range(DEVICES):
+        registry.provision_device(f"cam-{i:02d}", tags=("line1",))
+    server.start()
+    (tmp_path / "root.json").write_bytes(repo.root_bytes(1))
+    runtimes, threads, stop = [], [], threading.Event()
+    for i in range(DEVICES):
+        config = parse_config(
+            f"device_id: cam-{i:02d}\nbundle: {tmp_path / 'v1.efb'}\nstore: {tmp_path / 'stores' / str(i)}\n"
+            f"source:\n  type: synthetic\n  fps: 10\n  width: 64\n  height: 48\n"
+            f"mqtt:\n  port: {mosquitto}\n  telemetry_interval_s: 0.5\nmetrics:\n  enabled: false\n"
+            f"update:\n  trusted_root: {tmp_path / 'root.json'}\n  probation_s: 1\n  probation_min_predictions: 5\n"
+            f"  smoke_latency_runs: 3\n"
+        )
+        runtime = DeviceRuntime(config)
+        runtimes.append(runtime)
+        thread = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
+        thread.start()
+        threads.append(thread)
+    made = Setup(server, registry, bundles, runtimes)
+    made.wait_for(
+        lambda: all(v == bundles["v1"].sha256 for v in made.active().values()), timeout=60
+    )
+    try:
+        yield made
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=20)
+        server.stop()
+        client.loop_stop()
+        client.disconnect()
+        registry.close()
+
+
+def waves() -> list[WaveSpec]:
+    return [
+        WaveSpec(count=2, device_timeout_s=60, health_window_s=1.5, gate=GATE),
+        WaveSpec(percent=100, device_timeout_s=60, health_window_s=1.0, gate=GATE),
+    ]
+
+
+def test_staged_rollout_commits_on_every_device(setup: Setup) -> None:
+    v1, v2 = setup.bundles["v1"], setup.bundles["v2"]
+    rollout = setup.server.create_rollout(
+        v2.sha256, TargetSelector.tags(["line1"]), waves(), previous_sha256=v1.sha256
+    )
+    setup.wait_for(
+        lambda: setup.registry.rollout(rollout).status in {"completed", "aborted", "rolled-back"}
+    )
+    info = setup.registry.rollout(rollout)
+    assert info.status == "completed", [
+        t.message for t in setup.registry.timeline(rollout_id=rollout, limit=50)
+    ]
+    setup.wait_for(lambda: all(v == v2.sha256 for v in setup.active().values()))
+    statuses = {d.status for d in setup.registry.wave_devices(rollout)}
+    assert statuses == {"committed"}
+    kinds = [t.kind for t in setup.registry.timeline(rollout_id=rollout, limit=500)]
+    assert "wave-passed" in kinds and "completed" in kinds
+
+
+def test_failing_canary_aborts_and_rolls_back(setup: Setup) -> None:
+    v1, bad = setup.bundles["v1"], setup.bundles["bad"]
+    rollout = setup.server.create_rollout(
+        bad.sha256, TargetSelector.tags(["line1"]), waves(), previous_sha256=v1.sha256
+    )
+    setup.wait_for(
+        lambda: setup.registry.rollout(rollout).status in {"completed", "aborted", "rolled-back"}
+    )
+    assert setup.registry.rollout(rollout).status == "rolled-back"
+    waves_seen = setup.registry.waves(rollout)
+    assert waves_seen[0].status == "failed"
+    assert all(w.status != "succeeded" for w in waves_seen[1:])  # the rest never started
+    setup.wait_for(lambda: all(v == v1.sha256 for v in setup.active().values()))
+    canary = [d for d in setup.registry.wave_devices(rollout) if d.status != "pending"]
+    assert len(canary) == 2
