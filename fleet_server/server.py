@@ -129,10 +129,13 @@ class FleetServer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop ticking and serving chunks (the database keeps everything)."""
+        """Stop ticking, ingesting and serving chunks (the database keeps everything)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        for leaf in ("state", "events", "telemetry", "availability"):
+            self.client.message_callback_remove(f"{self.prefix}/devices/+/{leaf}")
+            self.client.unsubscribe(f"{self.prefix}/devices/+/{leaf}")
         self.chunks.stop()
 
     def _run(self) -> None:

@@ -25,7 +25,7 @@ from fleet_server.records import TargetSelector
 from fleet_server.registry import Registry
 from fleet_server.rollout_spec import WaveSpec
 from fleet_server.server import FleetServer
-from fleet_server.trust import ONLINE_ROLES, Expiry, Repository, init_keys
+from fleet_server.trust import ONLINE_ROLES, Expiry, KeySet, Repository, init_keys
 from tests.media import make_bad_golden_bundle, make_bundle
 from tests.models import tiny_onnx_model
 
@@ -43,6 +43,20 @@ class Setup:
     registry: Registry
     bundles: dict[str, Bundle]
     devices: list[DeviceRuntime]
+    repo: Repository
+    keys: KeySet
+    client: mqtt.Client
+    folder: Path
+    configs: list[str]
+    stop: threading.Event
+    threads: list[threading.Thread]
+
+    def start_device(self, index: int) -> None:
+        runtime = DeviceRuntime(parse_config(self.configs[index]))
+        self.devices.append(runtime)
+        thread = threading.Thread(target=runtime.run, args=(self.stop,), daemon=True)
+        thread.start()
+        self.threads.append(thread)
 
     def wait_for(self, condition: Callable[[], bool], timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -57,7 +71,8 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, mosquitto: int) -> Iterator[Setup]:
+def setup(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: int) -> Iterator[Setup]:
+    offline: tuple[int, ...] = getattr(request, "param", ())
     keys = init_keys(tmp_path / "keys")
     repo = Repository.create(tmp_path / "repo", keys, Expiry())
     bundles = {
@@ -90,31 +105,42 @@ def setup(tmp_path: Path, mosquitto: int) -> Iterator[Setup]:
         registry.provision_device(f"cam-{i:02d}", tags=("line1",))
     server.start()
     (tmp_path / "root.json").write_bytes(repo.root_bytes(1))
-    runtimes, threads, stop = [], [], threading.Event()
+    configs = [
+        f"device_id: cam-{i:02d}\nbundle: {tmp_path / 'v1.efb'}\nstore: {tmp_path / 'stores' / str(i)}\n"
+        f"source:\n  type: synthetic\n  fps: 10\n  width: 64\n  height: 48\n"
+        f"mqtt:\n  port: {mosquitto}\n  telemetry_interval_s: 0.5\nmetrics:\n  enabled: false\n"
+        f"update:\n  trusted_root: {tmp_path / 'root.json'}\n  probation_s: 1\n  probation_min_predictions: 5\n"
+        f"  smoke_latency_runs: 3\n"
+        for i in range(DEVICES)
+    ]
+    made = Setup(
+        server,
+        registry,
+        bundles,
+        [],
+        repo,
+        keys.only(ONLINE_ROLES),
+        client,
+        tmp_path / "served",
+        configs,
+        threading.Event(),
+        [],
+    )
     for i in range(DEVICES):
-        config = parse_config(
-            f"device_id: cam-{i:02d}\nbundle: {tmp_path / 'v1.efb'}\nstore: {tmp_path / 'stores' / str(i)}\n"
-            f"source:\n  type: synthetic\n  fps: 10\n  width: 64\n  height: 48\n"
-            f"mqtt:\n  port: {mosquitto}\n  telemetry_interval_s: 0.5\nmetrics:\n  enabled: false\n"
-            f"update:\n  trusted_root: {tmp_path / 'root.json'}\n  probation_s: 1\n  probation_min_predictions: 5\n"
-            f"  smoke_latency_runs: 3\n"
-        )
-        runtime = DeviceRuntime(config)
-        runtimes.append(runtime)
-        thread = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
-        thread.start()
-        threads.append(thread)
-    made = Setup(server, registry, bundles, runtimes)
+        if i not in offline:
+            made.start_device(i)
+    online = {f"cam-{i:02d}" for i in range(DEVICES) if i not in offline}
     made.wait_for(
-        lambda: all(v == bundles["v1"].sha256 for v in made.active().values()), timeout=60
+        lambda: all(v == bundles["v1"].sha256 for k, v in made.active().items() if k in online),
+        timeout=60,
     )
     try:
         yield made
     finally:
-        stop.set()
-        for thread in threads:
+        made.stop.set()
+        for thread in made.threads:
             thread.join(timeout=20)
-        server.stop()
+        made.server.stop()
         client.loop_stop()
         client.disconnect()
         registry.close()
@@ -161,3 +187,56 @@ def test_failing_canary_aborts_and_rolls_back(setup: Setup) -> None:
     setup.wait_for(lambda: all(v == v1.sha256 for v in setup.active().values()))
     canary = [d for d in setup.registry.wave_devices(rollout) if d.status != "pending"]
     assert len(canary) == 2
+
+
+def test_server_restarted_mid_rollout_resumes_without_resending(setup: Setup) -> None:
+    v1, v2 = setup.bundles["v1"], setup.bundles["v2"]
+    spec = waves()
+    spec[0] = spec[0].model_copy(update={"approval_before_next": True})
+    rollout = setup.server.create_rollout(
+        v2.sha256, TargetSelector.tags(["line1"]), spec, previous_sha256=v1.sha256
+    )
+    setup.wait_for(lambda: setup.registry.rollout(rollout).status == "awaiting-approval")
+    before = setup.repo.assignments()
+    setup.server.stop()  # the server goes down between waves
+    restarted = FleetServer(
+        setup.registry, setup.repo, setup.keys, setup.client, setup.folder, tick_s=0.2
+    )
+    restarted.start()
+    setup.server = restarted
+    plan = restarted.plan(rollout)
+    assert plan is not None and plan.status.value == "awaiting-approval"
+    assert setup.repo.assignments() == before  # nothing re-sent on restart
+    restarted.command(rollout, "approve")
+    setup.wait_for(lambda: setup.registry.rollout(rollout).status == "completed")
+    setup.wait_for(lambda: all(v == v2.sha256 for v in setup.active().values()))
+    canary = [d.device_id for d in setup.registry.wave_devices(rollout) if d.wave_index == 0]
+    after = setup.repo.assignments()
+    assert len(canary) == 2
+    for device_id in canary:
+        assert after[f"devices/{device_id}"] == before[f"devices/{device_id}"]
+
+
+@pytest.mark.parametrize("setup", [(DEVICES - 1,)], indirect=True)
+def test_offline_device_converges_when_it_returns(setup: Setup) -> None:
+    v1, v2 = setup.bundles["v1"], setup.bundles["v2"]
+    spec = [
+        WaveSpec(devices=("cam-00", "cam-01"), device_timeout_s=60, health_window_s=1.0, gate=GATE),
+        WaveSpec(
+            percent=100, success_threshold=0.9, device_timeout_s=4, health_window_s=1.0, gate=GATE
+        ),
+    ]
+    last = f"cam-{DEVICES - 1:02d}"  # offline, so in the last wave
+    rollout = setup.server.create_rollout(
+        v2.sha256, TargetSelector.tags(["line1"]), spec, previous_sha256=v1.sha256
+    )
+    setup.wait_for(
+        lambda: setup.registry.rollout(rollout).status in {"completed", "aborted", "rolled-back"}
+    )
+    assert setup.registry.rollout(rollout).status == "completed"
+    statuses = {d.device_id: d.status for d in setup.registry.wave_devices(rollout)}
+    assert statuses[last] == "timed-out"
+    setup.start_device(
+        DEVICES - 1
+    )  # it comes back online and converges from the retained assignment
+    setup.wait_for(lambda: setup.registry.device(last).active_bundle == v2.sha256)
