@@ -763,19 +763,7 @@ class Registry:
                 raise RolloutError(
                     f"rollout {rollout_id} is {row.status}; it cannot become {status}"
                 )
-            previous = row.status
-            row.status, row.reason, row.updated_at = status, reason, now
-            message = f"{previous} -> {status}" + (f": {reason}" if reason else "")
-            session.add(
-                timeline_entry(
-                    "rollout-status",
-                    message,
-                    rollout_id=rollout_id,
-                    data={"from": previous, "to": status},
-                    at=now,
-                )
-            )
-            log.info("rollout %d: %s", rollout_id, message)
+            _move_rollout(session, row, status, reason, now)
             return rollout_info(row)
 
     def save_rollout_plan(
@@ -793,17 +781,7 @@ class Registry:
             row.settings = {**dict(row.settings or {}), "plan": dict(plan)}
             row.updated_at = now
             if row.status != status and row.status not in TERMINAL_ROLLOUT_STATUSES:
-                previous = row.status
-                row.status = status
-                session.add(
-                    timeline_entry(
-                        "rollout-status",
-                        f"{previous} -> {status}",
-                        rollout_id=rollout_id,
-                        data={"from": previous, "to": status},
-                        at=now,
-                    )
-                )
+                _move_rollout(session, row, status, row.reason, now)
             return rollout_info(row)
 
     def create_wave(
@@ -1049,3 +1027,22 @@ class Registry:
         with self._transaction() as session:
             entries = [timeline_item(row) for row in session.scalars(query.limit(limit))]
         return entries if after_id is not None else entries[::-1]
+
+
+def _move_rollout(
+    session: Session, row: db.Rollout, status: RolloutStatus, reason: str | None, now: float
+) -> None:
+    """Change a rollout's status and write the change to its timeline (same transaction)."""
+    previous = row.status
+    row.status, row.reason, row.updated_at = status, reason, now
+    message = f"{previous} -> {status}" + (f": {reason}" if reason else "")
+    session.add(
+        timeline_entry(
+            "rollout-status",
+            message,
+            rollout_id=row.id,
+            data={"from": previous, "to": status},
+            at=now,
+        )
+    )
+    log.info("rollout %d: %s", row.id, message)
