@@ -73,6 +73,7 @@ class FleetServer:
         *,
         prefix: str = "edgefleet",
         tick_s: float = 0.5,
+        resign_every_s: float = 3600.0,
     ) -> None:
         self.registry = registry
         self.repository = repository
@@ -82,6 +83,9 @@ class FleetServer:
         self.bundle_folder = Path(bundle_folder)
         self.bundle_folder.mkdir(parents=True, exist_ok=True)
         self.tick_s = tick_s
+        self.resign_every_s = resign_every_s
+        """Re-sign and re-publish snapshot/timestamp this often, long before the timestamp expires."""
+        self._last_publish = 0.0
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -141,7 +145,11 @@ class FleetServer:
     def _run(self) -> None:
         while not self._stop.wait(self.tick_s):
             try:
-                self.tick(time.time())
+                now = time.time()
+                self.tick(now)
+                if now - self._last_publish >= self.resign_every_s:
+                    with self._lock:
+                        self._publish()
             except EdgefleetError:
                 log.exception("rollout tick failed")
 
