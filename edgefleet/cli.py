@@ -37,12 +37,12 @@ _GROUPS: dict[str, tuple[str, str, str]] = {
         "Release manager: create, rotate and revoke the TUF keys.",
     ),
     "serve": (
-        "edgefleet.commands.planned",
+        "edgefleet.commands.serve",
         "serve",
         "Fleet operator: run the fleet server (database, MQTT, HTTP API).",
     ),
     "fleet": (
-        "edgefleet.commands.planned",
+        "edgefleet.commands.fleet",
         "fleet",
         "Fleet operator: devices, bundles, staged rollouts, provisioning.",
     ),

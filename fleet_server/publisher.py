@@ -20,12 +20,25 @@ log = logging.getLogger(__name__)
 
 
 def publish_metadata(
-    client: mqtt.Client, repository: Repository, prefix: str = "edgefleet", timeout: float = 10.0
+    client: mqtt.Client,
+    repository: Repository,
+    prefix: str = "edgefleet",
+    timeout: float = 10.0,
+    *,
+    wait: bool = True,
 ) -> int:
-    """Publish every metadata payload retained with QoS 1; wait for the broker's acknowledgements."""
+    """Publish every metadata payload retained with QoS 1.
+
+    With ``wait`` (the default) block until the broker acknowledged each one;
+    callers that hold a lock paho's network thread may need pass ``wait=False``
+    (the messages are queued in order and sent by paho's thread).
+    """
     infos = []
     for suffix, payload in repository.published().items():
         infos.append(client.publish(f"{prefix}/tuf/{suffix}", payload, qos=1, retain=True))
+    if not wait:
+        log.info("queued %d TUF metadata messages under %s/tuf/", len(infos), prefix)
+        return len(infos)
     for info in infos:
         info.wait_for_publish(timeout)
         if not info.is_published():

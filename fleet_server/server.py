@@ -333,3 +333,4 @@ class FleetServer:
             self.keys.role("snapshot"), self.keys.role("timestamp")
         )
         publish_metadata(self.client, self.repository, self.prefix)
+        self._last_publish = time.time()

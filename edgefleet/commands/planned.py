@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["bench", "fleet", "serve"]
+__all__ = ["bench"]
 
 
 def _planned(name: str, summary: str, issue: int) -> click.Command:
@@ -31,6 +31,4 @@ def _planned(name: str, summary: str, issue: int) -> click.Command:
     return command
 
 
-fleet = _planned("fleet", "Manage devices, bundles and staged rollouts.", 6)
-serve = _planned("serve", "Run the fleet server.", 6)
 bench = _planned("bench", "Latency and fleet-scale benchmarks.", 7)

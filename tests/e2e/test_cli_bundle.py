@@ -50,7 +50,7 @@ def test_help_does_not_import_tensorflow() -> None:
 
 
 def test_planned_group_says_so_and_fails() -> None:
-    result = run("serve", "--port", "1")
+    result = run("bench", "--port", "1")
     assert result.returncode == 2
     assert "not available in this version yet" in result.stderr
 

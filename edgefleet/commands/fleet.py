@@ -1,0 +1,453 @@
+"""``edgefleet fleet``: the operator's commands, spoken to a running fleet server's HTTP API.
+
+Only the standard library talks HTTP here (``urllib``), so the command starts
+fast and needs none of the server packages. Tables are for people; every
+command takes ``--json`` to print the API's JSON for scripts. An error the
+API reports is printed as ``error: ...`` with exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+
+from edgefleet.commands._console import make_console
+from fleet_server.errors import FleetError
+
+__all__ = ["fleet"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_TIMEOUT_S = 30.0
+_STATUS_ORDER = (
+    "pending",
+    "sent",
+    "downloading",
+    "committed",
+    "rolled-back",
+    "timed-out",
+    "failed",
+)
+
+
+class FleetApiError(FleetError):
+    """The fleet server cannot be reached, or it refused the request."""
+
+
+@dataclass(frozen=True)
+class FleetApi:
+    """A tiny client of the fleet server's HTTP API."""
+
+    server: str
+    token_env: str
+    """The environment variable holding the bearer token, read at each request (so that
+    ``--help`` works without it)."""
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """The decoded JSON reply; :class:`FleetApiError` with the server's message otherwise."""
+        token = os.environ.get(self.token_env, "")
+        if not token:
+            raise click.UsageError(
+                f"environment variable {self.token_env} (the API token) is empty or unset"
+            )
+        url = self.server.rstrip("/") + path
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as reply:  # noqa: S310
+                return json.loads(reply.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise FleetApiError(f"{exc.code} {_error_message(exc.read())}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise FleetApiError(
+                f"cannot reach the fleet server at {self.server}: {reason}"
+            ) from exc
+
+
+def _error_message(raw: bytes) -> str:
+    """The server's error: ``{"error": ...}``, or FastAPI's validation details, field by field."""
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")[:500] or "no message"
+    if isinstance(payload, dict) and "error" in payload:
+        return str(payload["error"])
+    detail = payload.get("detail") if isinstance(payload, dict) else None
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            where = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+            parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+        return "; ".join(parts)
+    return str(detail if detail is not None else payload)
+
+
+def _json_option(function: _F) -> _F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(function)
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _short(sha: str | None) -> str:
+    return "-" if not sha else sha[:12]
+
+
+def _ago(at: float | None) -> str:
+    if at is None:
+        return "never"
+    seconds = max(0.0, time.time() - at)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _csv(values: tuple[str, ...]) -> list[str]:
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+@click.group()
+@click.option(
+    "--server",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    envvar="EDGEFLEET_SERVER",
+    help="The fleet server's HTTP API (env EDGEFLEET_SERVER).",
+)
+@click.option(
+    "--token-env",
+    default="EDGEFLEET_TOKEN",
+    show_default=True,
+    help="Environment variable holding the API's bearer token.",
+)
+@click.pass_context
+def fleet(ctx: click.Context, server: str, token_env: str) -> None:
+    """Devices, bundles, staged rollouts and provisioning, on a running `edgefleet serve`.
+
+    \b
+    Examples:
+      edgefleet fleet devices
+      edgefleet fleet rollout create SHA --tags line1 --canary 1 --waves 50,100 --previous OLD
+      edgefleet fleet rollout status 3 --watch
+    """
+    ctx.obj = FleetApi(server, token_env)
+
+
+# --- devices and bundles -------------------------------------------------------------
+
+
+@fleet.command("devices")
+@click.option("--tag", "tags", multiple=True, help="Only devices carrying this tag (repeatable).")
+@_json_option
+@click.pass_obj
+def devices(api: FleetApi, tags: tuple[str, ...], as_json: bool) -> None:
+    """List devices: tags, availability, phase, active and pinned bundle."""
+    query = "".join(f"&tag={t}" for t in _csv(tags)).replace("&", "?", 1)
+    rows = api.request("GET", f"/devices{query}")
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("device", "tags", "availability", "phase", "active", "pinned", "last seen")
+    for d in rows:
+        active = d.get("active_version") or _short(d.get("active_bundle"))
+        table.add_row(
+            d["id"],
+            ",".join(d["tags"]) or "-",
+            d["availability"],
+            d.get("phase") or "-",
+            active,
+            _short(d.get("pinned_bundle")),
+            _ago(d.get("last_seen")),
+        )
+    console = make_console()
+    console.print(table)
+    console.print(f"{len(rows)} device(s)")
+
+
+@fleet.command("bundles")
+@_json_option
+@click.pass_obj
+def bundles(api: FleetApi, as_json: bool) -> None:
+    """List imported bundles with their baseline figures."""
+    rows = api.request("GET", "/bundles")
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("sha256", "name", "version", "format", "precision", "size", "accuracy")
+    for b in rows:
+        accuracy = b.get("baseline_accuracy")
+        table.add_row(
+            _short(b["sha256"]),
+            b["name"],
+            b["version"],
+            b["format"],
+            b["precision"],
+            f"{b['size']:,}",
+            "-" if accuracy is None else f"{accuracy:.3f}",
+        )
+    make_console().print(table)
+
+
+@fleet.command("import")
+@click.argument("path")
+@_json_option
+@click.pass_obj
+def import_bundle(api: FleetApi, path: str, as_json: bool) -> None:
+    """Import a released bundle file; PATH is on the fleet server's machine."""
+    bundle = api.request("POST", "/bundles/import", {"path": path})
+    if as_json:
+        _print_json(bundle)
+        return
+    make_console().print(f"imported {bundle['name']} {bundle['version']} as {bundle['sha256']}")
+
+
+@fleet.command("provision")
+@click.argument("device_id")
+@click.option("--tags", multiple=True, help="Tags (groups), comma-separated or repeated.")
+@click.option("--profile", help="Hardware profile name.")
+@_json_option
+@click.pass_obj
+def provision(
+    api: FleetApi, device_id: str, tags: tuple[str, ...], profile: str | None, as_json: bool
+) -> None:
+    """Register DEVICE_ID ahead of its first contact and print a device config snippet."""
+    reply = api.request(
+        "POST", "/devices", {"id": device_id, "tags": _csv(tags), "profile": profile}
+    )
+    if as_json:
+        _print_json(reply)
+        return
+    device, mqtt = reply["device"], reply.get("mqtt") or {}
+    click.echo(f"# provisioned {device['id']} with tags {list(device['tags'])}", err=True)
+    click.echo(_config_snippet(device, mqtt))
+
+
+def _config_snippet(device: dict[str, Any], mqtt: dict[str, Any]) -> str:
+    groups = ", ".join(device["tags"])
+    return "\n".join(
+        [
+            f"device_id: {device['id']}",
+            "source:",
+            "  type: video  # your camera or stream; see `edgefleet device --help`",
+            "store: /var/lib/edgefleet",
+            "mqtt:",
+            f"  host: {mqtt.get('host', '127.0.0.1')}",
+            f"  port: {mqtt.get('port', 1883)}",
+            f"  topic_prefix: {mqtt.get('topic_prefix', 'edgefleet')}",
+            "update:",
+            "  trusted_root: /etc/edgefleet/root.json  # copy 1.root.json from the TUF repository",
+            f"  groups: [{groups}]",
+        ]
+    )
+
+
+# --- rollouts ------------------------------------------------------------------------
+
+
+@fleet.group("rollout")
+def rollout() -> None:
+    """Create, watch and steer staged rollouts."""
+
+
+@fleet.command("rollouts")
+@_json_option
+@click.pass_obj
+def rollouts(api: FleetApi, as_json: bool) -> None:
+    """List rollouts, oldest first."""
+    rows = api.request("GET", "/rollouts")
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("id", "status", "bundle", "previous", "target", "reason")
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["status"],
+            _short(r["bundle_sha256"]),
+            _short(r.get("previous_sha256")),
+            json.dumps(r["target"]),
+            r.get("reason") or "",
+        )
+    make_console().print(table)
+
+
+@rollout.command("create")
+@click.argument("bundle_sha")
+@click.option("--tags", multiple=True, help="Target devices carrying every tag (comma-separated).")
+@click.option("--devices", "device_ids", multiple=True, help="Target these devices (a,b,...).")
+@click.option(
+    "--canary",
+    type=click.IntRange(0),
+    default=1,
+    show_default=True,
+    help="Devices in the first (canary) wave; 0 for none.",
+)
+@click.option(
+    "--waves",
+    default="100",
+    show_default=True,
+    help="Waves after the canary, each a percentage of the whole target (capped at what remains); end with 100.",
+)
+@click.option("--previous", "previous_sha", help="Bundle a rollback re-assigns.")
+@click.option("--device-timeout", type=float, default=3600.0, show_default=True, help="Seconds.")
+@click.option("--health-window", type=float, default=600.0, show_default=True, help="Seconds.")
+@click.option("--approve-waves", is_flag=True, help="Wait for `approve` after every wave.")
+@_json_option
+@click.pass_obj
+def rollout_create(
+    api: FleetApi,
+    bundle_sha: str,
+    tags: tuple[str, ...],
+    device_ids: tuple[str, ...],
+    canary: int,
+    waves: str,
+    previous_sha: str | None,
+    device_timeout: float,
+    health_window: float,
+    approve_waves: bool,
+    as_json: bool,
+) -> None:
+    """Start a staged rollout of BUNDLE_SHA (all devices unless --tags or --devices)."""
+    tag_list, id_list = _csv(tags), _csv(device_ids)
+    if tag_list and id_list:
+        raise click.UsageError("give --tags or --devices, not both")
+    target: dict[str, Any] = {"kind": "all", "values": []}
+    if tag_list:
+        target = {"kind": "tags", "values": tag_list}
+    elif id_list:
+        target = {"kind": "devices", "values": id_list}
+    common = {
+        "device_timeout_s": device_timeout,
+        "health_window_s": health_window,
+        "approval_before_next": approve_waves,
+    }
+    try:
+        percents = [float(p) for p in _csv((waves,))]
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"not a list of percentages: {waves}", param_hint="--waves"
+        ) from exc
+    spec = [{"count": canary, **common}] if canary else []
+    spec += [{"percent": p, **common} for p in percents]
+    body = {"bundle_sha256": bundle_sha, "target": target, "waves": spec}
+    if previous_sha:
+        body["previous_sha256"] = previous_sha
+    created = api.request("POST", "/rollouts", body)
+    if as_json:
+        _print_json(created)
+        return
+    console = make_console()
+    console.print(f"rollout {created['id']} created: {created['status']}")
+    console.print(_status_view(created))
+
+
+def _status_view(view: dict[str, Any]) -> Group:
+    planner = view.get("planner") or {}
+    head = (
+        f"rollout {view['id']}  [bold]{view['status']}[/]  bundle {_short(view['bundle_sha256'])}"
+        f"  previous {_short(view.get('previous_sha256'))}  target {json.dumps(view['target'])}"
+    )
+    if view.get("reason"):
+        head += f"\nreason: {view['reason']}"
+    if planner.get("skipped"):
+        head += f"\nskipped: {', '.join(sorted(planner['skipped']))}"
+    table = Table("wave", "status", "devices", *_STATUS_ORDER)
+    for wave in view["waves"]:
+        counts = wave["counts"]
+        table.add_row(
+            str(wave["index"] + 1) + (" (canary)" if wave["index"] == 0 else ""),
+            wave["status"],
+            str(wave["devices"]),
+            *(str(counts.get(s, 0)) for s in _STATUS_ORDER),
+        )
+    totals = view["counts"]
+    table.add_row(
+        "all",
+        "",
+        str(sum(totals.values())),
+        *(str(totals.get(s, 0)) for s in _STATUS_ORDER),
+        style="bold",
+    )
+    return Group(head, table)
+
+
+@rollout.command("status")
+@click.argument("rollout_id", type=int)
+@click.option("--watch", is_flag=True, help="Refresh every second until the rollout finishes.")
+@_json_option
+@click.pass_obj
+def rollout_status(api: FleetApi, rollout_id: int, watch: bool, as_json: bool) -> None:
+    """A rollout's status and its devices per wave and status."""
+    view = api.request("GET", f"/rollouts/{rollout_id}")
+    if as_json:  # with --watch: quietly wait for the end, then print the final status
+        while watch and not view.get("finished"):
+            time.sleep(1.0)
+            view = api.request("GET", f"/rollouts/{rollout_id}")
+        _print_json(view)
+        return
+    console = make_console()
+    if not watch:
+        console.print(_status_view(view))
+        return
+    with Live(_status_view(view), console=console, refresh_per_second=4) as live:
+        while not view.get("finished"):
+            time.sleep(1.0)
+            view = api.request("GET", f"/rollouts/{rollout_id}")
+            live.update(_status_view(view))
+
+
+def _command(verb: str, summary: str) -> click.Command:
+    @click.command(name=verb, help=f"{summary}\n\nROLLOUT_ID is the id `rollout create` printed.")
+    @click.argument("rollout_id", type=int)
+    @click.option("--reason", default="operator abort", show_default=True, help="Why (abort only).")
+    @_json_option
+    @click.pass_obj
+    def command(api: FleetApi, rollout_id: int, reason: str, as_json: bool) -> None:
+        view = api.request("POST", f"/rollouts/{rollout_id}/{verb}", {"reason": reason})
+        if as_json:
+            _print_json(view)
+            return
+        make_console().print(f"rollout {rollout_id}: {view['status']}")
+
+    return command
+
+
+rollout.add_command(_command("pause", "Pause a running rollout: no new wave starts."))
+rollout.add_command(_command("resume", "Resume a paused rollout."))
+rollout.add_command(_command("approve", "Let a rollout awaiting approval start its next wave."))
+rollout.add_command(_command("abort", "Stop a rollout and roll its devices back."))
+
+
+@rollout.command("timeline")
+@click.argument("rollout_id", type=int)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@_json_option
+@click.pass_obj
+def rollout_timeline(api: FleetApi, rollout_id: int, limit: int, as_json: bool) -> None:
+    """What happened to a rollout, oldest first."""
+    rows = api.request("GET", f"/rollouts/{rollout_id}/timeline?limit={limit}")
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("at", "kind", "device", "message")
+    for t in rows:
+        at = time.strftime("%H:%M:%S", time.localtime(t["at"]))
+        table.add_row(at, t["kind"], t.get("device_id") or "", t["message"])
+    make_console().print(table)

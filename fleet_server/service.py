@@ -1,0 +1,264 @@
+"""The fleet server as one process: registry, trust, MQTT (external or embedded), HTTP API.
+
+:func:`run_server` opens the registry and the TUF repository, loads the
+online keys only (the release and root keys stay offline), connects one
+paho client (MQTT 3.1.1) to the broker, or starts the embedded amqtt broker
+in-process on its own event-loop thread when no broker URL is given, starts
+the :class:`~fleet_server.server.FleetServer` and serves the HTTP API with
+uvicorn in the calling thread. Ctrl-C or SIGTERM stops uvicorn; everything
+else is then stopped in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fleet_server.errors import FleetError
+from fleet_server.registry import Registry
+from fleet_server.trust import ONLINE_ROLES, Repository, load_keys
+
+__all__ = ["EmbeddedBroker", "connect_client", "free_port", "parse_broker_url", "run_server"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MQTT_PORT = 1883
+_CONNECT_TIMEOUT_S = 15.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """``mqtt://host[:port]`` as (host, port); :class:`FleetError` for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme != "mqtt" or not parts.hostname:
+        raise FleetError(f"broker URL {url!r} is not mqtt://host[:port]")
+    try:
+        port = parts.port or DEFAULT_MQTT_PORT
+    except ValueError as exc:
+        raise FleetError(f"broker URL {url!r} has a bad port") from exc
+    return parts.hostname, port
+
+
+@dataclass
+class EmbeddedBroker:
+    """The amqtt broker (MQTT 3.1.1, anonymous) running on its own event-loop thread."""
+
+    host: str
+    port: int
+    _loop: asyncio.AbstractEventLoop
+    _thread: threading.Thread
+    _broker: Any
+
+    @classmethod
+    def start(cls, host: str = "127.0.0.1", port: int | None = None) -> EmbeddedBroker:
+        """Start the broker on ``host:port`` (a free port when ``port`` is None)."""
+        from amqtt.broker import Broker
+
+        chosen = free_port(host) if port is None else port
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{chosen}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="amqtt", daemon=True)
+        thread.start()
+
+        async def start() -> Any:
+            broker = Broker(config)
+            await broker.start()
+            return broker
+
+        try:
+            broker = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=15)
+        except Exception as exc:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5)
+            raise FleetError(
+                f"the embedded MQTT broker cannot start on {host}:{chosen}: {exc}"
+            ) from exc
+        log.info("embedded MQTT broker listening on %s:%d", host, chosen)
+        return cls(host, chosen, loop, thread, broker)
+
+    def stop(self) -> None:
+        """Shut the broker down and end its thread."""
+        try:
+            asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop).result(timeout=10)
+        except Exception:  # best effort on the way out
+            log.warning("the embedded MQTT broker did not shut down cleanly", exc_info=True)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
+def connect_client(host: str, port: int, client_id: str = "edgefleet-fleet-server") -> mqtt.Client:
+    """A paho client (MQTT 3.1.1) connected to ``host:port`` with its network loop running."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+    )
+    connected = threading.Event()
+
+    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.warning("MQTT broker %s:%d refused the connection: %s", host, port, reason)
+        else:
+            connected.set()
+
+    def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        log.warning("disconnected from MQTT broker %s:%d: %s", host, port, reason)
+
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    try:
+        client.connect(host, port)
+    except OSError as exc:
+        raise FleetError(f"cannot connect to the MQTT broker at {host}:{port}: {exc}") from exc
+    client.loop_start()
+    if not connected.wait(_CONNECT_TIMEOUT_S):
+        client.loop_stop()
+        raise FleetError(f"the MQTT broker at {host}:{port} did not accept the connection")
+    return client
+
+
+def run_server(
+    *,
+    db_url: str,
+    repo_dir: Path,
+    keys_dir: Path,
+    state_dir: Path,
+    broker_url: str | None,
+    http_host: str,
+    http_port: int,
+    token: str,
+    embedded_broker_host: str = "127.0.0.1",
+    embedded_broker_port: int | None = None,
+    tick_s: float = 0.5,
+) -> None:
+    """Run the fleet server until Ctrl-C or SIGTERM, then stop every part of it cleanly."""
+    if not token:
+        raise FleetError("the API token is empty: set it in the token environment variable")
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    previous = _terminate_as_interrupt()
+    try:
+        _serve(
+            db_url=db_url,
+            repo_dir=repo_dir,
+            keys_dir=keys_dir,
+            state_dir=state_dir,
+            broker_url=broker_url,
+            http_host=http_host,
+            http_port=http_port,
+            token=token,
+            embedded_broker_host=embedded_broker_host,
+            embedded_broker_port=embedded_broker_port,
+            tick_s=tick_s,
+        )
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt() -> Any:
+    """Make SIGTERM raise KeyboardInterrupt like Ctrl-C (main thread only); the old handler, or None.
+
+    uvicorn re-raises the signal that stopped it to the handler it found, so
+    without this a SIGTERM would kill the process before the MQTT client,
+    the broker and the database are closed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _serve(
+    *,
+    db_url: str,
+    repo_dir: Path,
+    keys_dir: Path,
+    state_dir: Path,
+    broker_url: str | None,
+    http_host: str,
+    http_port: int,
+    token: str,
+    embedded_broker_host: str,
+    embedded_broker_port: int | None,
+    tick_s: float,
+) -> None:
+    import uvicorn
+
+    from fleet_server.api import create_app
+    from fleet_server.server import FleetServer
+
+    repository = Repository(repo_dir)
+    keys = load_keys(keys_dir, roles=ONLINE_ROLES)
+    registry = Registry.open(db_url)
+    broker: EmbeddedBroker | None = None
+    client: mqtt.Client | None = None
+    server: FleetServer | None = None
+    try:
+        if broker_url is None:
+            logging.getLogger("amqtt").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
+            broker = EmbeddedBroker.start(embedded_broker_host, embedded_broker_port)
+            host, port = broker.host, broker.port
+        else:
+            host, port = parse_broker_url(broker_url)
+        client = connect_client(host, port)
+        server = FleetServer(
+            registry, repository, keys, client, state_dir / "bundles", tick_s=tick_s
+        )
+        server.start()
+        app = create_app(
+            server, token, device_mqtt={"host": host, "port": port, "topic_prefix": server.prefix}
+        )
+        config = uvicorn.Config(
+            app, host=http_host, port=http_port, log_level="warning", access_log=False
+        )
+        log.warning(
+            "fleet server: HTTP API on http://%s:%d (docs at /docs), MQTT broker %s:%d%s",
+            http_host,
+            http_port,
+            host,
+            port,
+            " (embedded)" if broker is not None else "",
+        )
+        uvicorn.Server(config).run()  # returns on SIGINT/SIGTERM, then re-raises the signal
+    except KeyboardInterrupt:
+        pass  # SIGINT, or SIGTERM through _terminate_as_interrupt: a normal stop
+    finally:
+        log.warning("fleet server stopping")
+        started = time.monotonic()
+        if server is not None:
+            server.stop()
+        if client is not None:
+            client.loop_stop()
+            client.disconnect()
+        if broker is not None:
+            broker.stop()
+        registry.close()
+        log.info("fleet server stopped in %.1f s", time.monotonic() - started)

@@ -1,0 +1,139 @@
+"""`edgefleet serve` with its embedded MQTT broker, driven by `edgefleet fleet` as an operator runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fleet_server.trust import Expiry, Repository, init_keys
+from tests.conftest import free_port
+from tests.media import make_bundle
+from tests.models import tiny_onnx_model
+
+pytestmark = [pytest.mark.broker]
+
+EDGEFLEET = [sys.executable, "-m", "edgefleet"]
+ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "EDGEFLEET_TOKEN": "e2e-token"}
+
+
+def wait_healthy(url: str, process: subprocess.Popen[str], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"edgefleet serve exited {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    raise AssertionError("edgefleet serve did not answer /healthz")
+
+
+def test_serve_with_embedded_broker_and_fleet_commands(tmp_path: Path) -> None:
+    keys = init_keys(tmp_path / "keys")
+    repo = Repository.create(tmp_path / "repo", keys, Expiry())
+    bundle = make_bundle(tmp_path / "v1.efb", tiny_onnx_model(), "onnx", "1.0.0", softmax=True)
+    repo.release(tmp_path / "v1.efb", keys.role("targets"))
+    for offline in ("root", "targets"):  # the server must run without the offline keys
+        for path in (tmp_path / "keys").glob(f"{offline}-*.pem"):
+            path.unlink()
+    http_port, broker_port = free_port(), free_port()
+    server = f"http://127.0.0.1:{http_port}"
+    process = subprocess.Popen(
+        [
+            *EDGEFLEET,
+            "serve",
+            "--state",
+            str(tmp_path / "state"),
+            "--repo",
+            str(tmp_path / "repo"),
+            "--keys",
+            str(tmp_path / "keys"),
+            "--http-port",
+            str(http_port),
+            "--broker-port",
+            str(broker_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        wait_healthy(server, process)
+
+        def fleet(*args: str, token: str = "e2e-token") -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*EDGEFLEET, "fleet", "--server", server, *args],
+                capture_output=True,
+                text=True,
+                env={**ENV, "EDGEFLEET_TOKEN": token},
+                timeout=60,
+            )
+
+        empty = fleet("devices", "--json")
+        assert empty.returncode == 0, empty.stderr
+        assert json.loads(empty.stdout) == []
+
+        made = fleet("provision", "cam-01", "--tags", "line1,north")
+        assert made.returncode == 0, made.stderr
+        assert "device_id: cam-01" in made.stdout
+        assert f"port: {broker_port}" in made.stdout and "groups: [line1, north]" in made.stdout
+        twice = fleet("provision", "cam-01")
+        assert twice.returncode == 1 and "error: 409" in twice.stderr
+        assert "already provisioned" in twice.stderr
+
+        listed = fleet("devices", "--json")
+        assert [d["id"] for d in json.loads(listed.stdout)] == ["cam-01"]
+        table = fleet("devices")
+        assert "cam-01" in table.stdout and "line1,north" in table.stdout
+
+        imported = fleet("import", str(tmp_path / "v1.efb"))
+        assert imported.returncode == 0 and bundle.sha256 in imported.stdout, imported.stderr
+        assert bundle.sha256[:12] in fleet("bundles").stdout
+
+        created = fleet(
+            "rollout",
+            "create",
+            bundle.sha256,
+            "--tags",
+            "line1",
+            "--canary",
+            "1",
+            "--waves",
+            "100",
+            "--json",
+        )
+        assert created.returncode == 0, created.stderr
+        rollout_id = str(json.loads(created.stdout)["id"])
+        status = fleet("rollout", "status", rollout_id)
+        assert status.returncode == 0 and "running" in status.stdout and "canary" in status.stdout
+        paused = fleet("rollout", "pause", rollout_id)
+        assert paused.returncode == 0 and f"rollout {rollout_id}: paused" in paused.stdout
+        approve = fleet("rollout", "approve", rollout_id)
+        assert approve.returncode == 1 and "error: 409 cannot approve" in approve.stderr
+        assert fleet("rollout", "abort", rollout_id, "--reason", "e2e").returncode == 0
+        watched = fleet("rollout", "status", rollout_id, "--watch", "--json")
+        assert watched.returncode == 0 and json.loads(watched.stdout)["finished"]
+
+        wrong = fleet("devices", token="wrong")
+        assert wrong.returncode == 1 and "error: 401" in wrong.stderr
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode == 0, stderr
+    assert "fleet server stopping" in stderr

@@ -1,0 +1,264 @@
+"""The fleet server's HTTP API over a real FleetServer on the embedded amqtt broker.
+
+No device agents run: two provisioned devices never answer, which is enough
+to create a rollout, read its status and timeline, and pause and resume it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from edge_runtime.bundle import Bundle
+from fleet_server.api import create_app
+from fleet_server.registry import Registry
+from fleet_server.server import FleetServer
+from fleet_server.service import connect_client
+from fleet_server.trust import ONLINE_ROLES, Expiry, Repository, init_keys
+from tests.conftest import free_port
+from tests.media import make_bundle
+from tests.models import tiny_onnx_model
+
+pytestmark = [pytest.mark.broker]
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Reply:
+    status_code: int
+    body: Any
+    text: str
+
+    def json(self) -> Any:
+        return self.body
+
+
+@dataclass
+class Client:
+    """Just enough of an HTTP client (urllib) for the tests: status code and JSON."""
+
+    base: str
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Reply:
+        url = self.base + path
+        if params:
+            url += "?" + "&".join(f"{k}={v}" for k, v in params.items())
+        data = None if json_body is None else json.dumps(json_body).encode()
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        request = urllib.request.Request(url, data=data, headers=all_headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                status, raw = reply.status, reply.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        text = raw.decode()
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        return Reply(status, body, text)
+
+    def get(self, path: str, **kwargs: Any) -> Reply:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, json: Any = None, **kwargs: Any) -> Reply:
+        return self.request("POST", path, json, **kwargs)
+
+    def put(self, path: str, json: Any = None, **kwargs: Any) -> Reply:
+        return self.request("PUT", path, json, **kwargs)
+
+
+@dataclass
+class Api:
+    client: Client
+    server: FleetServer
+    bundles: dict[str, Bundle]
+    folder: Path
+
+
+@pytest.fixture
+def api(tmp_path: Path, amqtt_broker: int) -> Iterator[Api]:
+    keys = init_keys(tmp_path / "keys")
+    repo = Repository.create(tmp_path / "repo", keys, Expiry())
+    bundles = {
+        "v1": make_bundle(tmp_path / "v1.efb", tiny_onnx_model(), "onnx", "1.0.0", softmax=True),
+        "v2": make_bundle(
+            tmp_path / "v2.efb", tiny_onnx_model(seed=8), "onnx", "2.0.0", softmax=True
+        ),
+        "unreleased": make_bundle(
+            tmp_path / "u.efb", tiny_onnx_model(seed=9), "onnx", "9.0.0", softmax=True
+        ),
+    }
+    repo.release(tmp_path / "v1.efb", keys.role("targets"))
+    repo.release(tmp_path / "v2.efb", keys.role("targets"))
+    registry = Registry.open(f"sqlite:///{tmp_path / 'fleet.db'}")
+    mqtt_client = connect_client("127.0.0.1", amqtt_broker, client_id="api-test")
+    server = FleetServer(
+        registry, repo, keys.only(ONLINE_ROLES), mqtt_client, tmp_path / "served", tick_s=0.2
+    )
+    server.start()
+    app = create_app(
+        server,
+        TOKEN,
+        device_mqtt={"host": "127.0.0.1", "port": amqtt_broker, "topic_prefix": "edgefleet"},
+    )
+    port = free_port()
+    http = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=http.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not http.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield Api(Client(f"http://127.0.0.1:{port}"), server, bundles, tmp_path)
+    finally:
+        http.should_exit = True
+        thread.join(timeout=10)
+        server.stop()
+        mqtt_client.loop_stop()
+        mqtt_client.disconnect()
+        registry.close()
+
+
+def test_token_is_required_except_for_healthz(api: Api) -> None:
+    assert api.client.get("/healthz").json()["status"] == "ok"
+    missing = api.client.get("/devices")
+    assert missing.status_code == 401 and "token" in missing.json()["error"]
+    wrong = api.client.get("/devices", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert api.client.post("/rollouts/1/pause").status_code == 401
+    assert api.client.get("/devices", headers=AUTH).json() == []
+    assert api.client.get("/docs").status_code == 200
+    assert "/rollouts/{rollout_id}/timeline" in api.client.get("/openapi.json").json()["paths"]
+
+
+def test_devices_bundles_rollout_pause_resume(api: Api) -> None:
+    c = api.client
+    for name in ("cam-01", "cam-02"):
+        made = c.post("/devices", json={"id": name, "tags": ["line1"]}, headers=AUTH)
+        assert made.status_code == 201, made.text
+        assert made.json()["mqtt"]["topic_prefix"] == "edgefleet"
+    again = c.post("/devices", json={"id": "cam-01", "tags": []}, headers=AUTH)
+    assert again.status_code == 409 and "already provisioned" in again.json()["error"]
+    listed = c.get("/devices", params={"tag": "line1"}, headers=AUTH).json()
+    assert [d["id"] for d in listed] == ["cam-01", "cam-02"]
+    assert c.get("/devices/cam-09", headers=AUTH).status_code == 404
+
+    v1, v2 = api.bundles["v1"].sha256, api.bundles["v2"].sha256
+    for name in ("v1", "v2"):
+        imported = c.post(
+            "/bundles/import", json={"path": str(api.folder / f"{name}.efb")}, headers=AUTH
+        )
+        assert imported.status_code == 201, imported.text
+    refused = c.post("/bundles/import", json={"path": str(api.folder / "u.efb")}, headers=AUTH)
+    assert refused.status_code == 400 and "not released" in refused.json()["error"]
+    assert {b["sha256"] for b in c.get("/bundles", headers=AUTH).json()} == {v1, v2}
+
+    pinned = c.put("/devices/cam-02/pin", json={"sha256": v1}, headers=AUTH)
+    assert pinned.status_code == 200 and pinned.json()["pinned_bundle"] == v1
+    assert (
+        c.put("/devices/cam-02/pin", json={"sha256": None}, headers=AUTH).json()["pinned_bundle"]
+        is None
+    )
+
+    body = {
+        "bundle_sha256": v2,
+        "previous_sha256": v1,
+        "target": {"kind": "tags", "values": ["line1"]},
+        "waves": [{"count": 1, "device_timeout_s": 600}, {"percent": 100}],
+    }
+    created = c.post("/rollouts", json=body, headers=AUTH)
+    assert created.status_code == 201, created.text
+    view = created.json()
+    rollout_id = view["id"]
+    assert view["status"] == "running"
+    assert view["waves"][0]["devices"] == 1 and view["counts"] == {"sent": 1, "pending": 1}
+    assert view["planner"]["devices"] == 2 and view["planner"]["current_wave"] == 0
+    assert [r["id"] for r in c.get("/rollouts", headers=AUTH).json()] == [rollout_id]
+
+    paused = c.post(f"/rollouts/{rollout_id}/pause", headers=AUTH)
+    assert paused.status_code == 200 and paused.json()["status"] == "paused"
+    approve = c.post(f"/rollouts/{rollout_id}/approve", headers=AUTH)
+    assert approve.status_code == 409 and "resume it first" in approve.json()["error"]
+    resumed = c.post(f"/rollouts/{rollout_id}/resume", headers=AUTH)
+    assert resumed.json()["status"] == "running"
+    assert c.get(f"/rollouts/{rollout_id}", headers=AUTH).json()["status"] == "running"
+    assert c.post(f"/rollouts/{rollout_id}/explode", headers=AUTH).status_code == 422
+    assert c.post("/rollouts/99/pause", headers=AUTH).status_code == 404
+
+    kinds = [t["kind"] for t in c.get(f"/rollouts/{rollout_id}/timeline", headers=AUTH).json()]
+    assert "rollout-created" in kinds and "paused" in kinds and "resumed" in kinds
+
+    aborted = c.post(
+        f"/rollouts/{rollout_id}/abort", json={"reason": "test over"}, headers=AUTH
+    ).json()
+    assert aborted["finished"] and aborted["planner"] is None
+    assert aborted["status"] in {"aborted", "rolled-back"}
+    messages = [
+        t["message"] for t in c.get(f"/rollouts/{rollout_id}/timeline", headers=AUTH).json()
+    ]
+    assert any("test over" in m for m in messages), messages
+
+
+def test_bad_requests_name_the_field(api: Api) -> None:
+    c = api.client
+    unknown_field = c.post("/devices", json={"id": "cam-01", "colour": "red"}, headers=AUTH)
+    assert unknown_field.status_code == 422
+    assert any(e["loc"][-1] == "colour" for e in unknown_field.json()["detail"])
+    bad_wave = c.post(
+        "/rollouts",
+        json={
+            "bundle_sha256": "0" * 64,
+            "target": {"kind": "all"},
+            "waves": [{"percent": 150}],
+        },
+        headers=AUTH,
+    )
+    assert bad_wave.status_code == 422
+    assert any(e["loc"][-1] == "percent" for e in bad_wave.json()["detail"])
+    bad_sha = c.post(
+        "/rollouts",
+        json={"bundle_sha256": "xyz", "target": {"kind": "all"}, "waves": [{"percent": 100}]},
+        headers=AUTH,
+    )
+    assert bad_sha.status_code == 422
+    assert any(e["loc"][-1] == "bundle_sha256" for e in bad_sha.json()["detail"])
+    bad_target = c.post(
+        "/rollouts",
+        json={
+            "bundle_sha256": "0" * 64,
+            "target": {"kind": "tags", "values": []},
+            "waves": [{"percent": 100}],
+        },
+        headers=AUTH,
+    )
+    assert (
+        bad_target.status_code == 400 and "needs at least one value" in bad_target.json()["error"]
+    )
+    unknown_bundle = c.post(
+        "/rollouts",
+        json={"bundle_sha256": "0" * 64, "target": {"kind": "all"}, "waves": [{"percent": 100}]},
+        headers=AUTH,
+    )
+    assert unknown_bundle.status_code == 404 and "unknown bundle" in unknown_bundle.json()["error"]
+    bad_name = c.post("/devices", json={"id": "bad id!"}, headers=AUTH)
+    assert bad_name.status_code == 422 and bad_name.json()["detail"][0]["loc"][-1] == "id"
