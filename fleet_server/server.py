@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import shutil
 import threading
 import time
@@ -87,6 +88,10 @@ class FleetServer:
         """Re-sign and re-publish snapshot/timestamp this often, long before the timestamp expires."""
         self._last_publish = 0.0
         self._lock = threading.RLock()
+        self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        """Device reports, queued by paho's network thread, handled by the server's own thread."""
+        self.reports_received = 0
+        self.reports_handled = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._plans: dict[int, RolloutState] = {}
@@ -143,32 +148,67 @@ class FleetServer:
         self.chunks.stop()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.tick_s):
+        """The server's one worker: device reports as they arrive, a rollout tick every tick_s.
+
+        Nothing here runs on paho's network thread, so waiting for the
+        broker's acknowledgements (signed assignments, metadata) can never
+        stall the thread that reads those acknowledgements.
+        """
+        next_tick = time.monotonic() + self.tick_s
+        while not self._stop.is_set():
+            try:
+                topic, payload = self._inbox.get(timeout=max(0.0, next_tick - time.monotonic()))
+            except queue.Empty:
+                pass
+            else:
+                try:
+                    self._handle_report(topic, payload)
+                except Exception:  # one bad report must never stop the server's worker
+                    log.exception("handling a report on %s failed", topic)
+                finally:
+                    self.reports_handled += 1
+                if time.monotonic() < next_tick:
+                    continue
+            next_tick = time.monotonic() + self.tick_s
             try:
                 now = time.time()
                 self.tick(now)
                 if now - self._last_publish >= self.resign_every_s:
                     with self._lock:
                         self._publish()
-            except EdgefleetError:
+            except Exception:  # logged; the next tick retries from the saved state
                 log.exception("rollout tick failed")
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every device report queued so far is handled (tests, shutdown); True if so."""
+        target = self.reports_received
+        deadline = time.monotonic() + timeout
+        while self.reports_handled < target:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     # --- device reports -----------------------------------------------------------------
 
     def _on_device_message(
         self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage
     ) -> None:
-        parts = message.topic.split("/")
+        self.reports_received += 1
+        self._inbox.put((message.topic, bytes(message.payload)))
+
+    def _handle_report(self, topic: str, raw: bytes) -> None:
+        parts = topic.split("/")
         if len(parts) != len(self.prefix.split("/")) + 3:
             return
         device_id, leaf = parts[-2], parts[-1]
         try:
             if leaf == "availability":
-                self.registry.record_availability(device_id, message.payload == b"online")
+                self.registry.record_availability(device_id, raw == b"online")
                 return
-            if not message.payload:
+            if not raw:
                 return
-            payload = json.loads(message.payload)
+            payload = json.loads(raw)
             if leaf == "state":
                 if self.registry.record_state(device_id, payload):
                     self._device_state(device_id, payload)
