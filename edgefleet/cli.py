@@ -52,7 +52,7 @@ _GROUPS: dict[str, tuple[str, str, str]] = {
         "Camera box: run the classifier on frames, or classify files once.",
     ),
     "bench": (
-        "edgefleet.commands.planned",
+        "edgefleet.commands.bench",
         "bench",
         "Line engineer: latency and fleet-scale benchmarks with reports.",
     ),

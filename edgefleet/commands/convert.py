@@ -214,6 +214,13 @@ def _floats3(
 @click.option(
     "--latency-budget-ms", type=float, help="Latency budget the device smoke test enforces."
 )
+@click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Device profile (devices/profiles/NAME.yaml): its p95 budget for the model family and "
+    "precision becomes each bundle's latency budget, and its name a target profile.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the table.")
 def model_command(
     model: Path,
@@ -245,6 +252,7 @@ def model_command(
     apply_softmax: bool | None,
     confidence_threshold: float,
     latency_budget_ms: float | None,
+    profile_path: Path | None,
     as_json: bool,
 ) -> None:
     """Convert MODEL into one bundle per format and precision, each checked against the float model.
@@ -304,7 +312,9 @@ def model_command(
             if advance:
                 bar.advance(tasks[task], advance)
 
-        results = run_convert(options, progress)
+        results = []
+        for group in _profile_groups(options, profile_path, latency_budget_ms):
+            results.extend(run_convert(group, progress))
     if as_json:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     else:
@@ -313,6 +323,45 @@ def model_command(
     if error is not None:
         click.secho(f"error: {error}", fg="red", err=True)
         raise SystemExit(3)
+
+
+def _profile_groups(options: Any, profile_path: Path | None, explicit: float | None) -> list[Any]:
+    """The conversion options, split by precision where a device profile budgets them apart.
+
+    A profile adds its name to the bundles' target profiles and, unless
+    --latency-budget-ms is given, its p95 budget for the model family (matched on
+    the bundle name) and precision becomes the bundle's latency budget.
+    """
+    import dataclasses
+
+    if profile_path is None:
+        return [options]
+    from converter.convert import _slug
+    from edge_runtime.bench.profile import load_profile
+
+    profile = load_profile(profile_path)
+    name = options.name or _slug(options.model.stem)
+    by_budget: dict[float | None, list[str]] = {}
+    for precision in options.precisions:
+        budget = explicit if explicit is not None else profile.budget_for(name, precision)
+        by_budget.setdefault(budget, []).append(precision)
+    if explicit is None and None in by_budget:
+        click.secho(
+            f"warning: profile {profile.name} has no budget for {name!r} in "
+            f"{', '.join(by_budget[None])}; those bundles carry no latency budget",
+            fg="yellow",
+            err=True,
+        )
+    profiles = (*options.device_profiles, profile.name)
+    return [
+        dataclasses.replace(
+            options,
+            precisions=tuple(precisions),
+            latency_budget_ms=budget,
+            device_profiles=profiles,
+        )
+        for budget, precisions in by_budget.items()
+    ]
 
 
 def _print_table(results: list[Any], console: Console) -> None:

@@ -49,12 +49,6 @@ def test_help_does_not_import_tensorflow() -> None:
     assert result.stdout.strip().endswith("False"), result.stdout + result.stderr
 
 
-def test_planned_group_says_so_and_fails() -> None:
-    result = run("bench", "--port", "1")
-    assert result.returncode == 2
-    assert "not available in this version yet" in result.stderr
-
-
 def test_inspect_prints_a_readable_summary(tflite_bundle: Path) -> None:
     result = run("bundle", "inspect", str(tflite_bundle))
     assert result.returncode == 0, result.stderr
