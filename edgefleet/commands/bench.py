@@ -398,9 +398,7 @@ def _write_html(report: Any, out: Path, console: Console) -> None:
         html = write_html_report(report, out)
     except PlotsUnavailableError as exc:
         html = write_html_report(report, out, plots=False)
-        console.print(
-            f"[yellow]no plots: {exc}. Install them with: pip install 'edgefleet[plot]'[/]"
-        )
+        console.print(f"no plots: {exc}", style="yellow", markup=False)
     console.print(f"wrote {html}")
 
 
