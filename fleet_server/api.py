@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -207,12 +207,45 @@ def _device_routes(
         """One device."""
         return _plain(registry.device(device_id))
 
+    def with_credentials(device_id: str, password: str | None) -> dict[str, Any]:
+        settings = dict(mqtt_settings)
+        if password is not None:
+            settings |= {"username": device_id, "password": password}
+        return settings
+
     @app.post("/devices", status_code=201, tags=["devices"], dependencies=guarded)
     def provision(body: ProvisionRequest) -> dict[str, Any]:
-        """Provision a device; the reply holds the MQTT settings for its config."""
-        info = registry.provision_device(body.id, body.tags, body.profile)
+        """Provision a device; the reply holds the MQTT settings for its config.
+
+        When the server manages broker credentials the reply also holds the
+        device's broker username and password: this is the only time the
+        password is shown (the server keeps only its hash).
+        """
+        info, password = server.provision_device(body.id, body.tags, body.profile)
         log.info("provisioned device %s via the API", body.id)
-        return {"device": _plain(info), "mqtt": mqtt_settings}
+        return {"device": _plain(info), "mqtt": with_credentials(body.id, password)}
+
+    @app.post("/devices/{device_id}/credentials", tags=["devices"], dependencies=guarded)
+    def rotate(device_id: str) -> dict[str, Any]:
+        """Issue a new broker password for a device (the old one stops at the broker's reload)."""
+        password = server.rotate_credentials(device_id)
+        log.info("rotated the broker credentials of %s via the API", device_id)
+        return {
+            "device": _plain(registry.device(device_id)),
+            "mqtt": with_credentials(device_id, password),
+        }
+
+    @app.delete("/devices/{device_id}/credentials", tags=["devices"], dependencies=guarded)
+    def revoke(device_id: str) -> dict[str, Any]:
+        """Remove a device's broker credentials: it can no longer connect."""
+        server.revoke_credentials(device_id)
+        log.info("revoked the broker credentials of %s via the API", device_id)
+        return _plain(registry.device(device_id))
+
+    @app.get("/trust/root", tags=["devices"], dependencies=guarded)
+    def trusted_root() -> Response:
+        """The newest TUF root metadata: what a newly provisioned device is given to trust."""
+        return Response(server.repository.root_bytes(), media_type="application/json")
 
     @app.put("/devices/{device_id}/pin", tags=["devices"], dependencies=guarded)
     def pin(device_id: str, body: PinRequest) -> dict[str, Any]:

@@ -383,6 +383,16 @@ class Registry:
         with self._transaction() as session:
             return get_device(session, device_id).credentials_hash
 
+    def credentials_hashes(self) -> dict[str, str]:
+        """Every device's broker credentials hash, by device id (devices without any are left out)."""
+        with self._transaction() as session:
+            rows = session.execute(
+                select(db.Device.id, db.Device.credentials_hash).where(
+                    db.Device.credentials_hash.is_not(None)
+                )
+            )
+            return {device_id: hashed for device_id, hashed in rows if hashed is not None}
+
     def pin(self, device_id: str, sha256: str | None) -> DeviceInfo:
         """Keep the device on a bundle whatever rollouts say (``None`` unpins)."""
         now = self._clock()

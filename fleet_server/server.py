@@ -25,11 +25,12 @@ import paho.mqtt.client as mqtt
 
 from edge_runtime.bundle import read_bundle
 from edge_runtime.errors import EdgefleetError
+from fleet_server.broker_auth import BrokerAuth, hash_password, new_password
 from fleet_server.delivery import ChunkServer
 from fleet_server.errors import FleetError, RolloutError
 from fleet_server.publisher import publish_metadata
 from fleet_server.quality_gate import Baseline, WaveTelemetry
-from fleet_server.records import TargetSelector, WaveDeviceStatus
+from fleet_server.records import DeviceInfo, TargetSelector, WaveDeviceStatus
 from fleet_server.registry import Registry
 from fleet_server.rollout_plan import Action, Assign, Notify, Rollback, RolloutState, Step, recover
 from fleet_server.rollout_spec import RolloutSpec, TargetDevice, WaveSpec
@@ -75,6 +76,7 @@ class FleetServer:
         prefix: str = "edgefleet",
         tick_s: float = 0.5,
         resign_every_s: float = 3600.0,
+        broker_auth: BrokerAuth | None = None,
     ) -> None:
         self.registry = registry
         self.repository = repository
@@ -85,6 +87,8 @@ class FleetServer:
         self.bundle_folder.mkdir(parents=True, exist_ok=True)
         self.tick_s = tick_s
         self.resign_every_s = resign_every_s
+        self.broker_auth = broker_auth
+        """Per-device broker credentials and the Mosquitto files (None: the broker is open)."""
         """Re-sign and re-publish snapshot/timestamp this often, long before the timestamp expires."""
         self._last_publish = 0.0
         self._lock = threading.RLock()
@@ -114,6 +118,44 @@ class FleetServer:
         self._paths[bundle.sha256] = target
         return bundle.sha256
 
+    # --- devices and their broker credentials ------------------------------------------
+
+    def provision_device(
+        self, device_id: str, tags: Sequence[str] = (), profile: str | None = None
+    ) -> tuple[DeviceInfo, str | None]:
+        """Register a device; with broker auth, also its broker password (returned once, never kept)."""
+        if self.broker_auth is None:
+            return self.registry.provision_device(device_id, tags, profile), None
+        password = new_password()
+        with self._lock:
+            info = self.registry.provision_device(
+                device_id, tags, profile, credentials_hash=hash_password(password)
+            )
+            self.broker_auth.write(self.registry.credentials_hashes())
+        return info, password
+
+    def rotate_credentials(self, device_id: str) -> str:
+        """A new broker password for a device; the old one stops working at the broker's reload."""
+        if self.broker_auth is None:
+            raise FleetError(
+                "this server does not manage broker credentials (no --broker-auth-dir)"
+            )
+        password = new_password()
+        with self._lock:
+            self.registry.set_credentials_hash(device_id, hash_password(password))
+            self.broker_auth.write(self.registry.credentials_hashes())
+        return password
+
+    def revoke_credentials(self, device_id: str) -> None:
+        """Remove a device's broker credentials: it cannot connect after the broker's reload."""
+        if self.broker_auth is None:
+            raise FleetError(
+                "this server does not manage broker credentials (no --broker-auth-dir)"
+            )
+        with self._lock:
+            self.registry.set_credentials_hash(device_id, None)
+            self.broker_auth.write(self.registry.credentials_hashes())
+
     # --- running -----------------------------------------------------------------------
 
     def start(self) -> None:
@@ -124,6 +166,8 @@ class FleetServer:
             )
             self.client.subscribe(f"{self.prefix}/devices/+/{leaf}", qos=1)
         self.chunks.start()
+        if self.broker_auth is not None:
+            self.broker_auth.write(self.registry.credentials_hashes())
         now = time.time()
         for info in self.registry.rollouts(
             status=("pending", "running", "paused", "awaiting-approval")

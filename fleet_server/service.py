@@ -25,11 +25,21 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_runtime.atomic import atomic_write_text
+from fleet_server.broker_auth import SERVER_USERNAME, BrokerAuth, new_password
 from fleet_server.errors import FleetError
 from fleet_server.registry import Registry
 from fleet_server.trust import ONLINE_ROLES, Repository, load_keys
 
-__all__ = ["EmbeddedBroker", "connect_client", "free_port", "parse_broker_url", "run_server"]
+__all__ = [
+    "EmbeddedBroker",
+    "ServeOptions",
+    "connect_client",
+    "free_port",
+    "parse_broker_url",
+    "run_server",
+    "server_password",
+]
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +120,29 @@ class EmbeddedBroker:
             self._loop.close()
 
 
-def connect_client(host: str, port: int, client_id: str = "edgefleet-fleet-server") -> mqtt.Client:
+def connect_client(
+    host: str,
+    port: int,
+    client_id: str = "edgefleet-fleet-server",
+    *,
+    username: str | None = None,
+    password: str | None = None,
+) -> mqtt.Client:
     """A paho client (MQTT 3.1.1) connected to ``host:port`` with its network loop running."""
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv311,
     )
+    if username is not None:
+        client.username_pw_set(username, password)
     connected = threading.Event()
+    refusals: list[str] = []
 
     def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             log.warning("MQTT broker %s:%d refused the connection: %s", host, port, reason)
+            refusals.append(str(reason))
         else:
             connected.set()
 
@@ -137,47 +158,63 @@ def connect_client(host: str, port: int, client_id: str = "edgefleet-fleet-serve
     client.loop_start()
     if not connected.wait(_CONNECT_TIMEOUT_S):
         client.loop_stop()
-        raise FleetError(f"the MQTT broker at {host}:{port} did not accept the connection")
+        why = f": it said {refusals[-1]!r}" if refusals else ""
+        who = f" as {username!r}" if username is not None else ""
+        raise FleetError(
+            f"the MQTT broker at {host}:{port} did not accept the connection{who}{why}"
+        )
     return client
 
 
-def run_server(
-    *,
-    db_url: str,
-    repo_dir: Path,
-    keys_dir: Path,
-    state_dir: Path,
-    broker_url: str | None,
-    http_host: str,
-    http_port: int,
-    token: str,
-    embedded_broker_host: str = "127.0.0.1",
-    embedded_broker_port: int | None = None,
-    tick_s: float = 0.5,
-) -> None:
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything `edgefleet serve` is told."""
+
+    db_url: str
+    repo_dir: Path
+    keys_dir: Path
+    state_dir: Path
+    broker_url: str | None
+    http_host: str
+    http_port: int
+    token: str
+    embedded_broker_host: str = "127.0.0.1"
+    embedded_broker_port: int | None = None
+    tick_s: float = 0.5
+    broker_auth_dir: Path | None = None
+    """Write Mosquitto's password and ACL files here and give every device its own credentials."""
+    broker_reload: str | None = None
+    """Command run after those files change (e.g. ``systemctl reload mosquitto``)."""
+    mqtt_password: str | None = None
+    """The server's own broker password (user ``edgefleet-server``); made and kept if None."""
+
+
+def run_server(options: ServeOptions) -> None:
     """Run the fleet server until Ctrl-C or SIGTERM, then stop every part of it cleanly."""
-    if not token:
+    if not options.token:
         raise FleetError("the API token is empty: set it in the token environment variable")
-    state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    if options.broker_auth_dir is not None and options.broker_url is None:
+        raise FleetError(
+            "per-device broker credentials need Mosquitto: give --broker mqtt://HOST:PORT "
+            "(the embedded broker is anonymous and meant for one machine)"
+        )
+    Path(options.state_dir).mkdir(parents=True, exist_ok=True)
     previous = _terminate_as_interrupt()
     try:
-        _serve(
-            db_url=db_url,
-            repo_dir=repo_dir,
-            keys_dir=keys_dir,
-            state_dir=state_dir,
-            broker_url=broker_url,
-            http_host=http_host,
-            http_port=http_port,
-            token=token,
-            embedded_broker_host=embedded_broker_host,
-            embedded_broker_port=embedded_broker_port,
-            tick_s=tick_s,
-        )
+        _serve(options)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def server_password(state_dir: Path) -> str:
+    """The server's broker password kept in ``STATE/broker-server.secret`` (made on first use)."""
+    path = Path(state_dir) / "broker-server.secret"
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    password = new_password()
+    atomic_write_text(path, password + "\n", mode=0o600)
+    return password
 
 
 def _terminate_as_interrupt() -> Any:
@@ -196,53 +233,65 @@ def _terminate_as_interrupt() -> Any:
     return signal.signal(signal.SIGTERM, interrupt)
 
 
-def _serve(
-    *,
-    db_url: str,
-    repo_dir: Path,
-    keys_dir: Path,
-    state_dir: Path,
-    broker_url: str | None,
-    http_host: str,
-    http_port: int,
-    token: str,
-    embedded_broker_host: str,
-    embedded_broker_port: int | None,
-    tick_s: float,
-) -> None:
+def _serve(options: ServeOptions) -> None:
     import uvicorn
 
     from fleet_server.api import create_app
     from fleet_server.server import FleetServer
 
-    repository = Repository(repo_dir)
-    keys = load_keys(keys_dir, roles=ONLINE_ROLES)
-    registry = Registry.open(db_url)
+    repository = Repository(options.repo_dir)
+    keys = load_keys(options.keys_dir, roles=ONLINE_ROLES)
+    registry = Registry.open(options.db_url)
+    broker_auth: BrokerAuth | None = None
+    username = password = None
+    if options.broker_auth_dir is not None:
+        username = SERVER_USERNAME
+        password = options.mqtt_password or server_password(options.state_dir)
+        broker_auth = BrokerAuth(
+            options.broker_auth_dir,
+            server_password=password,
+            reload_command=options.broker_reload,
+        )
+        broker_auth.write(registry.credentials_hashes())  # before connecting: the broker needs us
     broker: EmbeddedBroker | None = None
     client: mqtt.Client | None = None
     server: FleetServer | None = None
     try:
-        if broker_url is None:
+        if options.broker_url is None:
             logging.getLogger("amqtt").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
-            broker = EmbeddedBroker.start(embedded_broker_host, embedded_broker_port)
+            broker = EmbeddedBroker.start(
+                options.embedded_broker_host, options.embedded_broker_port
+            )
             host, port = broker.host, broker.port
         else:
-            host, port = parse_broker_url(broker_url)
-        client = connect_client(host, port)
+            host, port = parse_broker_url(options.broker_url)
+        client = connect_client(host, port, username=username, password=password)
         server = FleetServer(
-            registry, repository, keys, client, state_dir / "bundles", tick_s=tick_s
+            registry,
+            repository,
+            keys,
+            client,
+            Path(options.state_dir) / "bundles",
+            tick_s=options.tick_s,
+            broker_auth=broker_auth,
         )
         server.start()
         app = create_app(
-            server, token, device_mqtt={"host": host, "port": port, "topic_prefix": server.prefix}
+            server,
+            options.token,
+            device_mqtt={"host": host, "port": port, "topic_prefix": server.prefix},
         )
         config = uvicorn.Config(
-            app, host=http_host, port=http_port, log_level="warning", access_log=False
+            app,
+            host=options.http_host,
+            port=options.http_port,
+            log_level="warning",
+            access_log=False,
         )
         log.warning(
             "fleet server: HTTP API on http://%s:%d (docs at /docs), MQTT broker %s:%d%s",
-            http_host,
-            http_port,
+            options.http_host,
+            options.http_port,
             host,
             port,
             " (embedded)" if broker is not None else "",

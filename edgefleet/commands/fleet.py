@@ -15,13 +15,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import yaml
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
+from edge_runtime.atomic import atomic_write_bytes, atomic_write_text
+from edge_runtime.config import parse_config
 from edgefleet.commands._console import make_console
 from fleet_server.errors import FleetError
 
@@ -55,6 +59,10 @@ class FleetApi:
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """The decoded JSON reply; :class:`FleetApiError` with the server's message otherwise."""
+        return json.loads(self.request_bytes(method, path, body) or b"null")
+
+    def request_bytes(self, method: str, path: str, body: Any = None) -> bytes:
+        """The raw reply body; :class:`FleetApiError` with the server's message otherwise."""
         token = os.environ.get(self.token_env, "")
         if not token:
             raise click.UsageError(
@@ -68,7 +76,7 @@ class FleetApi:
         request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
         try:
             with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as reply:  # noqa: S310
-                return json.loads(reply.read() or b"null")
+                return bytes(reply.read())
         except urllib.error.HTTPError as exc:
             raise FleetApiError(f"{exc.code} {_error_message(exc.read())}") from exc
         except (urllib.error.URLError, OSError) as exc:
@@ -221,41 +229,154 @@ def import_bundle(api: FleetApi, path: str, as_json: bool) -> None:
 @fleet.command("provision")
 @click.argument("device_id")
 @click.option("--tags", multiple=True, help="Tags (groups), comma-separated or repeated.")
-@click.option("--profile", help="Hardware profile name.")
+@click.option("--profile", help="Hardware profile name (e.g. raspberry-pi-4).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write device.yaml (with the device's broker credentials, mode 0600) and root.json "
+    "here, ready to copy to the device.",
+)
+@click.option(
+    "--device-dir",
+    default="/etc/edgefleet",
+    show_default=True,
+    help="Where those files will live on the device (the config points at root.json there).",
+)
+@click.option(
+    "--source",
+    "source_uri",
+    default="0",
+    show_default=True,
+    help="The device's camera: index, file, rtsp:// URL or GStreamer pipeline.",
+)
 @_json_option
 @click.pass_obj
 def provision(
-    api: FleetApi, device_id: str, tags: tuple[str, ...], profile: str | None, as_json: bool
+    api: FleetApi,
+    device_id: str,
+    tags: tuple[str, ...],
+    profile: str | None,
+    out: Path | None,
+    device_dir: str,
+    source_uri: str,
+    as_json: bool,
 ) -> None:
-    """Register DEVICE_ID ahead of its first contact and print a device config snippet."""
+    """Register DEVICE_ID ahead of its first contact and give it what it needs to connect.
+
+    \b
+    With --out, writes a ready device.yaml and the trusted root.json; else
+    prints the config. When the server manages broker credentials
+    (`serve --broker-auth-dir`), the device's broker password is in that
+    config: it is shown this once (the server keeps only its hash;
+    `fleet credentials rotate` issues a new one).
+    """
     reply = api.request(
         "POST", "/devices", {"id": device_id, "tags": _csv(tags), "profile": profile}
     )
-    if as_json:
-        _print_json(reply)
-        return
     device, mqtt = reply["device"], reply.get("mqtt") or {}
-    click.echo(f"# provisioned {device['id']} with tags {list(device['tags'])}", err=True)
-    click.echo(_config_snippet(device, mqtt))
-
-
-def _config_snippet(device: dict[str, Any], mqtt: dict[str, Any]) -> str:
-    groups = ", ".join(device["tags"])
-    return "\n".join(
-        [
-            f"device_id: {device['id']}",
-            "source:",
-            "  type: video  # your camera or stream; see `edgefleet device --help`",
-            "store: /var/lib/edgefleet",
-            "mqtt:",
-            f"  host: {mqtt.get('host', '127.0.0.1')}",
-            f"  port: {mqtt.get('port', 1883)}",
-            f"  topic_prefix: {mqtt.get('topic_prefix', 'edgefleet')}",
-            "update:",
-            "  trusted_root: /etc/edgefleet/root.json  # copy 1.root.json from the TUF repository",
-            f"  groups: [{groups}]",
-        ]
+    if out is None:
+        if as_json:
+            _print_json(reply)
+            return
+        click.echo(f"# provisioned {device['id']} with tags {list(device['tags'])}", err=True)
+        click.echo(
+            yaml.safe_dump(device_config(device, mqtt, device_dir, source_uri), sort_keys=False)
+        )
+        return
+    root = api.request_bytes("GET", "/trust/root")
+    written = write_device_files(out, device_config(device, mqtt, device_dir, source_uri), root)
+    if as_json:
+        _print_json(
+            {
+                **reply,
+                "mqtt": {k: v for k, v in mqtt.items() if k != "password"},
+                "files": [str(p) for p in written],
+            }
+        )
+        return
+    click.echo(f"provisioned {device['id']} with tags {list(device['tags'])}")
+    for path in written:
+        click.echo(f"  wrote {path}")
+    click.echo(
+        f"copy them to {device_dir}/ on the device, then: edgefleet device run --config "
+        f"{device_dir}/device.yaml"
     )
+
+
+@fleet.group("credentials")
+def credentials() -> None:
+    """A device's broker credentials (servers run with `serve --broker-auth-dir`)."""
+
+
+@credentials.command("rotate")
+@click.argument("device_id")
+@click.option(
+    "--out",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Update the password in this folder's device.yaml (written by `fleet provision --out`).",
+)
+@click.pass_obj
+def rotate(api: FleetApi, device_id: str, out: Path | None) -> None:
+    """Issue DEVICE_ID a new broker password (the old one stops at the broker's reload)."""
+    reply = api.request("POST", f"/devices/{device_id}/credentials")
+    password = reply["mqtt"]["password"]
+    if out is None:
+        click.echo(password)
+        return
+    config_path = out / "device.yaml"
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        config["mqtt"]["password"] = password
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise FleetApiError(
+            f"cannot update {config_path}: {exc}; the new password is {password}"
+        ) from exc
+    atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False), mode=0o600)
+    click.echo(f"new broker password written to {config_path}")
+
+
+@credentials.command("revoke")
+@click.argument("device_id")
+@click.pass_obj
+def revoke(api: FleetApi, device_id: str) -> None:
+    """Remove DEVICE_ID's broker credentials: it cannot connect once the broker reloads."""
+    api.request("DELETE", f"/devices/{device_id}/credentials")
+    click.echo(f"revoked the broker credentials of {device_id}")
+
+
+def device_config(
+    device: dict[str, Any], mqtt: dict[str, Any], device_dir: str, source_uri: str
+) -> dict[str, Any]:
+    """A complete device config for a provisioned device (valid for ``edgefleet device run``)."""
+    broker: dict[str, Any] = {
+        "host": mqtt.get("host", "127.0.0.1"),
+        "port": mqtt.get("port", 1883),
+        "topic_prefix": mqtt.get("topic_prefix", "edgefleet"),
+    }
+    if mqtt.get("username"):
+        broker |= {"username": mqtt["username"], "password": mqtt["password"]}
+    uri: str | int = int(source_uri) if source_uri.isdigit() else source_uri
+    return {
+        "device_id": device["id"],
+        "source": {"type": "video", "uri": uri},
+        "store": "/var/lib/edgefleet",
+        "mqtt": broker,
+        "update": {
+            "trusted_root": f"{device_dir.rstrip('/')}/root.json",
+            "groups": list(device["tags"]),
+        },
+    }
+
+
+def write_device_files(out: Path, config: dict[str, Any], root: bytes) -> list[Path]:
+    """Write device.yaml (0600: it holds the broker password) and root.json, each atomically."""
+    text = yaml.safe_dump(config, sort_keys=False)
+    parse_config(text, "the generated device.yaml")  # never hand out a config the device refuses
+    out.mkdir(parents=True, exist_ok=True)
+    config_path, root_path = out / "device.yaml", out / "root.json"
+    atomic_write_bytes(root_path, root)
+    atomic_write_text(config_path, text, mode=0o600)
+    return [config_path, root_path]
 
 
 # --- rollouts ------------------------------------------------------------------------

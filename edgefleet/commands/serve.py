@@ -59,6 +59,24 @@ __all__ = ["serve"]
     show_default=True,
     help="Environment variable holding the API's bearer token.",
 )
+@click.option(
+    "--broker-auth-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Give every device its own broker credentials: write Mosquitto's password_file "
+    "(passwd) and acl_file (acl) here, and connect as user edgefleet-server. Needs --broker.",
+)
+@click.option(
+    "--broker-reload",
+    metavar="COMMAND",
+    help="Run after the password/ACL files change, e.g. 'systemctl reload mosquitto'.",
+)
+@click.option(
+    "--mqtt-password-env",
+    default="EDGEFLEET_MQTT_PASSWORD",
+    show_default=True,
+    help="Environment variable with the server's broker password (with --broker-auth-dir; "
+    "if unset one is made and kept in STATE/broker-server.secret).",
+)
 def serve(
     state_dir: Path,
     repo_dir: Path,
@@ -69,6 +87,9 @@ def serve(
     http_host: str,
     http_port: int,
     token_env: str,
+    broker_auth_dir: Path | None,
+    broker_reload: str | None,
+    mqtt_password_env: str,
 ) -> None:
     """Run the fleet server until Ctrl-C or SIGTERM.
 
@@ -83,8 +104,13 @@ def serve(
     Example:
       export EDGEFLEET_TOKEN=$(openssl rand -hex 16)
       edgefleet serve --state state --repo repo --keys keys --broker mqtt://127.0.0.1:1883
+
+    \b
+    With per-device credentials (Mosquitto reads the generated files):
+      edgefleet serve --state state --repo repo --keys keys --broker mqtt://broker:1883 \\
+        --broker-auth-dir /etc/mosquitto/edgefleet --broker-reload 'systemctl reload mosquitto'
     """
-    from fleet_server.service import run_server
+    from fleet_server.service import ServeOptions, run_server
 
     token = os.environ.get(token_env, "")
     if not token:
@@ -93,14 +119,19 @@ def serve(
         )
     state_dir.mkdir(parents=True, exist_ok=True)
     run_server(
-        db_url=db_url or f"sqlite:///{(state_dir / 'fleet.db').resolve()}",
-        repo_dir=repo_dir,
-        keys_dir=keys_dir,
-        state_dir=state_dir,
-        broker_url=broker_url,
-        http_host=http_host,
-        http_port=http_port,
-        token=token,
-        embedded_broker_host=http_host,
-        embedded_broker_port=broker_port,
+        ServeOptions(
+            db_url=db_url or f"sqlite:///{(state_dir / 'fleet.db').resolve()}",
+            repo_dir=repo_dir,
+            keys_dir=keys_dir,
+            state_dir=state_dir,
+            broker_url=broker_url,
+            http_host=http_host,
+            http_port=http_port,
+            token=token,
+            embedded_broker_host=http_host,
+            embedded_broker_port=broker_port,
+            broker_auth_dir=broker_auth_dir,
+            broker_reload=broker_reload,
+            mqtt_password=os.environ.get(mqtt_password_env) or None,
+        )
     )

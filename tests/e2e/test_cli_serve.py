@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fleet_server.trust import Expiry, Repository, init_keys
 from tests.conftest import free_port
@@ -87,8 +88,10 @@ def test_serve_with_embedded_broker_and_fleet_commands(tmp_path: Path) -> None:
 
         made = fleet("provision", "cam-01", "--tags", "line1,north")
         assert made.returncode == 0, made.stderr
-        assert "device_id: cam-01" in made.stdout
-        assert f"port: {broker_port}" in made.stdout and "groups: [line1, north]" in made.stdout
+        snippet = yaml.safe_load(made.stdout)
+        assert snippet["device_id"] == "cam-01" and snippet["mqtt"]["port"] == broker_port
+        assert snippet["update"]["groups"] == ["line1", "north"]
+        assert "password" not in snippet["mqtt"]  # the embedded broker is anonymous
         twice = fleet("provision", "cam-01")
         assert twice.returncode == 1 and "error: 409" in twice.stderr
         assert "already provisioned" in twice.stderr
