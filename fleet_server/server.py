@@ -397,15 +397,17 @@ class FleetServer:
         changed = False
         for action in actions:
             if isinstance(action, Assign):
-                for device_id in action.device_ids:
-                    self.repository.assign("devices", device_id, action.bundle_sha, signers)
+                self.repository.assign_many(
+                    "devices", action.device_ids, action.bundle_sha, signers
+                )
                 changed = True
             elif isinstance(action, Rollback):
-                for device_id in action.device_ids:
-                    if action.to_sha is None:
-                        self.repository.unassign("devices", device_id, signers)
-                    else:
-                        self.repository.assign("devices", device_id, action.to_sha, signers)
+                if action.to_sha is None:
+                    self.repository.unassign_many("devices", action.device_ids, signers)
+                else:
+                    self.repository.assign_many(
+                        "devices", action.device_ids, action.to_sha, signers
+                    )
                 changed = True
             elif isinstance(action, Notify):
                 log.info("%s", action.message)

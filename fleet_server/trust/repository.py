@@ -278,7 +278,16 @@ class Repository:
         an unassign). Refuses a bundle the release key has not signed.
         Publish with :meth:`snapshot_and_timestamp`.
         """
-        target_path = _assignment_path(kind, name)
+        return self.assign_many(kind, [name], bundle_sha256, signer)[name]
+
+    def assign_many(
+        self, kind: AssignmentKind, names: Sequence[str], bundle_sha256: str, signer: Signers
+    ) -> dict[str, int]:
+        """:meth:`assign` for many names at once: one new version of the role, signed once.
+
+        A wave of a thousand devices costs one signature and one write, not a
+        thousand. Returns each name's new assignment number.
+        """
         if not _SHA256_RE.match(bundle_sha256):
             raise ReleaseError(
                 f"{bundle_sha256!r} is not a bundle sha256 (64 lowercase hex digits)"
@@ -289,36 +298,57 @@ class Repository:
                 f"bundle {bundle_sha256[:12]}... is not released (not a target of the "
                 "release-signed targets role): release it with the release key first"
             )
+        paths = {name: _assignment_path(kind, name) for name in names}
+        if not paths:
+            return {}
         md = self._load(ASSIGNMENTS_ROLE, Targets)
         counters = self._counters()
-        current = md.signed.targets.get(target_path)
-        previous = current.custom.get("assignment", 0) if current and current.custom else 0
-        number = max(counters.get(target_path, 0), int(previous)) + 1
-        custom = {"bundle": bundle, "assignment": number}
-        info = TargetFile.from_data(target_path, _canonical(custom), _HASH_ALGORITHMS)
-        info.unrecognized_fields["custom"] = custom
-        md.signed.targets[target_path] = info
+        numbers: dict[str, int] = {}
+        for name, target_path in paths.items():
+            current = md.signed.targets.get(target_path)
+            previous = current.custom.get("assignment", 0) if current and current.custom else 0
+            number = max(counters.get(target_path, 0), int(previous)) + 1
+            custom = {"bundle": bundle, "assignment": number}
+            info = TargetFile.from_data(target_path, _canonical(custom), _HASH_ALGORITHMS)
+            info.unrecognized_fields["custom"] = custom
+            md.signed.targets[target_path] = info
+            counters[target_path] = number
+            numbers[name] = number
         self._bump(md, ASSIGNMENTS_ROLE)
         _sign(md, signer, self._load("targets", Targets).signed, ASSIGNMENTS_ROLE)
-        counters[target_path] = number
         atomic_write_text(self.folder / _COUNTERS, json.dumps(counters, indent=2, sort_keys=True))
         self._write(ASSIGNMENTS_ROLE, md)
         log.info(
-            "assigned %s -> bundle %s (assignment %d)", target_path, bundle_sha256[:12], number
+            "assigned %d %s -> bundle %s (%s)",
+            len(numbers),
+            kind,
+            bundle_sha256[:12],
+            ", ".join(f"{p} #{numbers[n]}" for n, p in list(paths.items())[:3])
+            + (", ..." if len(paths) > 3 else ""),
         )
-        return number
+        return numbers
 
     def unassign(self, kind: AssignmentKind, name: str, signer: Signers) -> bool:
         """Remove ``assignments/<kind>/<name>``; False when it was not assigned."""
-        target_path = _assignment_path(kind, name)
+        return bool(self.unassign_many(kind, [name], signer))
+
+    def unassign_many(
+        self, kind: AssignmentKind, names: Sequence[str], signer: Signers
+    ) -> list[str]:
+        """:meth:`unassign` for many names, signed once; the names that were assigned."""
         md = self._load(ASSIGNMENTS_ROLE, Targets)
-        if md.signed.targets.pop(target_path, None) is None:
-            return False
+        removed = [
+            name
+            for name in names
+            if md.signed.targets.pop(_assignment_path(kind, name), None) is not None
+        ]
+        if not removed:
+            return []
         self._bump(md, ASSIGNMENTS_ROLE)
         _sign(md, signer, self._load("targets", Targets).signed, ASSIGNMENTS_ROLE)
         self._write(ASSIGNMENTS_ROLE, md)
-        log.info("unassigned %s", target_path)
-        return True
+        log.info("unassigned %d %s: %s", len(removed), kind, ", ".join(removed[:3]))
+        return removed
 
     def resign(self, role: Literal["targets", "assignments"], signers: Signers) -> int:
         """Sign ``role`` again with a new version and expiry (before it expires, after a key change)."""

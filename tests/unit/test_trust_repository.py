@@ -14,6 +14,7 @@ from fleet_server.errors import KeyManagementError, ReleaseError
 from fleet_server.trust import (
     ASSIGNMENT_PATHS,
     ONLINE_ROLES,
+    Expiry,
     Repository,
     generate_key,
     init_keys,
@@ -188,3 +189,27 @@ def test_key_changes_keep_thresholds(tmp_path: Path) -> None:
     assert targets.delegations is not None and targets.delegations.roles is not None
     assert targets.delegations.roles["assignments"].keyids == [new_assign.public_key.keyid]
     assert repo.root_version == 1
+
+
+def test_assign_many_signs_once_and_numbers_each_path(tmp_path: Path) -> None:
+    from tests.media import make_bundle
+    from tests.models import tiny_onnx_model
+
+    keys = init_keys(tmp_path / "keys")
+    repo = Repository.create(tmp_path / "repo", keys, Expiry())
+    bundle = make_bundle(tmp_path / "v1.efb", tiny_onnx_model(), "onnx", "1.0.0", True)
+    repo.release(tmp_path / "v1.efb", keys.role("targets"))
+    before = json.loads(repo.published()["assignments"])["signed"]["version"]
+    repo.assign("devices", "cam-0", bundle.sha256, keys.role("assignments"))
+    numbers = repo.assign_many(
+        "devices", ["cam-0", "cam-1", "cam-2"], bundle.sha256, keys.role("assignments")
+    )
+    assert numbers == {"cam-0": 2, "cam-1": 1, "cam-2": 1}
+    signed = json.loads(repo.published()["assignments"])["signed"]
+    assert signed["version"] == before + 2  # one version per call, not per device
+    assert sorted(signed["targets"]) == [f"assignments/devices/cam-{i}" for i in range(3)]
+    assert repo.unassign_many("devices", ["cam-1", "cam-9"], keys.role("assignments")) == ["cam-1"]
+    assert repo.unassign_many("devices", ["cam-9"], keys.role("assignments")) == []
+    signed = json.loads(repo.published()["assignments"])["signed"]
+    assert signed["version"] == before + 3
+    assert repo.assign("devices", "cam-1", bundle.sha256, keys.role("assignments")) == 2
