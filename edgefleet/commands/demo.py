@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import warnings
 from pathlib import Path
 
 import click
@@ -11,13 +14,22 @@ from edgefleet.commands._console import make_console
 __all__ = ["demo"]
 
 
+def _quiet_libraries() -> None:
+    """TensorFlow's C++ and Python chatter would bury the demo's own output."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+
+
 @click.command()
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path(".edgefleet-demo"),
     show_default=True,
-    help="Where the demo writes its data, models and bundles (emptied at the start of a run).",
+    help="Where the demo writes everything (emptied at the start of a run).",
 )
 @click.option(
     "--data",
@@ -26,17 +38,29 @@ __all__ = ["demo"]
     help="Use a labelled image folder with train/ and val/ (e.g. ../shared/datasets/trashnet) "
     "instead of generated data.",
 )
-@click.option("--fast", is_flag=True, help="Smaller data and shorter training (for CI).")
+@click.option(
+    "--fast", is_flag=True, help="Smaller data, shorter training and health windows (for CI)."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data and training.")
 def demo(workdir: Path, data: Path | None, fast: bool, seed: int) -> None:
-    """Run the main job end to end on one machine with embedded defaults.
+    """Run the whole loop on one machine: data to models to a fleet rolling versions out.
 
-    Today this trains a reference model on a generated conveyor data set,
-    converts it to TFLite, packs a bundle with golden vectors and a measured
-    quality report, verifies and runs it as a device would, and shows a
-    tampered copy being refused. The fleet part (server, devices, rollouts)
-    arrives with issue #8.
+    \b
+    1. data: the synthetic conveyor set (or --data DIR) and a conveyor video
+    2-3. train v1 briefly and v2 longer; convert each to int8 TFLite and ONNX
+       with an HTML parity report against the float model
+    4. v3: v2's model packed with v1's golden vectors (deliberately bad)
+    5. TUF keys; the release key signs the bundles
+    6. the fleet server with its embedded MQTT broker, and five cameras, each
+       an `edgefleet device run` process reading the video
+    7. v1 to every camera; v2 through a canary and two waves; v3, whose
+       canary refuses it, so the rollout stops and rolls back
+
+    A live view shows the cameras, their versions and the waves; then a
+    summary, and WORKDIR/report.html (parity reports, rollouts, latency) and
+    WORKDIR/summary.json. Ctrl-C stops the cameras, the server and the broker.
     """
+    _quiet_libraries()
     from edgefleet.demo import DemoOptions, run_demo
 
     status = run_demo(DemoOptions(workdir=workdir, data=data, fast=fast, seed=seed), make_console())

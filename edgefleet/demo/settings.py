@@ -1,0 +1,104 @@
+"""How big the demo is: normal (about five minutes on two cores) or ``--fast`` (for CI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleet_server.quality_gate import GateThresholds
+from fleet_server.rollout_spec import WaveSpec
+
+__all__ = ["Scale", "scale_for"]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Data, training, video and rollout timings of one demo size."""
+
+    per_train: int
+    per_val: int
+    size: int
+    epochs_v1: int
+    epochs_v2: int
+    calibration_samples: int
+    video_fps: float
+    cameras: int
+    canary_health_s: float
+    wave_health_s: float
+    probation_s: float
+    settle_s: float
+    """How long the cameras keep serving after the last rollout, before the demo stops them."""
+
+    def gate(self) -> GateThresholds:
+        """The model-quality gate of every wave.
+
+        Latencies here are fractions of a millisecond on a shared machine, so
+        a p95 may jitter by 2x between two runs of the same model: the ratio
+        limit is 3x. The class-distribution checks are off: a briefly trained
+        v1 and a longer trained v2 answer differently on purpose.
+        """
+        return GateThresholds(
+            min_samples=20,
+            max_latency_ratio=3.0,
+            max_budget_ratio=1.0,
+            max_error_rate=0.01,
+            max_confidence_drop=0.05,
+            max_baseline_confidence_drop=0.2,
+            max_class_shift=None,
+            max_baseline_class_shift=None,
+        )
+
+    def first_install(self) -> list[WaveSpec]:
+        """v1 on every camera at once (there is nothing to roll back to)."""
+        return [
+            WaveSpec(
+                percent=100,
+                device_timeout_s=120,
+                health_window_s=self.wave_health_s,
+                gate_timeout_s=60,
+                gate=self.gate(),
+            )
+        ]
+
+    def staged(self) -> list[WaveSpec]:
+        """A canary camera, then 40% of the fleet, then the rest."""
+        common = {"device_timeout_s": 120.0, "gate_timeout_s": 60.0, "gate": self.gate()}
+        return [
+            WaveSpec(count=1, health_window_s=self.canary_health_s, **common),
+            WaveSpec(percent=40, health_window_s=self.wave_health_s, **common),
+            WaveSpec(percent=100, health_window_s=self.wave_health_s, **common),
+        ]
+
+
+NORMAL = Scale(
+    per_train=80,
+    per_val=24,
+    size=80,
+    epochs_v1=4,
+    epochs_v2=14,
+    calibration_samples=120,
+    video_fps=15.0,
+    cameras=5,
+    canary_health_s=8.0,
+    wave_health_s=5.0,
+    probation_s=5.0,
+    settle_s=8.0,
+)
+FAST = Scale(
+    per_train=40,
+    per_val=12,
+    size=64,
+    epochs_v1=6,
+    epochs_v2=10,
+    calibration_samples=60,
+    video_fps=10.0,
+    cameras=5,
+    canary_health_s=3.0,
+    wave_health_s=2.0,
+    probation_s=2.0,
+    settle_s=3.0,
+)
+
+
+def scale_for(fast: bool) -> Scale:
+    """The demo size for ``--fast`` or a normal run."""
+    return FAST if fast else NORMAL
