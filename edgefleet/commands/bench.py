@@ -123,18 +123,19 @@ def _results_table(report: Any) -> Table:
         title="latency per frame, ms (end to end = decode + preprocess + invoke + postprocess; "
         "bare = the runtime's invoke alone, alternated in the same run)",
         title_justify="left",
+        box=None,
+        padding=(0, 1),
+        pad_edge=False,
     )
     for r in report.results:
         e2e, bare = r.stages.end_to_end, r.bare
-        ratio = (
-            f"{bare.invoke_ratio:.3f} [{bare.invoke_ratio_low:.3f}, {bare.invoke_ratio_high:.3f}]"
-        )
+        ratio = f"{bare.invoke_ratio:.3f}"
         budget = "-"
         if r.budget_p95_ms is not None:
             budget = f"{'[green]pass' if r.budget_pass else '[red]FAIL'} ≤{r.budget_p95_ms:g}[/]"
         table.add_row(
             f"{r.format} {r.precision}",
-            r.backend + ("+xnn" if r.xnnpack else ""),
+            r.backend.replace("onnxruntime", "ort") + ("+xnn" if r.xnnpack else ""),
             str(r.threads),
             _ms(r.init_ms),
             _ms(r.first_inference_ms),
@@ -168,6 +169,9 @@ def _stages_table(report: Any) -> Table:
         "runs",
         title="per-stage p50, ms",
         title_justify="left",
+        box=None,
+        padding=(0, 1),
+        pad_edge=False,
     )
     for r in report.results:
         s = r.stages
@@ -199,6 +203,9 @@ def _single_stream_table(report: Any) -> Table | None:
         "valid",
         title="single stream (MLPerf-style)",
         title_justify="left",
+        box=None,
+        padding=(0, 1),
+        pad_edge=False,
     )
     for r in rows:
         ss = r.single_stream
@@ -400,6 +407,27 @@ def _write_html(report: Any, out: Path, console: Console) -> None:
         html = write_html_report(report, out, plots=False)
         console.print(f"no plots: {exc}", style="yellow", markup=False)
     console.print(f"wrote {html}")
+
+
+@bench.command("report")
+@click.argument("report_json", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for report.html and the plots (default: next to the JSON).",
+)
+def report_command(report_json: Path, out: Path | None) -> None:
+    """Render the HTML report and plots from a latency.json (e.g. one made on a device).
+
+    A device needs only `edgefleet[device]` to measure; plotting needs the
+    `plot` extra, so copy latency.json to a workstation and render it there.
+    """
+    from edge_runtime.bench import load_report
+
+    report = load_report(report_json)
+    console = make_console()
+    console.print(_results_table(report))
+    _write_html(report, out or report_json.parent, console)
 
 
 @bench.command("compare")

@@ -114,6 +114,9 @@ def test_latency_report_has_every_field(
     for png in ("latency-cdf.png", "fp32-vs-int8.png", "stages.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG"), png
         assert png in html
+    rendered = run("bench", "report", str(out / "latency.json"), "--out", str(tmp_path / "again"))
+    assert rendered.returncode == 0, rendered.stderr
+    assert (tmp_path / "again" / "stages.png").exists()
 
 
 def test_latency_without_matplotlib_names_the_extra_and_still_writes_data(
