@@ -6,9 +6,10 @@ later), a replay of older metadata, a freeze, a forged signature, or a mix of
 two repository states. The verdict comes from ngclient's exception type; the
 details come from the metadata the device trusted before the refresh, what it
 trusts after the failure (ngclient persists each role as soon as it is
-verified) and what the broker offered. The offered payloads are parsed
-without verification and only to word the message: nothing here decides to
-trust anything.
+verified) and what the broker offered. The trusted files are only read as
+bytes before a refresh (:func:`read_trusted`); they and the offered payloads
+are parsed, without verification, only after a failure and only to word the
+message: nothing here decides to trust anything.
 """
 
 from __future__ import annotations
@@ -40,16 +41,17 @@ from edge_runtime.errors import (
     RollbackError,
     TrustError,
 )
+from edge_runtime.trust._names import BIN_NAME_PREFIX, suffix_for_role
 
 __all__ = ["ROLE_ORDER", "TrustedFiles", "explain", "read_trusted"]
 
 ROLE_ORDER = ("root", "timestamp", "snapshot", "targets", "assignments")
-"""The order in which ngclient loads (and so checks) the roles edgefleet uses."""
+"""The order in which ngclient loads (and so checks) the roles edgefleet uses; bins come last."""
 
 _ROOT_NAME_RE = re.compile(r"^([1-9][0-9]{0,9})\.root\.json$")
 
-TrustedFiles = Mapping[str, Signed]
-"""Role name -> the signed part of the metadata persisted in the device's metadata folder."""
+TrustedFiles = Mapping[str, bytes]
+"""Role name -> the bytes of the metadata persisted in the device's metadata folder."""
 
 
 def parse_signed(data: bytes | None) -> Signed | None:
@@ -63,18 +65,27 @@ def parse_signed(data: bytes | None) -> Signed | None:
     return signed
 
 
-def read_trusted(metadata_dir: Path) -> dict[str, Signed]:
-    """What ngclient has verified and persisted so far, per role (missing roles left out)."""
-    trusted: dict[str, Signed] = {}
-    for role in ROLE_ORDER:
+def read_trusted(metadata_dir: Path) -> dict[str, bytes]:
+    """What ngclient has verified and persisted so far, per role (missing roles left out).
+
+    Only reads bytes (a device persists the few bins it uses); parsing waits
+    for a failure that needs explaining.
+    """
+    trusted: dict[str, bytes] = {}
+    bins = sorted(
+        path.name.removesuffix(".json") for path in metadata_dir.glob(f"{BIN_NAME_PREFIX}-*.json")
+    )
+    for role in (*ROLE_ORDER, *bins):
         try:
-            data = (metadata_dir / f"{role}.json").read_bytes()
+            trusted[role] = (metadata_dir / f"{role}.json").read_bytes()
         except OSError:
             continue
-        signed = parse_signed(data)
-        if signed is not None:
-            trusted[role] = signed
     return trusted
+
+
+def _parse_all(files: TrustedFiles) -> dict[str, Signed]:
+    parsed = {role: parse_signed(data) for role, data in files.items()}
+    return {role: signed for role, signed in parsed.items() if signed is not None}
 
 
 def _role_of(url_name: str) -> str:
@@ -93,8 +104,8 @@ class _Failure:
     """Everything known about one failed refresh."""
 
     error: Exception
-    before: TrustedFiles
-    after: TrustedFiles
+    before: Mapping[str, Signed]
+    after: Mapping[str, Signed]
     offered: Mapping[str, bytes]
     served: Sequence[str]
 
@@ -108,13 +119,21 @@ class _Failure:
             name = self.served[-1] if self.served else ""
             match = _ROOT_NAME_RE.match(name)
             return parse_signed(self.offered.get(f"root/{match.group(1)}")) if match else None
-        return parse_signed(self.offered.get(role))
+        suffix = suffix_for_role(role)
+        return parse_signed(self.offered.get(suffix)) if suffix is not None else None
+
+    def roles(self) -> list[str]:
+        """Every role worth a look, in ngclient's loading order: top-level, assignments, then bins."""
+        bins = {role for role in self.after if role not in ROLE_ORDER}
+        if self.role is not None and self.role not in ROLE_ORDER:
+            bins.add(self.role)
+        return [*ROLE_ORDER, *sorted(bins)]
 
     def newest(self, role: str) -> Signed | None:
         """The newest of the trusted and the offered metadata for ``role`` (what ngclient looked at)."""
         candidates = [self.after.get(role)]
         if role != "root":
-            candidates.append(parse_signed(self.offered.get(role)))
+            candidates.append(self.offered_signed(role))
         present = [signed for signed in candidates if signed is not None]
         return max(present, key=lambda signed: signed.version) if present else None
 
@@ -133,7 +152,7 @@ def explain(
     names the fetcher answered, in order. An :class:`IncompleteMetadataError`
     means "not yet" (refresh again later); every other result is a refusal.
     """
-    failure = _Failure(error, before, after, offered, served)
+    failure = _Failure(error, _parse_all(before), _parse_all(after), offered, served)
     if isinstance(error, tuf_errors.DownloadHTTPError):
         return IncompleteMetadataError(str(error))
     if isinstance(error, tuf_errors.ExpiredMetadataError):
@@ -153,7 +172,7 @@ def explain(
 
 def _expired(failure: _Failure) -> MetadataExpiredError:
     now = datetime.now(timezone.utc)
-    for role in ROLE_ORDER:
+    for role in failure.roles():
         signed = failure.newest(role)
         if signed is not None and signed.is_expired(now):
             return MetadataExpiredError(
@@ -221,12 +240,14 @@ def _against_parent(failure: _Failure, role: str, offered: Signed) -> TrustError
         )
     return InconsistentMetadataError(
         f"{role} version {offered.version} does not match the length and hash that {parent} "
-        f"version {signer.version} signed for it: metadata from two repository states "
-        "(mix-and-match), refused"
+        f"version {signer.version} signed for it: tampered, or metadata from two repository "
+        "states (mix-and-match), refused"
     )
 
 
-def _rollback_inside(role: str, offered: Signed, before: TrustedFiles) -> RollbackError | None:
+def _rollback_inside(
+    role: str, offered: Signed, before: Mapping[str, Signed]
+) -> RollbackError | None:
     """A newer timestamp or snapshot that names an older version of the metadata below it."""
     trusted = before.get(role)
     if isinstance(offered, Timestamp) and isinstance(trusted, Timestamp):

@@ -8,6 +8,16 @@ every check of the TUF client workflow (signature thresholds, root rotation,
 rollback, freeze and mix-and-match protection) is ngclient's own. The trusted
 metadata lives in the device's metadata folder, which ngclient keeps.
 
+Assignments live in hashed bins (``bins/assignments-bin-<hex>``, TUF TAP 15):
+ngclient's delegation walk for ``assignments/devices/<id>`` loads the
+``assignments`` role and then only the one bin that path hashes into. The
+client keeps every bin payload it is offered as bytes, but verifies (and so
+parses) only the bins ngclient asks for: those holding the paths
+:meth:`TrustClient.assignment` was asked about. :meth:`TrustClient.offer`
+tells the caller to refresh only for new payloads that matter to it, so a
+wave that re-signs other devices' bins costs this device nothing but the new
+snapshot and timestamp.
+
 A device runs an assignment's bundle only if the release-signed ``targets``
 role lists that bundle with the same hash: :meth:`TrustClient.assignment`
 checks that, and :func:`verify_file` checks the downloaded bytes against the
@@ -33,7 +43,7 @@ from tuf.api import exceptions as tuf_errors
 
 # tuf.api.metadata re-exports its classes without __all__,
 # which mypy (no implicit re-export) reads as private; the types still resolve.
-from tuf.api.metadata import TargetFile  # type: ignore[attr-defined, unused-ignore]
+from tuf.api.metadata import Metadata, TargetFile, Targets  # type: ignore[attr-defined, unused-ignore]
 from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
@@ -46,13 +56,22 @@ from edge_runtime.errors import (
     UnknownTargetError,
 )
 from edge_runtime.trust._diagnosis import explain, read_trusted
+from edge_runtime.trust._names import (
+    BIN_NAME_PREFIX,
+    ROLE_SUFFIXES,
+    bin_of_suffix,
+    suffix_for_role,
+    suffix_for_url_name,
+)
 
 __all__ = [
+    "BIN_NAME_PREFIX",
     "BUNDLE_PREFIX",
     "Assignment",
     "BundleTarget",
     "MetadataFetcher",
     "TrustClient",
+    "suffix_for_role",
     "suffix_for_url_name",
     "verify_file",
 ]
@@ -67,23 +86,8 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ROOT_NAME_RE = re.compile(r"^([1-9][0-9]{0,9})\.root\.json$")
 _ROOT_SUFFIX_RE = re.compile(r"^root/[1-9][0-9]{0,9}$")
-_ROLE_SUFFIXES = frozenset({"timestamp", "snapshot", "targets", "assignments"})
 _BASE_URL = "mqtt-retained://edgefleet/tuf/"
-# Loads the delegated ``assignments`` role during refresh (no device id starts with ".").
-_PROBE = "assignments/devices/.probe"
 _READ_CHUNK = 1024 * 1024
-
-
-def suffix_for_url_name(name: str) -> str | None:
-    """The topic suffix (after ``PREFIX/tuf/``) carrying ngclient's metadata file ``name``.
-
-    ``3.root.json`` -> ``root/3``; ``timestamp.json``, ``snapshot.json``,
-    ``targets.json``, ``assignments.json`` -> the role name; anything else -> None.
-    """
-    if match := _ROOT_NAME_RE.match(name):
-        return f"root/{int(match.group(1))}"
-    role = name.removesuffix(".json")
-    return role if name.endswith(".json") and role in _ROLE_SUFFIXES else None
 
 
 class MetadataFetcher(FetcherInterface):
@@ -135,6 +139,19 @@ class Assignment:
     """``devices/<id>`` or ``groups/<name>``: the assignment target that matched."""
 
 
+@dataclass
+class _View:
+    """The updater of the last successful refresh, with the payloads its fetcher serves.
+
+    Bins not looked up during the refresh are loaded (and verified) from the
+    same payloads on first use, so a view never mixes two repository states.
+    """
+
+    updater: Updater
+    fetcher: MetadataFetcher
+    payloads: Mapping[str, bytes]
+
+
 class TrustClient:
     """Verified TUF metadata for one device, fed by retained MQTT messages.
 
@@ -142,6 +159,11 @@ class TrustClient:
     refreshes or queries. Queries answer from the last successful
     :meth:`refresh`; a refresh that fails keeps that view, except when
     metadata has expired (then queries raise until a refresh succeeds).
+
+    The client remembers the assignment paths :meth:`assignment` was asked
+    about (the device's own and its groups'): :meth:`refresh` verifies the
+    bins holding them, and :meth:`offer` reports a new bin only when it is
+    one of those (or before the first lookup, when any bin may be).
     """
 
     def __init__(
@@ -153,8 +175,13 @@ class TrustClient:
         self._payloads: dict[str, bytes] = {}
         self._payload_lock = threading.Lock()
         self._lock = threading.RLock()
-        self._view: Updater | None = None
+        self._view: _View | None = None
         self._last_error: TrustError | None = None
+        self._interest: dict[str, None] = {}
+        """Assignment target paths looked up so far, in first-asked order."""
+        self._relevant: frozenset[str] | None = None
+        """Bins holding :attr:`_interest` under the trusted ``assignments`` role; None: not known yet."""
+        self._relevant_source: tuple[bytes, int] | None = None
 
     @classmethod
     def provision(
@@ -205,14 +232,19 @@ class TrustClient:
         return self._last_error
 
     def offer(self, suffix: str, payload: bytes) -> bool:
-        """Keep ``payload`` as the latest retained message of ``PREFIX/tuf/<suffix>``.
+        """Keep ``payload`` as the latest retained message of ``PREFIX/tuf/<suffix>``; True if worth a refresh.
 
-        ``suffix`` is ``root/<N>``, ``timestamp``, ``snapshot``, ``targets`` or
-        ``assignments``; anything else is ignored (False). An empty payload
-        (MQTT's "retained message cleared") forgets the suffix. Nothing is
-        verified here: :meth:`refresh` does that.
+        ``suffix`` is ``root/<N>``, ``timestamp``, ``snapshot``, ``targets``,
+        ``assignments`` or ``bins/assignments-bin-<hex>``; anything else is
+        ignored. An empty payload (MQTT's "retained message cleared") forgets
+        the suffix. Nothing is verified or parsed here: :meth:`refresh` does
+        that. True only when the payload differs from the one kept and, for a
+        bin, when the bin holds one of this device's assignment paths (every
+        bin counts until the first :meth:`assignment` lookup); False tells the
+        caller a refresh would find nothing new for it.
         """
-        if suffix not in _ROLE_SUFFIXES and not _ROOT_SUFFIX_RE.match(suffix):
+        bin_name = bin_of_suffix(suffix)
+        if bin_name is None and suffix not in ROLE_SUFFIXES and not _ROOT_SUFFIX_RE.match(suffix):
             log.debug("ignoring metadata on unknown topic suffix %r", suffix)
             return False
         if len(payload) > self._config.targets_max_length:
@@ -224,15 +256,24 @@ class TrustClient:
             )
             return False
         with self._payload_lock:
+            current = self._payloads.get(suffix)
             if payload:
+                if current == payload:
+                    return False
                 self._payloads[suffix] = bytes(payload)
             else:
-                self._payloads.pop(suffix, None)
-        return True
+                if current is None:
+                    return False
+                del self._payloads[suffix]
+        relevant = self._relevant
+        return bin_name is None or relevant is None or bin_name in relevant
 
     def refresh(self) -> bool:
         """Verify what the broker holds with ngclient; True when it is all trusted now.
 
+        Verifies the top-level roles and, for every assignment path
+        :meth:`assignment` was asked about, the ``assignments`` role and the
+        bins holding those paths (other bins are neither parsed nor checked).
         False (reason in :attr:`last_error`, an :class:`IncompleteMetadataError`)
         when a message is missing or the payloads come from two consecutive
         repository states, as while new metadata is still arriving: nothing new
@@ -254,7 +295,8 @@ class TrustClient:
                     bootstrap=self._anchor(),
                 )
                 updater.refresh()
-                updater.get_targetinfo(_PROBE)
+                for path in self._interest:
+                    updater.get_targetinfo(path)
             except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
                 after = read_trusted(self.metadata_dir)
                 error = explain(exc, before, after, payloads, fetcher.served)
@@ -270,29 +312,46 @@ class TrustClient:
                 error = TrustError(f"cannot read or store metadata in {self.metadata_dir}: {exc}")
                 self._last_error = error
                 raise error from exc
-            self._view = updater
+            self._view = _View(updater, fetcher, payloads)
             self._last_error = None
+            self._update_relevant()
             log.debug("TUF metadata verified: %s", sorted(fetcher.served))
             return True
 
     def assignment(self, device_id: str, groups: Sequence[str] = ()) -> Assignment | None:
         """The verified assignment for ``device_id``: its own first, then its groups in order.
 
-        None when nothing is assigned. Raises :class:`UnknownTargetError` when
-        the assignment names a bundle the release-signed ``targets`` role does
-        not list with that hash, :class:`TrustError` when it is malformed or
-        no refresh has succeeded.
+        Loads and verifies, from the payloads of the last successful refresh,
+        only the bins holding these paths, and remembers the paths for later
+        refreshes and offers. None when nothing is assigned, or when a bin
+        this lookup needs has not arrived yet (:attr:`last_error` says which;
+        the bin's arrival makes :meth:`offer` return True). Raises
+        :class:`UnknownTargetError` when the assignment names a bundle the
+        release-signed ``targets`` role does not list with that hash,
+        :class:`TrustError` when it is malformed, its bin is refused (bad
+        signature, rollback, expiry, mix-and-match) or no refresh has succeeded.
         """
         candidates = [("devices", device_id), *(("groups", group) for group in groups)]
         for kind, name in candidates:
             if not _NAME_RE.match(name):
                 raise ValueError(f"{kind[:-1]} name {name!r} is not a valid assignment name")
+        paths = [(f"assignments/{kind}/{name}", f"{kind}/{name}") for kind, name in candidates]
         with self._lock:
             view = self._require_view()
-            for kind, name in candidates:
-                info = _lookup(view, f"assignments/{kind}/{name}")
-                if info is not None:
-                    return _resolve(view, info, f"{kind}/{name}")
+            new = [path for path, _ in paths if path not in self._interest]
+            self._interest.update(dict.fromkeys(new))
+            try:
+                for path, source in paths:
+                    info = self._lookup_assignment(view, path)
+                    if info is not None:
+                        return _resolve(view, info, source)
+            except IncompleteMetadataError as exc:
+                self._last_error = exc
+                log.info("assignment of %s not known yet: %s", device_id, exc)
+                return None
+            finally:
+                if new:
+                    self._update_relevant()
         return None
 
     def bundle_target(self, sha256: str) -> BundleTarget:
@@ -327,11 +386,55 @@ class TrustClient:
             )
         return anchor
 
-    def _require_view(self) -> Updater:
+    def _require_view(self) -> _View:
         if self._view is None:
             reason = f" (last error: {self._last_error})" if self._last_error else ""
             raise TrustError(f"no verified TUF metadata: no refresh has succeeded{reason}")
         return self._view
+
+    def _lookup_assignment(self, view: _View, path: str) -> TargetFile | None:
+        """ngclient's lookup of ``path``, loading its bin if needed; failures explained like a refresh's."""
+        before = read_trusted(self.metadata_dir)
+        served = len(view.fetcher.served)
+        try:
+            return view.updater.get_targetinfo(path)
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
+            after = read_trusted(self.metadata_dir)
+            error = explain(exc, before, after, view.payloads, view.fetcher.served[served:])
+            if not isinstance(error, IncompleteMetadataError):
+                log.warning("TUF metadata refused: %s", error)
+            raise error from exc
+        except OSError as exc:
+            raise TrustError(
+                f"cannot read or store metadata in {self.metadata_dir}: {exc}"
+            ) from exc
+
+    def _update_relevant(self) -> None:
+        """Work out which bins hold the paths of interest, from the trusted ``assignments`` role.
+
+        ngclient persists a role only after verifying it, so the file read
+        here is trusted; it only decides which offers are worth a refresh.
+        """
+        if not self._interest:
+            return
+        try:
+            data = (self.metadata_dir / "assignments.json").read_bytes()
+        except OSError:
+            return  # not loaded yet: every bin may matter
+        source = (data, len(self._interest))  # the interest only grows
+        if source == self._relevant_source:
+            return
+        try:
+            signed = Metadata[Targets].from_bytes(data).signed
+        except tuf_errors.RepositoryError:
+            return
+        delegations = signed.delegations if isinstance(signed, Targets) else None
+        succinct = delegations.succinct_roles if delegations is not None else None
+        if succinct is None:
+            relevant: frozenset[str] = frozenset()  # no bins: assignments are in the role itself
+        else:
+            relevant = frozenset(succinct.get_role_for_target(path) for path in self._interest)
+        self._relevant, self._relevant_source = relevant, source
 
 
 def verify_file(path: str | os.PathLike[str], target: BundleTarget | Assignment) -> None:
@@ -391,9 +494,9 @@ def _read_or_none(path: Path) -> bytes | None:
         return None
 
 
-def _lookup(view: Updater, path: str) -> TargetFile | None:
+def _lookup(view: _View, path: str) -> TargetFile | None:
     try:
-        return view.get_targetinfo(path)
+        return view.updater.get_targetinfo(path)
     except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
         raise TrustError(f"cannot look up target {path}: {exc}") from exc
 
@@ -405,7 +508,7 @@ def _canonical(value: Any) -> bytes:
     return encoded.encode("utf-8")
 
 
-def _resolve(view: Updater, info: TargetFile, source: str) -> Assignment:
+def _resolve(view: _View, info: TargetFile, source: str) -> Assignment:
     custom = info.custom
     bundle = custom.get("bundle") if isinstance(custom, dict) else None
     number = custom.get("assignment") if isinstance(custom, dict) else None
@@ -432,7 +535,7 @@ def _resolve(view: Updater, info: TargetFile, source: str) -> Assignment:
     )
 
 
-def _bundle(view: Updater, sha256: str, context: str | None = None) -> BundleTarget:
+def _bundle(view: _View, sha256: str, context: str | None = None) -> BundleTarget:
     path = f"{BUNDLE_PREFIX}{sha256}.efb"
     info = _lookup(view, path)
     if info is None:

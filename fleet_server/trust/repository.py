@@ -2,18 +2,28 @@
 
 One metadata folder holds ``1.root.json``, ``2.root.json``, ... (every root
 version; ``root.json`` is a copy of the newest), ``targets.json``,
-``assignments.json``, ``snapshot.json`` and ``timestamp.json``, each written
-atomically, plus ``assignment_counters.json`` (private bookkeeping, never
-published). Consistent snapshots are off: MQTT keeps one retained payload
-per topic (``docs/protocol.md``, "TUF metadata over MQTT").
+``assignments.json``, one ``assignments-bin-<hex>.json`` per hashed bin,
+``snapshot.json`` and ``timestamp.json``, each written atomically, plus
+``assignment_counters.json`` (private bookkeeping, never published).
+Consistent snapshots are off: MQTT keeps one retained payload per topic
+(``docs/protocol.md``, "TUF metadata over MQTT").
 
 - The top-level ``targets`` role (the *release key*) lists every released
   bundle as ``bundles/<sha256>.efb`` and delegates ``assignments/devices/*``
   and ``assignments/groups/*`` to the ``assignments`` role (terminating).
-- The ``assignments`` role (online key) maps ``assignments/<kind>/<name>`` to
-  ``custom: {"bundle": "bundles/<sha256>.efb", "assignment": <n>}``.
+- The ``assignments`` role (online key) lists no target itself: it delegates
+  every path to ``2**bit_length`` *hashed bins* (TUF TAP 15 succinct
+  delegation, as PEP 458 does; ``bit_length`` is chosen at
+  :meth:`Repository.create` and kept in the metadata). A path belongs to the
+  bin numbered by the leading ``bit_length`` bits of its sha256, named
+  ``assignments-bin-<hex>``; every bin is signed by the same online
+  assignments key(s).
+- Each bin maps its ``assignments/<kind>/<name>`` paths to
+  ``custom: {"bundle": "bundles/<sha256>.efb", "assignment": <n>}``. A change
+  re-signs only the bins it touches, and a device loads only the bins its
+  own paths hash into, however large the fleet.
 - ``snapshot`` and ``timestamp`` (online keys) pin the versions, lengths and
-  sha256 of what they describe.
+  sha256 of what they describe (snapshot: targets, assignments, every bin).
 
 The fleet server needs only the online keys: :meth:`Repository.assign`,
 :meth:`Repository.unassign` and :meth:`Repository.snapshot_and_timestamp`
@@ -47,6 +57,7 @@ from tuf.api.metadata import (  # type: ignore[attr-defined, unused-ignore]
     MetaFile,
     Root,
     Snapshot,
+    SuccinctRoles,
     TargetFile,
     Targets,
     Timestamp,
@@ -55,12 +66,15 @@ from tuf.api.metadata import (  # type: ignore[attr-defined, unused-ignore]
 from edge_runtime.atomic import atomic_write_bytes, atomic_write_text
 from edge_runtime.bundle import read_bundle
 from edge_runtime.errors import BundleError
+from edge_runtime.trust import BIN_NAME_PREFIX, suffix_for_role
 from fleet_server.errors import KeyManagementError, ReleaseError
 from fleet_server.trust.keys import KeySet
 
 __all__ = [
     "ASSIGNMENTS_ROLE",
     "ASSIGNMENT_PATHS",
+    "BIN_NAME_PREFIX",
+    "DEFAULT_BINS",
     "AssignmentKind",
     "Expiry",
     "ReleasedBundle",
@@ -74,6 +88,9 @@ ASSIGNMENTS_ROLE = "assignments"
 """The delegated role, signed by the online key, that says which bundle each device or group runs."""
 ASSIGNMENT_PATHS = ["assignments/devices/*", "assignments/groups/*"]
 """Target paths the ``assignments`` role may sign (TUF patterns match one path segment per ``*``)."""
+DEFAULT_BINS = 64
+"""Hashed bins of a new repository: about 16 devices per bin in a fleet of 1,000."""
+_MAX_BINS = 1 << 12
 
 AssignmentKind = Literal["devices", "groups"]
 Signers = Signer | Sequence[Signer]
@@ -129,12 +146,23 @@ class Repository:
 
     @classmethod
     def create(
-        cls, folder: str | os.PathLike[str], keys: KeySet, expiry: Expiry | None = None
+        cls,
+        folder: str | os.PathLike[str],
+        keys: KeySet,
+        expiry: Expiry | None = None,
+        *,
+        bins: int = DEFAULT_BINS,
     ) -> Repository:
-        """Create root v1, targets (delegating to ``assignments``), assignments, snapshot, timestamp.
+        """Create root v1, targets, assignments (delegating to ``bins`` hashed bins), the bins, snapshot, timestamp.
 
-        ``keys`` must hold a threshold of signers for every role.
+        ``keys`` must hold a threshold of signers for every role. ``bins`` is
+        a power of two from 2 to 4096; it is fixed for the life of the
+        repository (the ``bit_length`` of the succinct delegation in
+        ``assignments``), so choose it for the largest fleet expected:
+        a device downloads about ``assigned paths / bins`` assignments.
         """
+        if bins < 2 or bins > _MAX_BINS or bins & (bins - 1):
+            raise ReleaseError(f"bins must be a power of two from 2 to {_MAX_BINS}, not {bins}")
         target = Path(folder)
         expiry = expiry or Expiry()
         target.mkdir(parents=True, exist_ok=True)
@@ -164,14 +192,32 @@ class Repository:
         _sign(root_md, keys.role("root"), root, "root")
         targets_md = Metadata(targets)
         _sign(targets_md, keys.role("targets"), root, "targets")
-        assignments_md = Metadata(Targets(expires=expiry.expires(ASSIGNMENTS_ROLE)))
+        succinct = SuccinctRoles(
+            keyids=[key.keyid for key in assignment_keys],
+            threshold=_checked_threshold(keys, ASSIGNMENTS_ROLE),
+            bit_length=bins.bit_length() - 1,
+            name_prefix=BIN_NAME_PREFIX,
+        )
+        assignments = Targets(
+            expires=expiry.expires(ASSIGNMENTS_ROLE),
+            delegations=Delegations(
+                keys={key.keyid: key for key in assignment_keys}, succinct_roles=succinct
+            ),
+        )
+        assignments_md = Metadata(assignments)
         _sign(assignments_md, keys.role(ASSIGNMENTS_ROLE), targets, ASSIGNMENTS_ROLE)
+        bin_mds = {}
+        for name in succinct.get_roles():
+            bin_mds[name] = Metadata(Targets(expires=expiry.expires(ASSIGNMENTS_ROLE)))
+            _sign(bin_mds[name], keys.role(ASSIGNMENTS_ROLE), assignments, name)
         _write_root(target, root_md)
         repo = cls(target, expiry)
         repo._write("targets", targets_md)
         repo._write(ASSIGNMENTS_ROLE, assignments_md)
+        for name, md in bin_mds.items():
+            repo._write(name, md)
         repo._write_snapshot_and_timestamp(keys.role("snapshot"), keys.role("timestamp"), root)
-        log.info("created TUF repository in %s", target)
+        log.info("created TUF repository in %s (%d assignment bins)", target, bins)
         return repo
 
     # --- reading -----------------------------------------------------------------
@@ -202,18 +248,29 @@ class Repository:
         """Every assignment, ``"<kind>/<name>"`` -> ``{"bundle": ..., "assignment": n}``."""
         return {
             path.removeprefix("assignments/"): dict(info.custom)
-            for path, info in self._load(ASSIGNMENTS_ROLE, Targets).signed.targets.items()
+            for name in self.bins()
+            for path, info in self._load(name, Targets).signed.targets.items()
         }
+
+    def bins(self) -> list[str]:
+        """The names of every hashed bin the ``assignments`` role delegates to, in order."""
+        return list(self._succinct().get_roles())
+
+    def bin_for(self, kind: AssignmentKind, name: str) -> str:
+        """The bin that holds (or would hold) ``assignments/<kind>/<name>``."""
+        return self._succinct().get_role_for_target(_assignment_path(kind, name))
 
     def published(self) -> dict[str, bytes]:
         """The payload of every retained ``PREFIX/tuf/<suffix>`` topic, in publishing order.
 
-        ``root/1`` ... ``root/N`` first, then ``assignments``, ``targets``,
-        ``snapshot``, ``timestamp`` (``docs/protocol.md``).
+        ``root/1`` ... ``root/N`` first, then ``assignments``, every bin
+        (``bins/assignments-bin-<hex>``), ``targets``, ``snapshot``,
+        ``timestamp`` (``docs/protocol.md``): what a snapshot names is on the
+        broker before the snapshot, and the snapshot before its timestamp.
         """
         payloads = {f"root/{v}": self._read_file(f"{v}.root.json") for v in self._root_versions()}
-        for role in (ASSIGNMENTS_ROLE, "targets", "snapshot", "timestamp"):
-            payloads[role] = self._read_file(f"{role}.json")
+        for role in (ASSIGNMENTS_ROLE, *self.bins(), "targets", "snapshot", "timestamp"):
+            payloads[_suffix(role)] = self._read_file(f"{role}.json")
         return payloads
 
     # --- release key -------------------------------------------------------------
@@ -283,10 +340,12 @@ class Repository:
     def assign_many(
         self, kind: AssignmentKind, names: Sequence[str], bundle_sha256: str, signer: Signers
     ) -> dict[str, int]:
-        """:meth:`assign` for many names at once: one new version of the role, signed once.
+        """:meth:`assign` for many names at once: one new version of each bin they touch, signed once.
 
-        A wave of a thousand devices costs one signature and one write, not a
-        thousand. Returns each name's new assignment number.
+        A wave of a thousand devices costs one signature and one write per
+        touched bin (at most the bin count), not a thousand; bins holding
+        none of ``names`` keep their version. Returns each name's new
+        assignment number.
         """
         if not _SHA256_RE.match(bundle_sha256):
             raise ReleaseError(
@@ -301,28 +360,34 @@ class Repository:
         paths = {name: _assignment_path(kind, name) for name in names}
         if not paths:
             return {}
-        md = self._load(ASSIGNMENTS_ROLE, Targets)
+        delegator, by_bin = self._by_bin(paths)
         counters = self._counters()
         numbers: dict[str, int] = {}
-        for name, target_path in paths.items():
-            current = md.signed.targets.get(target_path)
-            previous = current.custom.get("assignment", 0) if current and current.custom else 0
-            number = max(counters.get(target_path, 0), int(previous)) + 1
-            custom = {"bundle": bundle, "assignment": number}
-            info = TargetFile.from_data(target_path, _canonical(custom), _HASH_ALGORITHMS)
-            info.unrecognized_fields["custom"] = custom
-            md.signed.targets[target_path] = info
-            counters[target_path] = number
-            numbers[name] = number
-        self._bump(md, ASSIGNMENTS_ROLE)
-        _sign(md, signer, self._load("targets", Targets).signed, ASSIGNMENTS_ROLE)
+        changed: list[tuple[str, Metadata[Targets]]] = []
+        for bin_name, members in by_bin.items():
+            md = self._load(bin_name, Targets)
+            for name, target_path in members.items():
+                current = md.signed.targets.get(target_path)
+                previous = current.custom.get("assignment", 0) if current and current.custom else 0
+                number = max(counters.get(target_path, 0), int(previous)) + 1
+                custom = {"bundle": bundle, "assignment": number}
+                info = TargetFile.from_data(target_path, _canonical(custom), _HASH_ALGORITHMS)
+                info.unrecognized_fields["custom"] = custom
+                md.signed.targets[target_path] = info
+                counters[target_path] = number
+                numbers[name] = number
+            self._bump(md, ASSIGNMENTS_ROLE)
+            _sign(md, signer, delegator, bin_name)
+            changed.append((bin_name, md))
         atomic_write_text(self.folder / _COUNTERS, json.dumps(counters, indent=2, sort_keys=True))
-        self._write(ASSIGNMENTS_ROLE, md)
+        for bin_name, md in changed:
+            self._write(bin_name, md)
         log.info(
-            "assigned %d %s -> bundle %s (%s)",
+            "assigned %d %s -> bundle %s in %d bin(s) (%s)",
             len(numbers),
             kind,
             bundle_sha256[:12],
+            len(changed),
             ", ".join(f"{p} #{numbers[n]}" for n, p in list(paths.items())[:3])
             + (", ..." if len(paths) > 3 else ""),
         )
@@ -335,32 +400,47 @@ class Repository:
     def unassign_many(
         self, kind: AssignmentKind, names: Sequence[str], signer: Signers
     ) -> list[str]:
-        """:meth:`unassign` for many names, signed once; the names that were assigned."""
-        md = self._load(ASSIGNMENTS_ROLE, Targets)
-        removed = [
-            name
-            for name in names
-            if md.signed.targets.pop(_assignment_path(kind, name), None) is not None
-        ]
-        if not removed:
+        """:meth:`unassign` for many names, one signature per bin that changed; the names that were assigned."""
+        paths = {name: _assignment_path(kind, name) for name in names}
+        if not paths:
             return []
-        self._bump(md, ASSIGNMENTS_ROLE)
-        _sign(md, signer, self._load("targets", Targets).signed, ASSIGNMENTS_ROLE)
-        self._write(ASSIGNMENTS_ROLE, md)
-        log.info("unassigned %d %s: %s", len(removed), kind, ", ".join(removed[:3]))
-        return removed
+        delegator, by_bin = self._by_bin(paths)
+        removed: list[str] = []
+        changed: list[tuple[str, Metadata[Targets]]] = []
+        for bin_name, members in by_bin.items():
+            md = self._load(bin_name, Targets)
+            gone = [name for name, path in members.items() if md.signed.targets.pop(path, None)]
+            if not gone:
+                continue
+            removed.extend(gone)
+            self._bump(md, ASSIGNMENTS_ROLE)
+            _sign(md, signer, delegator, bin_name)
+            changed.append((bin_name, md))
+        for bin_name, md in changed:
+            self._write(bin_name, md)
+        if removed:
+            log.info("unassigned %d %s: %s", len(removed), kind, ", ".join(removed[:3]))
+        order = {name: i for i, name in enumerate(paths)}
+        return sorted(removed, key=order.__getitem__)
 
     def resign(self, role: Literal["targets", "assignments"], signers: Signers) -> int:
-        """Sign ``role`` again with a new version and expiry (before it expires, after a key change)."""
+        """Sign ``role`` again with a new version and expiry (before it expires, after a key change).
+
+        ``assignments`` re-signs the delegating role and every bin (they
+        expire together); the version returned is the delegating role's.
+        """
         md = self._load(role, Targets)
         delegator = self._root() if role == "targets" else self._load("targets", Targets).signed
         self._bump(md, role)
         _sign(md, signers, delegator, role)
+        bins = self._resigned_bins(md.signed, signers) if role == ASSIGNMENTS_ROLE else []
         self._write(role, md)
+        for bin_name, bin_md in bins:
+            self._write(bin_name, bin_md)
         return md.signed.version
 
     def snapshot_and_timestamp(self, snapshot: Signers, timestamp: Signers) -> None:
-        """Sign a new snapshot (versions, lengths, sha256 of targets and assignments) and timestamp."""
+        """Sign a new snapshot (versions, lengths, sha256 of targets, assignments and every bin) and timestamp."""
         self._write_snapshot_and_timestamp(snapshot, timestamp, self._root())
 
     # --- root key ----------------------------------------------------------------
@@ -433,21 +513,27 @@ class Repository:
         release_signer: Signers,
         assignments_signer: Signers,
     ) -> None:
-        """Replace the online assignments key: targets re-signed by the release key, assignments by the new key."""
+        """Replace the online assignments key: targets re-signed by the release key, assignments and every bin by the new key."""
         old_keyid = old_key if isinstance(old_key, str) else old_key.keyid
         targets = self._load("targets", Targets)
+        assignments = self._load(ASSIGNMENTS_ROLE, Targets)
+        self._succinct(assignments.signed)
         try:
             targets.signed.revoke_key(old_keyid, ASSIGNMENTS_ROLE)
+            assignments.signed.revoke_key(old_keyid)
         except ValueError as exc:
             raise KeyManagementError(f"cannot rotate the assignments key: {exc}") from exc
         targets.signed.add_key(new_key, ASSIGNMENTS_ROLE)
+        assignments.signed.add_key(new_key)
         self._bump(targets, "targets")
         _sign(targets, release_signer, self._root(), "targets")
-        assignments = self._load(ASSIGNMENTS_ROLE, Targets)
         self._bump(assignments, ASSIGNMENTS_ROLE)
         _sign(assignments, assignments_signer, targets.signed, ASSIGNMENTS_ROLE)
+        bins = self._resigned_bins(assignments.signed, assignments_signer)
         self._write("targets", targets)
         self._write(ASSIGNMENTS_ROLE, assignments)
+        for bin_name, bin_md in bins:
+            self._write(bin_name, bin_md)
 
     # --- internals ---------------------------------------------------------------
 
@@ -465,7 +551,9 @@ class Repository:
             raise ReleaseError(f"cannot read {name} in {self.folder}: {exc}") from exc
 
     def _load(self, role: str, kind: type[_T]) -> Metadata[_T]:
-        data = self._read_file(f"{role}.json")
+        return self._parse(role, self._read_file(f"{role}.json"), kind)
+
+    def _parse(self, role: str, data: bytes, kind: type[_T]) -> Metadata[_T]:
         try:
             md = Metadata[_T].from_bytes(data)
         except RepositoryError as exc:
@@ -479,6 +567,38 @@ class Repository:
 
     def _root(self) -> Root:
         return self._load_root().signed
+
+    def _succinct(self, assignments: Targets | None = None) -> SuccinctRoles:
+        """The hashed-bin delegation of the ``assignments`` role."""
+        signed = assignments or self._load(ASSIGNMENTS_ROLE, Targets).signed
+        delegations = signed.delegations
+        if delegations is None or delegations.succinct_roles is None:
+            raise ReleaseError(
+                f"{self.folder / ASSIGNMENTS_ROLE}.json does not delegate to hashed bins "
+                "(a repository made before bins existed): create a new repository"
+            )
+        return delegations.succinct_roles
+
+    def _by_bin(self, paths: dict[str, str]) -> tuple[Targets, dict[str, dict[str, str]]]:
+        """The ``assignments`` role and ``paths`` (name -> target path) grouped by bin, bins sorted."""
+        assignments = self._load(ASSIGNMENTS_ROLE, Targets).signed
+        succinct = self._succinct(assignments)
+        by_bin: dict[str, dict[str, str]] = {}
+        for name, path in paths.items():
+            by_bin.setdefault(succinct.get_role_for_target(path), {})[name] = path
+        return assignments, dict(sorted(by_bin.items()))
+
+    def _resigned_bins(
+        self, assignments: Targets, signers: Signers
+    ) -> list[tuple[str, Metadata[Targets]]]:
+        """Every bin with a new version and expiry, signed by ``signers`` (not written yet)."""
+        bins = []
+        for bin_name in self._succinct(assignments).get_roles():
+            md = self._load(bin_name, Targets)
+            self._bump(md, ASSIGNMENTS_ROLE)
+            _sign(md, signers, assignments, bin_name)
+            bins.append((bin_name, md))
+        return bins
 
     def _counters(self) -> dict[str, int]:
         path = self.folder / _COUNTERS
@@ -528,9 +648,9 @@ class Repository:
         self, snapshot_signers: Signers, timestamp_signers: Signers, root: Root
     ) -> None:
         meta: dict[str, MetaFile] = {}
-        for role in ("targets", ASSIGNMENTS_ROLE):
+        for role in ("targets", ASSIGNMENTS_ROLE, *self.bins()):
             data = self._read_file(f"{role}.json")
-            version = self._load(role, Targets).signed.version
+            version = self._parse(role, data, Targets).signed.version
             meta[f"{role}.json"] = MetaFile.from_data(version, data, _HASH_ALGORITHMS)
         snapshot_path = self.folder / "snapshot.json"
         snapshot_version = (
@@ -565,6 +685,14 @@ def _write_root(folder: Path, md: Metadata[Root]) -> None:
     data = md.to_bytes()
     atomic_write_bytes(folder / f"{md.signed.version}.root.json", data)
     atomic_write_bytes(folder / "root.json", data)
+
+
+def _suffix(role: str) -> str:
+    """The topic suffix of ``role`` (``docs/protocol.md``); every role this repository writes has one."""
+    suffix = suffix_for_role(role)
+    if suffix is None:
+        raise ReleaseError(f"role {role!r} has no edgefleet topic")
+    return suffix
 
 
 def _assignment_path(kind: str, name: str) -> str:
@@ -609,12 +737,13 @@ def _sign(md: Metadata[Any], signers: Signers, delegator: Root | Targets, role: 
         delegated = delegator.get_delegated_role(role)
     except ValueError as exc:
         raise KeyManagementError(f"{role} is not a delegated role here: {exc}") from exc
+    owner = ASSIGNMENTS_ROLE if role.startswith(f"{BIN_NAME_PREFIX}-") else role  # bins: its keys
     md.signatures.clear()
     for signer in _as_list(signers):
         keyid = signer.public_key.keyid
         if keyid not in delegated.keyids:
             raise KeyManagementError(
-                f"key {keyid[:12]}... is not one of the {role} keys: refusing to sign {role} with it"
+                f"key {keyid[:12]}... is not one of the {owner} keys: refusing to sign {role} with it"
             )
         _add_signature(md, signer)
     try:

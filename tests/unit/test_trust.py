@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from securesystemslib.formats import encode_canonical
@@ -100,8 +101,14 @@ def provision(tmp_path: Path, fleet: Fleet, name: str = "cam-1") -> TrustClient:
 
 
 def deliver(client: TrustClient, payloads: Mapping[str, bytes]) -> None:
+    """Hand the device every payload, as the broker does (offer says which were worth a refresh)."""
     for suffix, payload in payloads.items():
-        assert client.offer(suffix, payload)
+        client.offer(suffix, payload)
+
+
+def bin_topic(fleet: Fleet, kind: Literal["devices", "groups"], name: str) -> str:
+    """The topic suffix of the bin that holds ``assignments/<kind>/<name>``."""
+    return f"bins/{fleet.repo.bin_for(kind, name)}"
 
 
 def released_and_assigned(
@@ -134,7 +141,8 @@ def test_release_assign_refresh_and_verify(tmp_path: Path, bundles: Bundles) -> 
     fleet = released_and_assigned(tmp_path, bundles)
     fleet.repo.assign("groups", "line-a", bundles.sha["1.1.0"], fleet.online.role("assignments"))
     published = fleet.publish()
-    assert list(published) == ["root/1", "assignments", "targets", "snapshot", "timestamp"]
+    bins = [f"bins/assignments-bin-{i:02x}" for i in range(64)]
+    assert list(published) == ["root/1", "assignments", *bins, "targets", "snapshot", "timestamp"]
 
     client = provision(tmp_path, fleet)
     deliver(client, published)
@@ -164,9 +172,15 @@ def test_release_assign_refresh_and_verify(tmp_path: Path, bundles: Bundles) -> 
     verify_file(bundles.paths["1.0.0"], own)
     client.verify_file(bundles.paths["1.1.0"], target)
     # the device folder now holds what ngclient verified
-    assert {"root.json", "timestamp.json", "snapshot.json", "targets.json", "assignments.json"} <= {
-        p.name for p in client.metadata_dir.iterdir()
-    }
+    names = {p.name for p in client.metadata_dir.iterdir()}
+    assert {"root.json", "timestamp.json", "snapshot.json", "targets.json", "assignments.json"} <= (
+        names
+    )
+    # ...and of the 64 bins only those holding the paths it looked up
+    looked_up = [("devices", "cam-1"), ("groups", "line-a"), ("devices", "cam-2")]
+    looked_up += [("groups", "line-b"), ("devices", "cam-3")]
+    expected = {f"{fleet.repo.bin_for(kind, name)}.json" for kind, name in looked_up}  # type: ignore[arg-type]
+    assert {n for n in names if n.startswith("assignments-bin-")} == expected
 
 
 def test_refresh_waits_for_missing_retained_messages(tmp_path: Path, bundles: Bundles) -> None:
@@ -178,11 +192,21 @@ def test_refresh_waits_for_missing_retained_messages(tmp_path: Path, bundles: Bu
     with pytest.raises(TrustError, match="no refresh has succeeded"):
         client.assignment("cam-1")
 
-    deliver(client, {k: v for k, v in fleet.broker.items() if k != "assignments"})
-    assert client.refresh() is False
+    own_bin = bin_topic(fleet, "devices", "cam-1")
+    deliver(client, {k: v for k, v in fleet.broker.items() if k not in ("assignments", own_bin)})
+    assert client.refresh() is True  # the top-level roles are complete
+    assert client.assignment("cam-1") is None  # but the assignments role is not there yet
+    assert isinstance(client.last_error, IncompleteMetadataError)
     assert "assignments.json" in str(client.last_error)
-    deliver(client, {"assignments": fleet.broker["assignments"]})
+    assert client.offer("assignments", fleet.broker["assignments"]) is True
+    # the client now knows which paths matter: refresh checks them, and cam-1's bin is missing
+    assert client.refresh() is False
+    assert f"no retained message for {own_bin.removeprefix('bins/')}.json" in str(client.last_error)
+    assert client.offer(own_bin, fleet.broker[own_bin]) is True
+    assert client.offer(own_bin, fleet.broker[own_bin]) is False  # unchanged
     assert client.refresh() is True
+    assignment = client.assignment("cam-1")
+    assert assignment is not None and assignment.bundle_sha256 == bundles.sha["1.0.0"]
     assert client.offer("bundles/x/meta", b"{}") is False
 
 
@@ -191,7 +215,19 @@ def test_topic_suffixes_map_to_ngclient_file_names() -> None:
     assert suffix_for_url_name("12.root.json") == "root/12"
     for role in ("timestamp", "snapshot", "targets", "assignments"):
         assert suffix_for_url_name(f"{role}.json") == role
-    for other in ("root.json", "0.root.json", "3.snapshot.json", "bundles/x.efb", "evil.json"):
+    assert suffix_for_url_name("assignments-bin-3f.json") == "bins/assignments-bin-3f"
+    assert suffix_for_url_name("assignments-bin-000.json") == "bins/assignments-bin-000"
+    for other in (
+        "root.json",
+        "0.root.json",
+        "3.snapshot.json",
+        "bundles/x.efb",
+        "evil.json",
+        "assignments-bin-.json",
+        "assignments-bin-zz.json",
+        "assignments-bin-3f",
+        "../assignments-bin-3f.json",
+    ):
         assert suffix_for_url_name(other) is None
 
 
@@ -252,7 +288,7 @@ def test_device_refuses_an_assignment_to_a_bundle_no_release_key_signed(
 ) -> None:
     fleet = released_and_assigned(tmp_path, bundles)
     # A compromised fleet server signs an assignment to unreleased bytes with its online key.
-    path = fleet.repo.folder / "assignments.json"
+    path = fleet.repo.folder / f"{fleet.repo.bin_for('devices', 'cam-1')}.json"
     md = Metadata[Targets].from_bytes(path.read_bytes())
     custom = {"bundle": f"bundles/{bundles.sha['2.0.0']}.efb", "assignment": 9}
     encoded = encode_canonical(custom)
@@ -352,27 +388,33 @@ def test_metadata_from_two_states_is_refused(tmp_path: Path, bundles: Bundles) -
     client = provision(tmp_path, fleet)
     deliver(client, fleet.broker)
     assert client.refresh()
+    assert client.assignment("cam-1") is not None
     old = dict(fleet.broker)
     fork = Repository(shutil.copytree(fleet.repo.folder, tmp_path / "fork"))
+    own_bin = bin_topic(fleet, "devices", "cam-1")
+    name = own_bin.removeprefix("bins/")
 
     assignments = fleet.online.role("assignments")
     fleet.repo.assign("devices", "cam-1", bundles.sha["1.1.0"], assignments)
     new = fleet.publish()
-    # Timestamp and snapshot of the new state, assignments of the old: not trusted (yet).
-    deliver(client, {**new, "assignments": old["assignments"]})
+    # Timestamp and snapshot of the new state, cam-1's bin of the old: not trusted (yet).
+    deliver(client, {**new, own_bin: old[own_bin]})
     assert client.refresh() is False
     assert isinstance(client.last_error, IncompleteMetadataError)
-    assert "names assignments version 3; the broker holds assignments version 2 so far" in str(
+    assert f"names {name} version 3; the broker holds {name} version 2 so far" in str(
         client.last_error
     )
     assignment = client.assignment("cam-1")
     assert assignment is not None and assignment.bundle_sha256 == bundles.sha["1.0.0"]
 
     # A forked state with the same versions but other content: a mix, refused outright.
-    fork.assign("devices", "cam-9", bundles.sha["1.0.0"], assignments)
+    neighbour = next(
+        f"cam-{i}" for i in range(2, 10_000) if bin_topic(fleet, "devices", f"cam-{i}") == own_bin
+    )
+    fork.assign("devices", neighbour, bundles.sha["1.0.0"], assignments)
     fork.snapshot_and_timestamp(fleet.online.role("snapshot"), fleet.online.role("timestamp"))
-    deliver(client, {**new, "assignments": fork.published()["assignments"]})
-    with pytest.raises(InconsistentMetadataError, match=r"assignments version 3 .*mix-and-match"):
+    deliver(client, {**new, own_bin: fork.published()[own_bin]})
+    with pytest.raises(InconsistentMetadataError, match=rf"{name} version 3 .*mix-and-match"):
         client.refresh()
     deliver(client, new)
     assert client.refresh()

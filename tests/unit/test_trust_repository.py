@@ -99,9 +99,12 @@ def test_created_repository_layout(
         "1.root.json",
         "targets.json",
         "assignments.json",
+        "assignments-bin-00.json",
+        "assignments-bin-3f.json",
         "snapshot.json",
         "timestamp.json",
     } <= names
+    assert repo.bins() == [f"assignments-bin-{i:02x}" for i in range(64)]
     root = Metadata.from_bytes(repo.root_bytes()).signed
     assert root.consistent_snapshot is False
     assert root.roles["root"].threshold == 2 and len(root.roles["root"].keyids) == 2
@@ -109,8 +112,19 @@ def test_created_repository_layout(
     assert targets.delegations is not None and targets.delegations.roles is not None
     delegation = targets.delegations.roles["assignments"]
     assert delegation.terminating and delegation.paths == ASSIGNMENT_PATHS
+    assignments = Metadata[Targets].from_bytes(repo.published()["assignments"]).signed
+    assert assignments.targets == {}
+    assert assignments.delegations is not None and assignments.delegations.roles is None
+    succinct = assignments.delegations.succinct_roles
+    assert succinct is not None
+    assert (succinct.bit_length, succinct.name_prefix) == (6, "assignments-bin")
+    assert succinct.keyids == delegation.keyids
     snapshot = Metadata[Snapshot].from_bytes(repo.published()["snapshot"]).signed
-    assert set(snapshot.meta) == {"targets.json", "assignments.json"}
+    assert set(snapshot.meta) == {
+        "targets.json",
+        "assignments.json",
+        *(f"{name}.json" for name in repo.bins()),
+    }
     assert all(meta.hashes and meta.length for meta in snapshot.meta.values())
     timestamp = Metadata[Timestamp].from_bytes(repo.published()["timestamp"]).signed
     assert timestamp.snapshot_meta.hashes
@@ -118,6 +132,11 @@ def test_created_repository_layout(
         Repository.create(repo.folder, keys)  # type: ignore[arg-type]
     with pytest.raises(ReleaseError, match="holds no TUF repository"):
         Repository(tmp_path / "nothing")
+    for bins in (1, 3, 8192):
+        with pytest.raises(ReleaseError, match="bins must be a power of two"):
+            Repository.create(tmp_path / f"bins-{bins}", keys, bins=bins)  # type: ignore[arg-type]
+    small = Repository.create(tmp_path / "small", keys, bins=2)  # type: ignore[arg-type]
+    assert small.bins() == ["assignments-bin-0", "assignments-bin-1"]
 
 
 def test_release_is_idempotent_and_versions_are_unique(
@@ -185,31 +204,69 @@ def test_key_changes_keep_thresholds(tmp_path: Path) -> None:
         new_assign,
     )
     repo.snapshot_and_timestamp(keys.role("snapshot"), keys.role("timestamp"))
-    targets = Metadata[Targets].from_bytes(repo.published()["targets"]).signed
+    published = repo.published()
+    targets = Metadata[Targets].from_bytes(published["targets"]).signed
     assert targets.delegations is not None and targets.delegations.roles is not None
     assert targets.delegations.roles["assignments"].keyids == [new_assign.public_key.keyid]
+    assignments = Metadata[Targets].from_bytes(published["assignments"])
+    assert assignments.signed.delegations is not None
+    succinct = assignments.signed.delegations.succinct_roles
+    assert succinct is not None and succinct.keyids == [new_assign.public_key.keyid]
+    targets.verify_delegate("assignments", assignments.signed_bytes, assignments.signatures)
+    for name in repo.bins():  # every bin is signed by the new key, and only by it
+        md = Metadata[Targets].from_bytes(published[f"bins/{name}"])
+        assert list(md.signatures) == [new_assign.public_key.keyid]
+        assignments.signed.verify_delegate(name, md.signed_bytes, md.signatures)
     assert repo.root_version == 1
 
 
-def test_assign_many_signs_once_and_numbers_each_path(tmp_path: Path) -> None:
+def _bin_versions(repo: Repository) -> dict[str, int]:
+    published = repo.published()
+    return {
+        name: json.loads(published[f"bins/{name}"])["signed"]["version"] for name in repo.bins()
+    }
+
+
+def test_assign_many_signs_each_touched_bin_once_and_numbers_each_path(tmp_path: Path) -> None:
     from tests.media import make_bundle
     from tests.models import tiny_onnx_model
 
     keys = init_keys(tmp_path / "keys")
-    repo = Repository.create(tmp_path / "repo", keys, Expiry())
+    repo = Repository.create(tmp_path / "repo", keys, Expiry(), bins=4)
     bundle = make_bundle(tmp_path / "v1.efb", tiny_onnx_model(), "onnx", "1.0.0", True)
     repo.release(tmp_path / "v1.efb", keys.role("targets"))
-    before = json.loads(repo.published()["assignments"])["signed"]["version"]
+    delegating = repo.published()["assignments"]
+    before = _bin_versions(repo)
+    assert set(before.values()) == {1}
     repo.assign("devices", "cam-0", bundle.sha256, keys.role("assignments"))
     numbers = repo.assign_many(
         "devices", ["cam-0", "cam-1", "cam-2"], bundle.sha256, keys.role("assignments")
     )
     assert numbers == {"cam-0": 2, "cam-1": 1, "cam-2": 1}
-    signed = json.loads(repo.published()["assignments"])["signed"]
-    assert signed["version"] == before + 2  # one version per call, not per device
-    assert sorted(signed["targets"]) == [f"assignments/devices/cam-{i}" for i in range(3)]
+    after = _bin_versions(repo)
+    touched = {repo.bin_for("devices", f"cam-{i}") for i in range(3)}
+    for name, version in after.items():
+        # one version per call and touched bin, not per device; other bins keep theirs
+        expected = int(name in touched) + int(name == repo.bin_for("devices", "cam-0"))
+        assert version == before[name] + expected, name
+    assert repo.published()["assignments"] == delegating  # the delegating role is not re-signed
+    published = repo.published()
+    held = {
+        path
+        for name in repo.bins()
+        for path in json.loads(published[f"bins/{name}"])["signed"]["targets"]
+        if repo.bin_for("devices", path.rsplit("/", 1)[1]) == name
+    }
+    assert sorted(held) == [f"assignments/devices/cam-{i}" for i in range(3)]
     assert repo.unassign_many("devices", ["cam-1", "cam-9"], keys.role("assignments")) == ["cam-1"]
     assert repo.unassign_many("devices", ["cam-9"], keys.role("assignments")) == []
-    signed = json.loads(repo.published()["assignments"])["signed"]
-    assert signed["version"] == before + 3
+    final = _bin_versions(repo)
+    one = repo.bin_for("devices", "cam-1")
+    assert {n: v for n, v in final.items() if v != after[n]} == {one: after[one] + 1}
     assert repo.assign("devices", "cam-1", bundle.sha256, keys.role("assignments")) == 2
+    assert set(repo.assignments()) == {"devices/cam-0", "devices/cam-1", "devices/cam-2"}
+    # resign("assignments") renews the delegating role and every bin (they expire together)
+    renewed = _bin_versions(repo)
+    version = repo.resign("assignments", keys.role("assignments"))
+    assert version == json.loads(delegating)["signed"]["version"] + 1
+    assert _bin_versions(repo) == {name: v + 1 for name, v in renewed.items()}
