@@ -54,8 +54,10 @@ fmt: venv
 test: venv mosquitto postgresql lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# DEMO_ARGS: e.g. --fast (about 75 s), --data ../shared/datasets/trashnet, --workdir DIR
+DEMO_ARGS ?=
 demo: venv
-	$(BIN)/edgefleet demo
+	$(BIN)/edgefleet demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info

@@ -121,8 +121,15 @@ class FleetView:
         return table
 
     def _events(self) -> Table:
-        table = Table("recent events", box=None)
+        table = Table(box=None)
+        table.add_column("recent events", no_wrap=True, overflow="ellipsis")
         for item in self.registry.timeline(limit=6):
             stamp = time.strftime("%H:%M:%S", time.localtime(item.at))
-            table.add_row(f"{stamp} {item.message}"[:150])
+            who = item.device_id
+            message = (
+                item.message
+                if who is None or item.message.startswith(who)
+                else f"{who} {item.message}"
+            )
+            table.add_row(f"{stamp} {message}")
         return table
