@@ -1,8 +1,9 @@
 """Publishing the TUF repository to devices: retained messages on ``PREFIX/tuf/<suffix>``.
 
 The repository gives its payloads in a safe order (root versions, then
-assignments and targets, then snapshot, then timestamp); a device that
-connects at any moment receives the whole current set from the broker.
+assignments, every hashed bin on ``bins/<bin>`` and targets, then snapshot,
+then timestamp); a device that connects at any moment receives the whole
+current set from the broker.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 :mod:`fleet_server.trust.keys` creates and loads the role keys;
 :mod:`fleet_server.trust.repository` signs releases (release key),
-assignments, snapshot and timestamp (online keys) and key rotations (root
-keys), and gives the payloads to publish retained on ``PREFIX/tuf/<suffix>``.
+assignments (spread over hashed bins, re-signed only where they change),
+snapshot and timestamp (online keys) and key rotations (root keys), and gives
+the payloads to publish retained on ``PREFIX/tuf/<suffix>``.
 Devices verify them with :mod:`edge_runtime.trust`.
 """
 
@@ -24,6 +25,8 @@ from fleet_server.trust.keys import (
 from fleet_server.trust.repository import (
     ASSIGNMENT_PATHS,
     ASSIGNMENTS_ROLE,
+    BIN_NAME_PREFIX,
+    DEFAULT_BINS,
     AssignmentKind,
     Expiry,
     ReleasedBundle,
@@ -34,6 +37,8 @@ from fleet_server.trust.repository import (
 __all__ = [
     "ASSIGNMENTS_ROLE",
     "ASSIGNMENT_PATHS",
+    "BIN_NAME_PREFIX",
+    "DEFAULT_BINS",
     "OFFLINE_ROLES",
     "ONLINE_ROLES",
     "ROLES",
