@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from converter.convert import ConversionResult, ConvertOptions, convert, gate_error
 from converter.dataset import LabelledFolder
@@ -85,21 +86,38 @@ def make_data(workdir: Path, data: Path | None, per_train: int, per_val: int, se
     return DataSet(root, train, val, generated=data is None)
 
 
-def write_conveyor_video(path: Path, seconds: float, fps: float, seed: int) -> int:
-    """An MJPG video of items passing on the belt (each item stays a few frames); returns frames."""
-    size = 128
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (size, size))
+def write_conveyor_video(path: Path, data: DataSet, seconds: float, fps: float, seed: int) -> int:
+    """An MJPG video the cameras loop: items passing under the camera, each for a few frames.
+
+    With the synthetic set the items are freshly drawn (seeds the training set
+    never used); with a labelled folder they are its validation photos, in a
+    seeded order. Returns the number of frames.
+    """
+    per_item = 4
+    frames = int(seconds * fps)
+    items = -(-frames // per_item)
+    if data.generated:
+        size = (128, 128)
+        pictures = [
+            draw_frame(CLASSES[(i * 5 + seed) % len(CLASSES)], 10_000 + seed * 7919 + i, *size)
+            for i in range(items)  # 5 is coprime to 6: every class, not in a plain cycle
+        ]
+    else:
+        size = (160, 120)
+        decoded = [frame for _, frame, _ in data.val.frames()]
+        if not decoded:
+            raise EdgefleetError(f"{data.root / 'val'}: no image could be decoded for the video")
+        order = np.random.default_rng(seed).permutation(len(decoded))
+        pictures = [
+            cv2.resize(decoded[order[i % len(order)]], size, interpolation=cv2.INTER_AREA)
+            for i in range(items)
+        ]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, size)
     if not writer.isOpened():
         raise EdgefleetError(f"OpenCV cannot write an MJPG video to {path}")
-    frames = int(seconds * fps)
-    per_item = 4
     try:
         for index in range(frames):
-            item = index // per_item
-            label = CLASSES[
-                (item * 5 + seed) % len(CLASSES)
-            ]  # not a plain cycle: 5 is coprime to 6
-            writer.write(draw_frame(label, 10_000 + seed * 7919 + item, size, size))
+            writer.write(pictures[index // per_item])
     finally:
         writer.release()
     return frames

@@ -99,10 +99,11 @@ class _Run:
                 f"{len(data.val.items)} validation images, classes {', '.join(data.train.labels)}"
             )
             video = self.workdir / "conveyor.avi"
-            frames = write_conveyor_video(video, 30.0, s.video_fps, self.options.seed)
+            frames = write_conveyor_video(video, data, 30.0, s.video_fps, self.options.seed)
             self.console.print(
-                f"  wrote {video}: {frames} frames at {s.video_fps:g} fps, items passing on the "
-                "belt (the cameras loop it in real time)"
+                f"  wrote {video}: {frames} frames at {s.video_fps:g} fps, "
+                + ("items drawn on the belt" if data.generated else "validation photos")
+                + ", each for 4 frames (the cameras loop it in real time)"
             )
         return data
 
@@ -448,6 +449,60 @@ class _Run:
                 + (f": {info.reason}" if info.reason else "")
             )
 
+    def steps(self) -> None:
+        """Every step, in order."""
+        scale = self.scale
+        data = self.data()
+        v1 = self.model(data, "1.0.0", scale.epochs_v1, 2)
+        v2 = self.model(data, "2.0.0", scale.epochs_v2, 3)
+        self.bad_version(v1, v2)
+        repository, keys = self.release()
+        fleet = self.start_fleet(repository, keys)
+        with self.step("rollouts", "7/7 rollouts: v1, then v2 in waves, then the bad v3"):
+            self.fleet_loop(fleet)
+
+    def finish(self, status: int, error: str | None, previous_sigterm: Any) -> None:
+        """Stop the cameras, report (unless interrupted), stop the server and the broker."""
+        # a second Ctrl-C must not cut the clean-up short
+        previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if self.fleet is not None:
+                self.fleet.stop_cameras()
+                self.poll_logs()
+            if status != 130:
+                summary = self.summary(status, error)
+                paths = write_reports(self.workdir, summary)
+                self.console.print()
+                print_summary(summary, paths, self.console)
+        finally:
+            if self.fleet is not None:
+                # a normal disconnect on the way out is not worth a warning
+                logging.getLogger("fleet_server.service").setLevel(logging.ERROR)
+                self.fleet.stop()
+            if previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, previous_sigterm)
+            signal.signal(signal.SIGINT, previous_sigint)
+
+
+MARKER = ".edgefleet-demo-workdir"
+"""The file that marks a folder as the demo's own, so that a second run may empty it."""
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """Empty the previous run's workdir (only one the demo made) and mark it as the demo's."""
+    if workdir.exists():
+        if not workdir.is_dir():
+            raise DemoError(f"--workdir {workdir} is not a folder")
+        if any(workdir.iterdir()):
+            if not (workdir / MARKER).is_file():
+                raise DemoError(
+                    f"--workdir {workdir} holds files the demo did not make (no {MARKER} in it); "
+                    "the demo empties its workdir, so remove it or choose another"
+                )
+            shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("made by edgefleet demo; emptied by the next run\n")
+
 
 def _interrupt_on_sigterm() -> Any:
     if threading.current_thread() is not threading.main_thread():
@@ -460,30 +515,25 @@ def _interrupt_on_sigterm() -> Any:
 
 
 def run_demo(options: DemoOptions, console: Console) -> int:
-    """Run the demo; return the process exit status (0 ok, 1 a step failed, 130 interrupted)."""
+    """Run the demo; the exit status: 0 ok, 1 a step failed, 2 unusable workdir, 130 interrupted."""
     scale = scale_for(options.fast)
     run = _Run(options, console, scale)
-    previous = _interrupt_on_sigterm()
     console.rule("[bold]edgefleet demo" + (" --fast" if options.fast else ""))
     console.print(
         "data -> two trained versions -> int8 TFLite/ONNX with parity reports -> signed releases "
         f"-> a fleet server and {scale.cameras} cameras -> v1 everywhere, v2 through a canary and "
         "waves, a bad v3 stopped by its canary"
     )
+    try:
+        prepare_workdir(options.workdir)
+    except DemoError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
+    previous = _interrupt_on_sigterm()
     status = 0
     error: str | None = None
     try:
-        if options.workdir.exists():
-            shutil.rmtree(options.workdir)
-        options.workdir.mkdir(parents=True)
-        data = run.data()
-        v1 = run.model(data, "1.0.0", scale.epochs_v1, 2)
-        v2 = run.model(data, "2.0.0", scale.epochs_v2, 3)
-        run.bad_version(v1, v2)
-        repository, keys = run.release()
-        fleet = run.start_fleet(repository, keys)
-        with run.step("rollouts", "7/7 rollouts: v1, then v2 in waves, then the bad v3"):
-            run.fleet_loop(fleet)
+        run.steps()
     except KeyboardInterrupt:
         status, error = 130, "interrupted"
         console.print("\n[yellow]interrupted: stopping the cameras, the server and the broker[/]")
@@ -492,22 +542,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         log.debug("demo failed", exc_info=True)
         console.print(f"\n[red]demo failed: {error}[/]")
     finally:
-        try:
-            if run.fleet is not None:
-                run.fleet.stop_cameras()
-                run.poll_logs()
-            if status != 130:
-                summary = run.summary(status, error)
-                paths = write_reports(options.workdir, summary)
-                console.print()
-                print_summary(summary, paths, console)
-        finally:
-            if run.fleet is not None:
-                # a normal disconnect on the way out is not worth a warning
-                logging.getLogger("fleet_server.service").setLevel(logging.ERROR)
-                run.fleet.stop()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+        run.finish(status, error, previous)
     if status == 130:
         console.print("stopped cleanly")
     return status

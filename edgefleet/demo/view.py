@@ -79,7 +79,7 @@ class FleetView:
             count = log.count if log is not None else 0
             table.add_row(
                 device.id,
-                _styled(device.availability if device.availability != "online" else "online"),
+                Text(device.availability, style="" if device.availability == "online" else "red"),
                 device.phase or "-",
                 self.version(device.active_bundle),
                 self.version(device.target_bundle),

@@ -57,6 +57,7 @@ def _processes_mentioning(text: str) -> list[str]:
 def test_fast_demo_rolls_v2_out_and_stops_the_bad_v3(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     (workdir / "stale").mkdir(parents=True)  # a previous run's leftovers are cleaned
+    (workdir / ".edgefleet-demo-workdir").touch()
     result = subprocess.run(
         _demo(workdir), capture_output=True, text=True, timeout=900, env=_env(), check=False
     )
@@ -141,6 +142,16 @@ def test_fast_demo_rolls_v2_out_and_stops_the_bad_v3(tmp_path: Path) -> None:
     assert "conveyor-2.0.0-tflite-int8.report.html" in report
     assert "golden vector" in report
     assert "rolled-back" in result.stdout
+
+
+def test_demo_refuses_to_empty_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    result = subprocess.run(
+        _demo(tmp_path), capture_output=True, text=True, timeout=120, env=_env(), check=False
+    )
+    assert result.returncode == 2
+    assert "holds files the demo did not make" in result.stdout
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
 def test_ctrl_c_stops_the_cameras_server_and_broker(tmp_path: Path) -> None:
