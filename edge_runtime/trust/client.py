@@ -102,6 +102,16 @@ class MetadataFetcher(FetcherInterface):
         self.served: list[str] = []
         """ngclient file names answered so far, in order."""
 
+    @property
+    def payloads(self) -> Mapping[str, bytes]:
+        """What this fetcher serves, topic suffix -> bytes (read-only)."""
+        return MappingProxyType(self._payloads)
+
+    def add_missing(self, payloads: Mapping[str, bytes]) -> None:
+        """Also serve the payloads of suffixes it has none for; what it serves already stays."""
+        for suffix, payload in payloads.items():
+            self._payloads.setdefault(suffix, payload)
+
     def _fetch(self, url: str) -> Iterator[bytes]:
         name = url.rsplit("/", 1)[-1]
         suffix = suffix_for_url_name(name)
@@ -149,7 +159,6 @@ class _View:
 
     updater: Updater
     fetcher: MetadataFetcher
-    payloads: Mapping[str, bytes]
 
 
 class TrustClient:
@@ -163,7 +172,8 @@ class TrustClient:
     The client remembers the assignment paths :meth:`assignment` was asked
     about (the device's own and its groups'): :meth:`refresh` verifies the
     bins holding them, and :meth:`offer` reports a new bin only when it is
-    one of those (or before the first lookup, when any bin may be).
+    one of those. A bin that arrives before the client knows that is served
+    to the next lookup or refresh all the same.
     """
 
     def __init__(
@@ -239,9 +249,12 @@ class TrustClient:
         ignored. An empty payload (MQTT's "retained message cleared") forgets
         the suffix. Nothing is verified or parsed here: :meth:`refresh` does
         that. True only when the payload differs from the one kept and, for a
-        bin, when the bin holds one of this device's assignment paths (every
-        bin counts until the first :meth:`assignment` lookup); False tells the
-        caller a refresh would find nothing new for it.
+        bin, when the trusted ``assignments`` role puts one of the paths
+        :meth:`assignment` was asked about in that bin; False tells the caller
+        a refresh would find nothing new for it. (Before the client knows its
+        bins it reports none: a device connecting to a broker holding 64 bins
+        would otherwise refresh 64 times. The lookup that needs a bin uses the
+        bin kept by then, or makes the bin relevant for when it arrives.)
         """
         bin_name = bin_of_suffix(suffix)
         if bin_name is None and suffix not in ROLE_SUFFIXES and not _ROOT_SUFFIX_RE.match(suffix):
@@ -266,7 +279,7 @@ class TrustClient:
                     return False
                 del self._payloads[suffix]
         relevant = self._relevant
-        return bin_name is None or relevant is None or bin_name in relevant
+        return bin_name is None or (relevant is not None and bin_name in relevant)
 
     def refresh(self) -> bool:
         """Verify what the broker holds with ngclient; True when it is all trusted now.
@@ -312,9 +325,10 @@ class TrustClient:
                 error = TrustError(f"cannot read or store metadata in {self.metadata_dir}: {exc}")
                 self._last_error = error
                 raise error from exc
-            self._view = _View(updater, fetcher, payloads)
+            finally:
+                self._update_relevant()  # ngclient may have verified assignments before failing
+            self._view = _View(updater, fetcher)
             self._last_error = None
-            self._update_relevant()
             log.debug("TUF metadata verified: %s", sorted(fetcher.served))
             return True
 
@@ -394,13 +408,18 @@ class TrustClient:
 
     def _lookup_assignment(self, view: _View, path: str) -> TargetFile | None:
         """ngclient's lookup of ``path``, loading its bin if needed; failures explained like a refresh's."""
+        with self._payload_lock:
+            bins = {k: v for k, v in self._payloads.items() if bin_of_suffix(k) is not None}
+        view.fetcher.add_missing(
+            bins
+        )  # bins that arrived since the refresh; snapshot still pins them
         before = read_trusted(self.metadata_dir)
         served = len(view.fetcher.served)
         try:
             return view.updater.get_targetinfo(path)
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
             after = read_trusted(self.metadata_dir)
-            error = explain(exc, before, after, view.payloads, view.fetcher.served[served:])
+            error = explain(exc, before, after, view.fetcher.payloads, view.fetcher.served[served:])
             if not isinstance(error, IncompleteMetadataError):
                 log.warning("TUF metadata refused: %s", error)
             raise error from exc

@@ -280,3 +280,18 @@ def test_thousand_devices_one_signature_per_bin_and_one_bin_per_device(
     offer_all(client, fleet.publish())
     assert client.refresh()
     assert bins_on_device(client) == {fleet.repo.bin_for("devices", "cam-0500")}
+
+
+def test_bins_are_not_worth_a_refresh_until_the_device_knows_its_own(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path)
+    fleet.repo.assign("devices", "cam-1", fleet.sha["1.0.0"], fleet.assigner)
+    published = fleet.publish()
+    own = f"bins/{fleet.repo.bin_for('devices', 'cam-1')}"
+    client = TrustClient.provision(tmp_path / "cam-1", fleet.repo.root_bytes(1))
+    # connecting to a broker that holds 64 bins: the top-level roles ask for a refresh, bins do not
+    told = offer_all(client, {k: v for k, v in published.items() if k != own})
+    assert not [suffix for suffix in told if suffix.startswith("bins/")]
+    assert client.refresh()
+    assert client.offer(own, published[own]) is False  # arrived after the refresh took its payloads
+    assignment = client.assignment("cam-1")  # ...and the lookup still finds it
+    assert assignment is not None and assignment.bundle_sha256 == fleet.sha["1.0.0"]
