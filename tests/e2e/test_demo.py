@@ -154,10 +154,17 @@ def test_demo_refuses_to_empty_a_folder_it_did_not_make(tmp_path: Path) -> None:
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
-def test_ctrl_c_stops_the_cameras_server_and_broker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("whom", ["terminal", "demo-only"])
+def test_ctrl_c_stops_the_cameras_server_and_broker(tmp_path: Path, whom: str) -> None:
+    """``terminal``: SIGINT to the whole process group, as Ctrl-C does; ``demo-only``: the demo must stop its cameras itself."""
     workdir = tmp_path / "demo"
     process = subprocess.Popen(
-        _demo(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env()
+        _demo(workdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 600
@@ -167,7 +174,10 @@ def test_ctrl_c_stops_the_cameras_server_and_broker(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the cameras never served"
             time.sleep(0.5)
         assert _processes_mentioning(str(workdir))  # the camera processes are running
-        process.send_signal(signal.SIGINT)
+        if whom == "terminal":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
