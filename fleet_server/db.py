@@ -65,6 +65,7 @@ __all__ = [
     "Device",
     "DeviceTag",
     "Rollout",
+    "RolloutPlan",
     "SchemaInfo",
     "Telemetry",
     "TimelineEntry",
@@ -202,6 +203,18 @@ class Rollout(Base):
     created_at: Mapped[float] = mapped_column(Double)
     updated_at: Mapped[float] = mapped_column(Double)
     settings: Mapped[dict[str, Any]] = mapped_column(_JSON)
+
+
+class RolloutPlan(Base):
+    """The rollout planner's saved state (JSON), apart from the rollout row: it is large and changes often."""
+
+    __tablename__ = "rollout_plans"
+
+    rollout_id: Mapped[int] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True
+    )
+    plan: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    updated_at: Mapped[float] = mapped_column(Double)
 
 
 class Wave(Base):

@@ -15,6 +15,7 @@ a rollout asked to move in a way its state forbids is a :class:`RolloutError`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -129,6 +130,7 @@ class Registry:
         self.max_telemetry_bytes = max_telemetry_bytes
         self._engine: Engine | None = None
         self._known_devices: set[str] = set()
+        self._local = threading.local()
 
     @classmethod
     def open(cls, url: str = db.DEFAULT_DATABASE_URL, **options: Any) -> Registry:
@@ -156,7 +158,48 @@ class Registry:
         self.close()
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Let every registry call made by this thread in the block share one write transaction.
+
+        Each call still runs in its own savepoint, so one that fails (and is
+        caught) leaves the others in place; everything commits once at the
+        end. The fleet server handles a burst of device reports this way:
+        one commit instead of hundreds.
+        """
+        if getattr(self._local, "session", None) is not None:
+            yield
+            return
+        with self._transaction(write=True) as session:
+            self._local.session = session
+            self._local.locked = set()
+            try:
+                yield
+            finally:
+                self._local.session = None
+                self._local.locked = None
+
+    def _locked_device(self, session: Session, device_id: str) -> db.Device:
+        """The device row, locked for this transaction (once per batch: it stays locked)."""
+        locked: set[str] | None = getattr(self._local, "locked", None)
+        if locked is not None:
+            if device_id in locked:
+                return get_device(session, device_id)  # from the session, no query
+            row = get_device(session, device_id, lock=True)
+            locked.add(device_id)
+            return row
+        return get_device(session, device_id, lock=True)
+
+    @contextmanager
     def _transaction(self, write: bool = False) -> Iterator[Session]:
+        outer: Session | None = getattr(self._local, "session", None)
+        if outer is not None:
+            try:
+                with outer.begin_nested():
+                    yield outer
+            except BaseException:
+                self._local.locked = set()  # a rolled-back savepoint may release its row locks
+                raise
+            return
         try:
             with self._sessions() as session, session.begin():
                 if write:
@@ -368,7 +411,7 @@ class Registry:
         """Replace the device's tags."""
         wanted = check_tags(tags)
         with self._transaction(write=True) as session:
-            row = get_device(session, device_id, lock=True)
+            row = self._locked_device(session, device_id)
             replace_tags(row, wanted)
             session.flush()
             return device_info(row)
@@ -376,7 +419,7 @@ class Registry:
     def set_credentials_hash(self, device_id: str, credentials_hash: str | None) -> None:
         """Store (or clear) the hash of the device's broker credentials."""
         with self._transaction(write=True) as session:
-            get_device(session, device_id, lock=True).credentials_hash = credentials_hash
+            self._locked_device(session, device_id).credentials_hash = credentials_hash
 
     def credentials_hash(self, device_id: str) -> str | None:
         """The hash of the device's broker credentials, if it has any."""
@@ -397,7 +440,7 @@ class Registry:
         """Keep the device on a bundle whatever rollouts say (``None`` unpins)."""
         now = self._clock()
         with self._transaction(write=True) as session:
-            row = get_device(session, device_id, lock=True)
+            row = self._locked_device(session, device_id)
             if sha256 is not None:
                 get_bundle(session, sha256)
             if row.pinned_bundle != sha256:
@@ -431,7 +474,7 @@ class Registry:
         report = parse_state(payload, device_id)
         self._ensure_device(device_id)
         with self._transaction(write=True) as session:
-            row = get_device(session, device_id, lock=True)
+            row = self._locked_device(session, device_id)
             if row.state_updated_at is not None and report.updated_at < row.state_updated_at:
                 log.debug(
                     "ignored state of %s from %.3f (have %.3f)",
@@ -463,7 +506,7 @@ class Registry:
         now = self._clock()
         try:
             with self._transaction(write=True) as session:
-                row = get_device(session, device_id, lock=True)
+                row = self._locked_device(session, device_id)
                 row.last_seen = max(row.last_seen or now, now)
                 seen = select(db.TimelineEntry.id).where(db.TimelineEntry.dedupe_key == key)
                 if session.scalar(seen) is not None:
@@ -505,7 +548,7 @@ class Registry:
         now = self._clock() if at is None else at
         value: Availability = "online" if online else "offline"
         with self._transaction(write=True) as session:
-            row = get_device(session, device_id, lock=True)
+            row = self._locked_device(session, device_id)
             if online:
                 row.last_seen = max(row.last_seen or now, now)
             if row.availability == value:
@@ -522,7 +565,7 @@ class Registry:
         self._ensure_device(device_id)
         now = self._clock() if at is None else at
         with self._transaction(write=True) as session:
-            row = get_device(session, device_id, lock=True)
+            row = self._locked_device(session, device_id)
             row.last_seen = max(row.last_seen or now, now)
             session.add(db.Telemetry(device_id=device_id, at=now, snapshot=snapshot))
             session.flush()
@@ -778,7 +821,7 @@ class Registry:
 
     def save_rollout_plan(
         self, rollout_id: int, plan: Mapping[str, Any], status: RolloutStatus
-    ) -> RolloutInfo:
+    ) -> None:
         """Store the rollout planner's state (JSON) and follow its status, in one transaction.
 
         The server resumes a rollout from this after a restart. A status change
@@ -788,11 +831,20 @@ class Registry:
         now = self._clock()
         with self._transaction(write=True) as session:
             row = get_rollout(session, rollout_id, lock=True)
-            row.settings = {**dict(row.settings or {}), "plan": dict(plan)}
-            row.updated_at = now
+            saved = session.get(db.RolloutPlan, rollout_id)
+            if saved is None:
+                session.add(db.RolloutPlan(rollout_id=rollout_id, plan=dict(plan), updated_at=now))
+            else:
+                saved.plan, saved.updated_at = dict(plan), now
             if row.status != status and row.status not in TERMINAL_ROLLOUT_STATUSES:
+                row.updated_at = now
                 _move_rollout(session, row, status, row.reason, now)
-            return rollout_info(row)
+
+    def rollout_plan(self, rollout_id: int) -> dict[str, Any] | None:
+        """The planner state saved by :meth:`save_rollout_plan`, if any."""
+        with self._transaction() as session:
+            saved = session.get(db.RolloutPlan, rollout_id)
+            return None if saved is None else dict(saved.plan)
 
     def create_wave(
         self,

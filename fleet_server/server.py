@@ -17,7 +17,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from fleet_server.delivery import ChunkServer
 from fleet_server.errors import FleetError, RolloutError
 from fleet_server.publisher import publish_metadata
 from fleet_server.quality_gate import Baseline, WaveTelemetry
-from fleet_server.records import DeviceInfo, TargetSelector, WaveDeviceStatus
+from fleet_server.records import DeviceInfo, TargetSelector, WaveDeviceStatus, WaveInfo
 from fleet_server.registry import Registry
 from fleet_server.rollout_plan import Action, Assign, Notify, Rollback, RolloutState, Step, recover
 from fleet_server.rollout_spec import RolloutSpec, TargetDevice, WaveSpec
@@ -58,8 +58,6 @@ _DEVICE_STATUS: dict[str, WaveDeviceStatus] = {
 }
 
 log = logging.getLogger(__name__)
-
-_PLAN_KEY = "plan"
 
 
 class FleetServer:
@@ -96,6 +94,12 @@ class FleetServer:
         """Device reports, queued by paho's network thread, handled by the server's own thread."""
         self.reports_received = 0
         self.reports_handled = 0
+        self.batches_handled = 0
+        self.max_batch = 500
+        """At most this many queued device reports share one database transaction."""
+        self._dirty: dict[int, RolloutState] = {}
+        self._synced_waves: dict[int, dict[int, tuple[int, str]]] = {}
+        """Rollout id -> wave index -> (wave id, status) as last written to the registry."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._plans: dict[int, RolloutState] = {}
@@ -172,7 +176,7 @@ class FleetServer:
         for info in self.registry.rollouts(
             status=("pending", "running", "paused", "awaiting-approval")
         ):
-            plan = info.settings.get(_PLAN_KEY)
+            plan = self.registry.rollout_plan(info.id)
             if plan is None:
                 continue
             step = recover(RolloutState.model_validate(plan), now)
@@ -192,7 +196,7 @@ class FleetServer:
         self.chunks.stop()
 
     def _run(self) -> None:
-        """The server's one worker: device reports as they arrive, a rollout tick every tick_s.
+        """The server's one worker: device reports in batches as they arrive, a tick every tick_s.
 
         Nothing here runs on paho's network thread, so waiting for the
         broker's acknowledgements (signed assignments, metadata) can never
@@ -201,16 +205,17 @@ class FleetServer:
         next_tick = time.monotonic() + self.tick_s
         while not self._stop.is_set():
             try:
-                topic, payload = self._inbox.get(timeout=max(0.0, next_tick - time.monotonic()))
+                first = self._inbox.get(timeout=max(0.0, next_tick - time.monotonic()))
             except queue.Empty:
                 pass
             else:
-                try:
-                    self._handle_report(topic, payload)
-                except Exception:  # one bad report must never stop the server's worker
-                    log.exception("handling a report on %s failed", topic)
-                finally:
-                    self.reports_handled += 1
+                batch = [first]
+                while len(batch) < self.max_batch:
+                    try:
+                        batch.append(self._inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                self._handle_batch(batch)
                 if time.monotonic() < next_tick:
                     continue
             next_tick = time.monotonic() + self.tick_s
@@ -222,6 +227,26 @@ class FleetServer:
                         self._publish()
             except Exception:  # logged; the next tick retries from the saved state
                 log.exception("rollout tick failed")
+
+    def _handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        """Ingest a burst of reports in one database transaction; rollout plans are saved once."""
+        try:
+            with self._lock, self.registry.batch():
+                for topic, payload in _newest_states(batch):
+                    try:
+                        self._handle_report(topic, payload)
+                    except Exception:  # one bad report must never stop the others
+                        log.exception("handling a report on %s failed", topic)
+                self._save_dirty()
+        except Exception:  # the database refused the whole batch: say so, keep serving
+            log.exception("storing a batch of %d device reports failed", len(batch))
+            with self._lock:  # what was written is gone: save the live plans again next time
+                self._dirty.update(self._plans)
+                self._synced.clear()
+                self._synced_waves.clear()
+        finally:
+            self.reports_handled += len(batch)
+            self.batches_handled += 1
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every device report queued so far is handled (tests, shutdown); True if so."""
@@ -272,7 +297,8 @@ class FleetServer:
             for rollout_id, state in list(self._plans.items()):
                 if device_id in state.devices:
                     step = state.device_report(device_id, phase, active, "", now, target_sha=target)
-                    self._apply(rollout_id, step)
+                    if step.state is not state or step.events or step.actions:
+                        self._apply(rollout_id, step, save=False)
 
     # --- rollouts ------------------------------------------------------------------------
 
@@ -337,52 +363,64 @@ class FleetServer:
         with self._lock:
             return self._plans.get(rollout_id)
 
-    def _wave_telemetry(self, rollout_id: int, state: RolloutState) -> dict[int, WaveTelemetry]:
-        figures: dict[int, WaveTelemetry] = {}
-        for wave in self.registry.waves(rollout_id):
-            if wave.started_at is None:
-                continue
-            new = self.registry.wave_telemetry(wave.id).overall
-            before = self.registry.aggregate_telemetry(
-                wave.device_ids, until=wave.started_at
-            ).overall
-            if new is not None:
-                figures[wave.index] = WaveTelemetry(
-                    new=quality_figures(new),
-                    previous=quality_figures(before) if before is not None else None,
-                )
-        del state
-        return figures
+    def _wave_telemetry(self, rollout_id: int, state: RolloutState) -> Mapping[int, WaveTelemetry]:
+        """Each started wave's telemetry, computed only for the waves the planner asks about.
 
-    def _apply(self, rollout_id: int, step: Step) -> None:
-        """Persist the new planner state, record its events, execute its actions."""
+        The planner reads it only when a wave's quality gate decides, so most
+        ticks cost no telemetry query at all.
+        """
+        del state
+        return _LazyWaveTelemetry(self.registry, rollout_id)
+
+    def _apply(self, rollout_id: int, step: Step, *, save: bool = True) -> None:
+        """Record the step's events, execute its actions, keep its state; save it now or with the batch.
+
+        With ``save=False`` (device reports) the plan is saved once at the end
+        of the batch of reports (:meth:`_save_dirty`), in the same transaction.
+        """
         state = step.state
-        self.registry.save_rollout_plan(
-            rollout_id, state.model_dump(mode="json"), state.status.value
-        )
-        self._sync_waves(rollout_id, state)
         for event in step.events:
             self.registry.add_timeline(event.kind.value, event.message, rollout_id=rollout_id)
         if step.actions:
             self._execute(step.actions)
         if state.finished:
             self._plans.pop(rollout_id, None)
-            self._synced.pop(rollout_id, None)
         else:
             self._plans[rollout_id] = state
+        self._dirty[rollout_id] = state
+        if save:
+            self._save_dirty()
+
+    def _save_dirty(self) -> None:
+        """Persist every plan changed since the last save, and mirror its waves into the registry."""
+        dirty, self._dirty = self._dirty, {}
+        for rollout_id, state in dirty.items():
+            with self.registry.batch():  # readers see the plan's status and its waves together
+                self.registry.save_rollout_plan(
+                    rollout_id, state.model_dump(mode="json"), state.status.value
+                )
+                self._sync_waves(rollout_id, state)
+            if state.finished:
+                self._synced.pop(rollout_id, None)
+                self._synced_waves.pop(rollout_id, None)
 
     def _sync_waves(self, rollout_id: int, state: RolloutState) -> None:
         """Mirror the planner's waves and device statuses into the registry (changes only)."""
-        existing = {w.index: w for w in self.registry.waves(rollout_id)}
+        waves = self._synced_waves.get(rollout_id)
+        if waves is None or len(waves) < sum(1 for w in state.waves if w.devices):
+            waves = {w.index: (w.id, w.status) for w in self.registry.waves(rollout_id)}
         for index, wave in enumerate(state.waves):
-            if index not in existing and wave.devices:
-                existing[index] = self.registry.create_wave(rollout_id, index, wave.devices)
-            stored = existing.get(index)
+            if index not in waves and wave.devices:
+                created = self.registry.create_wave(rollout_id, index, wave.devices)
+                waves[index] = (created.id, created.status)
+            stored = waves.get(index)
             desired = _WAVE_STATUS.get(wave.status.value)
-            if stored is not None and desired is not None and desired != stored.status:
-                if stored.status == "pending" and desired != "running":
-                    self.registry.update_wave_status(stored.id, "running")
-                self.registry.update_wave_status(stored.id, desired)  # type: ignore[arg-type]
+            if stored is not None and desired is not None and desired != stored[1]:
+                if stored[1] == "pending" and desired != "running":
+                    self.registry.update_wave_status(stored[0], "running")
+                self.registry.update_wave_status(stored[0], desired)  # type: ignore[arg-type]
+                waves[index] = (stored[0], desired)
+        self._synced_waves[rollout_id] = waves
         synced = self._synced.setdefault(rollout_id, {})
         for device_id, progress in state.devices.items():
             status = _DEVICE_STATUS[progress.status.value]
@@ -420,3 +458,63 @@ class FleetServer:
         )
         publish_metadata(self.client, self.repository, self.prefix)
         self._last_publish = time.time()
+
+
+def _newest_states(batch: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The batch without the ``state`` reports a later one of the same device replaces.
+
+    A device's state topic is retained and each report is complete, so only
+    the newest of a burst matters (the events say what happened between).
+    """
+    last = {topic: i for i, (topic, _) in enumerate(batch) if topic.endswith("/state")}
+    return [
+        item for i, item in enumerate(batch) if not item[0].endswith("/state") or last[item[0]] == i
+    ]
+
+
+class _LazyWaveTelemetry(Mapping[int, WaveTelemetry]):
+    """Wave index -> :class:`WaveTelemetry`, aggregated from the registry on first access."""
+
+    def __init__(self, registry: Registry, rollout_id: int) -> None:
+        self._registry = registry
+        self._rollout_id = rollout_id
+        self._waves: dict[int, WaveInfo] | None = None
+        self._figures: dict[int, WaveTelemetry | None] = {}
+
+    def _started(self) -> dict[int, WaveInfo]:
+        if self._waves is None:
+            self._waves = {
+                w.index: w
+                for w in self._registry.waves(self._rollout_id)
+                if w.started_at is not None
+            }
+        return self._waves
+
+    def __getitem__(self, index: int) -> WaveTelemetry:
+        if index not in self._figures:
+            wave = self._started().get(index)
+            figures = None
+            if wave is not None and wave.started_at is not None:
+                new = self._registry.wave_telemetry(wave.id).overall
+                before = self._registry.aggregate_telemetry(
+                    wave.device_ids, until=wave.started_at
+                ).overall
+                if new is not None:
+                    figures = WaveTelemetry(
+                        new=quality_figures(new),
+                        previous=quality_figures(before) if before is not None else None,
+                    )
+            self._figures[index] = figures
+        found = self._figures[index]
+        if found is None:
+            raise KeyError(index)
+        return found
+
+    def __iter__(self) -> Iterator[int]:
+        return (i for i in self._started() if i in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __bool__(self) -> bool:
+        return True  # do not aggregate anything just to be tested for emptiness
