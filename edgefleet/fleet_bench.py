@@ -479,7 +479,7 @@ def _follow(
                 f"the rollout did not finish within {options.timeout_s:.0f} s "
                 f"({committed}/{options.devices} devices committed)"
             )
-        time.sleep(0.1)
+        time.sleep(0.5)  # the rollout view is not free for the server
 
 
 def _report(

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, or_, select
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -131,6 +131,9 @@ class Registry:
         self._engine: Engine | None = None
         self._known_devices: set[str] = set()
         self._local = threading.local()
+        bind = sessions.kw.get("bind")
+        self._row_locks = bind is None or bind.dialect.name != "sqlite"
+        """Lock rows (SELECT ... FOR UPDATE) against other writers; not on SQLite."""
 
     @classmethod
     def open(cls, url: str = db.DEFAULT_DATABASE_URL, **options: Any) -> Registry:
@@ -172,14 +175,18 @@ class Registry:
         with self._transaction(write=True) as session:
             self._local.session = session
             self._local.locked = set()
+            self._local.event_rollouts = {}
             try:
                 yield
             finally:
                 self._local.session = None
                 self._local.locked = None
+                self._local.event_rollouts = None
 
     def _locked_device(self, session: Session, device_id: str) -> db.Device:
         """The device row, locked for this transaction (once per batch: it stays locked)."""
+        if not self._row_locks:  # SQLite: the write transaction already excludes every writer
+            return get_device(session, device_id)
         locked: set[str] | None = getattr(self._local, "locked", None)
         if locked is not None:
             if device_id in locked:
@@ -511,21 +518,11 @@ class Registry:
                 seen = select(db.TimelineEntry.id).where(db.TimelineEntry.dedupe_key == key)
                 if session.scalar(seen) is not None:
                     return None
-                rollout_id = None
-                if event.bundle is not None:
-                    rollout_id = session.scalar(
-                        select(db.WaveDevice.rollout_id)
-                        .join(db.Rollout, db.Rollout.id == db.WaveDevice.rollout_id)
-                        .where(
-                            db.WaveDevice.device_id == device_id,
-                            or_(
-                                db.Rollout.bundle_sha256 == event.bundle,
-                                db.Rollout.previous_sha256 == event.bundle,
-                            ),
-                        )
-                        .order_by(db.Rollout.id.desc())
-                        .limit(1)
-                    )
+                rollout_id = (
+                    None
+                    if event.bundle is None
+                    else self._event_rollout(session, device_id, event.bundle)
+                )
                 entry = timeline_entry(
                     "device-refused" if event.kind == "refused" else "device-event",
                     event.message(),
@@ -541,6 +538,27 @@ class Registry:
         except IntegrityError:
             return None  # the same event, recorded concurrently by another replica
         return item
+
+    def _event_rollout(self, session: Session, device_id: str, bundle: str) -> int | None:
+        """The newest rollout of the device about ``bundle`` (new or previous), memoised per batch."""
+        memo: dict[tuple[str, str], int | None] | None = getattr(
+            self._local, "event_rollouts", None
+        )
+        if memo is not None and (device_id, bundle) in memo:
+            return memo[device_id, bundle]
+        rollout_id = session.scalar(
+            select(db.WaveDevice.rollout_id)
+            .join(db.Rollout, db.Rollout.id == db.WaveDevice.rollout_id)
+            .where(
+                db.WaveDevice.device_id == device_id,
+                or_(db.Rollout.bundle_sha256 == bundle, db.Rollout.previous_sha256 == bundle),
+            )
+            .order_by(db.Rollout.id.desc())
+            .limit(1)
+        )
+        if memo is not None:
+            memo[device_id, bundle] = rollout_id
+        return rollout_id
 
     def record_availability(self, device_id: str, online: bool, *, at: float | None = None) -> bool:
         """Store a device's availability (its retained Last Will topic); True when it changed."""
@@ -866,8 +884,11 @@ class Registry:
                     raise RolloutError(
                         f"rollout {rollout_id} is {rollout.status}; it takes no new wave"
                     )
-                for device_id in ids:
-                    get_device(session, device_id)
+                known = set(
+                    session.scalars(select(db.Device.id).where(db.Device.id.in_(ids))).all()
+                )
+                if unknown := [d for d in ids if d not in known]:
+                    raise RegistryError(f"unknown device {unknown[0]!r}")
                 taken = session.scalars(
                     select(db.WaveDevice.device_id).where(
                         db.WaveDevice.rollout_id == rollout_id, db.WaveDevice.device_id.in_(ids)
@@ -890,16 +911,20 @@ class Registry:
                 )
                 session.add(wave)
                 session.flush()
-                session.add_all(
-                    db.WaveDevice(
-                        rollout_id=rollout_id,
-                        wave_id=wave.id,
-                        device_id=device_id,
-                        status="pending",
-                        updated_at=now,
+                if ids:  # one multi-row INSERT, not an ORM object per device
+                    session.execute(
+                        insert(db.WaveDevice),
+                        [
+                            {
+                                "rollout_id": rollout_id,
+                                "wave_id": wave.id,
+                                "device_id": device_id,
+                                "status": "pending",
+                                "updated_at": now,
+                            }
+                            for device_id in ids
+                        ],
                     )
-                    for device_id in ids
-                )
                 session.add(
                     timeline_entry(
                         "wave-created",

@@ -28,7 +28,7 @@ from edge_runtime.errors import EdgefleetError
 from fleet_server.broker_auth import BrokerAuth, hash_password, new_password
 from fleet_server.delivery import ChunkServer
 from fleet_server.errors import FleetError, RolloutError
-from fleet_server.publisher import publish_metadata
+from fleet_server.publisher import MetadataPublisher
 from fleet_server.quality_gate import Baseline, WaveTelemetry
 from fleet_server.records import DeviceInfo, TargetSelector, WaveDeviceStatus, WaveInfo
 from fleet_server.registry import Registry
@@ -58,6 +58,8 @@ _DEVICE_STATUS: dict[str, WaveDeviceStatus] = {
 }
 
 log = logging.getLogger(__name__)
+
+_REPORT_LEAVES = ("state", "events", "telemetry", "availability")
 
 
 class FleetServer:
@@ -95,8 +97,10 @@ class FleetServer:
         self.reports_received = 0
         self.reports_handled = 0
         self.batches_handled = 0
-        self.max_batch = 500
+        self.max_batch = 1000
         """At most this many queued device reports share one database transaction."""
+        self.batch_window_s = 0.1
+        """How long a batch gathers reports: bursts cost one transaction and one plan save."""
         self._dirty: dict[int, RolloutState] = {}
         self._synced_waves: dict[int, dict[int, tuple[int, str]]] = {}
         """Rollout id -> wave index -> (wave id, status) as last written to the registry."""
@@ -105,6 +109,9 @@ class FleetServer:
         self._plans: dict[int, RolloutState] = {}
         self._synced: dict[int, dict[str, str]] = {}
         self._paths: dict[str, Path] = {p.stem: p for p in self.bundle_folder.glob("*.efb")}
+        self.publisher = MetadataPublisher(client, repository, prefix)
+        self._republish_all = threading.Event()
+        self._prev_on_connect: Any = None
         self.chunks = ChunkServer(client, self._paths, prefix=prefix)  # reads _paths as it grows
 
     # --- bundles -----------------------------------------------------------------------
@@ -164,12 +171,14 @@ class FleetServer:
 
     def start(self) -> None:
         """Subscribe to device reports, resume running rollouts, publish metadata, start ticking."""
-        for leaf in ("state", "events", "telemetry", "availability"):
+        for leaf in _REPORT_LEAVES:
             self.client.message_callback_add(
                 f"{self.prefix}/devices/+/{leaf}", self._on_device_message
             )
-            self.client.subscribe(f"{self.prefix}/devices/+/{leaf}", qos=1)
-        self.chunks.start()
+        self._subscribe_reports()
+        self.chunks.start()  # chains the client's on_connect, like we do next
+        self._prev_on_connect = self.client.on_connect
+        self.client.on_connect = self._on_connect
         if self.broker_auth is not None:
             self.broker_auth.write(self.registry.credentials_hashes())
         now = time.time()
@@ -190,10 +199,25 @@ class FleetServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        for leaf in ("state", "events", "telemetry", "availability"):
+        self.client.on_connect = self._prev_on_connect
+        self.chunks.stop()
+        for leaf in _REPORT_LEAVES:
             self.client.message_callback_remove(f"{self.prefix}/devices/+/{leaf}")
             self.client.unsubscribe(f"{self.prefix}/devices/+/{leaf}")
-        self.chunks.stop()
+
+    def _subscribe_reports(self) -> None:
+        self.client.subscribe([(f"{self.prefix}/devices/+/{leaf}", 1) for leaf in _REPORT_LEAVES])
+
+    def _on_connect(self, client: mqtt.Client, *args: Any) -> None:
+        """A (re)connect: the session is clean, so subscribe again; the broker may have lost
+        its retained metadata (a restart without persistence), so publish all of it again."""
+        if self._prev_on_connect is not None:
+            self._prev_on_connect(client, *args)
+        reason = args[2] if len(args) > 2 else None
+        if reason is not None and getattr(reason, "is_failure", False):
+            return
+        self._subscribe_reports()
+        self._republish_all.set()  # by the worker: never wait for acks on paho's thread
 
     def _run(self) -> None:
         """The server's one worker: device reports in batches as they arrive, a tick every tick_s.
@@ -210,9 +234,12 @@ class FleetServer:
                 pass
             else:
                 batch = [first]
+                gather_until = time.monotonic() + self.batch_window_s
                 while len(batch) < self.max_batch:
                     try:
-                        batch.append(self._inbox.get_nowait())
+                        batch.append(
+                            self._inbox.get(timeout=max(0.0, gather_until - time.monotonic()))
+                        )
                     except queue.Empty:
                         break
                 self._handle_batch(batch)
@@ -222,7 +249,7 @@ class FleetServer:
             try:
                 now = time.time()
                 self.tick(now)
-                if now - self._last_publish >= self.resign_every_s:
+                if now - self._last_publish >= self.resign_every_s or self._republish_all.is_set():
                     with self._lock:
                         self._publish()
             except Exception:  # logged; the next tick retries from the saved state
@@ -456,7 +483,10 @@ class FleetServer:
         self.repository.snapshot_and_timestamp(
             self.keys.role("snapshot"), self.keys.role("timestamp")
         )
-        publish_metadata(self.client, self.repository, self.prefix)
+        if self._republish_all.is_set():
+            self._republish_all.clear()
+            self.publisher.reset()
+        self.publisher.publish()
         self._last_publish = time.time()
 
 
