@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from fleet_server import db
 from fleet_server.errors import RegistryError
@@ -84,8 +84,12 @@ def get_bundle(session: Session, sha256: str) -> db.Bundle:
     return row
 
 
-def get_device(session: Session, device_id: str, *, lock: bool = False) -> db.Device:
-    row = session.get(db.Device, device_id, with_for_update=lock)
+def get_device(
+    session: Session, device_id: str, *, lock: bool = False, tags: bool = True
+) -> db.Device:
+    """The device row; ``tags=False`` loads its tags only if they are read (reports never do)."""
+    options = [] if tags else [lazyload(db.Device.tags)]
+    row = session.get(db.Device, device_id, with_for_update=lock, options=options)
     if row is None:
         raise RegistryError(f"unknown device {device_id!r}")
     return row

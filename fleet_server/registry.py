@@ -186,15 +186,15 @@ class Registry:
     def _locked_device(self, session: Session, device_id: str) -> db.Device:
         """The device row, locked for this transaction (once per batch: it stays locked)."""
         if not self._row_locks:  # SQLite: the write transaction already excludes every writer
-            return get_device(session, device_id)
+            return get_device(session, device_id, tags=False)
         locked: set[str] | None = getattr(self._local, "locked", None)
         if locked is not None:
             if device_id in locked:
-                return get_device(session, device_id)  # from the session, no query
-            row = get_device(session, device_id, lock=True)
+                return get_device(session, device_id, tags=False)  # from the session, no query
+            row = get_device(session, device_id, lock=True, tags=False)
             locked.add(device_id)
             return row
-        return get_device(session, device_id, lock=True)
+        return get_device(session, device_id, lock=True, tags=False)
 
     @contextmanager
     def _transaction(self, write: bool = False) -> Iterator[Session]:
@@ -1042,6 +1042,60 @@ class Registry:
                 )
             )
             return True
+
+    def set_wave_device_statuses(
+        self,
+        rollout_id: int,
+        changes: Mapping[str, tuple[WaveDeviceStatus, str | None]],
+    ) -> list[str]:
+        """:meth:`set_wave_device_status` for many devices in one transaction and one query.
+
+        ``changes`` maps device ids to (status, reason); returns the devices
+        whose status changed. The same rules apply: an outcome is not replaced
+        by a late report of an earlier step.
+        """
+        for status, _ in changes.values():
+            check_status(status, WAVE_DEVICE_STATUSES, "device")
+        if not changes:
+            return []
+        now = self._clock()
+        changed: list[str] = []
+        with self._transaction(write=True) as session:
+            query = select(db.WaveDevice).where(
+                db.WaveDevice.rollout_id == rollout_id,
+                db.WaveDevice.device_id.in_(list(changes)),
+            )
+            rows = {row.device_id: row for row in session.scalars(query)}
+            if missing := sorted(set(changes) - set(rows)):
+                get_rollout(session, rollout_id)
+                raise RegistryError(
+                    f"device {missing[0]!r} is not in any wave of rollout {rollout_id}"
+                )
+            entries = []
+            for device_id, (status, reason) in changes.items():
+                row = rows[device_id]
+                if row.status == status and row.reason == reason:
+                    continue
+                if (
+                    row.status in TERMINAL_DEVICE_STATUSES
+                    and status not in TERMINAL_DEVICE_STATUSES
+                ):
+                    continue
+                previous = row.status
+                row.status, row.reason, row.updated_at = status, reason, now
+                entries.append(
+                    timeline_entry(
+                        "device-status",
+                        f"{previous} -> {status}" + (f": {reason}" if reason else ""),
+                        rollout_id=rollout_id,
+                        device_id=device_id,
+                        data={"from": previous, "to": status},
+                        at=now,
+                    )
+                )
+                changed.append(device_id)
+            session.add_all(entries)
+        return changed
 
     def wave_devices(self, rollout_id: int, *, wave_id: int | None = None) -> list[WaveDeviceInfo]:
         """Where every device of the rollout (or of one wave) stands, by wave then device."""

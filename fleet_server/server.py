@@ -449,13 +449,14 @@ class FleetServer:
                 waves[index] = (stored[0], desired)
         self._synced_waves[rollout_id] = waves
         synced = self._synced.setdefault(rollout_id, {})
+        changes: dict[str, tuple[WaveDeviceStatus, str | None]] = {}
         for device_id, progress in state.devices.items():
             status = _DEVICE_STATUS[progress.status.value]
             if synced.get(device_id) != status:
-                self.registry.set_wave_device_status(
-                    rollout_id, device_id, status, progress.reason or None
-                )
-                synced[device_id] = status
+                changes[device_id] = (status, progress.reason or None)
+        self.registry.set_wave_device_statuses(rollout_id, changes)
+        for device_id, (status, _) in changes.items():
+            synced[device_id] = status
 
     def _execute(self, actions: Sequence[Action]) -> None:
         signers = self.keys.role("assignments")

@@ -732,3 +732,29 @@ def test_plain_postgresql_urls_use_psycopg_3() -> None:
     engine = db.make_engine("postgresql://fleet:secret@127.0.0.1:1/fleet")
     assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg")
     engine.dispose()
+
+
+def test_many_device_statuses_in_one_call_follow_the_same_rules(
+    registry: Registry, bundles: list[Bundle]
+) -> None:
+    rollout_id, _ = _rollout_in_progress(registry, bundles)
+    before = len(registry.timeline(rollout_id=rollout_id, limit=1000))
+    changed = registry.set_wave_device_statuses(
+        rollout_id,
+        {
+            "cam-2": ("downloading", None),  # late: cam-2 already committed
+            "cam-3": ("committed", None),
+            "cam-4": ("rolled-back", "rolled back to 1.0.0"),  # one outcome replaces another
+            "cam-1": ("committed", None),  # no change
+        },
+    )
+    assert sorted(changed) == ["cam-3", "cam-4"]
+    statuses = {d.device_id: (d.status, d.reason) for d in registry.wave_devices(rollout_id)}
+    assert statuses["cam-2"] == ("committed", None)
+    assert statuses["cam-3"] == ("committed", None)
+    assert statuses["cam-4"] == ("rolled-back", "rolled back to 1.0.0")
+    entries = registry.timeline(rollout_id=rollout_id, limit=1000)
+    assert len(entries) == before + 2
+    assert registry.set_wave_device_statuses(rollout_id, {}) == []
+    with pytest.raises(RegistryError, match="'cam-5' is not in any wave"):
+        registry.set_wave_device_statuses(rollout_id, {"cam-5": ("sent", None)})
