@@ -838,12 +838,18 @@ class Registry:
             return rollout_info(row)
 
     def save_rollout_plan(
-        self, rollout_id: int, plan: Mapping[str, Any], status: RolloutStatus
+        self,
+        rollout_id: int,
+        plan: Mapping[str, Any],
+        status: RolloutStatus,
+        reason: str | None = None,
     ) -> None:
         """Store the rollout planner's state (JSON) and follow its status, in one transaction.
 
         The server resumes a rollout from this after a restart. A status change
-        is written to the timeline; a finished rollout's status never changes.
+        is written to the timeline with ``reason`` (why it was paused or
+        aborted), which also becomes the rollout's reason; a finished
+        rollout's status never changes.
         """
         check_status(status, ROLLOUT_STATUSES, "rollout")
         now = self._clock()
@@ -856,7 +862,7 @@ class Registry:
                 saved.plan, saved.updated_at = dict(plan), now
             if row.status != status and row.status not in TERMINAL_ROLLOUT_STATUSES:
                 row.updated_at = now
-                _move_rollout(session, row, status, row.reason, now)
+                _move_rollout(session, row, status, reason or row.reason, now)
 
     def rollout_plan(self, rollout_id: int) -> dict[str, Any] | None:
         """The planner state saved by :meth:`save_rollout_plan`, if any."""

@@ -32,7 +32,17 @@ from fleet_server.publisher import MetadataPublisher
 from fleet_server.quality_gate import Baseline, WaveTelemetry
 from fleet_server.records import DeviceInfo, TargetSelector, WaveDeviceStatus, WaveInfo
 from fleet_server.registry import Registry
-from fleet_server.rollout_plan import Action, Assign, Notify, Rollback, RolloutState, Step, recover
+from fleet_server.rollout_plan import (
+    Action,
+    Assign,
+    DeviceStatus,
+    Notify,
+    Rollback,
+    RolloutState,
+    RolloutStatus,
+    Step,
+    recover,
+)
 from fleet_server.rollout_spec import RolloutSpec, TargetDevice, WaveSpec
 from fleet_server.telemetry import quality_figures
 from fleet_server.trust import KeySet, Repository
@@ -103,6 +113,8 @@ class FleetServer:
         """How long a batch gathers reports: bursts cost one transaction and one plan save."""
         self._dirty: dict[int, RolloutState] = {}
         self._synced_waves: dict[int, dict[int, tuple[int, str]]] = {}
+        self._last_reason: dict[str, str] = {}
+        """Device id -> the reason its newest event gave (failures, rollbacks)."""
         """Rollout id -> wave index -> (wave id, status) as last written to the registry."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -183,13 +195,14 @@ class FleetServer:
             self.broker_auth.write(self.registry.credentials_hashes())
         now = time.time()
         for info in self.registry.rollouts(
-            status=("pending", "running", "paused", "awaiting-approval")
+            status=("pending", "running", "paused", "awaiting-approval", "rolled-back", "completed")
         ):
             plan = self.registry.rollout_plan(info.id)
             if plan is None:
                 continue
-            step = recover(RolloutState.model_validate(plan), now)
-            self._apply(info.id, step)
+            state = RolloutState.model_validate(plan)
+            if _followed(state):
+                self._apply(info.id, recover(state, now))
         self._publish()
         self._thread = threading.Thread(target=self._run, name="fleet-server", daemon=True)
         self._thread.start()
@@ -310,6 +323,9 @@ class FleetServer:
                     self._device_state(device_id, payload)
             elif leaf == "events":
                 self.registry.record_event(device_id, payload)
+                if isinstance(payload, dict) and payload.get("reason"):
+                    # the state report that follows says where the device is, its events why
+                    self._last_reason[device_id] = str(payload["reason"])[:500]
             elif leaf == "telemetry":
                 self.registry.record_telemetry(device_id, payload)
         except (ValueError, EdgefleetError) as exc:
@@ -323,7 +339,10 @@ class FleetServer:
         with self._lock:
             for rollout_id, state in list(self._plans.items()):
                 if device_id in state.devices:
-                    step = state.device_report(device_id, phase, active, "", now, target_sha=target)
+                    reason = self._last_reason.get(device_id, "")
+                    step = state.device_report(
+                        device_id, phase, active, reason, now, target_sha=target
+                    )
                     if step.state is not state or step.events or step.actions:
                         self._apply(rollout_id, step, save=False)
 
@@ -386,7 +405,7 @@ class FleetServer:
             return step.state
 
     def plan(self, rollout_id: int) -> RolloutState | None:
-        """The live planner state of a running rollout (None once finished)."""
+        """The live planner state of a rollout still followed (None once finished and settled)."""
         with self._lock:
             return self._plans.get(rollout_id)
 
@@ -407,13 +426,27 @@ class FleetServer:
         """
         state = step.state
         for event in step.events:
-            self.registry.add_timeline(event.kind.value, event.message, rollout_id=rollout_id)
+            data: dict[str, Any] = {}
+            if event.wave is not None:
+                data["wave"] = event.wave
+            if event.device_ids:
+                data["devices"] = list(event.device_ids)
+            if event.verdict is not None:
+                data["verdict"] = event.verdict.model_dump(mode="json")
+            self.registry.add_timeline(
+                event.kind.value,
+                event.message,
+                rollout_id=rollout_id,
+                device_id=event.device_ids[0] if len(event.device_ids) == 1 else None,
+                data=data or None,
+                at=event.at,
+            )
         if step.actions:
             self._execute(step.actions)
-        if state.finished:
-            self._plans.pop(rollout_id, None)
-        else:
+        if _followed(state):
             self._plans[rollout_id] = state
+        else:
+            self._plans.pop(rollout_id, None)
         self._dirty[rollout_id] = state
         if save:
             self._save_dirty()
@@ -424,10 +457,13 @@ class FleetServer:
         for rollout_id, state in dirty.items():
             with self.registry.batch():  # readers see the plan's status and its waves together
                 self.registry.save_rollout_plan(
-                    rollout_id, state.model_dump(mode="json"), state.status.value
+                    rollout_id,
+                    state.model_dump(mode="json"),
+                    state.status.value,
+                    state.reason or None,
                 )
                 self._sync_waves(rollout_id, state)
-            if state.finished:
+            if not _followed(state):
                 self._synced.pop(rollout_id, None)
                 self._synced_waves.pop(rollout_id, None)
 
@@ -489,6 +525,22 @@ class FleetServer:
             self.publisher.reset()
         self.publisher.publish()
         self._last_publish = time.time()
+
+
+def _followed(state: RolloutState) -> bool:
+    """Whether device reports still change the rollout: while it runs; after a rollback until
+    every rolled-back device is off the new bundle; after it completed, until the devices
+    that were sent it but had not answered (offline, late) have."""
+    if not state.finished:
+        return True
+    if state.status is RolloutStatus.ROLLED_BACK:
+        return state.rollback_completed_at is None
+    if state.status is RolloutStatus.COMPLETED:
+        return any(p.status in _UNANSWERED for p in state.devices.values())
+    return False
+
+
+_UNANSWERED = frozenset({DeviceStatus.SENT, DeviceStatus.IN_PROGRESS, DeviceStatus.TIMED_OUT})
 
 
 def _newest_states(batch: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:

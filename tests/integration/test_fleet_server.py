@@ -85,6 +85,12 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: int) -> Ite
         "bad": make_bad_golden_bundle(
             tmp_path / "bad.efb", tiny_onnx_model(scale=40.0, seed=9), "onnx", "3.0.0"
         ),
+        # v1's weights, softer logits: the same classes at ~0.70 mean confidence instead of
+        # ~0.95; it passes every device check (smoke test, probation at half the old
+        # confidence) and only the fleet's quality gate can see it
+        "dull": make_bundle(
+            tmp_path / "dull.efb", tiny_onnx_model(scale=6.0), "onnx", "4.0.0", softmax=True
+        ),
     }
     for name in bundles:
         repo.release(tmp_path / f"{name}.efb", keys.role("targets"))
@@ -191,6 +197,46 @@ def test_failing_canary_aborts_and_rolls_back(setup: Setup) -> None:
     assert len(canary) == 2
 
 
+def test_canary_failing_the_quality_gate_on_telemetry_aborts_and_rolls_back(
+    setup: Setup,
+) -> None:
+    v1, dull = setup.bundles["v1"], setup.bundles["dull"]
+    everyone = [f"cam-{i:02d}" for i in range(DEVICES)]
+    setup.wait_for(  # v1 telemetry to compare the canary against
+        lambda: setup.registry.aggregate_telemetry(everyone).overall is not None, timeout=30
+    )
+    time.sleep(3)
+    rollout = setup.server.create_rollout(
+        dull.sha256, TargetSelector.tags(["line1"]), waves(), previous_sha256=v1.sha256
+    )
+    setup.wait_for(
+        lambda: setup.registry.rollout(rollout).status in {"completed", "aborted", "rolled-back"}
+    )
+    info = setup.registry.rollout(rollout)
+    assert info.status == "rolled-back"
+    assert info.reason is not None and "confidence" in info.reason, info.reason
+    canary, rest = setup.registry.waves(rollout)
+    assert canary.status == "failed" and rest.status != "succeeded"
+    setup.wait_for(lambda: all(v == v1.sha256 for v in setup.active().values()))
+
+    def canary_statuses() -> set[str]:
+        statuses = {d.device_id: d.status for d in setup.registry.wave_devices(rollout)}
+        return {statuses[d] for d in canary.device_ids}
+
+    setup.wait_for(lambda: canary_statuses() == {"rolled-back"}, timeout=30)
+    statuses = {d.device_id: d.status for d in setup.registry.wave_devices(rollout)}
+    assert all(statuses[d] == "pending" for d in rest.device_ids)  # never sent
+    kinds = [t.kind for t in setup.registry.timeline(rollout_id=rollout, limit=500)]
+    assert "wave-failed" in kinds
+    # every canary committed first (the device saw nothing wrong), then went back to v1
+    committed = {
+        t.device_id
+        for t in setup.registry.timeline(rollout_id=rollout, limit=500)
+        if t.kind == "device-committed"
+    }
+    assert committed >= set(canary.device_ids)
+
+
 def test_server_restarted_mid_rollout_resumes_without_resending(setup: Setup) -> None:
     v1, v2 = setup.bundles["v1"], setup.bundles["v2"]
     spec = waves()
@@ -242,3 +288,8 @@ def test_offline_device_converges_when_it_returns(setup: Setup) -> None:
         DEVICES - 1
     )  # it comes back online and converges from the retained assignment
     setup.wait_for(lambda: setup.registry.device(last).active_bundle == v2.sha256)
+
+    def status_of_last() -> str:
+        return {d.device_id: d.status for d in setup.registry.wave_devices(rollout)}[last]
+
+    setup.wait_for(lambda: status_of_last() == "committed", timeout=20)  # followed after the end
