@@ -634,9 +634,19 @@ class Registry:
         return [(at, dict(snapshot)) for at, snapshot in reversed(rows)]
 
     def aggregate_telemetry(
-        self, device_ids: Iterable[str], since: float | None = None, until: float | None = None
+        self,
+        device_ids: Iterable[str],
+        since: float | None = None,
+        until: float | None = None,
+        *,
+        bundle: str | None = None,
     ) -> TelemetrySummary:
-        """Figures per device and together over ``[since, until]`` (see :mod:`fleet_server.telemetry`)."""
+        """Figures per device and together over ``[since, until]`` (see :mod:`fleet_server.telemetry`).
+
+        With ``bundle``, only the snapshots a device sent while serving that
+        bundle count (each snapshot names it), so a wave's figures never mix
+        the old model's predictions with the new one's.
+        """
         ids = sorted(set(device_ids))
         window: dict[str, list[TelemetrySample]] = {device_id: [] for device_id in ids}
         baselines: dict[str, TelemetrySample] = {}
@@ -652,8 +662,11 @@ class Registry:
                     query = query.where(db.Telemetry.at <= until)
                 query = query.order_by(db.Telemetry.device_id, db.Telemetry.at, db.Telemetry.id)
                 for device_id, at, snapshot in session.execute(query):
-                    window[device_id].append(read_sample(snapshot, at))
-            if since is not None:
+                    if bundle is None or (
+                        isinstance(snapshot, dict) and snapshot.get("bundle") == bundle
+                    ):
+                        window[device_id].append(read_sample(snapshot, at))
+            if since is not None and bundle is None:  # a filtered window has no baseline
                 for device_id in ids:
                     before = session.execute(
                         select(db.Telemetry.at, db.Telemetry.snapshot)
@@ -675,7 +688,12 @@ class Registry:
         )
 
     def wave_telemetry(
-        self, wave_id: int, since: float | None = None, until: float | None = None
+        self,
+        wave_id: int,
+        since: float | None = None,
+        until: float | None = None,
+        *,
+        bundle: str | None = None,
     ) -> TelemetrySummary:
         """:meth:`aggregate_telemetry` over a wave's devices, by default since the wave started."""
         with self._transaction() as session:
@@ -684,7 +702,9 @@ class Registry:
             ids = session.scalars(
                 select(db.WaveDevice.device_id).where(db.WaveDevice.wave_id == wave_id)
             ).all()
-        return self.aggregate_telemetry(ids, since if since is not None else started, until)
+        return self.aggregate_telemetry(
+            ids, since if since is not None else started, until, bundle=bundle
+        )
 
     # --- assignments --------------------------------------------------------------------
 

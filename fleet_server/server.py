@@ -415,8 +415,9 @@ class FleetServer:
         The planner reads it only when a wave's quality gate decides, so most
         ticks cost no telemetry query at all.
         """
-        del state
-        return _LazyWaveTelemetry(self.registry, rollout_id)
+        return _LazyWaveTelemetry(
+            self.registry, rollout_id, state.spec.bundle, state.spec.previous_bundle
+        )
 
     def _apply(self, rollout_id: int, step: Step, *, save: bool = True) -> None:
         """Record the step's events, execute its actions, keep its state; save it now or with the batch.
@@ -558,9 +559,13 @@ def _newest_states(batch: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
 class _LazyWaveTelemetry(Mapping[int, WaveTelemetry]):
     """Wave index -> :class:`WaveTelemetry`, aggregated from the registry on first access."""
 
-    def __init__(self, registry: Registry, rollout_id: int) -> None:
+    def __init__(
+        self, registry: Registry, rollout_id: int, bundle: str, previous: str | None
+    ) -> None:
         self._registry = registry
         self._rollout_id = rollout_id
+        self._bundle = bundle
+        self._previous = previous
         self._waves: dict[int, WaveInfo] | None = None
         self._figures: dict[int, WaveTelemetry | None] = {}
 
@@ -578,9 +583,10 @@ class _LazyWaveTelemetry(Mapping[int, WaveTelemetry]):
             wave = self._started().get(index)
             figures = None
             if wave is not None and wave.started_at is not None:
-                new = self._registry.wave_telemetry(wave.id).overall
+                # each side counts only what its own bundle served
+                new = self._registry.wave_telemetry(wave.id, bundle=self._bundle).overall
                 before = self._registry.aggregate_telemetry(
-                    wave.device_ids, until=wave.started_at
+                    wave.device_ids, until=wave.started_at, bundle=self._previous
                 ).overall
                 if new is not None:
                     figures = WaveTelemetry(

@@ -758,3 +758,23 @@ def test_many_device_statuses_in_one_call_follow_the_same_rules(
     assert registry.set_wave_device_statuses(rollout_id, {}) == []
     with pytest.raises(RegistryError, match="'cam-5' is not in any wave"):
         registry.set_wave_device_statuses(rollout_id, {"cam-5": ("sent", None)})
+
+
+def test_telemetry_of_one_bundle_leaves_out_what_another_served(
+    registry: Registry, clock: FakeClock
+) -> None:
+    t0 = clock.now
+    old, new = "a" * 64, "b" * 64
+    for i, (bundle, confidence) in enumerate([(old, 0.95), (old, 0.95), (new, 0.6), (new, 0.7)]):
+        payload = snapshot(100.0 * (i + 1), confidence=confidence) | {"bundle": bundle}
+        registry.record_telemetry("cam-1", payload, at=t0 + i)
+    mixed = registry.aggregate_telemetry(["cam-1"], since=t0).overall
+    only_new = registry.aggregate_telemetry(["cam-1"], since=t0, bundle=new).overall
+    only_old = registry.aggregate_telemetry(["cam-1"], until=t0 + 1.5, bundle=old).overall
+    assert mixed is not None and only_new is not None and only_old is not None
+    assert only_new.mean_confidence == pytest.approx(0.65)
+    assert only_old.mean_confidence == pytest.approx(0.95)
+    assert mixed.mean_confidence is not None and mixed.mean_confidence > 0.7
+    assert only_new.predictions == 100  # between its own two snapshots only
+    nothing = registry.aggregate_telemetry(["cam-1"], bundle="c" * 64).overall
+    assert nothing is not None and nothing.samples == 0 and nothing.mean_confidence is None
