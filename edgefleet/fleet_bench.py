@@ -205,6 +205,21 @@ class _Api:
 
 
 @contextmanager
+def _broker(
+    url: str | None, folder: Path
+) -> Iterator[tuple[str, int, subprocess.Popen[bytes] | None]]:
+    """The broker to use: ``url`` as it is, or a Mosquitto started for the run."""
+    if url is not None:
+        from fleet_server.service import parse_broker_url
+
+        host, port = parse_broker_url(url)
+        yield host, port, None
+        return
+    with _mosquitto(folder) as (host, port, process):
+        yield host, port, process
+
+
+@contextmanager
 def _mosquitto(folder: Path) -> Iterator[tuple[str, int, subprocess.Popen[bytes]]]:
     binary = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -259,23 +274,7 @@ def run_fleet_bench(options: FleetBenchOptions, console: Any) -> dict[str, Any]:
         for offline in ("root", "targets"):  # the server runs with the online keys only
             for key in (workdir / "keys").glob(f"{offline}-*.pem"):
                 key.unlink()
-        if options.broker_url is not None:
-            from fleet_server.service import parse_broker_url
-
-            host, port = parse_broker_url(options.broker_url)
-            broker = None
-            return _run(
-                options=options,
-                console=console,
-                workdir=workdir,
-                repo=repo,
-                bundle_path=bundle_path,
-                bundle=bundle,
-                host=host,
-                port=port,
-                broker=broker,
-            )
-        with _mosquitto(workdir) as (host, port, process):
+        with _broker(options.broker_url, workdir) as (host, port, process):
             return _run(
                 options=options,
                 console=console,

@@ -30,7 +30,7 @@ from edge_runtime.mqtt import MqttLink
 from fleet_server.broker_auth import SERVER_USERNAME, BrokerAuth
 from fleet_server.trust import Expiry, Repository, init_keys
 from tests.conftest import free_port, wait_for_port
-from tests.e2e.test_cli_serve import wait_healthy
+from tests.e2e.test_cli_serve import start_serve, wait_healthy
 
 pytestmark = [pytest.mark.broker]
 
@@ -115,28 +115,15 @@ def test_devices_get_their_own_credentials_and_cannot_publish_as_another(
         "EDGEFLEET_TOKEN": "auth-token",
         "EDGEFLEET_MQTT_PASSWORD": SERVER_PASSWORD,
     }
-    server = subprocess.Popen(
-        [
-            *EDGEFLEET,
-            "serve",
-            "--state",
-            str(tmp_path / "state"),
-            "--repo",
-            str(tmp_path / "repo"),
-            "--keys",
-            str(tmp_path / "keys"),
-            "--http-port",
-            str(http_port),
-            "--broker",
-            f"mqtt://127.0.0.1:{port}",
-            "--broker-auth-dir",
-            str(auth_dir),
-            "--broker-reload",
-            f"kill -HUP {mosquitto_pid}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    server = start_serve(
+        tmp_path,
+        http_port,
+        "--broker",
+        f"mqtt://127.0.0.1:{port}",
+        "--broker-auth-dir",
+        str(auth_dir),
+        "--broker-reload",
+        f"kill -HUP {mosquitto_pid}",
         env=env,
     )
 

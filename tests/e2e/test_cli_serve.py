@@ -26,6 +26,31 @@ EDGEFLEET = [sys.executable, "-m", "edgefleet"]
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "EDGEFLEET_TOKEN": "e2e-token"}
 
 
+def start_serve(
+    folder: Path, http_port: int, *options: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`edgefleet serve` on the state, repo and keys folders under ``folder``."""
+    return subprocess.Popen(
+        [
+            *EDGEFLEET,
+            "serve",
+            "--state",
+            str(folder / "state"),
+            "--repo",
+            str(folder / "repo"),
+            "--keys",
+            str(folder / "keys"),
+            "--http-port",
+            str(http_port),
+            *options,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or ENV,
+    )
+
+
 def wait_healthy(url: str, process: subprocess.Popen[str], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -50,26 +75,7 @@ def test_serve_with_embedded_broker_and_fleet_commands(tmp_path: Path) -> None:
             path.unlink()
     http_port, broker_port = free_port(), free_port()
     server = f"http://127.0.0.1:{http_port}"
-    process = subprocess.Popen(
-        [
-            *EDGEFLEET,
-            "serve",
-            "--state",
-            str(tmp_path / "state"),
-            "--repo",
-            str(tmp_path / "repo"),
-            "--keys",
-            str(tmp_path / "keys"),
-            "--http-port",
-            str(http_port),
-            "--broker-port",
-            str(broker_port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
+    process = start_serve(tmp_path, http_port, "--broker-port", str(broker_port))
     try:
         wait_healthy(server, process)
 
