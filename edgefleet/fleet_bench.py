@@ -150,7 +150,16 @@ def synthetic_bundle(path: Path, size_mb: float, version: str = "1.0.0") -> Path
     Simulated devices check its signature, length and hash like any bundle;
     nothing ever runs it (its name and description say so).
     """
-    size = max(64, int(size_mb * 1_000_000) - 4096)
+    wanted = int(size_mb * 1_000_000)
+    size = max(64, wanted - 4096)
+    data = _payload_bundle(size, version)
+    if len(data) > wanted:  # the archive's records and manifest: take their size off the model
+        data = _payload_bundle(max(64, size - (len(data) - wanted) - 10240), version)
+    path.write_bytes(data)
+    return path
+
+
+def _payload_bundle(size: int, version: str) -> bytes:
     payload = bytearray(np.random.default_rng(7).integers(0, 256, size, dtype=np.uint8).tobytes())
     payload[4:8] = b"TFL3"
     manifest = ManifestSpec(
@@ -168,9 +177,7 @@ def synthetic_bundle(path: Path, size_mb: float, version: str = "1.0.0") -> Path
         labels=["cardboard", "glass", "metal", "paper", "plastic", "trash"],
         postprocessing=Postprocessing(apply_softmax=False),
     )
-    data = build_bundle(manifest, {"model.tflite": bytes(payload)})
-    path.write_bytes(data)
-    return path
+    return build_bundle(manifest, {"model.tflite": bytes(payload)})
 
 
 class _Api:
