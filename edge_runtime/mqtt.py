@@ -52,6 +52,7 @@ class MqttLink:
         self.device_id = device_id
         self.availability_topic = device_topic(config.topic_prefix, device_id, "availability")
         self.connected = threading.Event()
+        self._stopping = False
         self._lock = threading.RLock()
         self._subscriptions: dict[str, _Subscription] = {}
         self._pending_subacks: dict[int, list[str]] = {}
@@ -104,7 +105,10 @@ class MqttLink:
         with self._lock:
             self.connected.clear()
             self._pending_subacks.clear()
-        log.warning("disconnected from MQTT broker (%s); reconnecting", reason)
+        if self._stopping:
+            log.info("disconnected from MQTT broker (stopping)")
+        else:
+            log.warning("disconnected from MQTT broker (%s); reconnecting", reason)
 
     def _on_subscribe(
         self, _client: mqtt.Client, _userdata: Any, mid: int, reasons: Any, _props: Any
@@ -191,6 +195,7 @@ class MqttLink:
 
     def stop(self) -> None:
         """Say ``offline`` (retained), disconnect and stop the network thread."""
+        self._stopping = True
         if self.connected.is_set():
             info = self._client.publish(self.availability_topic, b"offline", qos=1, retain=True)
             info.wait_for_publish(timeout=2.0)
