@@ -840,6 +840,32 @@ class Registry:
         with self._transaction() as session:
             return [rollout_info(row) for row in session.scalars(query)]
 
+    def rollouts_with_devices(
+        self, rollout_statuses: Iterable[str], device_statuses: Iterable[str]
+    ) -> list[int]:
+        """Ids of the rollouts in one of ``rollout_statuses`` with a device in ``device_statuses``.
+
+        One query, however long the history: the server asks it at start for
+        the finished rollouts it must keep following.
+        """
+        wanted_rollouts, wanted_devices = list(rollout_statuses), list(device_statuses)
+        for value in wanted_rollouts:
+            check_status(value, ROLLOUT_STATUSES, "rollout")
+        for value in wanted_devices:
+            check_status(value, WAVE_DEVICE_STATUSES, "device")
+        query = (
+            select(db.Rollout.id)
+            .join(db.WaveDevice, db.WaveDevice.rollout_id == db.Rollout.id)
+            .where(
+                db.Rollout.status.in_(wanted_rollouts),
+                db.WaveDevice.status.in_(wanted_devices),
+            )
+            .distinct()
+            .order_by(db.Rollout.id)
+        )
+        with self._transaction() as session:
+            return list(session.scalars(query))
+
     def update_rollout_status(
         self, rollout_id: int, status: RolloutStatus, *, reason: str | None = None
     ) -> RolloutInfo:

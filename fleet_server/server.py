@@ -194,15 +194,25 @@ class FleetServer:
         if self.broker_auth is not None:
             self.broker_auth.write(self.registry.credentials_hashes())
         now = time.time()
-        for info in self.registry.rollouts(
-            status=("pending", "running", "paused", "awaiting-approval", "rolled-back", "completed")
-        ):
-            plan = self.registry.rollout_plan(info.id)
+        live = [
+            info.id
+            for info in self.registry.rollouts(
+                status=("pending", "running", "paused", "awaiting-approval")
+            )
+        ]
+        # finished rollouts still waiting for devices: rolled back, or completed with late ones
+        waiting = self.registry.rollouts_with_devices(
+            ("rolled-back",), ("sent", "downloading", "committed")
+        ) + self.registry.rollouts_with_devices(
+            ("completed",), ("sent", "downloading", "timed-out")
+        )
+        for rollout_id in sorted({*live, *waiting}):
+            plan = self.registry.rollout_plan(rollout_id)
             if plan is None:
                 continue
             state = RolloutState.model_validate(plan)
             if _followed(state):
-                self._apply(info.id, recover(state, now))
+                self._apply(rollout_id, recover(state, now))
         self._publish()
         self._thread = threading.Thread(target=self._run, name="fleet-server", daemon=True)
         self._thread.start()

@@ -778,3 +778,14 @@ def test_telemetry_of_one_bundle_leaves_out_what_another_served(
     assert only_new.predictions == 100  # between its own two snapshots only
     nothing = registry.aggregate_telemetry(["cam-1"], bundle="c" * 64).overall
     assert nothing is not None and nothing.samples == 0 and nothing.mean_confidence is None
+
+
+def test_rollouts_still_waiting_for_devices_are_found_in_one_query(
+    registry: Registry, bundles: list[Bundle]
+) -> None:
+    rollout_id, _ = _rollout_in_progress(registry, bundles)  # cam-3 downloading, cam-4 failed
+    assert registry.rollouts_with_devices(["running"], ["downloading"]) == [rollout_id]
+    assert registry.rollouts_with_devices(["running"], ["timed-out"]) == []
+    assert registry.rollouts_with_devices(["completed"], ["downloading"]) == []
+    with pytest.raises(RegistryError):
+        registry.rollouts_with_devices(["exploded"], ["sent"])
