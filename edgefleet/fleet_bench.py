@@ -52,6 +52,7 @@ from edge_runtime.bundle import (
 )
 from edge_runtime.errors import EdgefleetError
 from edgefleet.fleet_sim import SimFleetProcesses
+from fleet_server.broker_auth import mosquitto_binary
 from fleet_server.service import free_port
 
 __all__ = ["FleetBenchOptions", "ProcessSampler", "run_fleet_bench", "synthetic_bundle"]
@@ -228,9 +229,7 @@ def _broker(
 
 @contextmanager
 def _mosquitto(folder: Path) -> Iterator[tuple[str, int, subprocess.Popen[bytes]]]:
-    binary = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+    binary = mosquitto_binary()
     if binary is None:
         raise FleetBenchError(
             "mosquitto is not installed: `apt-get install mosquitto`, or give --broker mqtt://HOST:PORT"

@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import shlex
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from fleet_server.errors import FleetError
 __all__ = [
     "BrokerAuth",
     "hash_password",
+    "mosquitto_binary",
     "new_password",
     "render_acl",
     "render_passwd",
@@ -45,6 +47,15 @@ PBKDF2_ITERATIONS = 1000
 """Mosquitto's ``mosquitto_passwd`` uses 101; the passwords are random 192-bit tokens either way."""
 _SALT_BYTES = 12
 SERVER_USERNAME = "edgefleet-server"
+
+
+def mosquitto_binary() -> str | None:
+    """The ``mosquitto`` executable on PATH (or Debian's /usr/sbin), None when absent."""
+    found = shutil.which("mosquitto")
+    if found is not None:
+        return found
+    debian = Path("/usr/sbin/mosquitto")
+    return str(debian) if debian.exists() else None
 
 
 def new_password() -> str:

@@ -1059,52 +1059,22 @@ class Registry:
         replaces it (a timed-out device that comes back and commits). With
         ``force`` any status applies (the rollout retries the device).
         """
-        check_status(status, WAVE_DEVICE_STATUSES, "device")
-        now = self._clock()
-        with self._transaction(write=True) as session:
-            row = session.scalar(
-                select(db.WaveDevice)
-                .where(db.WaveDevice.rollout_id == rollout_id, db.WaveDevice.device_id == device_id)
-                .with_for_update()
-            )
-            if row is None:
-                get_rollout(session, rollout_id)
-                raise RegistryError(
-                    f"device {device_id!r} is not in any wave of rollout {rollout_id}"
-                )
-            if row.status == status and row.reason == reason:
-                return False
-            late = row.status in TERMINAL_DEVICE_STATUSES and status not in TERMINAL_DEVICE_STATUSES
-            if late and not force:
-                log.debug(
-                    "rollout %d: kept %s %s over late %s", rollout_id, device_id, row.status, status
-                )
-                return False
-            previous = row.status
-            row.status, row.reason, row.updated_at = status, reason, now
-            message = f"{previous} -> {status}" + (f": {reason}" if reason else "")
-            session.add(
-                timeline_entry(
-                    "device-status",
-                    message,
-                    rollout_id=rollout_id,
-                    device_id=device_id,
-                    data={"from": previous, "to": status},
-                    at=now,
-                )
-            )
-            return True
+        changed = self.set_wave_device_statuses(
+            rollout_id, {device_id: (status, reason)}, force=force
+        )
+        return bool(changed)
 
     def set_wave_device_statuses(
         self,
         rollout_id: int,
         changes: Mapping[str, tuple[WaveDeviceStatus, str | None]],
+        *,
+        force: bool = False,
     ) -> list[str]:
         """:meth:`set_wave_device_status` for many devices in one transaction and one query.
 
         ``changes`` maps device ids to (status, reason); returns the devices
-        whose status changed. The same rules apply: an outcome is not replaced
-        by a late report of an earlier step.
+        whose status changed, each written to the timeline.
         """
         for status, _ in changes.values():
             check_status(status, WAVE_DEVICE_STATUSES, "device")
@@ -1117,6 +1087,8 @@ class Registry:
                 db.WaveDevice.rollout_id == rollout_id,
                 db.WaveDevice.device_id.in_(list(changes)),
             )
+            if self._row_locks:
+                query = query.with_for_update()
             rows = {row.device_id: row for row in session.scalars(query)}
             if missing := sorted(set(changes) - set(rows)):
                 get_rollout(session, rollout_id)
@@ -1128,10 +1100,18 @@ class Registry:
                 row = rows[device_id]
                 if row.status == status and row.reason == reason:
                     continue
-                if (
+                late = (
                     row.status in TERMINAL_DEVICE_STATUSES
                     and status not in TERMINAL_DEVICE_STATUSES
-                ):
+                )
+                if late and not force:
+                    log.debug(
+                        "rollout %d: kept %s %s over late %s",
+                        rollout_id,
+                        device_id,
+                        row.status,
+                        status,
+                    )
                     continue
                 previous = row.status
                 row.status, row.reason, row.updated_at = status, reason, now

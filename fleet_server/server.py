@@ -97,25 +97,22 @@ class FleetServer:
         self.bundle_folder.mkdir(parents=True, exist_ok=True)
         self.tick_s = tick_s
         self.resign_every_s = resign_every_s
+        """Re-sign and re-publish snapshot/timestamp this often, long before the timestamp expires."""
         self.broker_auth = broker_auth
         """Per-device broker credentials and the Mosquitto files (None: the broker is open)."""
-        """Re-sign and re-publish snapshot/timestamp this often, long before the timestamp expires."""
         self._last_publish = 0.0
         self._lock = threading.RLock()
         self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         """Device reports, queued by paho's network thread, handled by the server's own thread."""
-        self.reports_received = 0
-        self.reports_handled = 0
-        self.batches_handled = 0
         self.max_batch = 1000
         """At most this many queued device reports share one database transaction."""
         self.batch_window_s = 0.1
         """How long a batch gathers reports: bursts cost one transaction and one plan save."""
         self._dirty: dict[int, RolloutState] = {}
         self._synced_waves: dict[int, dict[int, tuple[int, str]]] = {}
+        """Rollout id -> wave index -> (wave id, status) as last written to the registry."""
         self._last_reason: dict[str, str] = {}
         """Device id -> the reason its newest event gave (failures, rollbacks)."""
-        """Rollout id -> wave index -> (wave id, status) as last written to the registry."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._plans: dict[int, RolloutState] = {}
@@ -294,26 +291,12 @@ class FleetServer:
                 self._dirty.update(self._plans)
                 self._synced.clear()
                 self._synced_waves.clear()
-        finally:
-            self.reports_handled += len(batch)
-            self.batches_handled += 1
-
-    def drain(self, timeout: float = 10.0) -> bool:
-        """Wait until every device report queued so far is handled (tests, shutdown); True if so."""
-        target = self.reports_received
-        deadline = time.monotonic() + timeout
-        while self.reports_handled < target:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        return True
 
     # --- device reports -----------------------------------------------------------------
 
     def _on_device_message(
         self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage
     ) -> None:
-        self.reports_received += 1
         self._inbox.put((message.topic, bytes(message.payload)))
 
     def _handle_report(self, topic: str, raw: bytes) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,16 +123,11 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 @pytest.fixture
 def mosquitto(tmp_path_factory: pytest.TempPathFactory):
     """A real Mosquitto broker on a free loopback port (default limits); yields the port."""
-    import shutil
     import subprocess
 
-    binary = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if binary is None:
-        pytest.skip(
-            "mosquitto is not installed (make test installs it with apt-get when run as root)"
-        )
+    from tests.services import require_mosquitto
+
+    binary = require_mosquitto()
     port = free_port()
     folder = tmp_path_factory.mktemp("mosquitto")
     conf = folder / "mosquitto.conf"

@@ -39,6 +39,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import free_port
+from tests.services import service_missing
 
 __all__ = [
     "NOT_INSTALLED",
@@ -123,7 +124,7 @@ class _LocalCluster:
             try:
                 self.run_as = pwd.getpwnam("postgres")
             except KeyError:
-                pytest.skip(
+                service_missing(
                     "PostgreSQL refuses to run as root and there is no 'postgres' user "
                     "(the Debian package creates it: apt-get install postgresql)"
                 )
@@ -176,7 +177,7 @@ class _LocalCluster:
         if initdb.returncode != 0:
             output = (initdb.stdout + initdb.stderr).decode(errors="replace")[-2000:]
             self.remove()
-            pytest.skip(f"PostgreSQL initdb failed (exit {initdb.returncode}): {output}")
+            service_missing(f"PostgreSQL initdb failed (exit {initdb.returncode}): {output}")
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -236,7 +237,7 @@ class _LocalCluster:
             engine.dispose()
         tail = self.log.read_text(errors="replace")[-2000:]
         self.stop()
-        pytest.skip(f"PostgreSQL could not start on 127.0.0.1:{self.port} ({reason}): {tail}")
+        service_missing(f"PostgreSQL could not start on 127.0.0.1:{self.port} ({reason}): {tail}")
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT), then remove the cluster's folder."""
@@ -259,7 +260,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL server for the whole test session (see the module docstring)."""
     driver = postgres_driver()
     if driver is None:
-        pytest.skip(_NO_DRIVER)
+        service_missing(_NO_DRIVER)
     external = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL")
     if external:
         server = PostgresServer(make_url(external))
@@ -268,7 +269,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         return
     bin_dir = find_postgres_bin()
     if bin_dir is None:
-        pytest.skip(NOT_INSTALLED)
+        service_missing(NOT_INSTALLED)
     cluster = _LocalCluster(bin_dir, driver)
     server = cluster.start()
     try:

@@ -30,7 +30,6 @@ from edge_runtime.bench.report import (
     Samples,
     SingleStream,
     StageBreakdown,
-    Summary,
 )
 from edge_runtime.bench.stats import (
     bootstrap_median_ratio,
@@ -215,7 +214,7 @@ def _single_stream(recorder: _Recorder, settings: BenchSettings) -> SingleStream
 def _bare_comparison(recorder: _Recorder, tolerance: float) -> BareComparison:
     ratio = bootstrap_median_ratio(recorder.bare, recorder.invoke)
     return BareComparison(
-        bare_invoke=Summary.of(summarize(recorder.bare)),
+        bare_invoke=summarize(recorder.bare),
         invoke_ratio=ratio.estimate,
         invoke_ratio_low=ratio.low,
         invoke_ratio_high=ratio.high,
@@ -263,7 +262,7 @@ def bench_configuration(
     xnnpack = bare.xnnpack
     classifier.backend.close()
 
-    e2e = Summary.of(summarize(recorder.end_to_end))
+    e2e = summarize(recorder.end_to_end)
     wall = recorder.wall_s
     contract = manifest.preprocessing
     return ConfigResult(
@@ -284,10 +283,10 @@ def bench_configuration(
         runs=len(recorder.end_to_end),
         duration_s=wall,
         stages=StageBreakdown(
-            decode=Summary.of(summarize(recorder.decode)) if recorder.decode else None,
-            preprocess=Summary.of(summarize(recorder.preprocess)),
-            invoke=Summary.of(summarize(recorder.invoke)),
-            postprocess=Summary.of(summarize(recorder.postprocess)),
+            decode=summarize(recorder.decode) if recorder.decode else None,
+            preprocess=summarize(recorder.preprocess),
+            invoke=summarize(recorder.invoke),
+            postprocess=summarize(recorder.postprocess),
             end_to_end=e2e,
         ),
         bare=_bare_comparison(recorder, settings.tolerance),

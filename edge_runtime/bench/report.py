@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_runtime.atomic import atomic_write_bytes
-from edge_runtime.bench.stats import LatencySummary
+from edge_runtime.bench.stats import LatencySummary as Summary
 from edge_runtime.errors import ConfigError
 
 __all__ = [
@@ -41,25 +41,6 @@ STAGE_NAMES = ("decode", "preprocess", "invoke", "postprocess", "end_to_end")
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Summary(_Model):
-    """min/mean/std/percentiles/max of one latency series, milliseconds."""
-
-    count: int
-    min: float
-    mean: float
-    std: float
-    p50: float
-    p90: float
-    p95: float
-    p99: float
-    max: float
-
-    @classmethod
-    def of(cls, summary: LatencySummary) -> Summary:
-        """From the pure statistics' summary."""
-        return cls(**summary.__dict__)
 
 
 class StageBreakdown(_Model):

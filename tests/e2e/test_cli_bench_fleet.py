@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.services import require_mosquitto
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -17,8 +18,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 def test_fleet_bench_rolls_out_to_every_simulated_device_and_measures_the_server(
     tmp_path: Path,
 ) -> None:
-    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        pytest.skip("mosquitto is not installed (make test installs it with apt-get when root)")
+    require_mosquitto()  # the benchmark starts its own
     report_path = tmp_path / "fleet.json"
     result = subprocess.run(
         [

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from fleet_server.broker_auth import SERVER_USERNAME, BrokerAuth
 from fleet_server.trust import Expiry, Repository, init_keys
 from tests.conftest import free_port, wait_for_port
 from tests.e2e.test_cli_serve import start_serve, wait_healthy
+from tests.services import require_mosquitto
 
 pytestmark = [pytest.mark.broker]
 
@@ -41,11 +41,7 @@ SERVER_PASSWORD = "server-secret-for-the-test"
 @pytest.fixture
 def secured_mosquitto(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
     """Mosquitto with anonymous access off, reading the generated files; (port, pid, auth dir)."""
-    binary = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if binary is None:
-        pytest.skip("mosquitto is not installed (make test installs it with apt-get when root)")
+    binary = require_mosquitto()
     auth = BrokerAuth(tmp_path / "broker", server_password=SERVER_PASSWORD)
     auth.write({})  # the server's own user first, so that it can connect at all
     port = free_port()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -23,6 +22,7 @@ from edge_runtime.delivery_mqtt import BundleFetcher
 from edge_runtime.mqtt import MqttLink
 from fleet_server.delivery import ChunkServer, CorruptChunkOnce
 from tests.conftest import free_port, wait_for_port
+from tests.services import require_mosquitto
 
 pytestmark = pytest.mark.broker
 
@@ -50,10 +50,7 @@ class MosquittoProcess:
     """Mosquitto with default limits on a fixed loopback port, which a test may stop and start again."""
 
     def __init__(self, folder: Path, port: int) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(binary).exists():
-            pytest.skip("mosquitto is not installed")
-        self.binary = binary
+        self.binary = require_mosquitto()
         self.port = port
         self.conf = folder / "mosquitto.conf"
         self.conf.write_text(
