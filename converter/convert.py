@@ -84,7 +84,7 @@ class ConvertOptions:
     strict: bool = False
     name: str | None = None
     version: str = "1.0.0"
-    golden_count: int = 6
+    golden_count: int = 3
     apply_softmax: bool | None = None
     top_k: int = 3
     confidence_threshold: float = 0.0
@@ -440,7 +440,12 @@ def _golden(
     labels: list[str],
     count: int,
 ) -> list[tuple[npt.NDArray[np.uint8], str | None]]:
-    """Up to ``count`` parity frames, one per class first."""
+    """Up to ``count`` parity frames, one per class first (the first frame of each class in turn).
+
+    A few are enough for the device's smoke test; each costs bundle bytes on
+    every device (``assemble_bundle`` stores them cropped and at most about
+    twice the model's input size).
+    """
     chosen: list[int] = []
     for k in range(len(labels)):
         hits = np.flatnonzero(y_true == k)

@@ -2,15 +2,21 @@
 
 Tensor specs are read from the model by the same backend the device runs,
 and golden-vector expectations are computed by running the draft bundle
-through ``edge_runtime.classifier.Classifier``: what the bundle promises is
-what the runtime produced.
+through ``edge_runtime.classifier.Classifier`` on the frames exactly as they
+are stored: what the bundle promises is what the runtime produced.
+
+Golden frames are stored small (:func:`golden_frame_to_store`): cropped to
+the region the preprocessing reads where that changes no input bit, and
+downscaled when they are far larger than the model's input.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -34,8 +40,80 @@ from edge_runtime.bundle import (
     write_bundle,
 )
 from edge_runtime.classifier import Classifier
+from edge_runtime.preprocess import crop_box
 
-__all__ = ["assemble_bundle"]
+__all__ = ["assemble_bundle", "golden_frame_to_store"]
+
+GOLDEN_MAX_SCALE = 2.0
+"""A stored golden frame's read region is at most this many times the model input per side."""
+
+
+def golden_frame_to_store(
+    frame: npt.NDArray[np.uint8], contract: Preprocessing
+) -> npt.NDArray[np.uint8]:
+    """The golden frame as the bundle stores it: only what the preprocessing reads, not too big.
+
+    1. ``center-crop``: the preprocessing reads a centred box of ``crop_fraction``
+       of the largest centred region with the model's aspect ratio. That region
+       (for a square model, the centred square whose side is the shorter side)
+       is kept, placed so that cropping the kept frame gives the very same box
+       of pixels: the model input is bit-identical. When the rounding of some
+       size makes that impossible, the frame is kept whole. ``stretch`` and
+       ``letterbox`` read the whole frame, which is kept.
+    2. When the region read is more than :data:`GOLDEN_MAX_SCALE` times the
+       model input on a side (a 1080p camera frame for a 224 model), the kept
+       frame is downscaled with ``cv2.INTER_AREA`` until it no longer is. That
+       changes the input, which is fine: expected scores are always computed
+       on the stored frame.
+    """
+    if contract.resize == "center-crop":
+        frame = _crop_losslessly(frame, contract)
+    height, width = frame.shape[:2]
+    if contract.resize == "center-crop":
+        box = crop_box(height, width, contract)
+        read_h, read_w = box.height, box.width
+    else:
+        read_h, read_w = height, width
+    scale = min(
+        GOLDEN_MAX_SCALE * contract.height / read_h, GOLDEN_MAX_SCALE * contract.width / read_w
+    )
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        frame = np.asarray(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+    return np.ascontiguousarray(frame)
+
+
+def _crop_losslessly(
+    frame: npt.NDArray[np.uint8], contract: Preprocessing
+) -> npt.NDArray[np.uint8]:
+    """The smallest region whose centre-crop is the frame's centre-crop, pixel for pixel.
+
+    That is the largest centred region with the model's aspect ratio, give or
+    take a pixel on a side where rounding a non-square aspect ratio needs it
+    (for a square model it always is the centred square of the shorter side);
+    the frame itself when no such region exists.
+    """
+    height, width = frame.shape[:2]
+    wanted = crop_box(height, width, contract)
+    region = crop_box(height, width, contract.model_copy(update={"crop_fraction": 1.0}))
+    best: tuple[int, int, int, int, int] | None = None  # area, top, left, height, width
+    for grow_h, grow_w in itertools.product((0, -1, 1), repeat=2):
+        kept_h, kept_w = region.height + grow_h, region.width + grow_w
+        if not (0 < kept_h <= height and 0 < kept_w <= width):
+            continue
+        inner = crop_box(kept_h, kept_w, contract)
+        top, left = wanted.top - inner.top, wanted.left - inner.left
+        if (
+            (inner.height, inner.width) == (wanted.height, wanted.width)
+            and 0 <= top <= height - kept_h
+            and 0 <= left <= width - kept_w
+            and (best is None or kept_h * kept_w < best[0])
+        ):
+            best = (kept_h * kept_w, top, left, kept_h, kept_w)
+    if best is None:
+        return frame
+    _, top, left, kept_h, kept_w = best
+    return frame[top : top + kept_h, left : left + kept_w]
 
 
 def assemble_bundle(
@@ -65,10 +143,9 @@ def assemble_bundle(
         inputs=backend.inputs,
         outputs=backend.outputs,
     )
+    stored = [golden_frame_to_store(frame, preprocessing) for frame, _ in golden_frames]
     members = {model_spec.file: model}
-    members.update(
-        {f"golden/{i:03d}.png": encode_frame_png(f) for i, (f, _) in enumerate(golden_frames)}
-    )
+    members.update({f"golden/{i:03d}.png": encode_frame_png(f) for i, f in enumerate(stored)})
     fields = {
         "name": name,
         "version": version,
@@ -85,8 +162,8 @@ def assemble_bundle(
     draft = parse_bundle(build_bundle(ManifestSpec(**fields), draft_members))
     classifier = Classifier(draft)
     vectors = []
-    for i, (frame, label) in enumerate(golden_frames):
-        scores = classifier.scores(frame)
+    for i, (frame, (_, label)) in enumerate(zip(stored, golden_frames, strict=True)):
+        scores = classifier.scores(frame)  # the stored frame, as the device will replay it
         if not np.all(np.isfinite(scores)):
             raise ConversionError(
                 f"the converted model outputs non-finite scores for golden frame {i}; "

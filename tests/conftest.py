@@ -82,17 +82,30 @@ def members_for(model: bytes, model_format: str = "onnx") -> dict[str, bytes]:
 
 @pytest.fixture
 def make_bundle(onnx_model: bytes) -> Callable[..., bytes]:
-    """Build valid bundle bytes (ONNX tiny model) with manifest overrides."""
+    """Build valid bundle bytes (ONNX tiny model) with manifest overrides.
 
-    def make(**overrides: Any) -> bytes:
-        return build_bundle(manifest_for("onnx", **overrides), members_for(onnx_model, "onnx"))
+    Compressed like every canonical bundle; ``compress=False`` gives the plain
+    ustar archive, for tests that edit the archive's structure byte by byte.
+    """
+
+    def make(*, compress: bool = True, **overrides: Any) -> bytes:
+        return build_bundle(
+            manifest_for("onnx", **overrides), members_for(onnx_model, "onnx"), compress=compress
+        )
 
     return make
 
 
 @pytest.fixture
 def valid_bundle(make_bundle: Callable[..., bytes]) -> bytes:
+    """A canonical (gzip-compressed) bundle."""
     return make_bundle()
+
+
+@pytest.fixture
+def plain_bundle(make_bundle: Callable[..., bytes]) -> bytes:
+    """The same bundle as a plain ustar archive (``compress=False``)."""
+    return make_bundle(compress=False)
 
 
 # --- real MQTT brokers on loopback --------------------------------------------------

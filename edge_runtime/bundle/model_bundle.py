@@ -2,10 +2,11 @@
 
 A bundle is one immutable file, identified by the sha256 of its bytes: a
 ustar archive of ``manifest.json`` followed by the members it lists, in
-sorted order, with fixed metadata, so that the same inputs always give the
-same bytes. :func:`parse_bundle` checks the archive, the manifest schema, the
-member set, every member's size and hash, the model's format magic and every
-golden frame before it returns.
+sorted order, with fixed metadata, compressed with gzip (deterministically),
+so that the same inputs always give the same bytes. :func:`parse_bundle`
+reads compressed and plain archives alike; it checks the compression, the
+archive, the manifest schema, the member set, every member's size and hash,
+the model's format magic and every golden frame before it returns.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_runtime.atomic import atomic_write_bytes
+from edge_runtime.bundle.compression import gunzip_archive, gzip_archive, is_gzip
 from edge_runtime.bundle.golden import check_frame_member, decode_frame
 from edge_runtime.bundle.manifest import (
     MANIFEST_NAME,
@@ -65,12 +67,19 @@ class BundleLimits(ArchiveLimits):
 
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle that passed every check: its manifest, member bytes and identity."""
+    """A bundle that passed every check: its manifest, member bytes and identity.
+
+    ``sha256`` and ``size`` are those of the file (what TUF signs and a device
+    downloads); ``archive_size`` is the size of the ustar archive inside it,
+    equal to ``size`` when the bundle is not compressed.
+    """
 
     manifest: ManifestSpec
     members: Mapping[str, bytes] = field(repr=False)
     sha256: str
     size: int
+    archive_size: int
+    compressed: bool
 
     @property
     def id(self) -> str:
@@ -92,12 +101,17 @@ class Bundle:
         ]
 
 
-def build_bundle(manifest: ManifestSpec, members: Mapping[str, bytes]) -> bytes:
+def build_bundle(
+    manifest: ManifestSpec, members: Mapping[str, bytes], *, compress: bool = True
+) -> bytes:
     """Canonical bundle bytes for ``manifest`` and ``members``.
 
     The manifest's ``files`` table is computed here from ``members`` (any given
     one is replaced), so callers describe the content and never hashes. The
-    result is checked with :func:`parse_bundle` before it is returned: a
+    canonical ustar archive is wrapped in deterministic gzip unless
+    ``compress`` is false (a plain archive, which runtimes that predate
+    compressed bundles can also read).
+    The result is checked with :func:`parse_bundle` before it is returned: a
     bundle this function makes is always one the runtime accepts.
     """
     if MANIFEST_NAME in members:
@@ -113,14 +127,27 @@ def build_bundle(manifest: ManifestSpec, members: Mapping[str, bytes]) -> bytes:
     ordered = [(MANIFEST_NAME, dump_manifest(complete))]
     ordered.extend((name, members[name]) for name in sorted(members))
     data = pack_members(ordered)
+    if compress:
+        data = gzip_archive(data)
     parse_bundle(data)
     return data
 
 
 def parse_bundle(data: bytes, limits: BundleLimits | None = None) -> Bundle:
-    """Validate bundle bytes completely and return the :class:`Bundle`; never trusts the input."""
+    """Validate bundle bytes completely and return the :class:`Bundle`; never trusts the input.
+
+    ``data`` is a gzip-compressed (``1f 8b``) or a plain ustar archive; the
+    archive inside a compressed one is capped at ``limits.max_archive_bytes``
+    while it is decompressed, before it can take more memory than that.
+    """
     limits = limits or BundleLimits()
-    members = unpack_members(data, limits)
+    if len(data) > limits.max_archive_bytes:
+        raise BundleTooLargeError(
+            f"bundle is {len(data)} bytes, over the {limits.max_archive_bytes}-byte cap"
+        )
+    compressed = is_gzip(data)
+    archive = gunzip_archive(data, limits.max_archive_bytes) if compressed else data
+    members = unpack_members(archive, limits)
     raw_manifest = members.get(MANIFEST_NAME)
     if raw_manifest is None:
         raise MissingMemberError(f"archive has no {MANIFEST_NAME}")
@@ -151,6 +178,8 @@ def parse_bundle(data: bytes, limits: BundleLimits | None = None) -> Bundle:
         members=MappingProxyType(dict(members)),
         sha256=sha256_hex(data),
         size=len(data),
+        archive_size=len(archive),
+        compressed=compressed,
     )
 
 
@@ -177,10 +206,14 @@ def read_bundle(path: str | os.PathLike[str], limits: BundleLimits | None = None
 
 
 def write_bundle(
-    path: str | os.PathLike[str], manifest: ManifestSpec, members: Mapping[str, bytes]
+    path: str | os.PathLike[str],
+    manifest: ManifestSpec,
+    members: Mapping[str, bytes],
+    *,
+    compress: bool = True,
 ) -> Bundle:
     """Build the bundle and write it atomically to ``path``; return what was written."""
-    data = build_bundle(manifest, members)
+    data = build_bundle(manifest, members, compress=compress)
     atomic_write_bytes(path, data)
     return parse_bundle(data)
 

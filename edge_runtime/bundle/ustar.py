@@ -1,7 +1,8 @@
 """A strict, deterministic POSIX ustar codec for model bundles.
 
-Bundles are plain ``ustar`` archives (readable by ``tar -tvf``), but this
-module writes and reads only the subset a bundle needs: regular files with
+A bundle's archive is a plain ``ustar`` archive (readable by ``tar -tvf``;
+``compression.py`` wraps it in gzip), but this module writes and reads only
+the subset a bundle needs: regular files with
 safe relative names. Writing is canonical (fixed mode, owner and time; the
 caller's order), so the same members always give the same bytes. Reading
 trusts nothing: every header is checksummed, every size is capped before any

@@ -63,12 +63,19 @@ def inspect(path: Path, as_json: bool) -> None:
     required=True,
     help="Bundle file to write (conventionally NAME-VERSION.efb).",
 )
-def pack(folder: Path, output: Path) -> None:
+@click.option(
+    "--no-compress",
+    is_flag=True,
+    help="Write a plain ustar archive instead of a gzip-compressed one "
+    "(for devices whose runtime predates compressed bundles).",
+)
+def pack(folder: Path, output: Path, no_compress: bool) -> None:
     """Pack DIR (a manifest.json and the files it names) into a canonical bundle.
 
     The manifest's "files" table may be left out: sizes and hashes are
-    computed here. Only the files the manifest references are packed; the
-    output is written atomically and is byte-identical for the same input.
+    computed here. Only the files the manifest references are packed, into a
+    ustar archive compressed with gzip (unless --no-compress); the output is
+    written atomically and is byte-identical for the same input.
     """
     manifest_path = folder / MANIFEST_NAME
     try:
@@ -82,7 +89,7 @@ def pack(folder: Path, output: Path) -> None:
         if not member_path.is_file():
             raise BundleError(f"{manifest_path} references {name!r}, but {member_path} is missing")
         members[name] = member_path.read_bytes()
-    written = write_bundle(output, manifest, members)
+    written = write_bundle(output, manifest, members, compress=not no_compress)
     click.echo(f"wrote {output} ({written.size} bytes, {written.id})")
 
 
@@ -147,7 +154,8 @@ def print_summary(loaded: Bundle, console: Console) -> None:
     model_size = len(loaded.model_bytes)
     console.print(
         f"[bold]Model[/] {m.model.file}: {m.model.format}, {m.model.precision}, "
-        f"{model_size / 1024:.1f} KiB (bundle {loaded.size / 1024:.1f} KiB)"
+        f"{model_size / 1024:.1f} KiB (bundle {loaded.size / 1024:.1f} KiB"
+        + (f", {loaded.archive_size / 1024:.1f} KiB uncompressed)" if loaded.compressed else ")")
     )
     tensors = Table("", "tensor", "shape", "dtype", "quantisation", box=None, padding=(0, 2))
     for spec in m.model.inputs:

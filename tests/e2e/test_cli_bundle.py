@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -36,6 +37,14 @@ def tflite_bundle(tflite_model: bytes, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def plain_tflite_bundle(tflite_bundle: Path, tmp_path: Path) -> Path:
+    """The same bundle as a plain ustar archive, for corruptions of the tar structure."""
+    path = tmp_path / "tiny-1.0.0-plain.efb"
+    path.write_bytes(gzip.decompress(tflite_bundle.read_bytes()))
+    return path
+
+
 def test_help_lists_every_group() -> None:
     result = run("--help")
     assert result.returncode == 0, result.stderr
@@ -60,6 +69,7 @@ def test_inspect_prints_a_readable_summary(tflite_bundle: Path) -> None:
     assert "32x32 stretch, linear, RGB, NHWC" in out
     assert "cardboard, glass, metal, paper, plastic, trash" in out
     assert "2 frames" in out
+    assert "KiB uncompressed)" in out
 
 
 def test_inspect_json_is_the_manifest(tflite_bundle: Path) -> None:
@@ -71,13 +81,20 @@ def test_inspect_json_is_the_manifest(tflite_bundle: Path) -> None:
     assert set(manifest["files"]) == {"model.tflite", "golden/000.npy", "golden/001.npy"}
 
 
+def recompress(edit):
+    """Corrupt the archive inside a compressed bundle, then compress it again."""
+    return lambda data: gzip.compress(edit(gzip.decompress(data)), mtime=0)
+
+
 @pytest.mark.parametrize(
     ("corrupt", "words"),
     [
-        (lambda data: data[: len(data) // 3], "truncated"),
-        (lambda data: data + b"#!/bin/sh appended", "after its end"),
-        (lambda data: flip(data, data.index(b"TFL3") + 100), "tampered"),
-        (lambda data: data.replace(b"TFL3", b"TFL4", 1), "model.tflite"),
+        (lambda data: data[: len(data) // 3], "gzip stream is truncated"),
+        (lambda data: data + b"#!/bin/sh appended", "after its gzip stream"),
+        (lambda data: data + data, "more than one gzip member"),
+        (lambda data: flip(data, len(data) // 2), "gzip stream is corrupt"),
+        (recompress(lambda data: flip(data, data.index(b"TFL3") + 100)), "tampered"),
+        (recompress(lambda data: data.replace(b"TFL3", b"TFL4", 1)), "model.tflite"),
         (lambda data: b"", "too short"),
     ],
 )
@@ -87,6 +104,27 @@ def test_inspect_refuses_a_corrupt_bundle(tflite_bundle: Path, corrupt, words: s
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.startswith("error: tiny-1.0.0.efb:")
+    assert words in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "words"),
+    [
+        (lambda data: data[: len(data) // 3], "truncated"),
+        (lambda data: data + b"#!/bin/sh appended", "after its end"),
+        (lambda data: flip(data, data.index(b"TFL3") + 100), "tampered"),
+        (lambda data: data.replace(b"TFL3", b"TFL4", 1), "model.tflite"),
+    ],
+)
+def test_inspect_refuses_a_corrupt_plain_bundle(
+    plain_tflite_bundle: Path, corrupt, words: str
+) -> None:
+    plain_tflite_bundle.write_bytes(corrupt(plain_tflite_bundle.read_bytes()))
+    result = run("bundle", "inspect", str(plain_tflite_bundle))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: tiny-1.0.0-plain.efb:")
     assert words in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -106,6 +144,11 @@ def test_unpack_then_pack_gives_the_same_bytes(tflite_bundle: Path, tmp_path: Pa
     result = run("bundle", "pack", str(folder), "-o", str(repacked))
     assert result.returncode == 0, result.stderr
     assert repacked.read_bytes() == tflite_bundle.read_bytes()
+    plain = tmp_path / "plain.efb"
+    result = run("bundle", "pack", str(folder), "-o", str(plain), "--no-compress")
+    assert result.returncode == 0, result.stderr
+    assert plain.read_bytes() == gzip.decompress(tflite_bundle.read_bytes())
+    assert run("bundle", "inspect", str(plain)).returncode == 0
 
     (folder / "model.tflite").unlink()
     missing = run("bundle", "pack", str(folder), "-o", str(tmp_path / "x.efb"))

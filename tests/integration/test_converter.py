@@ -139,9 +139,10 @@ def test_convert_writes_checked_bundles(trained: tuple[Path, Path], tmp_path: Pa
         assert manifest.quality is not None and manifest.quality.dataset.num_images == 72
         assert manifest.preprocessing.mean == (127.5, 127.5, 127.5)
         assert manifest.provenance.calibration_data_sha256 is not None
-        assert manifest.golden is not None and len(manifest.golden.vectors) == 6
+        assert manifest.golden is not None and len(manifest.golden.vectors) == 3
+        assert {v.label for v in manifest.golden.vectors} == set(manifest.labels[:3])
         assert (
-            Classifier(bundle).replay_golden().vectors == 6
+            Classifier(bundle).replay_golden().vectors == 3
         )  # the device smoke test reproduces them
     fp32, int8 = results[0], results[1]
     assert fp32.report.top1_agreement == 1.0 and fp32.report.accuracy_drop_points == 0.0
@@ -183,11 +184,17 @@ def test_gate_failure_writes_no_bundle_and_names_classes(
     assert "no bundle written" in result.stderr
     assert not list(tmp_path.glob("*.efb")) and list(tmp_path.glob("*.report.html"))
     kept = subprocess.run(
-        [*command, "--keep-failed", "--json"], capture_output=True, text=True, env=ENV, timeout=300
+        [*command, "--keep-failed", "--json", "--golden-count", "5"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
     )
     assert kept.returncode == 3
     summary = json.loads(kept.stdout)
     assert summary[0]["passed"] is False and Path(summary[0]["bundle"]).exists()
+    golden = read_bundle(summary[0]["bundle"]).manifest.golden
+    assert golden is not None and len(golden.vectors) == 5
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
-"""The bundle format: round trips, canonical bytes, compatibility with tar(1)."""
+"""The bundle format: round trips, canonical bytes, compatibility with tar(1) and gzip(1)."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import subprocess
 import tarfile
@@ -52,22 +53,38 @@ def test_real_tflite_model_bundle(tflite_model: bytes, tmp_path: Path) -> None:
     )
     again = read_bundle(tmp_path / "tiny.efb")
     assert again.sha256 == written.sha256
+    assert written.compressed and written.size == (tmp_path / "tiny.efb").stat().st_size
+    plain = write_bundle(
+        tmp_path / "plain.efb",
+        manifest_for("tflite", names=names),
+        members_for(tflite_model, "tflite"),
+        compress=False,
+    )
+    assert not plain.compressed and plain.manifest == written.manifest
+    assert (tmp_path / "plain.efb").read_bytes() == gzip.decompress(
+        (tmp_path / "tiny.efb").read_bytes()
+    )
     assert again.manifest.model.inputs[0].name == names[0]
     assert again.model_bytes[4:8] == b"TFL3"
 
 
-def test_same_inputs_give_identical_bytes(onnx_model: bytes) -> None:
+@pytest.mark.parametrize("compress", [True, False])
+def test_same_inputs_give_identical_bytes(onnx_model: bytes, compress: bool) -> None:
     members = members_for(onnx_model)
-    first = build_bundle(manifest_for(), members)
+    first = build_bundle(manifest_for(), members, compress=compress)
     reordered = dict(reversed(list(members.items())))
-    second = build_bundle(manifest_for(), reordered)
+    second = build_bundle(manifest_for(), reordered, compress=compress)
     assert first == second
-    changed = build_bundle(manifest_for(version="1.0.1"), members)
+    changed = build_bundle(manifest_for(version="1.0.1"), members, compress=compress)
     assert changed != first
 
 
-def test_archive_is_canonical_ustar_readable_by_tarfile(valid_bundle: bytes) -> None:
-    with tarfile.open(fileobj=io.BytesIO(valid_bundle), mode="r:") as archive:
+@pytest.mark.parametrize("mode", ["r:gz", "r:"])
+def test_archive_is_canonical_ustar_readable_by_tarfile(
+    valid_bundle: bytes, plain_bundle: bytes, mode: str
+) -> None:
+    data = valid_bundle if mode == "r:gz" else plain_bundle
+    with tarfile.open(fileobj=io.BytesIO(data), mode=mode) as archive:
         infos = archive.getmembers()
     assert [i.name for i in infos] == [
         MANIFEST_NAME,
@@ -78,12 +95,39 @@ def test_archive_is_canonical_ustar_readable_by_tarfile(valid_bundle: bytes) -> 
     assert {(i.mtime, i.uid, i.gid, i.mode, i.uname, i.gname) for i in infos} == {
         (0, 0, 0, 0o644, "", "")
     }
-    assert len(valid_bundle) % 10240 == 0
+    assert len(plain_bundle) % 10240 == 0
 
 
-def test_tar_cli_bundle_is_accepted(valid_bundle: bytes, tmp_path: Path) -> None:
+def test_canonical_bundle_is_the_plain_archive_in_deterministic_gzip(
+    valid_bundle: bytes, plain_bundle: bytes
+) -> None:
+    assert gzip.decompress(valid_bundle) == plain_bundle
+    # one member; no name, comment or extra field; mtime 0; best compression; OS unknown
+    assert valid_bundle[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    assert len(valid_bundle) < len(plain_bundle)
+    compressed, plain = parse_bundle(valid_bundle), parse_bundle(plain_bundle)
+    assert compressed.compressed and not plain.compressed
+    assert (compressed.size, compressed.archive_size) == (len(valid_bundle), len(plain_bundle))
+    assert (plain.size, plain.archive_size) == (len(plain_bundle), len(plain_bundle))
+    assert compressed.sha256 == sha256_hex(valid_bundle) != plain.sha256
+    assert compressed.manifest == plain.manifest
+    assert dict(compressed.members) == dict(plain.members)
+
+
+def test_tar_xzf_extracts_a_bundle(valid_bundle: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "tiny.efb"
+    path.write_bytes(valid_bundle)
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["tar", "-xzf", str(path), "-C", str(out)], check=True)
+    for name, data in unpack_members(gzip.decompress(valid_bundle)).items():
+        assert (out / name).read_bytes() == data
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_tar_cli_bundle_is_accepted(plain_bundle: bytes, tmp_path: Path, compress: bool) -> None:
     """A bundle re-made by GNU tar in ustar format (as a hand-writer would) still reads."""
-    members = unpack_members(valid_bundle)
+    members = unpack_members(plain_bundle)
     src = tmp_path / "src"
     for name, data in members.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +139,7 @@ def test_tar_cli_bundle_is_accepted(valid_bundle: bytes, tmp_path: Path) -> None
             "--format=ustar",
             "-C",
             str(src),
-            "-cf",
+            "-czf" if compress else "-cf",
             str(out),
             "manifest.json",
             "golden",
@@ -104,11 +148,12 @@ def test_tar_cli_bundle_is_accepted(valid_bundle: bytes, tmp_path: Path) -> None
         check=True,
     )
     bundle = read_bundle(out)
-    assert bundle.manifest == parse_bundle(valid_bundle).manifest
+    assert bundle.compressed == compress
+    assert bundle.manifest == parse_bundle(plain_bundle).manifest
 
 
-def test_manifest_dump_is_canonical_json(valid_bundle: bytes) -> None:
-    raw = unpack_members(valid_bundle)[MANIFEST_NAME]
+def test_manifest_dump_is_canonical_json(plain_bundle: bytes) -> None:
+    raw = unpack_members(plain_bundle)[MANIFEST_NAME]
     assert raw.endswith(b"\n")
     manifest = load_manifest(raw)
     assert manifest.schema_version == 1
