@@ -106,6 +106,9 @@ class ConversionResult:
     report_path: Path
     bundle_id: str | None
     suffered: list[str]
+    input_rounding_agreement: float | None = None
+    """Top-1 agreement of the float model with itself fed the int8-rounded input
+    (the noise floor of any int8 model of it); measured only when agreement failed."""
 
     @property
     def passed(self) -> bool:
@@ -128,6 +131,7 @@ class ConversionResult:
             "bundle_id": self.bundle_id,
             "report": str(self.report_path),
             "suffered_classes": self.suffered,
+            "input_rounding_agreement": self.input_rounding_agreement,
         }
 
 
@@ -263,6 +267,30 @@ class _Job:
                 f"({', '.join(self.labels)})"
             )
         return scores
+
+    def input_rounding_agreement(
+        self, frames: list[npt.NDArray[np.uint8]], raw_float: npt.NDArray[np.float32]
+    ) -> float:
+        """How often the float model keeps its top-1 answer when its input is rounded
+        to the int8 grid an int8 model's input has (the calibrated exact range).
+
+        No int8 model of this float model can be expected to agree better than
+        this: it is the part of the disagreement that the input quantisation
+        alone causes, before any weight or activation is rounded.
+        """
+        low, high = self.input_range()
+        scale = (high - low) / 255.0
+        zero_point = np.round(-128.0 - low / scale)
+        self.progress("float model, int8-rounded input", 0, len(frames))
+        chunks = []
+        for start in range(0, len(frames), 32):
+            batch = np.concatenate([self.preprocess(f) for f in frames[start : start + 32]])
+            q = np.clip(np.round(batch / scale) + zero_point, -128, 127)
+            rounded = ((q - zero_point) * scale).astype(np.float32)
+            chunks.append(self.source.float_scores(rounded).reshape(len(batch), -1))
+            self.progress("float model, int8-rounded input", len(batch), None)
+        rounded_scores = np.concatenate(chunks)
+        return float(np.mean(rounded_scores.argmax(axis=1) == raw_float.argmax(axis=1)))
 
     def samples(self) -> Iterator[npt.NDArray[np.float32]]:
         assert self.calibration is not None
@@ -431,6 +459,15 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> list[C
                     suffered,
                 )
             )
+    missed = [
+        r
+        for r in results
+        if r.precision == "int8" and (r.report.top1_agreement or 0.0) < options.min_agreement
+    ]
+    if missed:
+        floor = job.input_rounding_agreement(frames, raw_float)
+        for r in missed:
+            r.input_rounding_agreement = floor
     return results
 
 
@@ -472,5 +509,16 @@ def gate_error(results: list[ConversionResult], options: ConvertOptions) -> Pari
             f"agreement {100 * (r.report.top1_agreement or 0):.2f}% (min {100 * options.min_agreement:g}%)"
             + (f"; classes that suffered: {', '.join(r.suffered)}" if r.suffered else "")
             + ("; bundle kept (--keep-failed)" if r.bundle_path else "; no bundle written")
+        )
+    floor = next(
+        (r.input_rounding_agreement for r in failed if r.input_rounding_agreement is not None),
+        None,
+    )
+    if floor is not None and floor < 1.0:
+        lines.append(
+            f"note: the float model itself keeps only {100 * floor:.2f}% of its answers when its "
+            "input is rounded to int8, before any weight or activation is quantised; a model "
+            "this sensitive needs retraining for robustness (train-reference --recipe robust "
+            "trains with crops, jitter, weight decay and label smoothing) or a lower --min-agreement"
         )
     return ParityGateError("parity gate failed:\n  " + "\n  ".join(lines))

@@ -325,3 +325,57 @@ def test_normalisation_must_be_known(trained: tuple[Path, Path], tmp_path: Path)
                 preprocessing={**NORM, "height": 64},
             )
         )
+
+
+def _solid_frames(root: Path, values_by_class: dict[str, list[int]]) -> None:
+    import cv2
+
+    for label, values in values_by_class.items():
+        (root / label).mkdir(parents=True)
+        for i, value in enumerate(values):
+            frame = np.full((16, 16, 3), value, dtype=np.uint8)
+            cv2.imwrite(str(root / label / f"{i}.png"), frame)
+
+
+def test_a_model_too_sensitive_for_int8_input_rounding_is_named(tmp_path: Path) -> None:
+    """A model whose answer flips when its input moves by half an int8 step: the gate
+    failure says that the float model itself loses agreement to input rounding."""
+    import keras
+
+    inputs = keras.Input((16, 16, 3), name="image")
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    dense = keras.layers.Dense(6)
+    logits = dense(pooled)
+    model = keras.Model(inputs, keras.layers.Softmax()(logits))
+    kernel = np.zeros((3, 6), dtype=np.float32)
+    kernel[:, 0], kernel[:, 1] = 1e4, -1e4  # class "a" when the mean is above 0, "b" below
+    dense.set_weights([kernel, np.zeros(6, dtype=np.float32)])
+    model_path = tmp_path / "sensitive.keras"
+    model.save(model_path)
+    # pixel 127 is (127 - 127.5) / 127.5 < 0 ("b") in float, but rounds to the int8 grid
+    # point 0, which is "a"; 126 and 128-130 keep their answer.
+    data = tmp_path / "data"
+    _solid_frames(
+        data,
+        {"a": [128, 129, 130], "b": [127, 127, 126], **{c: [60, 200] for c in "cdef"}},
+    )
+    options = ConvertOptions(
+        model=model_path,
+        out=tmp_path / "out",
+        parity=data,
+        calibration=data,
+        formats=("tflite",),
+        precisions=("int8",),
+        preprocessing=NORM,
+        calibration_samples=12,
+        min_agreement=0.99,
+    )
+    results = convert(options)
+    floor = results[0].input_rounding_agreement
+    assert floor is not None and floor == pytest.approx(1 - 2 / 14)
+    assert results[0].to_dict()["input_rounding_agreement"] == floor
+    error = gate_error(results, options)
+    assert (
+        error is not None
+        and "keeps only 85.71% of its answers when its input is rounded" in str(error)
+    )
