@@ -26,7 +26,13 @@ from converter.dataset import LabelledFolder
 from converter.errors import ConversionError, DatasetError, ParityGateError
 from converter.packaging import assemble_bundle
 from converter.parity import compare_scores
-from converter.quantize import IoType, OnnxCalibration, quantize_onnx_int8, quantize_tflite
+from converter.quantize import (
+    IoType,
+    OnnxCalibration,
+    TfliteCalibration,
+    quantize_onnx_int8,
+    quantize_tflite,
+)
 from converter.report import render_report
 from converter.source import SourceModel, load_source_model
 from edge_runtime import __version__
@@ -75,7 +81,8 @@ class ConvertOptions:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     calibration_samples: int = 200
     io_type: IoType = "int8"
-    onnx_calibration: OnnxCalibration = "minmax"
+    onnx_calibration: OnnxCalibration = "percentile"
+    tflite_calibration: TfliteCalibration = "minmax"
     onnx_format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
     max_accuracy_drop: float = 1.0
@@ -301,9 +308,10 @@ class _Job:
     def convert_one(self, fmt: str, precision: str, float_model: bytes) -> bytes:
         samples = self.samples if self.calibration is not None else None
         if self.calibration is not None and precision == "int8":
-            self.progress(
-                "calibrate", 0, len(self.calibration.items) * (2 if fmt == "tflite" else 1)
-            )
+            walks = 1
+            if fmt == "tflite":  # the quantiser counts, then calibrates; percentile walks again
+                walks = 3 if self.options.tflite_calibration == "percentile" else 2
+            self.progress("calibrate", 0, len(self.calibration.items) * walks)
         if fmt == "tflite":
             return quantize_tflite(
                 float_model,
@@ -311,6 +319,7 @@ class _Job:
                 samples=samples,
                 io_type=self.options.io_type,
                 input_range=self.input_range(),
+                calibration_method=self.options.tflite_calibration,
             )
         if precision == "fp32":
             return float_model

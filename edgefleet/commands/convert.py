@@ -125,9 +125,18 @@ def _floats3(
 @click.option(
     "--onnx-calibration",
     type=click.Choice(["minmax", "entropy", "percentile"]),
+    default="percentile",
+    show_default=True,
+    help="ONNX int8 activation ranges: percentile keeps the central 99.999% of each "
+    "activation (finer steps, rare outliers saturate); minmax keeps every value seen.",
+)
+@click.option(
+    "--tflite-calibration",
+    type=click.Choice(["minmax", "percentile"]),
     default="minmax",
     show_default=True,
-    help="ONNX int8 calibration method.",
+    help="TFLite int8 activation ranges: minmax (the global min/max over the calibration "
+    "images) or percentile (the central 99.999%, one more pass over the images).",
 )
 @click.option(
     "--onnx-format",
@@ -240,6 +249,7 @@ def model_command(
     calibration_samples: int,
     io_type: str,
     onnx_calibration: str,
+    tflite_calibration: str,
     onnx_format: str,
     per_tensor: bool,
     max_accuracy_drop: float,
@@ -297,6 +307,7 @@ def model_command(
         calibration_samples=calibration_samples,
         io_type=io_type,  # type: ignore[arg-type]
         onnx_calibration=onnx_calibration,  # type: ignore[arg-type]
+        tflite_calibration=tflite_calibration,  # type: ignore[arg-type]
         onnx_format="qoperator" if onnx_format == "qoperator" else "qdq",
         per_channel=not per_tensor,
         max_accuracy_drop=max_accuracy_drop,

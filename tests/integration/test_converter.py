@@ -379,3 +379,59 @@ def test_a_model_too_sensitive_for_int8_input_rounding_is_named(tmp_path: Path) 
         error is not None
         and "keeps only 85.71% of its answers when its input is rounded" in str(error)
     )
+
+
+def test_percentile_ranges_let_rare_outliers_saturate() -> None:
+    """One huge value among 300k: min/max stretches the range to it, percentile does not."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from converter.quantize import percentile_ranges
+    from converter.reference import export_tflite_fp32
+
+    inputs = keras.Input((32, 32, 3))
+    conv = keras.layers.Conv2D(3, 1, use_bias=False)
+    model = keras.Model(inputs, conv(inputs))
+    conv.set_weights([np.eye(3, dtype=np.float32).reshape(1, 1, 3, 3) * 2.0])
+    float_model = export_tflite_fp32(model, 32)
+    rng = np.random.default_rng(0)
+    batches = [rng.uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32) for _ in range(100)]
+    batches[7][0, 3, 3, 1] = 40.0  # the outlier
+
+    interpreter = Interpreter(model_content=float_model)
+    interpreter.allocate_tensors()
+    output = interpreter.get_output_details()[0]
+    seen = []
+    for batch in batches:
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
+        interpreter.invoke()
+        seen.append(interpreter.get_tensor(output["index"]))
+    ranges = {output["name"]: {"min": np.float32(np.min(seen)), "max": np.float32(np.max(seen))}}
+    assert ranges[output["name"]]["max"] == pytest.approx(80.0)
+
+    narrowed = percentile_ranges(float_model, lambda: iter(batches), ranges)[output["name"]]
+    assert narrowed["min"] <= -1.9 and narrowed["min"] >= ranges[output["name"]]["min"]
+    assert 1.9 <= narrowed["max"] <= 2.2  # the doubled uniform values, not the outlier
+    kept_all = percentile_ranges(float_model, lambda: iter(batches), ranges, percentile=100.0)
+    assert kept_all[output["name"]]["max"] == pytest.approx(80.0)
+
+
+def test_percentile_calibration_converts_through_the_job(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, model_path = trained
+    options = ConvertOptions(
+        model=model_path,
+        out=tmp_path / "out",
+        parity=root / "val",
+        calibration=root / "train",
+        formats=("tflite", "onnx"),
+        precisions=("int8",),
+        preprocessing=NORM,
+        calibration_samples=60,
+        tflite_calibration="percentile",
+        onnx_calibration="percentile",
+    )
+    results = convert(options)
+    assert [r.passed for r in results] == [True, True], [r.to_dict() for r in results]
+    assert all(r.report.top1_agreement and r.report.top1_agreement >= 0.98 for r in results)
