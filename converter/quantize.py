@@ -327,7 +327,8 @@ def quantize_onnx_int8(
         )
         source.write_bytes(float_model)
         try:
-            with warnings.catch_warnings():
+            # ONNX Runtime's histogram calibrators print to stdout, which --json owns
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
                 quantize_static(
