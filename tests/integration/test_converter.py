@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -44,6 +45,20 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     path = root / "tiny.keras"
     model.model.save(path)
     return root, path
+
+
+def tiny_job(root: Path, model_path: Path, out: Path, **changes: Any) -> ConvertOptions:
+    """Both formats of the tiny model, calibrated on 60 training images, checked on val."""
+    return ConvertOptions(
+        model=model_path,
+        out=out,
+        parity=root / "val",
+        calibration=root / "train",
+        formats=("tflite", "onnx"),
+        preprocessing=NORM,
+        calibration_samples=60,
+        **changes,
+    )
 
 
 def samples_for(root: Path, count: int = 24):
@@ -110,15 +125,11 @@ def test_onnx_int8_is_static_qdq_per_channel(trained: tuple[Path, Path]) -> None
 @pytest.mark.slow
 def test_convert_writes_checked_bundles(trained: tuple[Path, Path], tmp_path: Path) -> None:
     root, model_path = trained
-    options = ConvertOptions(
-        model=model_path,
-        out=tmp_path / "out",
-        parity=root / "val",
-        calibration=root / "train",
-        formats=("tflite", "onnx"),
+    options = tiny_job(
+        root,
+        model_path,
+        tmp_path / "out",
         precisions=("fp32", "int8"),
-        preprocessing=NORM,
-        calibration_samples=60,
         max_accuracy_drop=100,
         min_agreement=0.0,
         version="2.1.0",
@@ -420,15 +431,11 @@ def test_percentile_calibration_converts_through_the_job(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
     root, model_path = trained
-    options = ConvertOptions(
-        model=model_path,
-        out=tmp_path / "out",
-        parity=root / "val",
-        calibration=root / "train",
-        formats=("tflite", "onnx"),
+    options = tiny_job(
+        root,
+        model_path,
+        tmp_path / "out",
         precisions=("int8",),
-        preprocessing=NORM,
-        calibration_samples=60,
         tflite_calibration="percentile",
         onnx_calibration="percentile",
     )
