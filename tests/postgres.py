@@ -13,7 +13,7 @@ SQLite file and once on PostgreSQL.
 With ``$EDGEFLEET_TEST_POSTGRES_URL`` (an admin URL such as
 ``postgresql+psycopg://user:pw@host:5432/postgres``) no server is started
 and the test databases are created there. Where PostgreSQL or a driver is
-missing, or the server cannot start, the PostgreSQL tests skip with a message
+missing, or the server cannot start, the PostgreSQL tests fail with a message
 that says why; SQLite tests still run.
 """
 
@@ -154,7 +154,7 @@ class _LocalCluster:
         return env
 
     def start(self) -> PostgresServer:
-        """Initialise and start the cluster; skip the test with the server's words if it fails."""
+        """Initialise and start the cluster; fail the test with the server's words if it fails."""
         initdb = subprocess.run(
             [
                 str(self.bin_dir / "initdb"),

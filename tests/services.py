@@ -1,34 +1,28 @@
-"""Services the integration tests need (Mosquitto, PostgreSQL): found, or a clear skip or failure.
+"""Services the integration tests need (Mosquitto, PostgreSQL): found, or a clear failure.
 
-``make test`` installs both with apt-get when run as root and then sets
-``EDGEFLEET_REQUIRE_SERVICES=1``: there a missing service is a failure, so a
-CI run can never pass by skipping the broker or the database. Elsewhere
-(a laptop without them) the tests skip with the message.
+``make test`` installs both with apt-get (as root). A missing service fails the
+test with a message that says so: a run can never pass by skipping the
+broker or the database.
 """
 
 from __future__ import annotations
 
-import os
 from typing import NoReturn
 
 import pytest
 
 from fleet_server.broker_auth import mosquitto_binary
 
-__all__ = ["REQUIRE_ENV", "require_mosquitto", "service_missing"]
-
-REQUIRE_ENV = "EDGEFLEET_REQUIRE_SERVICES"
+__all__ = ["require_mosquitto", "service_missing"]
 
 
 def service_missing(message: str) -> NoReturn:
-    """Skip with ``message``, or fail with it where the services are required."""
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{message} ({REQUIRE_ENV}=1: this run must have it)", pytrace=False)
-    pytest.skip(message)
+    """Fail the test with ``message``: the broker and the database are part of the suite."""
+    pytest.fail(f"{message} (the tests need it: run make test, or install it)", pytrace=False)
 
 
 def require_mosquitto() -> str:
-    """The Mosquitto binary (see :func:`service_missing` for when it is absent)."""
+    """The Mosquitto binary (the test fails when it is absent)."""
     binary = mosquitto_binary()
     if binary is None:
         service_missing(
