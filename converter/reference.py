@@ -31,6 +31,7 @@ __all__ = [
     "TrainedModel",
     "augment_batch",
     "export_tflite_fp32",
+    "inject_quantisation_noise",
     "load_tensors",
     "train_reference",
 ]
@@ -49,6 +50,11 @@ class Recipe:
     jitter, decoupled weight decay and label smoothing: on TrashNet it
     generalises better and its decisions survive int8 quantisation noise
     better (figures in benchmarks/README.md).
+
+    ``quant_noise`` > 0 trains with simulated int8 rounding noise (see
+    :func:`inject_quantisation_noise`): uniform noise of that many int8
+    steps on the input and on every activation tensor an int8 model
+    quantises. Nothing of it is saved with the model.
     """
 
     crops: bool = False
@@ -56,6 +62,7 @@ class Recipe:
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     learning_rate: float = 2e-3
+    quant_noise: float = 0.0
 
     @classmethod
     def named(cls, name: str) -> Recipe:
@@ -67,6 +74,76 @@ class Recipe:
         raise ValueError(f"unknown training recipe {name!r}; choose basic or robust")
 
 
+def _noise_layer(strength: float, name: str) -> Any:
+    """A Keras layer adding uniform noise of ``strength`` int8 steps, in training mode only."""
+    import keras
+    from keras import ops
+
+    class QuantNoise(keras.layers.Layer):  # type: ignore[misc]
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.seed_generator = keras.random.SeedGenerator(abs(hash(name)) % (2**31))
+
+        def call(self, x: Any, training: bool | None = None) -> Any:
+            if not training:
+                return x
+            # the per-tensor range of this batch stands in for the calibrated range
+            step = ops.stop_gradient(ops.max(x) - ops.min(x)) / 255.0
+            noise = keras.random.uniform(ops.shape(x), -0.5, 0.5, seed=self.seed_generator)
+            return x + noise * step * strength
+
+    return QuantNoise(name=name)
+
+
+def _quantised_outputs(model: Any) -> list[Any]:
+    """The layers whose output an int8 converter stores as its own int8 tensor.
+
+    Activations (ReLU), residual adds, and BatchNorms that no activation
+    follows (MobileNetV2's linear bottlenecks); a BatchNorm feeding a ReLU is
+    folded into the convolution and only the ReLU's output is quantised.
+    """
+    import keras
+
+    picked = []
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.ReLU, keras.layers.Add)):
+            picked.append(layer)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            consumers = [node.operation for node in layer._outbound_nodes]
+            if not any(isinstance(c, keras.layers.ReLU) for c in consumers):
+                picked.append(layer)
+    return picked
+
+
+def inject_quantisation_noise(model: Any, strength: float) -> int:
+    """Make ``model`` add int8-like rounding noise to its quantised tensors while training.
+
+    Patches the ``call`` of each layer :func:`_quantised_outputs` picks (in
+    nested models too) so that, in training mode only, its output gets
+    uniform noise of ``strength`` int8 steps. Inference is unchanged and
+    saving writes the plain layers. A network trained this way keeps its
+    decisions when the converter rounds every activation to int8: the
+    training loss sees that perturbation and widens the margins it flips.
+    Returns how many layers were patched.
+    """
+    import keras
+
+    patched = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            patched += inject_quantisation_noise(layer, strength)
+    for layer in _quantised_outputs(model):
+        noise = _noise_layer(strength, f"{layer.name}_qnoise")
+        original = layer.call
+
+        def call(*args: Any, _original: Any = original, _noise: Any = noise, **kwargs: Any) -> Any:
+            return _noise(_original(*args, **kwargs))
+
+        layer.call = call
+        patched += 1
+    return patched
+
+
 def augment_batch(
     x: npt.NDArray[np.float32], rng: np.random.Generator, recipe: Recipe
 ) -> npt.NDArray[np.float32]:
@@ -75,8 +152,9 @@ def augment_batch(
     Always a horizontal flip with probability 1/2; with ``recipe.crops`` a
     random crop of 50-100% of the area (aspect 3/4..4/3) resized back to the
     input size; with ``recipe.jitter`` a random brightness shift and contrast
-    scale of up to that fraction. Values stay in [-1, 1], the range the
-    preprocessing contract produces.
+    scale of up to that fraction; with ``recipe.quant_noise`` uniform noise
+    of that many int8 input steps (2/255). Values stay in [-1, 1] (give or
+    take that noise), the range the preprocessing contract produces.
     """
     import cv2
 
@@ -101,6 +179,9 @@ def augment_batch(
             shift = rng.uniform(-recipe.jitter, recipe.jitter)
             image = np.clip(image * scale + shift, -1.0, 1.0)
         out[i] = image
+    if recipe.quant_noise:
+        # the int8 input grid of [-1, 1] has a step of 2/255
+        out += rng.uniform(-0.5, 0.5, out.shape).astype(np.float32) * (2 / 255) * recipe.quant_noise
     return out
 
 
@@ -199,6 +280,9 @@ def train_reference(
     x_train, y_train = load_tensors(train, contract)
     validation = load_tensors(val, contract) if val is not None else None
     model = _build(arch, size, len(train.labels), alpha)
+    if recipe.quant_noise:
+        patched = inject_quantisation_noise(model, recipe.quant_noise)
+        log.info("training with int8 rounding noise on the input and %d activations", patched)
     steps = epochs * -(-len(x_train) // batch_size)
     # cosine decay: the last epochs settle, so the final weights are not caught mid-jump
     schedule = keras.optimizers.schedules.CosineDecay(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -447,6 +448,15 @@ def _print_table(results: list[Any], console: Console) -> None:
     "contrast jitter, AdamW weight decay and label smoothing (the default for mobilenetv2; "
     "generalises better and survives int8 quantisation better).",
 )
+@click.option(
+    "--quant-noise",
+    type=click.FloatRange(0.0, 16.0),
+    default=None,
+    metavar="STEPS",
+    help="Train with simulated int8 rounding noise of this many int8 steps on the input and on "
+    "every activation an int8 model quantises (0 turns it off; the recipe decides by default). "
+    "The saved model is the plain one.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_reference_command(
     data: Path,
@@ -456,6 +466,7 @@ def train_reference_command(
     alpha: float,
     epochs: int,
     recipe: str | None,
+    quant_noise: float | None,
     seed: int,
 ) -> None:
     """Train a reference classifier from scratch (weights=None) on DATA/train, checked on DATA/val.
@@ -467,6 +478,9 @@ def train_reference_command(
     from converter.reference import Recipe, train_reference
 
     recipe = recipe or ("robust" if arch == "mobilenetv2" else "basic")
+    chosen = Recipe.named(recipe)
+    if quant_noise is not None:
+        chosen = dataclasses.replace(chosen, quant_noise=quant_noise)
     train = LabelledFolder.scan(data / "train")
     val = LabelledFolder.scan(data / "val", train.labels) if (data / "val").is_dir() else None
     console = make_console(stderr=True)
@@ -480,7 +494,7 @@ def train_reference_command(
             epochs=epochs,
             alpha=alpha,
             seed=seed,
-            recipe=Recipe.named(recipe),
+            recipe=chosen,
             on_epoch=lambda e, logs: bar.update(
                 task,
                 advance=1,
@@ -489,14 +503,15 @@ def train_reference_command(
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     trained.model.save(out)
+    noise = f" with int8 noise of {chosen.quant_noise:g} steps" if chosen.quant_noise else ""
     accuracy = (
         f"{100 * trained.val_accuracy:.1f}%"
         if trained.val_accuracy is not None
         else "n/a (no val/)"
     )
     click.echo(
-        f"saved {out}: {arch} {size}x{size}, {len(train.labels)} classes, {recipe} recipe, "
-        f"validation accuracy {accuracy}"
+        f"saved {out}: {arch} {size}x{size}, {len(train.labels)} classes, {recipe} recipe"
+        f"{noise}, validation accuracy {accuracy}"
     )
 
 

@@ -442,3 +442,34 @@ def test_percentile_calibration_converts_through_the_job(
     results = convert(options)
     assert [r.passed for r in results] == [True, True], [r.to_dict() for r in results]
     assert all(r.report.top1_agreement and r.report.top1_agreement >= 0.98 for r in results)
+
+
+@pytest.mark.slow
+def test_train_reference_cli_with_int8_noise_saves_the_plain_model(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    made = subprocess.run(
+        [*EDGEFLEET, "convert", "make-dataset", str(data), "--train", "12", "--val", "4"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    out = tmp_path / "tiny.keras"
+    command = [*EDGEFLEET, "convert", "train-reference", str(data), "--out", str(out)]
+    command += ["--arch", "tiny", "--size", "32", "--epochs", "2"]
+    refused = subprocess.run(
+        [*command, "--quant-noise", "-1"], capture_output=True, text=True, env=ENV, timeout=120
+    )
+    assert refused.returncode == 2 and "--quant-noise" in refused.stderr
+    assert not out.exists()
+    trained = subprocess.run(
+        [*command, "--quant-noise", "1.5"], capture_output=True, text=True, env=ENV, timeout=300
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "basic recipe with int8 noise of 1.5 steps" in trained.stdout
+    import keras
+
+    model = keras.models.load_model(out)
+    names = [layer.name for layer in model.layers]
+    assert not [name for name in names if "qnoise" in name]
