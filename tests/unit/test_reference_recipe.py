@@ -119,3 +119,23 @@ def test_noise_is_uniform_within_half_a_step_of_the_tensor_range(tmp_path: Path)
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert np.allclose(np.asarray(loaded(x, training=True)), clean, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_simulated_int8_agreement_falls_with_the_noise(tmp_path: Path) -> None:
+    keras = pytest.importorskip("keras")
+    from converter.reference import simulated_int8_agreement
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(6, activation="softmax")(x)
+    keras.Model(inputs, outputs).save(tmp_path / "m.keras")
+    images = np.random.default_rng(2).uniform(-1, 1, (64, 16, 16, 3)).astype(np.float32)
+    mean, draws = simulated_int8_agreement(tmp_path / "m.keras", images, strength=0.0, draws=2)
+    assert mean == 1.0 and draws == [1.0, 1.0]
+    mean, draws = simulated_int8_agreement(tmp_path / "m.keras", images, strength=400.0, draws=3)
+    assert len(draws) == 3 and mean < 0.9
