@@ -486,6 +486,13 @@ def train_reference_command(
     console = make_console(stderr=True)
     with progress_bar(console, transient=False) as bar:
         task = bar.add_task("training", total=epochs)
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            figures = f"loss {logs.get('loss', 0):.3f}, val acc {logs.get('val_accuracy', 0):.3f}"
+            bar.update(task, advance=1, description=f"training ({figures})")
+            if not console.is_terminal:  # a log or a pipe gets no live bar: one line per epoch
+                console.print(f"epoch {epoch + 1}/{epochs}: {figures}")
+
         trained = train_reference(
             train,
             val,
@@ -495,11 +502,7 @@ def train_reference_command(
             alpha=alpha,
             seed=seed,
             recipe=chosen,
-            on_epoch=lambda e, logs: bar.update(
-                task,
-                advance=1,
-                description=f"training (loss {logs.get('loss', 0):.3f}, val acc {logs.get('val_accuracy', 0):.3f})",
-            ),
+            on_epoch=on_epoch,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     trained.model.save(out)
