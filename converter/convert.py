@@ -82,7 +82,7 @@ class ConvertOptions:
     calibration_samples: int = 200
     io_type: IoType = "int8"
     onnx_calibration: OnnxCalibration = "percentile"
-    tflite_calibration: TfliteCalibration = "minmax"
+    tflite_calibration: TfliteCalibration = "percentile"
     onnx_format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
     max_accuracy_drop: float = 1.0
