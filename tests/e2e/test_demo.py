@@ -154,6 +154,10 @@ def test_demo_refuses_to_empty_a_folder_it_did_not_make(tmp_path: Path) -> None:
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("whom", ["terminal", "demo-only"])
 def test_ctrl_c_stops_the_cameras_server_and_broker(tmp_path: Path, whom: str) -> None:
     """``terminal``: SIGINT to the whole process group, as Ctrl-C does; ``demo-only``: the demo must stop its cameras itself."""
@@ -165,6 +169,9 @@ def test_ctrl_c_stops_the_cameras_server_and_broker(tmp_path: Path, whom: str) -
         text=True,
         env=_env(),
         start_new_session=True,
+        # a suite started in the background (`cmd &`) inherits SIGINT ignored, and Python then
+        # never raises KeyboardInterrupt; a terminal's Ctrl-C reaches a default handler
+        preexec_fn=_default_sigint,  # noqa: PLW1509 - resets one signal, takes no lock
     )
     try:
         deadline = time.monotonic() + 600
