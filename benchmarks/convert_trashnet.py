@@ -37,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGEFLEET = [sys.executable, "-m", "edgefleet"]
+CALIBRATION_SAMPLES = 200
 
 
 def run_convert(
@@ -51,7 +52,7 @@ def run_convert(
         "--parity",
         str(parity or data / "val"),
         "--calibration-samples",
-        "200",
+        str(CALIBRATION_SAMPLES),
         "--precision",
         precision,
         "--formats",
@@ -76,17 +77,18 @@ def run_convert(
 
 
 def holdout_folder(data: Path, count: int, work: Path) -> Path:
-    """``count`` class-balanced train/ photos that are not among the 200 calibration ones,
+    """``count`` class-balanced train/ photos that are not among the calibration ones,
     linked (not copied) into a labelled folder under ``work``."""
     import shutil
 
     from converter.dataset import LabelledFolder
 
     train = LabelledFolder.scan(data / "train")
-    calibration = {path for path, _ in train.balanced(200).items}
+    # --calibration-samples N calibrates on balanced(N): the first N of the same draw
+    calibration = {path for path, _ in train.balanced(CALIBRATION_SAMPLES).items}
     folder = work / "holdout"
     shutil.rmtree(folder, ignore_errors=True)
-    for path, label in train.balanced(200 + count).items:
+    for path, label in train.balanced(CALIBRATION_SAMPLES + count).items:
         if path not in calibration:
             link = folder / train.labels[label] / path.name
             link.parent.mkdir(parents=True, exist_ok=True)

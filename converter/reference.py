@@ -159,10 +159,9 @@ def simulated_int8_agreement(
 ) -> tuple[float, list[float]]:
     """How often a trained model keeps its top-1 answer under simulated int8 rounding noise.
 
-    Loads ``model_path`` twice: once plain, for the float answers on
-    ``images`` (preprocessed, NHWC), and once with noise of ``strength``
-    int8 steps on every quantised tensor in inference (the step taken from
-    each batch's range). Returns (the mean agreement, each draw's). Unlike
+    Takes the float answers on ``images`` (preprocessed, NHWC), then adds
+    noise of ``strength`` int8 steps on every quantised tensor in inference
+    (the step taken from each batch's range) and answers again per draw. Returns (the mean agreement, each draw's). Unlike
     one real int8 conversion, whose agreement on a few hundred photos moves
     by a point with a 0.1% change of the calibration ranges, the mean over
     draws compares how sensitive two models are; noise of 1 step lands
@@ -170,15 +169,14 @@ def simulated_int8_agreement(
     """
     import keras
 
-    plain = keras.models.load_model(model_path, compile=False)
-    answers = np.argmax(plain.predict(images, batch_size=batch_size, verbose=0), axis=1)
-    noisy = keras.models.load_model(model_path, compile=False)
-    inject_quantisation_noise(noisy, strength, always=True)
+    model = keras.models.load_model(model_path, compile=False)
+    answers = np.argmax(model.predict(images, batch_size=batch_size, verbose=0), axis=1)
+    inject_quantisation_noise(model, strength, always=True)
     agreements = []
     for _ in range(draws):
         scores = np.concatenate(
             [
-                np.asarray(noisy(images[i : i + batch_size], training=False))
+                np.asarray(model(images[i : i + batch_size], training=False))
                 for i in range(0, len(images), batch_size)
             ]
         )
