@@ -5,26 +5,85 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefleet-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint fmt venv mosquitto postgresql clean help
+.PHONY: demo test lint fmt venv mosquitto postgresql clean help lock lock-upgrade test-latest audit sbom wheel
 
 help:
-	@echo "make demo   set up .venv and run the end-to-end demo on embedded defaults"
-	@echo "make test   set up .venv (+ Mosquitto and PostgreSQL when root), lint, and run the whole test suite"
-	@echo "make lint   ruff (lint + format check) and mypy"
-	@echo "make fmt    apply ruff formatting and safe fixes"
-	@echo "make clean  remove .venv and caches"
+	@echo "make demo         set up .venv from locks/dev.txt and run the end-to-end demo on embedded defaults"
+	@echo "make test         set up .venv (+ Mosquitto and PostgreSQL when root), lint, and run the whole test suite"
+	@echo "make lint         ruff (lint + format check) and mypy"
+	@echo "make fmt          apply ruff formatting and safe fixes"
+	@echo "make lock         regenerate every lock in locks/ (keeps current pins where the ranges allow)"
+	@echo "make lock-upgrade regenerate every lock with the newest versions the ranges allow"
+	@echo "make test-latest  the suite in a throw-away venv with the newest releases (not the locks)"
+	@echo "make audit        pip-audit every lock against PyPI's advisory database"
+	@echo "make sbom         a CycloneDX SBOM per role in sbom/"
+	@echo "make wheel        build the edgefleet wheel into dist/ (what a camera box installs with the device lock)"
+	@echo "make clean        remove .venv and caches"
 
-# One environment with every extra and the test tools; rebuilt when pyproject.toml changes.
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+# The development environment is exactly locks/dev.txt (hash-checked) plus edgefleet
+# itself, editable; rebuilt from scratch when the lock or pyproject.toml changes, so
+# nothing that left the lock stays behind.
+$(STAMP): locks/dev.txt pyproject.toml
+	@$(PYTHON) -c 'import sys, platform; ok = (3, 10) <= sys.version_info[:2] <= (3, 12) and sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64"); ok or sys.exit("error: the locks cover Linux x86_64/aarch64 with Python 3.10 to 3.12; this is %s %s with Python %s (set PYTHON=python3.11)" % (sys.platform, platform.machine(), platform.python_version()))'
+	rm -rf $(VENV)
+	@$(PYTHON) -m venv $(VENV) || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); \
 	  else echo "error: '$(PYTHON) -m venv' failed; install python3-venv" >&2; exit 1; fi; }
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[all,test]'
+	$(BIN)/python -m pip install --quiet --progress-bar off --require-hashes -r locks/dev.txt
+	$(BIN)/python -m pip install --quiet --progress-bar off --no-deps --no-build-isolation -e .
+	$(BIN)/edgefleet device doctor --lock locks/dev.txt --packages-only
 	@touch $@
 
 venv: $(STAMP)
+
+# Locks: one per role, universal for Linux x86_64/aarch64 and Python 3.10-3.12
+# ([tool.uv] in pyproject.toml), with hashes. dev is resolved first and the roles
+# are constrained by it, so a camera box runs the versions the suite tested.
+UV_COMPILE = UV_PYTHON_DOWNLOADS=never $(BIN)/uv pip compile --quiet --universal --python-version 3.10 \
+	--generate-hashes --index-url https://pypi.org/simple --custom-compile-command "make lock"
+LOCK_UPGRADE ?=
+lock: venv
+	$(UV_COMPILE) $(LOCK_UPGRADE) pyproject.toml locks/build.in --extra dev -c locks/constraints.in -o locks/dev.txt
+	for role in device server convert; do \
+	  $(UV_COMPILE) $(LOCK_UPGRADE) pyproject.toml --extra $$role -c locks/dev.txt -o locks/$$role.txt || exit 1; done
+	@# a camera box may be a Raspberry Pi or a Jetson: every device pin needs a wheel there
+	for target in x86_64-manylinux_2_28 aarch64-manylinux_2_35; do for py in 3.10 3.11 3.12; do \
+	  echo "device lock: wheels for $$target, Python $$py"; \
+	  UV_PYTHON_DOWNLOADS=never $(BIN)/uv pip compile --quiet --no-deps --only-binary :all: \
+	    --python-platform $$target --python-version $$py --index-url https://pypi.org/simple \
+	    locks/device.txt -o /dev/null || exit 1; done; done
+
+lock-upgrade:
+	$(MAKE) lock LOCK_UPGRADE=--upgrade
+
+# The same suite on the newest releases the ranges in pyproject.toml allow, in a
+# throw-away venv: breakage from new releases shows up here, on purpose.
+LATEST_VENV ?= $(or $(TMPDIR),/tmp)/edgefleet-latest-venv
+test-latest: mosquitto postgresql
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --progress-bar off --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install --quiet --progress-bar off '.[all,test]'
+	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable | tee $(LATEST_VENV)/freeze.txt
+	$(LATEST_VENV)/bin/ruff check . && $(LATEST_VENV)/bin/ruff format --check . && $(LATEST_VENV)/bin/mypy
+	$(LATEST_VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# Known vulnerabilities in every locked set (PyPI's advisory data; needs the network).
+audit: venv
+	for role in device server convert dev; do echo "== locks/$$role.txt"; \
+	  $(BIN)/pip-audit --progress-spinner off --disable-pip --require-hashes -r locks/$$role.txt || status=1; done; exit $${status:-0}
+
+# One CycloneDX SBOM per role, from its lock.
+sbom: venv
+	mkdir -p sbom
+	for role in device server convert dev; do \
+	  $(BIN)/cyclonedx-py requirements --output-format JSON --output-file sbom/$$role.cdx.json locks/$$role.txt || exit 1; \
+	  echo "sbom/$$role.cdx.json"; done
+
+wheel: venv
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	@ls dist/*.whl
 
 # Integration tests run a real Mosquitto on loopback; install it when we can.
 mosquitto:
@@ -62,4 +121,4 @@ demo: venv
 	$(BIN)/edgefleet demo $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info

@@ -27,6 +27,7 @@ __all__ = [
     "IllegalTransitionError",
     "IncompleteMetadataError",
     "InconsistentMetadataError",
+    "LockFileError",
     "ManifestError",
     "MemberContentError",
     "MetadataExpiredError",
@@ -110,6 +111,10 @@ class RuntimeDeviceError(EdgefleetError):
 
 class ConfigError(RuntimeDeviceError):
     """The device config is unreadable or invalid; the message names the field and line."""
+
+
+class LockFileError(ConfigError):
+    """A dependency lock (``locks/*.txt``) is unreadable, or a line is not one hashed pin."""
 
 
 class OutputError(RuntimeDeviceError):

@@ -188,9 +188,9 @@ class Preprocessor:
             flat = image.reshape(image.shape[0], -1)
             # saturating uint8 arithmetic with a scalar (OpenCV's stubs do not type scalars)
             if self._shift > 0:
-                moved = cv2.add(flat, self._shift)  # type: ignore[call-overload]
+                moved = cv2.add(flat, self._shift)  # type: ignore[call-overload,unused-ignore]
             else:
-                moved = cv2.subtract(flat, -self._shift)  # type: ignore[call-overload]
+                moved = cv2.subtract(flat, -self._shift)  # type: ignore[call-overload,unused-ignore]
             shifted: npt.NDArray[Any] = np.bitwise_xor(moved, np.uint8(0x80)).view(np.int8)
             return shifted.reshape(image.shape)
         if self._shared:

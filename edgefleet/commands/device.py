@@ -14,6 +14,7 @@ import numpy as np
 from rich.table import Table
 
 from edgefleet.commands._console import make_console
+from edgefleet.commands.device_doctor import doctor
 
 __all__ = ["device"]
 
@@ -28,8 +29,12 @@ def device() -> None:
     `device run` is what the systemd unit starts: frames from the configured
     source, predictions to JSON lines / MQTT / plug-ins, Prometheus metrics
     and /healthz on a local port. `device classify` is a one-shot check of a
-    bundle on an image, a folder or a video file.
+    bundle on an image, a folder or a video file. `device doctor` checks the
+    box: installed packages against the lock, backends, XNNPACK, CPU features.
     """
+
+
+device.add_command(doctor)
 
 
 def _frames(path: Path) -> Any:
