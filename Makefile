@@ -72,13 +72,13 @@ test-latest: mosquitto postgresql
 # Known vulnerabilities in every locked set (PyPI's advisory data; needs the network).
 audit: venv
 	for role in device server convert dev; do echo "== locks/$$role.txt"; \
-	  $(BIN)/pip-audit --progress-spinner off --disable-pip --require-hashes -r locks/$$role.txt || status=1; done; exit $${status:-0}
+	  $(BIN)/pip-audit --strict --progress-spinner off --disable-pip --require-hashes -r locks/$$role.txt || status=1; done; exit $${status:-0}
 
 # One CycloneDX SBOM per role, from its lock.
 sbom: venv
 	mkdir -p sbom
 	for role in device server convert dev; do \
-	  $(BIN)/cyclonedx-py requirements --output-format JSON --output-file sbom/$$role.cdx.json locks/$$role.txt || exit 1; \
+	  $(BIN)/cyclonedx-py requirements --pyproject pyproject.toml --output-reproducible --of JSON -o sbom/$$role.cdx.json locks/$$role.txt || exit 1; \
 	  echo "sbom/$$role.cdx.json"; done
 
 wheel: venv

@@ -247,15 +247,15 @@ def run(args: argparse.Namespace, work: Path) -> None:
     outputs = {key: np.load(work / f"out-{info[key]['cv2']}.npz") for key in versions}
     identity = {k: compare(outputs["old"][k], outputs["new"][k]) for k in outputs["old"].files}
     settings = [int(t) for t in args.threads.split(",")]
-    samples: dict[str, dict[int, dict[str, list[float]]]] = {k: {} for k in versions}
+    samples: dict[str, dict[int, dict[str, list[list[float]]]]] = {k: {} for k in versions}
     for rnd in range(args.rounds):  # A B, B A, A B, ...: drift hits both versions alike
         for threads in settings:
             for key in ("old", "new") if rnd % 2 == 0 else ("new", "old"):
                 got = call(envs[key]["python"], "time", work, threads)["samples"]
                 for op, values in got.items():
-                    samples[key].setdefault(threads, {}).setdefault(op, []).extend(values)
+                    samples[key].setdefault(threads, {}).setdefault(op, []).append(values)
         print(f"round {rnd + 1}/{args.rounds}", file=sys.stderr)
-    speed: dict[str, dict[str, dict[str, float]]] = {}
+    speed: dict[str, dict[str, dict[str, Any]]] = {}
     for threads in settings:
         label = (
             f"{threads} thread{'s' * (threads > 1)}"
@@ -263,9 +263,23 @@ def run(args: argparse.Namespace, work: Path) -> None:
             else f"default ({info['old']['default_threads']})"
         )
         speed[label] = {}
-        for op, old_samples in samples["old"][threads].items():
-            old, new = float(np.median(old_samples)), float(np.median(samples["new"][threads][op]))
-            speed[label][op] = {"old": old, "new": new, "ratio": new / old, "n": len(old_samples)}
+        for op, old_runs in samples["old"][threads].items():
+            runs = {"old": old_runs, "new": samples["new"][threads][op]}
+            old, new = (float(np.median(np.concatenate(runs[k]))) for k in versions)
+            per = {
+                k: [round(float(np.median(r)), 3) for r in runs[k]] for k in versions
+            }  # per worker
+            paired = [n / o for o, n in zip(per["old"], per["new"], strict=True)]
+            speed[label][op] = {
+                "old": old,
+                "new": new,
+                "ratio": new / old,
+                "n": len(old_runs) * len(old_runs[0]),
+            }
+            speed[label][op] |= {
+                "rounds_ratio_range": [min(paired), max(paired)],
+                "per_worker_ms": per,
+            }
     size = {
         f: {"old": envs["old"][f], "new": envs["new"][f], "ratio": envs["new"][f] / envs["old"][f]}
         for f in ("opencv_installed_mb", "wheel_mb", "site_packages_mb")
@@ -276,20 +290,24 @@ def run(args: argparse.Namespace, work: Path) -> None:
         f"numpy {np.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, {args.rounds} rounds\n"
         f"{len(prepared['names'])} frames: {source} at 640x480, JPEG q90 (median {prepared['jpeg_kb']:.0f} kB)"
     )
-    row = "  {:34} {:>9} {:>9} {:>8}"
-    print("\n" + row.format("size, MiB on disk (du -sm)", "old", "new", "new/old"))
+    row = "  {:34} {:>9} {:>9} {:>8} {:>11}"
+    print("\n" + row.format("size, MiB on disk (du -sm)", "old", "new", "new/old", ""))
     for field, r in size.items():
-        print(row.format(field, f"{r['old']:.1f}", f"{r['new']:.1f}", f"{r['ratio']:.3f}"))
+        print(row.format(field, f"{r['old']:.1f}", f"{r['new']:.1f}", f"{r['ratio']:.3f}", ""))
     for label, table in speed.items():
-        print("\n" + row.format(f"median ms/frame, {label}", "old", "new", "new/old"))
+        print("\n" + row.format(f"median ms/frame, {label}", "old", "new", "new/old", "per round"))
         for op, r in table.items():
-            print(row.format(op, f"{r['old']:.3f}", f"{r['new']:.3f}", f"{r['ratio']:.3f}"))
+            spread = "{:.2f}-{:.2f}".format(*r["rounds_ratio_range"])
+            print(row.format(op, f"{r['old']:.3f}", f"{r['new']:.3f}", f"{r['ratio']:.3f}", spread))
     print(
-        "\n" + row.format(f"identical output ({args.compare} frames)", "same", "max|d|", "differ")
+        "\n"
+        + row.format(f"identical output ({args.compare} frames)", "same", "max|d|", "differ", "")
     )
     for name, r in identity.items():
         same = f"{r['identical_frames']}/{r['frames']}"
-        print(row.format(name, same, f"{r['max_abs_diff']:.4g}", f"{r['differing_fraction']:.2%}"))
+        print(
+            row.format(name, same, f"{r['max_abs_diff']:.4g}", f"{r['differing_fraction']:.2%}", "")
+        )
 
     first = next(iter(speed))  # 1 thread, what the camera box's pipeline runs
     ratios = [r["ratio"] for op, r in speed[first].items() if op.startswith("decode+pre")]
