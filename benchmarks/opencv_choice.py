@@ -2,26 +2,21 @@
 
     python3 benchmarks/opencv_choice.py [--old 4.14.0.94] [--new 5.1.0.95] [--rounds 10] [--workdir DIR]
 
-One throw-away venv per version (``sys.executable -m venv``) holding exactly
-``opencv-python-headless==V`` plus what ``edge_runtime.preprocess`` imports
-(numpy and pydantic, at this interpreter's versions); workers put the project
-on ``sys.path``, it is not installed. Then:
+One throw-away venv per version (``sys.executable -m venv``): exactly
+``opencv-python-headless==V`` plus numpy and pydantic at this interpreter's versions (what
+``edge_runtime.preprocess`` imports; the project goes on ``sys.path``). It measures:
 
-1. size: the OpenCV distribution alone (the files its RECORD lists), its
-   wheel, and each venv's whole site-packages, in MiB on disk as ``du -sm``
-   counts them (the unit of the 173 and 451 MB figures in the issue);
-2. speed per 640x480 frame: ``cv2.imdecode`` of a quality-90 JPEG, the
-   project's ``Preprocessor`` (224x224 int8 and float32 contracts, each resize
-   mode) and decode + preprocess; one worker process per version and round,
-   alternating (A B, B A, ...), with 1 OpenCV thread and with OpenCV's default;
-   median ms per frame and the ratio new/old;
-3. identical output: both versions decode the same JPEG bytes and preprocess
-   the same decoded frames; decoded pixels and tensors are compared.
+1. size in MiB: the OpenCV distribution alone (the files its RECORD lists) and the venv's
+   site-packages on disk, as ``du -sm`` counts them (the unit of the issue's 173 and 451 MB);
+   the wheel; and for ``--platforms`` (aarch64) the wheel and its files unpacked;
+2. median ms per 640x480 frame: ``cv2.imdecode`` of a quality-90 JPEG, the project's
+   ``Preprocessor`` (224x224 int8 and float32 contracts, each resize mode), and both together;
+   one worker process per version and round, A B then B A, 1 OpenCV thread and the default;
+3. identical output: both decode the same JPEG bytes and preprocess the same decoded frames.
 
-Frames: class-balanced TrashNet val/ photos (../shared/datasets/trashnet or
-EDGEFLEET_TRASHNET) resized to 640x480 in memory, or synthetic conveyor
-frames when the photos are absent. Everything but the report stays in the
-work folder. Prints medians and ratios, writes benchmarks/reports/opencv-choice.json.
+Frames: class-balanced TrashNet val/ photos (../shared/datasets/trashnet or EDGEFLEET_TRASHNET)
+resized to 640x480 in memory, or synthetic conveyor frames without them. Prints medians and
+ratios, writes benchmarks/reports/opencv-choice.json; everything else stays in the work folder.
 """
 
 from __future__ import annotations
@@ -31,10 +26,12 @@ import csv
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
@@ -43,7 +40,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve()
+ROOT = SCRIPT.parents[1]
 sys.path.insert(0, str(ROOT))
 
 MIB = 2**20
@@ -58,16 +56,10 @@ def preprocessors(interpolation: str, coverage: bool = False) -> dict[str, Any]:
     def make(dtype: str, resize: str, quant: Any = None, **extra: Any) -> Any:
         layout = extra.get("layout", "nhwc")
         shape = [1, 224, 224, 3] if layout == "nhwc" else [1, 3, 224, 224]
-        crop = 0.875 if resize == "center-crop" else 1.0
-        fields = {"mean": (127.5,) * 3, "std": (127.5,) * 3, "color_order": "rgb", **extra}
-        contract = Preprocessing(
-            height=224,
-            width=224,
-            resize=resize,
-            crop_fraction=crop,
-            interpolation=interpolation,
-            **fields,
-        )
+        fields: dict[str, Any] = {"height": 224, "width": 224, "resize": resize}
+        fields["crop_fraction"] = 0.875 if resize == "center-crop" else 1.0
+        fields |= {"interpolation": interpolation, "mean": (127.5,) * 3, "std": (127.5,) * 3}
+        contract = Preprocessing(**{**fields, "color_order": "rgb", **extra})
         spec = TensorSpec(name="image", shape=shape, dtype=dtype, quantization=quant)
         return Preprocessor(contract, spec)
 
@@ -141,15 +133,9 @@ def worker(mode: str, work: Path, threads: int) -> dict[str, Any]:
 
 
 def call(python: Path, mode: str, work: Path, threads: int = 0) -> dict[str, Any]:
+    argv = [str(python), str(SCRIPT), "--worker", mode, "--workdir", str(work), "--threads"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    command = [str(python), str(Path(__file__).resolve()), "--worker", mode, "--workdir", str(work)]
-    done = subprocess.run(
-        [*command, "--threads", str(threads)],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    done = subprocess.run([*argv, str(threads)], check=True, stdout=subprocess.PIPE, env=env)
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
@@ -188,9 +174,45 @@ def make_venv(version: str, work: Path) -> dict[str, Any]:
     }
 
 
+def other_platform(python: Path, version: str, tag: str, work: Path) -> dict[str, float]:
+    """The wheel for a platform this machine cannot install (e.g. aarch64): its size, and its files' unpacked."""
+    folder, pyver = work / tag, f"{sys.version_info.major}.{sys.version_info.minor}"
+    fetch = ["download", "-q", "--no-deps", "--only-binary=:all:", "--platform", tag]
+    fetch += ["--python-version", pyver, "-d", str(folder), f"opencv-python-headless=={version}"]
+    subprocess.run([str(python), "-m", "pip", *fetch], check=True)
+    wheel = next(folder.glob(f"opencv_python_headless-{version}-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        unpacked = sum(info.file_size for info in archive.infolist())
+    arch = tag.rsplit("_", 1)[-1] if tag.startswith("manylinux") else tag
+    return {f"{arch} wheel_mb": wheel.stat().st_size / MIB, f"{arch} unpacked_mb": unpacked / MIB}
+
+
 def disk_usage(paths: Iterable[Path]) -> float:
     """MiB of disk blocks, as ``du -sm`` counts them."""
     return sum(p.stat().st_blocks * 512 for p in paths if p.is_file()) / MIB
+
+
+def summary(old_runs: list[list[float]], new_runs: list[list[float]]) -> dict[str, Any]:
+    """Pooled medians and their ratio; the range of the rounds' paired ratios shows the noise."""
+    old, new = (float(np.median(np.concatenate(runs))) for runs in (old_runs, new_runs))
+    per = [[round(float(np.median(r)), 3) for r in runs] for runs in (old_runs, new_runs)]
+    paired = [n / o for o, n in zip(*per, strict=True)]
+    return {
+        "old": old,
+        "new": new,
+        "ratio": new / old,
+        "samples": sum(map(len, old_runs)),
+        "rounds_ratio_range": [min(paired), max(paired)],
+        "per_worker_ms": {"old": per[0], "new": per[1]},
+    }
+
+
+def show(title: str, heads: str, cells: str, rows: dict[str, dict[str, Any]]) -> None:
+    """One table; ``cells`` formats each row's figures into |-separated cells."""
+    line = "  {:34} {:>9} {:>9} {:>8} {:>11}"
+    print("\n" + line.format(title, *[*heads.split("|"), "", "", ""][:4]).rstrip())
+    for name, row in rows.items():
+        print(line.format(name, *[*cells.format_map(row).split("|"), "", "", ""][:4]).rstrip())
 
 
 def compare(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> dict[str, Any]:
@@ -214,6 +236,7 @@ def main() -> None:
     add("--compare", type=int, default=24, help="frames whose outputs are compared")
     add("--rounds", type=int, default=10, help="rounds: one worker per version and thread setting")
     add("--threads", default="1,0", help="OpenCV thread settings to time; 0: OpenCV's default")
+    add("--platforms", default="manylinux_2_28_aarch64", help="wheel sizes for other platforms")
     add("--interpolation", default="area", choices=["nearest", "linear", "area", "cubic"])
     add("--data", type=Path, help="TrashNet folder (default ../shared/datasets/trashnet)")
     add("--workdir", type=Path, help="keep venvs and outputs here (default: a temp folder)")
@@ -238,6 +261,9 @@ def main() -> None:
 def run(args: argparse.Namespace, work: Path) -> None:
     versions = {"old": args.old, "new": args.new}
     envs = {key: make_venv(v, work) for key, v in versions.items()}
+    for key, version in versions.items():
+        for tag in filter(None, args.platforms.split(",")):
+            envs[key] |= other_platform(envs[key]["python"], version, tag, work)
     keys = ("frames", "compare", "interpolation")
     config = {**{k: getattr(args, k) for k in keys}, "data": args.data and str(args.data)}
     (work / "config.json").write_text(json.dumps(config))
@@ -257,57 +283,27 @@ def run(args: argparse.Namespace, work: Path) -> None:
         print(f"round {rnd + 1}/{args.rounds}", file=sys.stderr)
     speed: dict[str, dict[str, dict[str, Any]]] = {}
     for threads in settings:
-        label = (
-            f"{threads} thread{'s' * (threads > 1)}"
-            if threads
-            else f"default ({info['old']['default_threads']})"
-        )
-        speed[label] = {}
-        for op, old_runs in samples["old"][threads].items():
-            runs = {"old": old_runs, "new": samples["new"][threads][op]}
-            old, new = (float(np.median(np.concatenate(runs[k]))) for k in versions)
-            per = {
-                k: [round(float(np.median(r)), 3) for r in runs[k]] for k in versions
-            }  # per worker
-            paired = [n / o for o, n in zip(per["old"], per["new"], strict=True)]
-            speed[label][op] = {
-                "old": old,
-                "new": new,
-                "ratio": new / old,
-                "n": len(old_runs) * len(old_runs[0]),
-            }
-            speed[label][op] |= {
-                "rounds_ratio_range": [min(paired), max(paired)],
-                "per_worker_ms": per,
-            }
-    size = {
-        f: {"old": envs["old"][f], "new": envs["new"][f], "ratio": envs["new"][f] / envs["old"][f]}
-        for f in ("opencv_installed_mb", "wheel_mb", "site_packages_mb")
-    }
+        label = f"{threads} thread{'s' * (threads > 1)}" if threads else "default threads"
+        olds, news = samples["old"][threads], samples["new"][threads]
+        speed[label] = {op: summary(olds[op], news[op]) for op in olds}
+    fields = [f for f in envs["old"] if f.endswith("_mb")]
+    size = {f: {k: envs[k][f] for k in versions} for f in fields}
+    for row in size.values():
+        row["ratio"] = row["new"] / row["old"]
 
     print(
         f"\nOpenCV {args.old} (old) vs {args.new} (new), Python {platform.python_version()}, "
-        f"numpy {np.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, {args.rounds} rounds\n"
-        f"{len(prepared['names'])} frames: {source} at 640x480, JPEG q90 (median {prepared['jpeg_kb']:.0f} kB)"
+        f"numpy {np.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, {args.rounds} rounds, "
+        f"OpenCV default threads {info['old']['default_threads']}\n{len(prepared['names'])} frames: "
+        f"{source} at 640x480, JPEG q90 (median {prepared['jpeg_kb']:.0f} kB)"
     )
-    row = "  {:34} {:>9} {:>9} {:>8} {:>11}"
-    print("\n" + row.format("size, MiB on disk (du -sm)", "old", "new", "new/old", ""))
-    for field, r in size.items():
-        print(row.format(field, f"{r['old']:.1f}", f"{r['new']:.1f}", f"{r['ratio']:.3f}", ""))
+    show("size, MiB", "old|new|new/old", "{old:.1f}|{new:.1f}|{ratio:.3f}", size)
+    spread = "{rounds_ratio_range[0]:.2f}-{rounds_ratio_range[1]:.2f}"
     for label, table in speed.items():
-        print("\n" + row.format(f"median ms/frame, {label}", "old", "new", "new/old", "per round"))
-        for op, r in table.items():
-            spread = "{:.2f}-{:.2f}".format(*r["rounds_ratio_range"])
-            print(row.format(op, f"{r['old']:.3f}", f"{r['new']:.3f}", f"{r['ratio']:.3f}", spread))
-    print(
-        "\n"
-        + row.format(f"identical output ({args.compare} frames)", "same", "max|d|", "differ", "")
-    )
-    for name, r in identity.items():
-        same = f"{r['identical_frames']}/{r['frames']}"
-        print(
-            row.format(name, same, f"{r['max_abs_diff']:.4g}", f"{r['differing_fraction']:.2%}", "")
-        )
+        heads, cells = "old|new|new/old|per round", "{old:.3f}|{new:.3f}|{ratio:.3f}|" + spread
+        show(f"median ms/frame, {label}", heads, cells, table)
+    cells = "{identical_frames}/{frames}|{max_abs_diff:.4g}|{differing_fraction:.2%}"
+    show(f"identical output ({args.compare} frames)", "same|max abs d|differ", cells, identity)
 
     first = next(iter(speed))  # 1 thread, what the camera box's pipeline runs
     ratios = [r["ratio"] for op, r in speed[first].items() if op.startswith("decode+pre")]
@@ -317,14 +313,21 @@ def run(args: argparse.Namespace, work: Path) -> None:
     pick = "new" if saving <= 0 or path_ratio < 0.9 else "old"  # smaller, unless 10% slower
     projected = args.install_mb - saving if pick == "old" else args.install_mb
     over = projected - args.budget_mb
+    here = (
+        f"{size['opencv_installed_mb']['old']:.0f} vs {size['opencv_installed_mb']['new']:.0f} MB"
+    )
+    others = [
+        f"{f.split()[0]} {r['new'] - r['old']:+.1f} MB" for f, r in size.items() if " unpacked" in f
+    ]
     verdict = (
-        f"OpenCV {versions[pick]}: {args.old} installs {abs(saving):.0f} MB "
-        f"{'smaller' if saving > 0 else 'larger'} than {args.new}, decode+preprocess new/old "
+        f"OpenCV {versions[pick]}: installed here ({platform.machine()}) {args.old} is {abs(saving):.0f} MB "
+        f"{'smaller' if saving > 0 else 'larger'} than {args.new} ({here}), decode+preprocess new/old "
         f"{path_ratio:.2f} ({first}, geometric mean over the 6 contracts), outputs "
         + (f"differ in {', '.join(differing)}" if differing else "identical byte for byte")
         + f"; the {args.install_mb:.0f} MB device install becomes about {projected:.0f} MB, "
         + (f"still {over:.0f} MB over" if over > 0 else "within")
         + f" the {args.budget_mb:.0f} MB target"
+        + (f"; unpacked wheels elsewhere, new - old: {', '.join(others)}" if others else "")
     )
     print(f"\nverdict: {verdict}")
     extra = ("wheel", "packages", "opencv_installed_bytes")
@@ -336,6 +339,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         "cpus": os.cpu_count(),
         "frames": {"source": source, "size": "640x480", "jpeg_q": 90, "names": prepared["names"]},
         "rounds": args.rounds,
+        "platforms": args.platforms,
         "interpolation": args.interpolation,
         "workers": workers,
         "size_mib": size,
@@ -343,7 +347,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
         "identical_output": identity,
         "verdict": verdict,
     }
-    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    text = json.dumps(report, indent=2)  # lists of numbers on one line each
+    text = re.sub(r"\[[-\d.,\s]+\]", lambda m: json.dumps(json.loads(m.group())), text)
+    args.report.write_text(text + "\n")
     print(f"wrote {args.report}")
 
 
