@@ -85,8 +85,13 @@ def _fake_distribution(site: Path, payload: bytes) -> Path:
     info = site / "tinydist-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tinydist\nVersion: 1.0\n")
+    # a wheel may record bytecode that the interpreter rewrites later: never judged
+    (site / "__pycache__").mkdir()
+    (site / "__pycache__" / "tinydist.cpython-3.pyc").write_bytes(b"rewritten")
     (info / "RECORD").write_text(
-        f"tinydist.py,sha256={digest},{len(payload)}\ntinydist-1.0.dist-info/RECORD,,\n"
+        f"tinydist.py,sha256={digest},{len(payload)}\n"
+        f"__pycache__/tinydist.cpython-3.pyc,sha256={digest},{len(payload)}\n"
+        "tinydist-1.0.dist-info/RECORD,,\n"
     )
     return module
 
