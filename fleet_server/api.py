@@ -181,9 +181,21 @@ def create_app(
         return JSONResponse({"error": str(exc)}, status_code=400)
 
     @app.get("/healthz", tags=["server"])
-    def healthz() -> dict[str, Any]:
-        """Liveness: no token needed."""
-        return {"status": "ok", "version": __version__}
+    def healthz() -> JSONResponse:
+        """Liveness, no token needed: 200 while every worker thread runs, 503 naming any that does not."""
+        workers = server.health()
+        dead = {name: w for name, w in workers.items() if not w.alive}
+        body: dict[str, Any] = {
+            "status": "unhealthy" if dead else "ok",
+            "version": __version__,
+            "workers": {name: w.to_dict() for name, w in workers.items()},
+        }
+        if dead:
+            body["reason"] = "; ".join(
+                f"worker {name} is not running ({w.last_error or 'ended'})"
+                for name, w in dead.items()
+            )
+        return JSONResponse(body, status_code=503 if dead else 200)
 
     guarded: list[Any] = [Depends(authorised)]
     _device_routes(app, server, guarded, mqtt_settings)

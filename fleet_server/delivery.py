@@ -34,6 +34,7 @@ import paho.mqtt.client as mqtt
 
 from edge_runtime.delivery import CHUNK_SIZE, MAX_CHUNK_SIZE, PROTOCOL_VERSION, WINDOW, ChunkMeta
 from edge_runtime.delivery import bundle_topic as _bundle_topic
+from edge_runtime.supervise import SupervisedThread, WorkerHealth
 from fleet_server.errors import DeliveryServerError, MalformedRequestError
 
 __all__ = [
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_RANGES = WINDOW
+# A real request is {"protocol", "bundle", "want": <= WINDOW ranges, "have"}: well under 2 KiB.
+MAX_REQUEST_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -71,10 +74,14 @@ def parse_request(topic: str, payload: bytes, prefix: str) -> ChunkRequest:
     head = f"{prefix}/devices/"
     device_id = topic[len(head) : -len("/download")]
     if not (topic.startswith(head) and topic.endswith("/download")) or not device_id:
-        raise MalformedRequestError(f"not a download topic: {topic!r}")
+        raise MalformedRequestError(f"not a download topic: {topic[:200]!r}")
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise MalformedRequestError(
+            f"request from {device_id} is {len(payload)} bytes, over {MAX_REQUEST_BYTES}"
+        )
     try:
         body = json.loads(payload)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the stack
         raise MalformedRequestError(f"request from {device_id} is not JSON: {e}") from e
     if not isinstance(body, dict):
         raise MalformedRequestError(f"request from {device_id} is not a JSON object")
@@ -99,7 +106,8 @@ def parse_request(topic: str, payload: bytes, prefix: str) -> ChunkRequest:
             or not 0 <= item[0] < item[1]
         ):
             raise MalformedRequestError(
-                f"request from {device_id}: range {item!r} is not [start, end) with 0 <= start < end"
+                f"request from {device_id}: range {str(item)[:80]} is not [start, end)"
+                " with 0 <= start < end"
             )
         ranges.append((item[0], item[1]))
     have = body.get("have", 0)
@@ -228,7 +236,7 @@ class ChunkServer:
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self._stats = DeliveryStats()
         self._stats_lock = threading.Lock()
-        self._worker: threading.Thread | None = None
+        self._worker: SupervisedThread | None = None
         self._prev_on_connect: Any = None
         self._prev_on_publish: Any = None
 
@@ -243,14 +251,14 @@ class ChunkServer:
         self.client.message_callback_add(self.request_filter, self._on_request)
         if self.client.is_connected():
             self.client.subscribe(self.request_filter, qos=1)
-        self._worker = threading.Thread(target=self._run, name="chunk-server", daemon=True)
+        self._worker = SupervisedThread(self._run, "chunk-server")
         self._worker.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker and give the client its callbacks back; unacknowledged chunks stay with paho."""
         self._events.put(_STOP)
         if self._worker is not None:
-            self._worker.join(timeout)
+            self._worker.stop(timeout)
         self.client.message_callback_remove(self.request_filter)
         self.client.on_connect = self._prev_on_connect
         self.client.on_publish = self._prev_on_publish
@@ -262,6 +270,12 @@ class ChunkServer:
         if sha256 not in self._sources:
             raise DeliveryServerError(f"unknown bundle {sha256!r}")
         self._events.put(_Event("announce", topic=sha256))
+
+    def health(self) -> WorkerHealth:
+        """The worker thread's health (alive, restarts, last error) for ``/healthz``."""
+        if self._worker is None:
+            return WorkerHealth("chunk-server", alive=False, restarts=0, last_error="not started")
+        return self._worker.health()
 
     def stats(self) -> DeliveryStats:
         """A snapshot of the counters."""
@@ -310,7 +324,12 @@ class ChunkServer:
             while event is not None:
                 if event is _STOP:
                     return
-                self._handle(event)
+                try:
+                    self._handle(event)
+                except Exception:  # boundary: one event must never stop delivery for the fleet
+                    with self._stats_lock:
+                        self._stats.errors += 1
+                    log.exception("handling a %s event failed; serving on", event.kind)
                 try:
                     event = self._events.get_nowait()
                 except queue.Empty:
@@ -369,15 +388,16 @@ class ChunkServer:
             bundle.due = time.monotonic() + self.coalesce_s
 
     def _check_bounds(self, request: ChunkRequest, meta: ChunkMeta) -> None:
-        indices = request.indices()
+        # counted, never materialised: [0, 10**9] must cost nothing to refuse
+        count = sum(end - start for start, end in request.want)
         if any(end > meta.chunks for _, end in request.want):
             raise MalformedRequestError(
                 f"request from {request.device_id} asks beyond the {meta.chunks} chunks"
                 f" of bundle {meta.sha256[:12]}: {list(request.want)}"
             )
-        if len(indices) > self.window:
+        if count > self.window:
             raise MalformedRequestError(
-                f"request from {request.device_id} asks for {len(indices)} chunks,"
+                f"request from {request.device_id} asks for {count} chunks,"
                 f" more than the window of {self.window}"
             )
 

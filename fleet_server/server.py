@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 
 from edge_runtime.bundle import read_bundle
 from edge_runtime.errors import EdgefleetError
+from edge_runtime.supervise import SupervisedThread, WorkerHealth
 from fleet_server.broker_auth import BrokerAuth, hash_password, new_password
 from fleet_server.delivery import ChunkServer
 from fleet_server.errors import FleetError, RolloutError
@@ -114,7 +115,7 @@ class FleetServer:
         self._last_reason: dict[str, str] = {}
         """Device id -> the reason its newest event gave (failures, rollbacks)."""
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self._plans: dict[int, RolloutState] = {}
         self._synced: dict[int, dict[str, str]] = {}
         self._paths: dict[str, Path] = {p.stem: p for p in self.bundle_folder.glob("*.efb")}
@@ -211,19 +212,28 @@ class FleetServer:
             if _followed(state):
                 self._apply(rollout_id, recover(state, now))
         self._publish()
-        self._thread = threading.Thread(target=self._run, name="fleet-server", daemon=True)
+        self._thread = SupervisedThread(self._run, "fleet-server")
         self._thread.start()
 
     def stop(self) -> None:
         """Stop ticking, ingesting and serving chunks (the database keeps everything)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.stop(timeout=10)
         self.client.on_connect = self._prev_on_connect
         self.chunks.stop()
         for leaf in _REPORT_LEAVES:
             self.client.message_callback_remove(f"{self.prefix}/devices/+/{leaf}")
             self.client.unsubscribe(f"{self.prefix}/devices/+/{leaf}")
+
+    def health(self) -> dict[str, WorkerHealth]:
+        """Each worker thread (report ingestion and ticks, chunk delivery): alive, restarts, error."""
+        workers = [self.chunks.health()]
+        if self._thread is not None:
+            workers.insert(0, self._thread.health())
+        else:
+            workers.insert(0, WorkerHealth("fleet-server", False, 0, "not started"))
+        return {worker.name: worker for worker in workers}
 
     def _subscribe_reports(self) -> None:
         self.client.subscribe([(f"{self.prefix}/devices/+/{leaf}", 1) for leaf in _REPORT_LEAVES])

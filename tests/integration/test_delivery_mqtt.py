@@ -305,3 +305,64 @@ def test_delivery_over_the_embedded_amqtt_broker(
         fetcher.start()
     for fetcher in fetchers:
         assert received(fetcher, 30) == data
+
+
+# --- hostile requests (issue #15, items 1 and 2) --------------------------------------------
+
+
+@pytest.mark.parametrize("broker", ["mosquitto", "amqtt_broker"])
+def test_one_hostile_request_never_stops_delivery_for_the_fleet(
+    broker: str,
+    request: pytest.FixtureRequest,
+    fleet_on: Any,
+    bundle: tuple[str, Path, bytes],
+) -> None:
+    """Deep nesting (RecursionError in json) and oversized payloads are refused; delivery goes on."""
+    sha, path, data = bundle
+    fleet = fleet_on(request.getfixturevalue(broker))
+    server = fleet.start_server({sha: path})
+    assert fleet.client is not None
+    hostile = [
+        b"[" * 2000 + b"]" * 2000,  # 4 KB that json cannot parse without recursing 2000 deep
+        b'{"want": ' + b"[" * 1500 + b"]" * 1500 + b"}",
+        b"[" * 500_000,  # half a megabyte
+    ]
+    for payload in hostile:
+        fleet.client.publish("edgefleet/devices/rogue/download", payload, qos=1).wait_for_publish(5)
+    deadline = time.monotonic() + 10
+    while server.stats().malformed < len(hostile) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.stats().malformed == len(hostile)
+    health = server.health()
+    assert health.alive and health.restarts == 0 and server.stats().errors == 0
+    fetcher = fleet.device("cam-after", sha, len(data), window_timeout=2.0)
+    fetcher.start()
+    assert received(fetcher, 30) == data
+
+
+def test_a_huge_chunk_range_is_refused_without_allocating_it(
+    mosquitto: int, fleet_on: Any, bundle: tuple[str, Path, bytes]
+) -> None:
+    """About a hundred bytes asking for 2**31 chunks: counted, never materialised."""
+    import tracemalloc
+
+    sha, path, data = bundle
+    fleet = fleet_on(mosquitto)
+    server = fleet.start_server({sha: path})
+    assert fleet.client is not None
+    payload = b'{"bundle": "' + sha.encode() + b'", "want": [[0, 2147483647]], "have": 0}'
+    assert len(payload) < 128
+    tracemalloc.start()
+    try:
+        fleet.client.publish("edgefleet/devices/rogue/download", payload, qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while server.stats().malformed < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert server.stats().malformed == 1
+    assert peak < 4 * 2**20, f"refusing the request allocated {peak / 2**20:.0f} MiB"
+    fetcher = fleet.device("cam-ok", sha, len(data))
+    fetcher.start()
+    assert received(fetcher, 20) == data

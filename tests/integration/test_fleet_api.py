@@ -265,3 +265,33 @@ def test_bad_requests_name_the_field(api: Api) -> None:
     assert unknown_bundle.status_code == 404 and "unknown bundle" in unknown_bundle.json()["error"]
     bad_name = c.post("/devices", json={"id": "bad id!"}, headers=AUTH)
     assert bad_name.status_code == 422 and bad_name.json()["detail"][0]["loc"][-1] == "id"
+
+
+class _DieOnChunk:
+    """A FaultInjector whose first chunk ends the chunk-server thread as a bug beyond Exception would."""
+
+    def chunk_payload(self, sha256: str, index: int, data: bytes) -> bytes:
+        raise SystemExit("chunk server thread ended")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_healthz_is_503_naming_a_dead_worker(api: Api) -> None:
+    """A worker thread that dies must never hide behind a green /healthz (issue #15)."""
+    healthy = api.client.get("/healthz")
+    assert healthy.status_code == 200 and healthy.body["status"] == "ok"
+    assert set(healthy.body["workers"]) == {"fleet-server", "chunk-server"}
+    assert all(w["alive"] and w["restarts"] == 0 for w in healthy.body["workers"].values())
+
+    sha = api.client.post(
+        "/bundles/import", json={"path": str(api.folder / "v1.efb")}, headers=AUTH
+    ).body["sha256"]
+    api.server.chunks.fault = _DieOnChunk()
+    request = json.dumps({"protocol": 1, "bundle": sha, "want": [[0, 1]], "have": 0})
+    api.server.client.publish("edgefleet/devices/cam-x/download", request, qos=1)
+    deadline = time.monotonic() + 10
+    while api.server.chunks.health().alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+    dead = api.client.get("/healthz")
+    assert dead.status_code == 503 and dead.body["status"] == "unhealthy"
+    assert dead.body["reason"].startswith("worker chunk-server is not running")
+    assert dead.body["workers"]["fleet-server"]["alive"]
