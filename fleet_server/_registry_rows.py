@@ -184,6 +184,8 @@ def device_info(row: db.Device) -> DeviceInfo:
         runtime_version=row.runtime_version,
         state_updated_at=row.state_updated_at,
         has_credentials=row.credentials_hash is not None,
+        state_received_at=row.state_received_at,
+        clock_skew_s=row.clock_skew_s,
     )
 
 

@@ -39,6 +39,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL, Connection, make_url
@@ -82,7 +83,16 @@ log = logging.getLogger(__name__)
 DEFAULT_DATABASE_URL = "sqlite:///edgefleet.db"
 """The database ``edgefleet serve`` uses when no ``--db`` is given (a file in the working folder)."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Each step takes a database from version N - 1 to N in the same transaction as the check.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (  # state reports ordered by the device's (epoch, sequence); clock skew measured
+        "ALTER TABLE devices ADD COLUMN state_sequence BIGINT",
+        "ALTER TABLE devices ADD COLUMN state_epoch VARCHAR(32)",
+        "ALTER TABLE devices ADD COLUMN state_received_at DOUBLE PRECISION",
+        "ALTER TABLE devices ADD COLUMN clock_skew_s DOUBLE PRECISION",
+    ),
+}
 """The schema these models describe; a database holding another version is refused."""
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -156,6 +166,11 @@ class Device(Base):
     target_assignment: Mapped[int | None] = mapped_column(Integer, nullable=True)
     runtime_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     state_updated_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    state_sequence: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    state_epoch: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    state_received_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    clock_skew_s: Mapped[float | None] = mapped_column(Double, nullable=True)
+    """The server's receive time minus the device's clock, on its latest fresh state report."""
     credentials_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
     tags: Mapped[list[DeviceTag]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="DeviceTag.tag"
@@ -357,10 +372,21 @@ def create_schema(engine: Engine) -> None:
             if row is None:
                 connection.execute(insert(SchemaInfo).values(id=1, version=SCHEMA_VERSION))
                 log.info("created fleet database schema v%d in %s", SCHEMA_VERSION, where)
+            elif row.version < SCHEMA_VERSION:
+                for version in range(row.version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[version]:
+                        connection.exec_driver_sql(statement)
+                connection.execute(update(SchemaInfo).values(version=SCHEMA_VERSION))
+                log.warning(
+                    "migrated fleet database %s from schema v%d to v%d",
+                    where,
+                    row.version,
+                    SCHEMA_VERSION,
+                )
             elif row.version != SCHEMA_VERSION:
                 raise RegistryStorageError(
                     f"database {where} holds schema version {row.version}; this server "
-                    f"uses version {SCHEMA_VERSION}"
+                    f"uses version {SCHEMA_VERSION} (a newer server wrote it)"
                 )
     except OperationalError as exc:
         raise RegistryStorageError(f"cannot open database {where}: {exc.orig}") from exc

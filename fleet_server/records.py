@@ -167,7 +167,13 @@ class DeviceInfo:
     target_assignment: int | None
     runtime_version: str | None
     state_updated_at: float | None
+    """The device's own clock on its latest state report."""
     has_credentials: bool
+    state_received_at: float | None = None
+    """The server's clock when that report arrived."""
+    clock_skew_s: float | None = None
+    """Server receive time minus device time on the latest fresh (not retained) state report:
+    positive when the device's clock is behind (or the report was slow to arrive)."""
 
 
 @dataclass(frozen=True)

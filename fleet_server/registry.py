@@ -80,12 +80,14 @@ from fleet_server.telemetry import (
     read_sample,
 )
 
-__all__ = ["MAX_TIMELINE_LIMIT", "Registry", "TelemetryRetention"]
+__all__ = ["CLOCK_SKEW_WARN_S", "MAX_TIMELINE_LIMIT", "Registry", "TelemetryRetention"]
 
 log = logging.getLogger(__name__)
 
 MAX_TIMELINE_LIMIT = 10_000
 """The most timeline entries one query returns."""
+CLOCK_SKEW_WARN_S = 60.0
+"""A device clock further off than this is logged (the skew is kept per device either way)."""
 
 _TERMINAL_WAVE_STATUSES = frozenset({"succeeded", "failed", "aborted"})
 _IN_CHUNK = 500  # bound the size of SQL IN lists
@@ -471,23 +473,33 @@ class Registry:
         if device_id not in self._known_devices:
             self.register_on_first_contact(device_id)
 
-    def record_state(self, device_id: str, payload: Any) -> bool:
+    def record_state(
+        self, device_id: str, payload: Any, *, received_at: float | None = None, fresh: bool = False
+    ) -> bool:
         """Store a device's reported state; False when it is older than the one stored.
+
+        Reports are ordered by the device's ``(epoch, sequence)`` (arrival
+        order for devices that send none), never by the device's clock: a
+        clock that jumped a year ahead must not freeze the row. A ``fresh``
+        report (published now, not a retained copy) also measures the
+        device's clock skew against ``received_at`` (default: now).
 
         Like every report, it registers an unknown device on first contact
         (see ``auto_register``). The state is retained on the broker, so it
         says nothing about presence: it leaves ``last_seen`` alone.
         """
         report = parse_state(payload, device_id)
+        received = self._clock() if received_at is None else received_at
         self._ensure_device(device_id)
         with self._transaction(write=True) as session:
             row = self._locked_device(session, device_id)
-            if row.state_updated_at is not None and report.updated_at < row.state_updated_at:
+            if not report.supersedes(row.state_epoch, row.state_sequence):
                 log.debug(
-                    "ignored state of %s from %.3f (have %.3f)",
+                    "ignored state of %s: sequence %s is older than %s (epoch %s)",
                     device_id,
-                    report.updated_at,
-                    row.state_updated_at,
+                    report.sequence,
+                    row.state_sequence,
+                    report.epoch,
                 )
                 return False
             row.phase = report.state.value
@@ -499,6 +511,17 @@ class Registry:
             row.target_assignment = report.target.assignment if report.target else None
             row.runtime_version = report.runtime_version
             row.state_updated_at = report.updated_at
+            row.state_sequence = report.sequence
+            row.state_epoch = report.epoch
+            row.state_received_at = received
+            if fresh:
+                row.clock_skew_s = received - report.updated_at
+                if abs(row.clock_skew_s) > CLOCK_SKEW_WARN_S:
+                    log.warning(
+                        "device %s's clock is %+.0f s off the server's",
+                        device_id,
+                        -row.clock_skew_s,
+                    )
             return True
 
     def record_event(self, device_id: str, payload: Any) -> TimelineItem | None:

@@ -73,6 +73,22 @@ class StateReport(_Report):
     target: ReportedTarget | None = None
     runtime_version: str | None = Field(default=None, max_length=64)
     updated_at: Timestamp
+    """The device's clock: stored and compared with the server's for skew, never used to order."""
+    sequence: int | None = Field(default=None, ge=0, le=2**62)
+    """Grows with every state change on the device; orders reports within one epoch."""
+    epoch: str | None = Field(default=None, max_length=32, pattern=r"^[0-9a-f]*$")
+    """The device state's lineage; a new one (a wiped store) always supersedes the old."""
+
+    def supersedes(self, epoch: str | None, sequence: int | None) -> bool:
+        """Whether this report replaces a stored one of ``(epoch, sequence)``.
+
+        Within one epoch a lower sequence is an older report (a redelivery,
+        or a replica's late copy); anything else is taken in arrival order. A
+        device clock that jumped cannot make a later report look older.
+        """
+        if self.sequence is None or sequence is None or self.epoch != epoch:
+            return True
+        return self.sequence >= sequence
 
 
 class EventReport(_Report):

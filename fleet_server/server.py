@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from edge_runtime.errors import EdgefleetError
 from edge_runtime.supervise import SupervisedThread, WorkerHealth
 from fleet_server.broker_auth import BrokerAuth, hash_password, new_password
 from fleet_server.delivery import ChunkServer
-from fleet_server.errors import FleetError, RolloutError
+from fleet_server.errors import FleetError, MalformedReportError, RolloutError
 from fleet_server.publisher import MetadataPublisher
 from fleet_server.quality_gate import Baseline, WaveTelemetry
 from fleet_server.records import DeviceInfo, TargetSelector, WaveDeviceStatus, WaveInfo
@@ -48,7 +49,10 @@ from fleet_server.rollout_spec import RolloutSpec, TargetDevice, WaveSpec
 from fleet_server.telemetry import quality_figures
 from fleet_server.trust import KeySet, Repository
 
-__all__ = ["FleetServer"]
+__all__ = ["MAX_REPORT_BYTES", "FleetServer"]
+
+MAX_REPORT_BYTES = 64 * 1024
+"""The largest device report (state, event, telemetry) read; larger ones are refused unread."""
 
 _WAVE_STATUS = {
     "running": "running",
@@ -103,7 +107,7 @@ class FleetServer:
         """Per-device broker credentials and the Mosquitto files (None: the broker is open)."""
         self._last_publish = 0.0
         self._lock = threading.RLock()
-        self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Inbound] = queue.SimpleQueue()
         """Device reports, queued by paho's network thread, handled by the server's own thread."""
         self.max_batch = 1000
         """At most this many queued device reports share one database transaction."""
@@ -285,15 +289,15 @@ class FleetServer:
             except Exception:  # logged; the next tick retries from the saved state
                 log.exception("rollout tick failed")
 
-    def _handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
+    def _handle_batch(self, batch: list[_Inbound]) -> None:
         """Ingest a burst of reports in one database transaction; rollout plans are saved once."""
         try:
             with self._lock, self.registry.batch():
-                for topic, payload in _newest_states(batch):
+                for item in _newest_states(batch):
                     try:
-                        self._handle_report(topic, payload)
+                        self._handle_report(item)
                     except Exception:  # one bad report must never stop the others
-                        log.exception("handling a report on %s failed", topic)
+                        log.exception("handling a report on %s failed", item.topic[:200])
                 self._save_dirty()
         except Exception:  # the database refused the whole batch: say so, keep serving
             log.exception("storing a batch of %d device reports failed", len(batch))
@@ -307,9 +311,12 @@ class FleetServer:
     def _on_device_message(
         self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage
     ) -> None:
-        self._inbox.put((message.topic, bytes(message.payload)))
+        self._inbox.put(
+            _Inbound(message.topic, bytes(message.payload), bool(message.retain), time.time())
+        )
 
-    def _handle_report(self, topic: str, raw: bytes) -> None:
+    def _handle_report(self, item: _Inbound) -> None:
+        topic, raw = item.topic, item.payload
         parts = topic.split("/")
         if len(parts) != len(self.prefix.split("/")) + 3:
             return
@@ -320,9 +327,19 @@ class FleetServer:
                 return
             if not raw:
                 return
-            payload = json.loads(raw)
+            if len(raw) > MAX_REPORT_BYTES:
+                raise MalformedReportError(
+                    f"{len(raw)} bytes, over the {MAX_REPORT_BYTES}-byte cap"
+                )
+            try:
+                payload = json.loads(raw)
+            except RecursionError as exc:  # nested deeper than the stack: not a report
+                raise MalformedReportError("JSON nested too deeply") from exc
             if leaf == "state":
-                if self.registry.record_state(device_id, payload):
+                fresh = not item.retained
+                if self.registry.record_state(
+                    device_id, payload, received_at=item.received_at, fresh=fresh
+                ):
                     self._device_state(device_id, payload)
             elif leaf == "events":
                 self.registry.record_event(device_id, payload)
@@ -547,15 +564,27 @@ def _followed(state: RolloutState) -> bool:
 _UNANSWERED = frozenset({DeviceStatus.SENT, DeviceStatus.IN_PROGRESS, DeviceStatus.TIMED_OUT})
 
 
-def _newest_states(batch: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+@dataclass(frozen=True)
+class _Inbound:
+    """A device report as it came off the broker: topic, bytes, retained copy or not, when."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+    received_at: float
+
+
+def _newest_states(batch: list[_Inbound]) -> list[_Inbound]:
     """The batch without the ``state`` reports a later one of the same device replaces.
 
     A device's state topic is retained and each report is complete, so only
     the newest of a burst matters (the events say what happened between).
     """
-    last = {topic: i for i, (topic, _) in enumerate(batch) if topic.endswith("/state")}
+    last = {item.topic: i for i, item in enumerate(batch) if item.topic.endswith("/state")}
     return [
-        item for i, item in enumerate(batch) if not item[0].endswith("/state") or last[item[0]] == i
+        item
+        for i, item in enumerate(batch)
+        if not item.topic.endswith("/state") or last[item.topic] == i
     ]
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 from enum import Enum
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -166,12 +167,25 @@ class UpdateState(_Frozen):
     updated_at: Timestamp = 0.0
     sequence: int = Field(default=0, ge=0)
     """Increases with every change, so a reader can tell the newer of two copies."""
+    epoch: str = Field(default="", max_length=32, pattern=r"^[0-9a-f]*$")
+    """Names this state's lineage (made once, with the first state): a wiped store starts a
+    new epoch, so the fleet server orders reports by (epoch, sequence), never by clocks."""
     history: tuple[UpdateEvent, ...] = Field(default=(), max_length=HISTORY_LIMIT)
 
     @classmethod
-    def initial(cls, active: BundleRef | None = None, now: float = 0.0) -> UpdateState:
-        """A fresh idle state; a provisioned bundle (if any) is both active and last good."""
-        return cls(active=active, last_good=active, updated_at=now)
+    def initial(
+        cls, active: BundleRef | None = None, now: float = 0.0, epoch: str | None = None
+    ) -> UpdateState:
+        """A fresh idle state; a provisioned bundle (if any) is both active and last good.
+
+        ``epoch`` defaults to a new random one.
+        """
+        return cls(
+            active=active,
+            last_good=active,
+            updated_at=now,
+            epoch=secrets.token_hex(8) if epoch is None else epoch,
+        )
 
     # --- inputs ---------------------------------------------------------------------
 
@@ -395,6 +409,8 @@ def reported_state(device_id: str, state: UpdateState, runtime_version: str) -> 
         else {"bundle": state.target.bundle.sha256, "assignment": state.target.assignment},
         "runtime_version": runtime_version,
         "updated_at": state.updated_at,
+        "sequence": state.sequence,
+        "epoch": state.epoch,
     }
 
 

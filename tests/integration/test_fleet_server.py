@@ -7,6 +7,7 @@ registry, the TUF repository (online keys only) and the chunk server.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -293,3 +294,33 @@ def test_offline_device_converges_when_it_returns(setup: Setup) -> None:
         return {d.device_id: d.status for d in setup.registry.wave_devices(rollout)}[last]
 
     setup.wait_for(lambda: status_of_last() == "committed", timeout=20)  # followed after the end
+
+
+def test_a_state_report_from_a_clock_a_year_ahead_freezes_nothing(setup: Setup) -> None:
+    """Issue #15, item 3: reports are ordered by the device's sequence, never by its clock."""
+    v1, v2 = setup.bundles["v1"], setup.bundles["v2"]
+    year = 365 * 24 * 3600.0
+    for device in setup.registry.devices():
+        forged = {
+            "protocol": 1,
+            "device_id": device.id,
+            "state": "idle",
+            "active": {"bundle": v1.sha256, "name": "tiny-classifier", "version": "1.0.0"},
+            "updated_at": time.time() + year,
+        }
+        setup.client.publish(
+            f"edgefleet/devices/{device.id}/state", json.dumps(forged), qos=1
+        ).wait_for_publish(5)
+    setup.wait_for(
+        lambda: all((d.clock_skew_s or 0) < -year / 2 for d in setup.registry.devices()), 20
+    )
+    rollout = setup.server.create_rollout(
+        v2.sha256, TargetSelector.tags(["line1"]), waves(), previous_sha256=v1.sha256
+    )
+    setup.wait_for(
+        lambda: setup.registry.rollout(rollout).status in {"completed", "aborted", "rolled-back"}
+    )
+    assert setup.registry.rollout(rollout).status == "completed"
+    setup.wait_for(lambda: all(v == v2.sha256 for v in setup.active().values()))
+    # the devices' own reports replaced the forged ones, and measured their clocks again
+    assert all(abs(d.clock_skew_s or year) < 60 for d in setup.registry.devices())

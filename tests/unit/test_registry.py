@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 
 from edge_runtime.bundle import (
     Bundle,
@@ -266,6 +266,8 @@ def test_reported_state_is_applied_in_order_and_checked(
             "cam-1",
             "probation",
             100.0,
+            sequence=5,
+            epoch="e1",
             active={"bundle": b, "name": "m", "version": "1.1.0"},
             last_good={"bundle": a, "name": "m", "version": "1.0.0"},
             target={"bundle": b, "assignment": 7},
@@ -279,10 +281,12 @@ def test_reported_state_is_applied_in_order_and_checked(
     assert (device.runtime_version, device.state_updated_at) == ("0.1.0", 100.0)
     assert device.last_seen is None  # a retained state says nothing about presence
 
-    # an older state arriving late (QoS 1 redelivery, retained copy) changes nothing
-    assert not registry.record_state("cam-1", state("cam-1", "downloading", 99.0))
+    # an older state arriving late (QoS 1 redelivery, a replica's copy) changes nothing
+    older = state("cam-1", "downloading", 99.0, sequence=4, epoch="e1")
+    assert not registry.record_state("cam-1", older)
     assert registry.device("cam-1").phase == "probation"
-    assert registry.record_state("cam-1", state("cam-1", "committed", 101.0, active=None))
+    newer = state("cam-1", "committed", 101.0, sequence=6, epoch="e1", active=None)
+    assert registry.record_state("cam-1", newer)
     device = registry.device("cam-1")
     assert (device.phase, device.active_bundle, device.state_updated_at) == (
         "committed",
@@ -615,7 +619,7 @@ def test_a_restarted_server_sees_everything_it_stored(
     before = open_registry()
     rollout_id, _ = _rollout_in_progress(before, bundles)
     before.set_assignment("devices", "cam-1", bundles[1].sha256, 4)
-    before.record_state("cam-2", state("cam-2", "committed", 50.0))
+    before.record_state("cam-2", state("cam-2", "committed", 50.0, sequence=9, epoch="ab"))
     before.record_telemetry("cam-2", snapshot(10), at=clock.now)
     expected = (
         before.bundles(),
@@ -647,10 +651,71 @@ def test_a_restarted_server_sees_everything_it_stored(
         if d.status not in {"committed", "failed", "rolled-back", "timed-out"}
     ]
     assert pending == ["cam-3"]
-    assert not after.record_state("cam-2", state("cam-2", "downloading", 49.0))
+    late = state("cam-2", "downloading", 49.0, sequence=8, epoch="ab")
+    assert not after.record_state("cam-2", late)
     assert after.set_wave_device_status(rollout_id, "cam-3", "committed")
     after.update_rollout_status(rollout_id, "completed")
     assert after.rollout(rollout_id).status == "completed"
+
+
+def test_a_device_clock_that_jumps_never_freezes_its_row(
+    registry: Registry, clock: FakeClock
+) -> None:
+    """Issue #15, item 3: order by (epoch, sequence) or arrival, never by the device's clock."""
+    year = 365 * 24 * 3600.0
+    ahead = state("cam-1", "idle", clock.now + year, sequence=3, epoch="e1")
+    assert registry.record_state("cam-1", ahead, fresh=True)
+    assert registry.device("cam-1").clock_skew_s == -year
+    back = state("cam-1", "downloading", clock.now - 2.5, sequence=4, epoch="e1")
+    assert registry.record_state("cam-1", back, fresh=True)
+    device = registry.device("cam-1")
+    assert (device.phase, device.clock_skew_s, device.state_received_at) == (
+        "downloading",
+        2.5,
+        clock.now,
+    )
+    # a retained copy is stored but measures nothing: it may be hours old
+    clock.advance(3600)
+    assert registry.record_state("cam-1", back)
+    assert registry.device("cam-1").clock_skew_s == 2.5
+    # the same report again (a retained replay after a reconnect) is taken, idempotently
+    assert registry.record_state("cam-1", back)
+    # a wiped store starts a new epoch at sequence 0: it is not older
+    assert registry.record_state("cam-1", state("cam-1", "idle", 1.0, sequence=0, epoch="e2"))
+    assert registry.device("cam-1").phase == "idle"
+    # devices that send no sequence are taken in arrival order, whatever their clock says
+    assert registry.record_state("cam-9", state("cam-9", "idle", clock.now + year))
+    assert registry.record_state("cam-9", state("cam-9", "committed", 5.0))
+    assert registry.device("cam-9").phase == "committed"
+    for bad, message in [
+        (state("cam-1", "idle", 1.0, sequence=-1), "sequence"),
+        (state("cam-1", "idle", 1.0, sequence=2**63), "sequence"),
+        (state("cam-1", "idle", 1.0, epoch="X" * 40), "epoch"),
+    ]:
+        with pytest.raises(MalformedReportError, match=message):
+            registry.record_state("cam-1", bad)
+
+
+def test_a_schema_v1_database_is_migrated_in_place(
+    database_url: str, open_registry: Callable[..., Registry]
+) -> None:
+    first = open_registry()
+    first.record_state("cam-1", state("cam-1", "committed", 10.0))
+    first.close()
+    engine = db.make_engine(database_url)
+    with engine.begin() as connection:  # what a v1 server left: no ordering or skew columns
+        for column in ("state_sequence", "state_epoch", "state_received_at", "clock_skew_s"):
+            connection.exec_driver_sql(f"ALTER TABLE devices DROP COLUMN {column}")
+        connection.execute(update(db.SchemaInfo).values(version=1))
+    engine.dispose()
+    migrated = open_registry()
+    device = migrated.device("cam-1")
+    assert (device.phase, device.state_updated_at, device.clock_skew_s) == ("committed", 10.0, None)
+    assert migrated.record_state("cam-1", state("cam-1", "idle", 11.0, sequence=1, epoch="e"))
+    engine = db.make_engine(database_url)
+    with engine.connect() as connection:
+        assert connection.execute(select(db.SchemaInfo.version)).scalar() == db.SCHEMA_VERSION == 2
+    engine.dispose()
 
 
 def test_a_database_of_another_schema_version_is_refused(

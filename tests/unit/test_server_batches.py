@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-from fleet_server.server import _newest_states
+from fleet_server.server import _Inbound, _newest_states
+
+
+def inbound(topic: str, payload: bytes) -> _Inbound:
+    return _Inbound(topic, payload, retained=False, received_at=0.0)
 
 
 def test_only_the_newest_state_of_each_device_is_kept_and_everything_else_in_order() -> None:
     batch = [
-        ("edgefleet/devices/a/state", b"a1"),
-        ("edgefleet/devices/a/events", b"e1"),
-        ("edgefleet/devices/b/state", b"b1"),
-        ("edgefleet/devices/a/state", b"a2"),
-        ("edgefleet/devices/a/events", b"e2"),
-        ("edgefleet/devices/a/telemetry", b"t"),
-        ("edgefleet/devices/a/state", b"a3"),
-        ("edgefleet/devices/b/availability", b"online"),
+        inbound("edgefleet/devices/a/state", b"a1"),
+        inbound("edgefleet/devices/a/events", b"e1"),
+        inbound("edgefleet/devices/b/state", b"b1"),
+        inbound("edgefleet/devices/a/state", b"a2"),
+        inbound("edgefleet/devices/a/events", b"e2"),
+        inbound("edgefleet/devices/a/telemetry", b"t"),
+        inbound("edgefleet/devices/a/state", b"a3"),
+        inbound("edgefleet/devices/b/availability", b"online"),
     ]
     assert _newest_states(batch) == [
-        ("edgefleet/devices/a/events", b"e1"),
-        ("edgefleet/devices/b/state", b"b1"),
-        ("edgefleet/devices/a/events", b"e2"),
-        ("edgefleet/devices/a/telemetry", b"t"),
-        ("edgefleet/devices/a/state", b"a3"),  # after the events that explain it
-        ("edgefleet/devices/b/availability", b"online"),
+        inbound("edgefleet/devices/a/events", b"e1"),
+        inbound("edgefleet/devices/b/state", b"b1"),
+        inbound("edgefleet/devices/a/events", b"e2"),
+        inbound("edgefleet/devices/a/telemetry", b"t"),
+        inbound("edgefleet/devices/a/state", b"a3"),  # after the events that explain it
+        inbound("edgefleet/devices/b/availability", b"online"),
     ]
     assert _newest_states([]) == []

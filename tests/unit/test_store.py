@@ -187,7 +187,9 @@ def test_prune_never_deletes_what_the_persisted_state_names(tmp_path: Path) -> N
 
 def test_state_round_trip_keeps_the_previous_copy(tmp_path: Path) -> None:
     store = BundleStore(tmp_path)
-    assert store.load_state(now=T0) == UpdateState.initial(now=T0)
+    fresh = store.load_state(now=T0)
+    assert fresh == UpdateState.initial(now=T0, epoch=fresh.epoch)
+    assert len(fresh.epoch) == 16 and fresh.epoch != UpdateState.initial(now=T0).epoch
     assert store.state_source == "fresh"
     first = UpdateState.initial(A, now=T0)
     second = probation_state()
@@ -231,7 +233,7 @@ def test_both_copies_unusable_gives_a_fresh_idle_state_and_says_why(
     store.backup_path.write_bytes(b"\x00\x00\x00")
     caplog.set_level(logging.WARNING, "edge_runtime.update.store")
     state = store.load_state(now=T0)
-    assert state == UpdateState.initial(now=T0)
+    assert state == UpdateState.initial(now=T0, epoch=state.epoch)
     assert store.state_source == "fresh"
     assert "state.json is corrupt (phase:" in caplog.text
     assert "state.json.bak is corrupt" in caplog.text
