@@ -11,6 +11,7 @@ from typing import Any, cast
 from sqlalchemy.orm import Session, lazyload
 
 from fleet_server import db
+from fleet_server.broker_auth import SERVER_USERNAME
 from fleet_server.errors import RegistryError
 from fleet_server.records import (
     AssignmentInfo,
@@ -55,6 +56,9 @@ __all__ = [
 # --- checks -----------------------------------------------------------------------------
 
 
+RESERVED_DEVICE_IDS = frozenset({SERVER_USERNAME})
+
+
 def checked_name(value: str, what: str) -> str:
     try:
         return check_name(value, what)
@@ -63,7 +67,12 @@ def checked_name(value: str, what: str) -> str:
 
 
 def check_id(device_id: str) -> str:
-    return checked_name(device_id, "device id")
+    """A valid device id; the fleet server's own broker username is never one (checked before
+    anything is written, so a refused provisioning leaves no row behind)."""
+    checked = checked_name(device_id, "device id")
+    if checked in RESERVED_DEVICE_IDS:
+        raise RegistryError(f"{checked!r} is reserved for the fleet server and cannot name a device")
+    return checked
 
 
 def check_tags(tags: Iterable[str]) -> tuple[str, ...]:

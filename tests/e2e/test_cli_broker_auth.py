@@ -137,6 +137,18 @@ def test_devices_get_their_own_credentials_and_cannot_publish_as_another(
     spy = None
     try:
         wait_healthy(server_url, server)
+        # the server's own broker username is refused before anything is written (issue #15,
+        # item 6): provisioning and credential rotation keep working for everyone else
+        reserved = subprocess.run(
+            [*EDGEFLEET, "fleet", "--server", server_url, "provision", SERVER_USERNAME],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert reserved.returncode != 0
+        assert f"'{SERVER_USERNAME}' is reserved for the fleet server" in reserved.stderr
+        assert json.loads(fleet("devices", "--json").stdout) == []
         for name in ("cam-a", "cam-b"):
             out = tmp_path / name
             made = fleet(

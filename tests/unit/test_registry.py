@@ -854,3 +854,17 @@ def test_rollouts_still_waiting_for_devices_are_found_in_one_query(
     assert registry.rollouts_with_devices(["completed"], ["downloading"]) == []
     with pytest.raises(RegistryError):
         registry.rollouts_with_devices(["exploded"], ["sent"])
+
+
+def test_the_server_broker_username_cannot_name_a_device(registry: Registry) -> None:
+    """Issue #15, item 6: refused before anything is written, by provisioning or first contact."""
+    with pytest.raises(RegistryError, match="'edgefleet-server' is reserved for the fleet server"):
+        registry.provision_device("edgefleet-server", credentials_hash="x")
+    with pytest.raises(RegistryError, match="reserved"):
+        registry.record_state("edgefleet-server", state("edgefleet-server", "idle", 1.0))
+    with pytest.raises(RegistryError, match="reserved"):
+        registry.record_availability("edgefleet-server", True)
+    assert registry.devices() == []
+    assert registry.timeline() == []
+    assert registry.provision_device("cam-1", credentials_hash="h").id == "cam-1"
+    assert registry.credentials_hashes() == {"cam-1": "h"}
