@@ -283,6 +283,7 @@ class RolloutState(_Frozen):
             if d.pinned_bundle is not None
         }
         eligible = [d for d in spec.devices if d.device_id not in skipped]
+        known = {d.device_id: d for d in eligible}
         plan = plan_waves(
             [d.device_id for d in eligible],
             spec.waves,
@@ -293,7 +294,11 @@ class RolloutState(_Frozen):
         return cls(
             spec=spec,
             waves=tuple(WaveProgress(devices=ids) for ids in plan),
-            devices={d: DeviceProgress(wave=i) for i, ids in enumerate(plan) for d in ids},
+            devices={
+                d: DeviceProgress(wave=i, phase=known[d].phase, active=known[d].active)
+                for i, ids in enumerate(plan)
+                for d in ids
+            },
             skipped=skipped,
             created_at=now,
             updated_at=now,

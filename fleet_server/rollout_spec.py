@@ -77,6 +77,11 @@ class TargetDevice(_Frozen):
     tags: tuple[Tag, ...] = ()
     pinned_bundle: Sha256 | None = None
     """A pinned device keeps this bundle: rollouts skip it."""
+    phase: str | None = Field(default=None, max_length=32)
+    """The lifecycle phase the device last reported when the rollout was planned."""
+    active: Sha256 | None = None
+    """The bundle the device last reported active then: a device that already runs the
+    rollout's bundle counts as committed as soon as its wave starts."""
 
 
 class WaveSpec(_Frozen):

@@ -386,7 +386,13 @@ class FleetServer:
             bundle=bundle_sha256,
             previous_bundle=previous_sha256,
             devices=tuple(
-                TargetDevice(device_id=d.id, tags=d.tags, pinned_bundle=d.pinned_bundle)
+                TargetDevice(
+                    device_id=d.id,
+                    tags=d.tags,
+                    pinned_bundle=d.pinned_bundle,
+                    phase=d.phase,
+                    active=d.active_bundle,
+                )
                 for d in devices
             ),
             waves=tuple(waves),

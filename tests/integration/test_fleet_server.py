@@ -324,3 +324,16 @@ def test_a_state_report_from_a_clock_a_year_ahead_freezes_nothing(setup: Setup) 
     setup.wait_for(lambda: all(v == v2.sha256 for v in setup.active().values()))
     # the devices' own reports replaced the forged ones, and measured their clocks again
     assert all(abs(d.clock_skew_s or year) < 60 for d in setup.registry.devices())
+
+
+def test_rolling_out_what_every_device_already_runs_completes_at_once(setup: Setup) -> None:
+    """Issue #15, item 8: no device waits for a timeout, none is rolled back."""
+    v1 = setup.bundles["v1"]
+    rollout = setup.server.create_rollout(v1.sha256, TargetSelector.tags(["line1"]), waves())
+    setup.wait_for(
+        lambda: setup.registry.rollout(rollout).status in {"completed", "aborted", "rolled-back"},
+        timeout=30,  # two health windows, well inside the 60 s device timeout
+    )
+    assert setup.registry.rollout(rollout).status == "completed"
+    assert {d.status for d in setup.registry.wave_devices(rollout)} == {"committed"}
+    assert all(v == v1.sha256 for v in setup.active().values())

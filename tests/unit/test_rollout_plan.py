@@ -769,3 +769,31 @@ def test_approval_skips_empty_waves_to_the_next_one_with_devices() -> None:
     assert kinds(step) == [EventKind.APPROVED, EventKind.WAVE_SKIPPED, EventKind.WAVE_STARTED]
     assert step.events[0].message == "wave 3 approved"
     assert step.actions == [Assign(device_ids=("cam-05",), bundle_sha=NEW)]
+
+
+def test_devices_already_running_the_bundle_commit_when_their_wave_starts() -> None:
+    """Issue #15, item 8: what the device reported before the rollout counts, no timeout."""
+    runs_it = {"cam-00", "cam-03"}
+    devices = tuple(
+        TargetDevice(
+            device_id=d,
+            phase="committed" if d in runs_it else "idle",
+            active=NEW if d in runs_it else OLD,
+        )
+        for d in ids(4)
+    )
+    spec = RolloutSpec(
+        bundle=NEW, previous_bundle=OLD, devices=devices, waves=(wave(percent=100),), seed=1
+    )
+    step = RolloutState.create(spec, now=T0).start(T0)
+    statuses = {d: p.status for d, p in step.state.devices.items()}
+    assert {d for d, s in statuses.items() if s is DeviceStatus.COMMITTED} == runs_it
+    assert {d for d, s in statuses.items() if s is DeviceStatus.SENT} == {"cam-01", "cam-02"}
+    assert "2 devices already run" in " ".join(e.message for e in step.events)
+    state = commit(step.state, ["cam-01", "cam-02"], T0 + 5)
+    assert state.tick(T0 + 5 + WINDOW, telemetry(state)).state.status is RolloutStatus.COMPLETED
+    # a spec written before these fields existed still loads
+    legacy = spec.model_dump(mode="json")
+    for device in legacy["devices"]:
+        del device["phase"], device["active"]
+    assert RolloutSpec.model_validate(legacy).devices[0].active is None
