@@ -71,7 +71,9 @@ def check_id(device_id: str) -> str:
     anything is written, so a refused provisioning leaves no row behind)."""
     checked = checked_name(device_id, "device id")
     if checked in RESERVED_DEVICE_IDS:
-        raise RegistryError(f"{checked!r} is reserved for the fleet server and cannot name a device")
+        raise RegistryError(
+            f"{checked!r} is reserved for the fleet server and cannot name a device"
+        )
     return checked
 
 

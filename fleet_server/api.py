@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -35,7 +36,9 @@ from fleet_server.errors import (
     RolloutError,
     RolloutPlanError,
 )
+from fleet_server.http_guard import DEFAULT_MAX_BODY_BYTES, DOCS_PATHS, RequestGuard
 from fleet_server.records import TargetSelector, check_name
+from fleet_server.registry import MAX_TIMELINE_LIMIT
 from fleet_server.rollout_spec import Sha256, WaveSpec
 from fleet_server.server import FleetServer
 
@@ -52,6 +55,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Verb = Literal["pause", "resume", "approve", "abort"]
+
+# ids are 32-bit integers in every database we run on: anything larger is a 422, never a 500
+RolloutId = Annotated[int, FastApiPath(ge=1, le=2**31 - 1)]
+EntryId = Annotated[int, Query(ge=0, le=2**31 - 1)]
 
 _bearer = HTTPBearer(auto_error=False)
 _Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -141,7 +148,12 @@ def _bundle(record: Any) -> dict[str, Any]:
 
 
 def create_app(
-    server: FleetServer, token: str, *, device_mqtt: dict[str, Any] | None = None
+    server: FleetServer,
+    token: str,
+    *,
+    device_mqtt: dict[str, Any] | None = None,
+    public_docs: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """The HTTP API over ``server``, guarded by the bearer ``token``.
 
@@ -162,6 +174,10 @@ def create_app(
         title="edgefleet fleet server",
         version=__version__,
         description="Devices, bundles and staged rollouts of an edgefleet fleet.",
+    )
+    public = {"/healthz", *(DOCS_PATHS if public_docs else ())}
+    app.add_middleware(
+        RequestGuard, token=token, public_paths=public, max_body_bytes=max_body_bytes
     )
 
     @app.exception_handler(_UnauthorisedError)
@@ -333,7 +349,7 @@ def _rollout_view(server: FleetServer, rollout_id: int) -> dict[str, Any]:
 def _rollout_routes(app: FastAPI, server: FleetServer, guarded: list[Any]) -> None:
     registry = server.registry
 
-    def rollout_view(rollout_id: int) -> dict[str, Any]:
+    def rollout_view(rollout_id: RolloutId) -> dict[str, Any]:
         return _rollout_view(server, rollout_id)
 
     @app.get("/rollouts", tags=["rollouts"], dependencies=guarded)
@@ -344,7 +360,7 @@ def _rollout_routes(app: FastAPI, server: FleetServer, guarded: list[Any]) -> No
         ]
 
     @app.get("/rollouts/{rollout_id}", tags=["rollouts"], dependencies=guarded)
-    def get_rollout(rollout_id: int) -> dict[str, Any]:
+    def get_rollout(rollout_id: RolloutId) -> dict[str, Any]:
         """A rollout's status, its waves with device counts per status, and the planner's summary."""
         return rollout_view(rollout_id)
 
@@ -363,7 +379,9 @@ def _rollout_routes(app: FastAPI, server: FleetServer, guarded: list[Any]) -> No
         return rollout_view(rollout_id)
 
     @app.post("/rollouts/{rollout_id}/{verb}", tags=["rollouts"], dependencies=guarded)
-    def command(rollout_id: int, verb: Verb, body: CommandRequest | None = None) -> dict[str, Any]:
+    def command(
+        rollout_id: RolloutId, verb: Verb, body: CommandRequest | None = None
+    ) -> dict[str, Any]:
         """Pause, resume, approve or abort a running rollout."""
         registry.rollout(rollout_id)  # 404 for an unknown rollout
         reason = body.reason if body is not None else "operator abort"
@@ -373,7 +391,9 @@ def _rollout_routes(app: FastAPI, server: FleetServer, guarded: list[Any]) -> No
 
     @app.get("/rollouts/{rollout_id}/timeline", tags=["rollouts"], dependencies=guarded)
     def timeline(
-        rollout_id: int, limit: int = 100, after_id: int | None = None
+        rollout_id: RolloutId,
+        limit: Annotated[int, Query(ge=1, le=MAX_TIMELINE_LIMIT)] = 100,
+        after_id: EntryId | None = None,
     ) -> list[dict[str, Any]]:
         """The rollout's timeline entries, oldest first (the newest ``limit``, or those after ``after_id``)."""
         registry.rollout(rollout_id)

@@ -399,11 +399,12 @@ class FleetServer:
             seed=seed,
             baseline=Baseline.from_manifest(bundle.manifest),
         )
+        now = time.time()
+        # plan first: a rollout that cannot be planned (RolloutPlanError, a 400) writes no row
+        state = RolloutState.create(spec, now)
         info = self.registry.create_rollout(
             bundle_sha256, target, {}, previous_sha256=previous_sha256
         )
-        now = time.time()
-        state = RolloutState.create(spec, now)
         with self._lock:
             self._apply(info.id, state.start(now))
         return info.id

@@ -187,6 +187,8 @@ class ServeOptions:
     """Command run after those files change (e.g. ``systemctl reload mosquitto``)."""
     mqtt_password: str | None = None
     """The server's own broker password (user ``edgefleet-server``); made and kept if None."""
+    public_docs: bool = False
+    """Serve the OpenAPI docs without the token."""
 
 
 def run_server(options: ServeOptions) -> None:
@@ -280,6 +282,7 @@ def _serve(options: ServeOptions) -> None:
             server,
             options.token,
             device_mqtt={"host": host, "port": port, "topic_prefix": server.prefix},
+            public_docs=options.public_docs,
         )
         config = uvicorn.Config(
             app,

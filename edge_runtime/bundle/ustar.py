@@ -108,7 +108,8 @@ def _parse_octal(field: bytes, what: str, where: str) -> int:
     if not text:
         return 0
     if not all(48 <= byte <= 55 for byte in text):
-        raise BundleArchiveError(f"{where}: {what} field {field!r} is not an octal number")
+        # never quote the bytes: a path that names any file on a server must not echo it
+        raise BundleArchiveError(f"{where}: {what} field is not an octal number (not a ustar file)")
     return int(text, 8)
 
 
@@ -126,7 +127,7 @@ def _member_name(header: bytes, where: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UnsafeMemberError(f"{where}: member name {raw!r} is not UTF-8") from exc
+        raise UnsafeMemberError(f"{where}: a member name is not UTF-8") from exc
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def _read_header(header: bytes, where: str) -> _Header:
     if not _checksum_ok(header, stored):
         raise BundleArchiveError(f"{where}: header checksum does not match (corrupt archive)")
     if header[257:263] not in {b"ustar\0", b"ustar "}:
-        raise BundleArchiveError(f"{where}: not a ustar header (magic {header[257:263]!r})")
+        raise BundleArchiveError(f"{where}: not a ustar header (no ustar magic)")
     name = _member_name(header, where)
     typeflag = header[156:157]
     if typeflag in _LINK_TYPES:

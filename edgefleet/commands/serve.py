@@ -77,6 +77,12 @@ __all__ = ["serve"]
     help="Environment variable with the server's broker password (with --broker-auth-dir; "
     "if unset one is made and kept in STATE/broker-server.secret).",
 )
+@click.option(
+    "--public-docs",
+    is_flag=True,
+    help="Serve /docs, /redoc and /openapi.json without the token (by default they need it, "
+    "like every route but /healthz).",
+)
 def serve(
     state_dir: Path,
     repo_dir: Path,
@@ -90,6 +96,7 @@ def serve(
     broker_auth_dir: Path | None,
     broker_reload: str | None,
     mqtt_password_env: str,
+    public_docs: bool,
 ) -> None:
     """Run the fleet server until Ctrl-C or SIGTERM.
 
@@ -98,7 +105,8 @@ def serve(
     signs assignments, snapshot and timestamp with the online keys (never
     the release key), serves bundle chunks and drives staged rollouts over
     MQTT, and answers the operator's `edgefleet fleet` commands on its HTTP
-    API (bearer token; OpenAPI docs at /docs).
+    API (bearer token on every route but /healthz, checked before a body is
+    read; bodies over 1 MiB refused; OpenAPI docs at /docs).
 
     \b
     Example:
@@ -133,5 +141,6 @@ def serve(
             broker_auth_dir=broker_auth_dir,
             broker_reload=broker_reload,
             mqtt_password=os.environ.get(mqtt_password_env) or None,
+            public_docs=public_docs,
         )
     )

@@ -6,6 +6,7 @@ to create a rollout, read its status and timeline, and pause and resume it.
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -147,8 +148,12 @@ def test_token_is_required_except_for_healthz(api: Api) -> None:
     assert wrong.status_code == 401
     assert api.client.post("/rollouts/1/pause").status_code == 401
     assert api.client.get("/devices", headers=AUTH).json() == []
-    assert api.client.get("/docs").status_code == 200
-    assert "/rollouts/{rollout_id}/timeline" in api.client.get("/openapi.json").json()["paths"]
+    # the docs are behind the same token unless `serve --public-docs`
+    assert api.client.get("/docs").status_code == 401
+    assert api.client.get("/openapi.json").status_code == 401
+    assert api.client.get("/docs", headers=AUTH).status_code == 200
+    paths = api.client.get("/openapi.json", headers=AUTH).json()["paths"]
+    assert "/rollouts/{rollout_id}/timeline" in paths
 
 
 def test_devices_bundles_rollout_pause_resume(api: Api) -> None:
@@ -295,3 +300,69 @@ def test_healthz_is_503_naming_a_dead_worker(api: Api) -> None:
     assert dead.status_code == 503 and dead.body["status"] == "unhealthy"
     assert dead.body["reason"].startswith("worker chunk-server is not running")
     assert dead.body["workers"]["fleet-server"]["alive"]
+
+
+def _raw(api: Api, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """Send only a request's headers and read the answer: the server must not wait for a body."""
+    port = int(api.client.base.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.putrequest(method, path)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        reply = connection.getresponse()
+        raw = reply.read()
+        return reply.status, json.loads(raw) if raw.startswith(b"{") else {"raw": raw.decode()}
+    finally:
+        connection.close()
+
+
+def test_bodies_are_refused_from_the_headers_before_a_byte_is_read(api: Api) -> None:
+    """Issue #15, item 9: auth before the body, a size cap, no chunked uploads."""
+    huge = {"Content-Type": "application/json", "Content-Length": str(256 * 2**20)}
+    status, body = _raw(api, "POST", "/rollouts", huge)
+    assert (status, body) == (401, {"error": "missing or wrong bearer token"})
+    status, body = _raw(api, "POST", "/rollouts", {**huge, **AUTH})
+    assert status == 413 and "over the 1048576-byte cap" in body["error"]
+    chunked = {"Content-Type": "application/json", "Transfer-Encoding": "chunked", **AUTH}
+    assert _raw(api, "POST", "/devices", chunked)[0] == 411
+    assert _raw(api, "POST", "/devices", {"Content-Length": "ten", **AUTH})[0] == 400  # by uvicorn
+    assert api.client.get("/healthz").status_code == 200  # the server is still well
+
+
+def test_ids_out_of_range_and_refused_rollouts_leave_nothing_behind(api: Api) -> None:
+    """Issue #15, item 9: typed 4xx for every client error, no half-written rows."""
+    c = api.client
+    for path in (
+        "/rollouts/99999999999",
+        "/rollouts/0",
+        "/rollouts/-3",
+        "/rollouts/1/timeline?after_id=99999999999",
+    ):
+        assert c.get(path, headers=AUTH).status_code == 422, path
+    assert c.get("/rollouts/1/timeline?limit=100000000", headers=AUTH).status_code == 422
+    assert c.post("/rollouts/4294967296/abort", headers=AUTH).status_code == 422
+    assert c.get("/rollouts/12345", headers=AUTH).status_code == 404
+
+    sha = c.post("/bundles/import", json={"path": str(api.folder / "v1.efb")}, headers=AUTH)
+    c.post("/devices", json={"id": "cam-01", "tags": []}, headers=AUTH)
+    refused = c.post(
+        "/rollouts",
+        json={
+            "bundle_sha256": sha.json()["sha256"],
+            "target": {"kind": "all"},
+            "waves": [{"devices": ["cam-77"]}],
+        },
+        headers=AUTH,
+    )
+    assert refused.status_code == 400, refused.text
+    assert c.get("/rollouts", headers=AUTH).json() == []  # no pending row to abort by hand
+
+    # importing a file that is not a bundle says so without quoting the file
+    secret = api.folder / "secret.txt"
+    secret.write_text("root:x:0:0:hunter2:/root:/bin/sh\n" * 200)
+    leaked = c.post("/bundles/import", json={"path": str(secret)}, headers=AUTH)
+    assert leaked.status_code == 400
+    assert "hunter2" not in leaked.text and "root:x" not in leaked.text
+    assert "not a ustar file" in leaked.json()["error"]
