@@ -30,11 +30,12 @@ from edge_runtime.classifier import Classifier
 from edge_runtime.config import DeviceConfig, UpdateConfig
 from edge_runtime.delivery import ChunkDownload
 from edge_runtime.delivery_mqtt import BundleFetcher
-from edge_runtime.errors import EdgefleetError, TrustError, UpdateError
+from edge_runtime.errors import EdgefleetError, StoreError, TrustError, UpdateError
 from edge_runtime.mqtt import MqttLink, device_topic
 from edge_runtime.outputs import PredictionSink
 from edge_runtime.pipeline import ActiveModel
 from edge_runtime.prediction import Prediction
+from edge_runtime.supervise import SupervisedThread
 from edge_runtime.trust import Assignment, TrustClient
 from edge_runtime.update import (
     BundleRef,
@@ -92,13 +93,16 @@ class UpdateAgent:
         self.sink = _AgentSink(self)
         self._events: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self._lock = threading.Lock()
         self._recent_confidence: deque[float] = deque(maxlen=200)
         self._probation: _Probation | None = None
         self._fetcher: BundleFetcher | None = None
         self._assignment: Assignment | None = None
         self.refusals: list[str] = []
+        self._unsaved: UpdateState | None = None
+        self.store_problem: str | None = None
+        """Why the update state cannot be persisted now (a full disk); None when it can."""
         self.state = self._boot_state()
 
     # --- start-up ----------------------------------------------------------------
@@ -119,7 +123,7 @@ class UpdateAgent:
             or (Path(self.config.store) / "downloads" / f"{target.bundle.sha256}.download").exists()
         )
         recovered = recover(state, now, bundle_present=present)
-        state = self._commit_transition(recovered, publish=False)
+        state = self._commit_transition(recovered, publish=False, tolerate_store=True)
         self._boot_events = recovered.events  # published once connected
         if state.active is None and self.config.bundle is not None:
             # first boot: the provisioned bundle becomes active and last good
@@ -144,7 +148,7 @@ class UpdateAgent:
         """Subscribe to the metadata and start the worker thread."""
         self.link.subscribe(f"{self.prefix}/tuf/#", self._on_metadata)
         self.link.add_connect_listener(self._publish_state)
-        self._thread = threading.Thread(target=self._run, name="update-agent", daemon=True)
+        self._thread = SupervisedThread(self._run, "update-agent")
         self._thread.start()
 
     def stop(self) -> None:
@@ -154,7 +158,7 @@ class UpdateAgent:
         if self._fetcher is not None:
             self._fetcher.stop()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.stop(timeout=10)
 
     # --- inputs from other threads -----------------------------------------------
 
@@ -191,6 +195,8 @@ class UpdateAgent:
                 event = "tick"
             if event == "stop":
                 break
+            if not self._retry_save():
+                continue  # serving on; metadata is read again once the state can be saved
             try:
                 if event == "metadata":
                     self._refresh()
@@ -385,9 +391,16 @@ class UpdateAgent:
     def _apply(self, transition: Transition) -> None:
         self.state = self._commit_transition(transition, publish=True)
 
-    def _commit_transition(self, transition: Transition, publish: bool) -> UpdateState:
+    def _commit_transition(
+        self, transition: Transition, publish: bool, *, tolerate_store: bool = False
+    ) -> UpdateState:
         state = transition.state
-        self.store.save_state(state)
+        try:
+            self.store.save_state(state)
+        except StoreError as exc:
+            if not tolerate_store:
+                raise
+            self._hold_unsaved(state, exc)
         if publish:
             for event in transition.events:
                 log.info(
@@ -401,6 +414,53 @@ class UpdateAgent:
                 self.state = state
                 self._publish_state()
         return state
+
+    def worker_problem(self) -> str | None:
+        """Why the update agent's worker is not running (for ``/healthz``), or None."""
+        if self._thread is None:
+            return None
+        health = self._thread.health()
+        if health.alive:
+            return None
+        return f"the update agent's worker is not running ({health.last_error or 'ended'})"
+
+    def store_warning(self) -> str | None:
+        """The store problem that holds updates back (for ``/healthz``), or None."""
+        if self.store_problem is None:
+            return None
+        return f"update state not persisted, updates held: {self.store_problem}"
+
+    def _hold_unsaved(self, state: UpdateState, error: StoreError) -> None:
+        """Keep ``state`` in memory, classify on with its active bundle, retry saving each tick.
+
+        Booting on a full disk must not leave the camera blind: the last good
+        bundle is intact on disk and serves; no update moves until the state
+        can be persisted again (a power cut meanwhile boots the state on disk).
+        """
+        if self._unsaved is None:
+            log.error(
+                "cannot persist the update state (%s): classifying on with the active bundle; "
+                "updates wait until it can be saved",
+                error,
+            )
+        self._unsaved = state
+        self.store_problem = str(error)
+
+    def _retry_save(self) -> bool:
+        """Persist the held state; True when nothing is held any more."""
+        if self._unsaved is None:
+            return True
+        try:
+            self.store.save_state(self._unsaved)
+        except StoreError as exc:
+            self.store_problem = str(exc)
+            return False
+        log.warning("the update state is saved again; updates resume")
+        self._unsaved = None
+        self.store_problem = None
+        self._publish_state()
+        self._events.put("metadata")  # what arrived meanwhile is read now
+        return True
 
     def _refuse(self, reason: str) -> None:
         """Metadata or a bundle was refused: say why, keep serving what runs now."""
@@ -419,9 +479,10 @@ class UpdateAgent:
         )
 
     def _publish_state(self) -> None:
-        self._publish(
-            "state", reported_state(self.config.device_id, self.state, __version__), retain=True
-        )
+        payload = reported_state(self.config.device_id, self.state, __version__)
+        if self.store_problem is not None:
+            payload["store_problem"] = self.store_problem[:500]
+        self._publish("state", payload, retain=True)
 
     def _publish(self, leaf: str, payload: dict[str, Any], retain: bool) -> None:
         topic = device_topic(self.prefix, self.config.device_id, leaf)

@@ -80,6 +80,8 @@ class DeviceRuntime:
             from edge_runtime.agent import UpdateAgent
 
             self.agent = UpdateAgent(config, self.model, self.mqtt)
+            self.health.add_check(self.agent.worker_problem)
+            self.health.add_check(self.agent.store_warning, fatal=False)
             initial = self.agent.boot_classifier()
         elif config.bundle is not None:
             initial = Classifier(

@@ -72,6 +72,17 @@ class HealthState:
         self._inferences = 0
         self._last_inference_s: float | None = None
         self._bundle: dict[str, str] | None = None
+        self._checks: list[tuple[Callable[[], str | None], bool]] = []
+
+    def add_check(self, check: Callable[[], str | None], *, fatal: bool = True) -> None:
+        """A probe asked on every verdict (a worker thread alive, the store writable).
+
+        It returns None when all is well, else a sentence: a fatal check's
+        sentence makes the runtime unhealthy, another's is listed under
+        ``details["warnings"]`` (the camera still classifies).
+        """
+        with self._lock:
+            self._checks.append((check, fatal))
 
     def _now(self, now: float | None) -> float:
         return self._clock() if now is None else now
@@ -142,4 +153,13 @@ class HealthState:
                 "startup_grace_s": self.startup_grace_s,
             },
         }
+        warnings: list[str] = []
+        with self._lock:
+            checks = list(self._checks)
+        for check, fatal in checks:
+            problem = check()
+            if problem is not None:
+                (reasons if fatal else warnings).append(problem)
+        if warnings:
+            details["warnings"] = warnings
         return HealthReport(healthy=not reasons, reasons=reasons, details=details)

@@ -388,3 +388,47 @@ def test_killed_mid_download_resumes_after_restart(tmp_path: Path, mosquitto: in
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+FULL_DISK_BOOT = """
+set -e
+mount -t tmpfs -o size=2m tmpfs "$1"
+"$2" -m edgefleet device run --config "$3" --max-frames 5
+dd if=/dev/zero of="$1/filler" bs=4096 2>/dev/null || true
+rm -f "$4"
+"$2" -m edgefleet device run --config "$3" --max-frames 20
+"""
+
+
+def _private_mounts_work() -> bool:
+    probe = subprocess.run(["unshare", "-Urm", "true"], capture_output=True, timeout=10)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _private_mounts_work(), reason="user+mount namespaces are not allowed")
+def test_a_device_boots_and_classifies_on_a_full_disk(fleet: Fleet, tmp_path: Path) -> None:
+    """Issue #15, item 7: the last good bundle serves; the state waits to be saved."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    predictions = tmp_path / "predictions.jsonl"
+    config = tmp_path / "device.yaml"
+    config.write_text(
+        device_config(fleet, tmp_path).replace(
+            f"store: {tmp_path / 'store'}", f"store: {mount}/store"
+        )
+    )
+    env = {**os.environ, "EDGEFLEET_LOG_LEVEL": "info"}
+    script = ["unshare", "-Urm", "sh", "-c", FULL_DISK_BOOT, "sh"]
+    done = subprocess.run(
+        [*script, str(mount), sys.executable, str(config), str(predictions)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cannot persist the update state" in done.stderr
+    assert "No space left on device" in done.stderr
+    lines = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(lines) >= 20
+    assert {line["bundle_sha256"] for line in lines} == {fleet.bundles["v1"].sha256}

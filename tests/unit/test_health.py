@@ -106,3 +106,18 @@ def test_invalid_limits_are_refused() -> None:
         HealthState(max_inference_s=-1)
     with pytest.raises(ValueError, match="startup_grace_s"):
         HealthState(startup_grace_s=-1)
+
+
+def test_checks_add_reasons_or_warnings_to_the_verdict() -> None:
+    """A dead worker makes /healthz unhealthy; a held-back store is a warning while it classifies."""
+    health = HealthState(startup_grace_s=10.0, clock=lambda: 0.0, started_at=0.0)
+    problems: dict[str, str | None] = {"worker": None, "store": None}
+    health.add_check(lambda: problems["worker"])
+    health.add_check(lambda: problems["store"], fatal=False)
+    assert health.evaluate().healthy and "warnings" not in health.evaluate().details
+    problems["store"] = "update state not persisted, updates held: disk full"
+    report = health.evaluate()
+    assert report.healthy and report.details["warnings"] == [problems["store"]]
+    problems["worker"] = "the update agent's worker is not running (RuntimeError: boom)"
+    report = health.evaluate()
+    assert not report.healthy and report.reasons == [problems["worker"]]
