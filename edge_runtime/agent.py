@@ -209,7 +209,10 @@ class UpdateAgent:
 
     def _refresh(self) -> None:
         try:
-            if not self.trust.refresh():
+            complete = self.trust.refresh()
+            for warning in self.trust.take_warnings():
+                self._refuse(warning)  # refused, reported, and updates go on without it
+            if not complete:
                 log.debug("metadata not complete yet: %s", self.trust.last_error)
                 return
             assignment = self.trust.assignment(self.config.device_id, self.settings.groups)

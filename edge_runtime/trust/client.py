@@ -90,6 +90,19 @@ _BASE_URL = "mqtt-retained://edgefleet/tuf/"
 _READ_CHUNK = 1024 * 1024
 
 
+def _failed_root(served: Sequence[str]) -> str | None:
+    """The topic suffix of the root ngclient was verifying when it failed, if that was a root.
+
+    ngclient fetches ``N.root.json`` for each version after the trusted one
+    before anything else; when the last file it was served is such a root,
+    that root is what it refused.
+    """
+    if not served:
+        return None
+    match = _ROOT_NAME_RE.match(served[-1])
+    return None if match is None else f"root/{match.group(1)}"
+
+
 class MetadataFetcher(FetcherInterface):
     """ngclient's network: serves metadata from a fixed map of retained payloads (topic suffix -> bytes).
 
@@ -192,6 +205,7 @@ class TrustClient:
         self._relevant: frozenset[str] | None = None
         """Bins holding :attr:`_interest` under the trusted ``assignments`` role; None: not known yet."""
         self._relevant_source: tuple[bytes, int] | None = None
+        self._warnings: list[str] = []
 
     @classmethod
     def provision(
@@ -297,40 +311,68 @@ class TrustClient:
         with self._lock:
             with self._payload_lock:
                 payloads = dict(self._payloads)
-            before = read_trusted(self.metadata_dir)
-            fetcher = MetadataFetcher(payloads)
-            try:
-                updater = Updater(
-                    str(self.metadata_dir),
-                    _BASE_URL,
-                    fetcher=fetcher,
-                    config=self._config,
-                    bootstrap=self._anchor(),
-                )
-                updater.refresh()
-                for path in self._interest:
-                    updater.get_targetinfo(path)
-            except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
-                after = read_trusted(self.metadata_dir)
-                error = explain(exc, before, after, payloads, fetcher.served)
-                self._last_error = error
-                if isinstance(error, IncompleteMetadataError):
-                    log.info("TUF metadata not complete yet: %s", error)
-                    return False
-                if isinstance(error, MetadataExpiredError):
-                    self._view = None
-                log.warning("TUF metadata refused: %s", error)
-                raise error from exc
-            except OSError as exc:
-                error = TrustError(f"cannot read or store metadata in {self.metadata_dir}: {exc}")
-                self._last_error = error
-                raise error from exc
-            finally:
-                self._update_relevant()  # ngclient may have verified assignments before failing
-            self._view = _View(updater, fetcher)
-            self._last_error = None
-            log.debug("TUF metadata verified: %s", sorted(fetcher.served))
-            return True
+            first = self._attempt(payloads)
+            if first is None:
+                return True
+            error, bad_root = first
+            if bad_root is not None and not isinstance(error, IncompleteMetadataError):
+                # A next root that does not verify (junk retained on its topic, or a forged
+                # one) must not stop every later update: trust stays with the roots already
+                # verified, as if that version had not been published, and the refusal is
+                # reported. Should the rest need the new root, the root's error is the one
+                # raised below.
+                retry = self._attempt({k: v for k, v in payloads.items() if k != bad_root})
+                if retry is None:
+                    warning = f"ignored tuf/{bad_root}: {error}"
+                    log.warning("TUF metadata: %s", warning)
+                    self._warnings.append(warning)
+                    return True
+            self._last_error = error
+            if isinstance(error, IncompleteMetadataError):
+                log.info("TUF metadata not complete yet: %s", error)
+                return False
+            if isinstance(error, MetadataExpiredError):
+                self._view = None
+            log.warning("TUF metadata refused: %s", error)
+            raise error
+
+    def take_warnings(self) -> list[str]:
+        """Metadata refused without stopping the refresh (an ignored next root), since last asked."""
+        with self._lock:
+            warnings, self._warnings = self._warnings, []
+            return warnings
+
+    def _attempt(self, payloads: dict[str, bytes]) -> tuple[TrustError, str | None] | None:
+        """One ngclient refresh over ``payloads``: None on success, else the error and, when a
+        root newer than the trusted one failed, its topic suffix."""
+        before = read_trusted(self.metadata_dir)
+        fetcher = MetadataFetcher(payloads)
+        try:
+            updater = Updater(
+                str(self.metadata_dir),
+                _BASE_URL,
+                fetcher=fetcher,
+                config=self._config,
+                bootstrap=self._anchor(),
+            )
+            updater.refresh()
+            for path in self._interest:
+                updater.get_targetinfo(path)
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
+            after = read_trusted(self.metadata_dir)
+            error = explain(exc, before, after, payloads, fetcher.served)
+            error.__cause__ = exc
+            return error, _failed_root(fetcher.served)
+        except OSError as exc:
+            error = TrustError(f"cannot read or store metadata in {self.metadata_dir}: {exc}")
+            self._last_error = error
+            raise error from exc
+        finally:
+            self._update_relevant()  # ngclient may have verified assignments before failing
+        self._view = _View(updater, fetcher)
+        self._last_error = None
+        log.debug("TUF metadata verified: %s", sorted(fetcher.served))
+        return None
 
     def assignment(self, device_id: str, groups: Sequence[str] = ()) -> Assignment | None:
         """The verified assignment for ``device_id``: its own first, then its groups in order.

@@ -553,3 +553,32 @@ def test_provisioning_checks_the_root(tmp_path: Path, bundles: Bundles) -> None:
         TrustClient.provision(client.metadata_dir, other.repo.root_bytes())
     with pytest.raises(TrustError, match="provision the device first"):
         TrustClient(tmp_path / "empty")
+
+
+def test_junk_retained_on_the_next_root_topic_is_ignored_and_reported(
+    tmp_path: Path, bundles: Bundles
+) -> None:
+    """Issue #15, item 4: one retained message must not stop a device from taking updates."""
+    fleet = released_and_assigned(tmp_path, bundles)
+    unsigned = Metadata[Root].from_bytes(fleet.repo.root_bytes(1))
+    unsigned.signed.version = 2
+    unsigned.signatures.clear()
+    for junk in (b"not metadata at all", b"{}", unsigned.to_bytes()):
+        client = provision(tmp_path, fleet, f"cam-{len(junk)}")
+        deliver(client, {**fleet.broker, "root/2": junk})
+        assert client.refresh() is True
+        assert client.assignment("cam-1") is not None
+        warnings = client.take_warnings()
+        assert len(warnings) == 1 and warnings[0].startswith("ignored tuf/root/2: ")
+        assert client.take_warnings() == []
+        trusted = Metadata[Root].from_bytes((client.metadata_dir / "root.json").read_bytes())
+        assert trusted.signed.version == 1
+    # once the junk is replaced by a real root v2, the device walks to it
+    old_root = fleet.keys.role("root")[0]
+    new_root = generate_key(tmp_path / "keys" / "root-new.pem")
+    fleet.repo.rotate_key("root", old_root.public_key, new_root.public_key, [old_root, new_root])
+    fleet.publish()
+    deliver(client, fleet.broker)
+    assert client.refresh() is True and client.take_warnings() == []
+    trusted = Metadata[Root].from_bytes((client.metadata_dir / "root.json").read_bytes())
+    assert trusted.signed.version == 2
