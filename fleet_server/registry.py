@@ -80,7 +80,13 @@ from fleet_server.telemetry import (
     read_sample,
 )
 
-__all__ = ["CLOCK_SKEW_WARN_S", "MAX_TIMELINE_LIMIT", "Registry", "TelemetryRetention"]
+__all__ = [
+    "CLOCK_SKEW_WARN_S",
+    "MAX_TIMELINE_LIMIT",
+    "Registry",
+    "TelemetryRetention",
+    "TimelineRetention",
+]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +114,24 @@ class TelemetryRetention:
             raise ValueError(f"max_age_s must be positive, got {self.max_age_s}")
 
 
+@dataclass(frozen=True)
+class TimelineRetention:
+    """How much of the timeline the registry keeps: at most ``max_per_device`` entries about
+    each device (its newest), none older than ``max_age_s`` seconds (``None``: no such bound).
+
+    A rollout's own entries (no device) are its audit trail and only age out.
+    """
+
+    max_per_device: int | None = 1_000
+    max_age_s: float | None = 365 * 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.max_per_device is not None and self.max_per_device < 1:
+            raise ValueError(f"max_per_device must be at least 1, got {self.max_per_device}")
+        if self.max_age_s is not None and not self.max_age_s > 0:
+            raise ValueError(f"max_age_s must be positive, got {self.max_age_s}")
+
+
 class Registry:
     """The fleet server's state, over a SQLAlchemy session factory.
 
@@ -122,12 +146,14 @@ class Registry:
         *,
         clock: Callable[[], float] = time.time,
         retention: TelemetryRetention | None = None,
+        timeline_retention: TimelineRetention | None = None,
         auto_register: bool = True,
         max_telemetry_bytes: int = MAX_TELEMETRY_BYTES,
     ) -> None:
         self._sessions = sessions
         self._clock = clock
         self.retention = retention or TelemetryRetention()
+        self.timeline_retention = timeline_retention or TimelineRetention()
         self.auto_register = auto_register
         self.max_telemetry_bytes = max_telemetry_bytes
         self._engine: Engine | None = None
@@ -552,7 +578,7 @@ class Registry:
                     rollout_id=rollout_id,
                     device_id=device_id,
                     data=event.model_dump(mode="json", by_alias=True, exclude_none=True),
-                    at=event.at,
+                    at=now,  # the server's clock: a device's own time stays in data["at"]
                 )
                 entry.dedupe_key = key
                 session.add(entry)
@@ -644,6 +670,46 @@ class Registry:
         if dropped:
             log.info("dropped %d telemetry snapshots older than %.0f", dropped, horizon)
         return dropped
+
+    def prune_timeline(self, now: float | None = None) -> int:
+        """Apply :class:`TimelineRetention`: the number of entries dropped."""
+        keep = self.timeline_retention
+        dropped = 0
+        with self._transaction(write=True) as session:
+            if keep.max_age_s is not None:
+                horizon = (self._clock() if now is None else now) - keep.max_age_s
+                result = session.execute(
+                    delete(db.TimelineEntry).where(db.TimelineEntry.at < horizon)
+                )
+                dropped += int(getattr(result, "rowcount", 0) or 0)
+            if keep.max_per_device is not None:
+                crowded = session.scalars(
+                    select(db.TimelineEntry.device_id)
+                    .where(db.TimelineEntry.device_id.is_not(None))
+                    .group_by(db.TimelineEntry.device_id)
+                    .having(func.count() > keep.max_per_device)
+                ).all()
+                for device_id in crowded:
+                    mine = db.TimelineEntry.device_id == device_id
+                    cutoff = session.scalar(
+                        select(db.TimelineEntry.id)
+                        .where(mine)
+                        .order_by(db.TimelineEntry.id.desc())
+                        .offset(keep.max_per_device)
+                        .limit(1)
+                    )
+                    if cutoff is not None:
+                        result = session.execute(
+                            delete(db.TimelineEntry).where(mine, db.TimelineEntry.id <= cutoff)
+                        )
+                        dropped += int(getattr(result, "rowcount", 0) or 0)
+        if dropped:
+            log.info("dropped %d timeline entries beyond the retention bounds", dropped)
+        return dropped
+
+    def prune(self, now: float | None = None) -> int:
+        """Every retention bound at once (what the server runs in the background): rows dropped."""
+        return self.prune_telemetry(now) + self.prune_timeline(now)
 
     def telemetry(self, device_id: str, limit: int = 100) -> list[tuple[float, dict[str, Any]]]:
         """The device's newest snapshots as ``(at, snapshot)``, oldest first."""

@@ -91,6 +91,7 @@ class FleetServer:
         prefix: str = "edgefleet",
         tick_s: float = 0.5,
         resign_every_s: float = 3600.0,
+        prune_every_s: float = 60.0,
         broker_auth: BrokerAuth | None = None,
     ) -> None:
         self.registry = registry
@@ -105,6 +106,9 @@ class FleetServer:
         """Re-sign and re-publish snapshot/timestamp this often, long before the timestamp expires."""
         self.broker_auth = broker_auth
         """Per-device broker credentials and the Mosquitto files (None: the broker is open)."""
+        self.prune_every_s = prune_every_s
+        """Apply the registry's retention bounds (telemetry, timeline) this often, in the background."""
+        self._last_prune = 0.0
         self._last_publish = 0.0
         self._lock = threading.RLock()
         self._inbox: queue.SimpleQueue[_Inbound] = queue.SimpleQueue()
@@ -286,6 +290,9 @@ class FleetServer:
                 if now - self._last_publish >= self.resign_every_s or self._republish_all.is_set():
                     with self._lock:
                         self._publish()
+                if now - self._last_prune >= self.prune_every_s:
+                    self._last_prune = now
+                    self.registry.prune(now)
             except Exception:  # logged; the next tick retries from the saved state
                 log.exception("rollout tick failed")
 

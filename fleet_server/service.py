@@ -189,6 +189,9 @@ class ServeOptions:
     """The server's own broker password (user ``edgefleet-server``); made and kept if None."""
     public_docs: bool = False
     """Serve the OpenAPI docs without the token."""
+    auto_register: bool | None = None
+    """Register unknown devices on first contact; None: only when the broker is open (no
+    per-device credentials), so an authenticated fleet takes provisioned devices only."""
 
 
 def run_server(options: ServeOptions) -> None:
@@ -243,7 +246,12 @@ def _serve(options: ServeOptions) -> None:
 
     repository = Repository(options.repo_dir)
     keys = load_keys(options.keys_dir, roles=ONLINE_ROLES)
-    registry = Registry.open(options.db_url)
+    auto_register = (
+        options.broker_auth_dir is None if options.auto_register is None else options.auto_register
+    )
+    registry = Registry.open(options.db_url, auto_register=auto_register)
+    if not auto_register:
+        log.info("devices that were not provisioned are refused (no registration on first contact)")
     broker_auth: BrokerAuth | None = None
     username = password = None
     if options.broker_auth_dir is not None:

@@ -83,6 +83,12 @@ __all__ = ["serve"]
     help="Serve /docs, /redoc and /openapi.json without the token (by default they need it, "
     "like every route but /healthz).",
 )
+@click.option(
+    "--auto-register/--no-auto-register",
+    default=None,
+    help="Register devices that report before they were provisioned. Default: yes on an open "
+    "broker (the embedded one), no with --broker-auth-dir.",
+)
 def serve(
     state_dir: Path,
     repo_dir: Path,
@@ -97,6 +103,7 @@ def serve(
     broker_reload: str | None,
     mqtt_password_env: str,
     public_docs: bool,
+    auto_register: bool | None,
 ) -> None:
     """Run the fleet server until Ctrl-C or SIGTERM.
 
@@ -142,5 +149,6 @@ def serve(
             broker_reload=broker_reload,
             mqtt_password=os.environ.get(mqtt_password_env) or None,
             public_docs=public_docs,
+            auto_register=auto_register,
         )
     )

@@ -25,7 +25,7 @@ from fleet_server.errors import (
 )
 from fleet_server.quality_gate import QualityFigures
 from fleet_server.records import TargetSelector
-from fleet_server.registry import Registry, TelemetryRetention
+from fleet_server.registry import Registry, TelemetryRetention, TimelineRetention
 from fleet_server.telemetry import LATENCY_SERIES, quality_figures
 from tests.models import LABELS
 
@@ -868,3 +868,29 @@ def test_the_server_broker_username_cannot_name_a_device(registry: Registry) -> 
     assert registry.timeline() == []
     assert registry.provision_device("cam-1", credentials_hash="h").id == "cam-1"
     assert registry.credentials_hashes() == {"cam-1": "h"}
+
+
+def test_the_timeline_is_kept_within_its_retention_bounds(
+    open_registry: Callable[..., Registry], clock: FakeClock
+) -> None:
+    """Issue #15, item 10: a device flooding events cannot grow the database without bound."""
+    registry = open_registry(
+        timeline_retention=TimelineRetention(max_per_device=10, max_age_s=3600.0)
+    )
+    start = clock.now
+    for i in range(30):  # each event unique (its own time), as a flooding device sends them
+        registry.record_event("cam-1", event("cam-1", "b" * 64, "idle", "downloading", start + i))
+    registry.record_event("cam-2", event("cam-2", "b" * 64, "idle", "downloading", start))
+    registry.add_timeline("note", "an operator's note, about no device")
+    assert len(registry.timeline(device_id="cam-1", limit=1000)) == 31  # registered + 30
+    assert registry.prune(now=clock.now) == 21
+    kept = registry.timeline(device_id="cam-1", limit=1000)
+    assert len(kept) == 10 and kept[-1].data is not None and kept[-1].data["at"] == start + 29
+    assert len(registry.timeline(device_id="cam-2", limit=1000)) == 2
+    assert registry.prune(now=clock.now) == 0
+    # everything older than an hour (by the server's clock) goes, the operator's note included
+    clock.advance(3601)
+    assert registry.prune(now=clock.now) == 10 + 2 + 1
+    assert registry.timeline(limit=1000) == []
+    with pytest.raises(ValueError, match="max_per_device must be at least 1"):
+        TimelineRetention(max_per_device=0)
