@@ -198,8 +198,17 @@ def test_devices_get_their_own_credentials_and_cannot_publish_as_another(
             link.stop()
         assert any(m.startswith("edgefleet/devices/cam-a/events") for m in seen), seen
         assert not any("cam-b" in m.split()[0] or "forged" in m for m in seen), seen
+        # an unprovisioned id is refused registration on an authenticated fleet (issue #15, 10)
+        spy.publish("edgefleet/devices/ghost/availability", b"online", qos=1).wait_for_publish(5)
+        spy.publish(
+            "edgefleet/devices/ghost/state",
+            json.dumps({"state": "idle", "updated_at": time.time()}).encode(),
+            qos=1,
+        ).wait_for_publish(5)
+        time.sleep(1.0)
         devices = {d["id"]: d for d in json.loads(fleet("devices", "--json").stdout)}
         assert devices["cam-b"]["phase"] is None  # the forged state never reached the registry
+        assert set(devices) == {"cam-a", "cam-b"}
 
         # wrong and anonymous logins are refused; so are rotated and revoked passwords
         assert refused(port, "cam-a", "not-the-password")
