@@ -187,15 +187,34 @@ class BrokerAuth:
                 done.stderr.strip()[-500:],
             )
 
-    def mosquitto_conf(self, port: int = 1883, host: str | None = None) -> str:
-        """A Mosquitto configuration snippet that uses the generated files (all interfaces by default)."""
-        return "\n".join(
-            [
-                f"listener {port}" + (f" {host}" if host else ""),
-                "allow_anonymous false",
-                f"password_file {self.passwd_path}",
-                f"acl_file {self.acl_path}",
-                "set_tcp_nodelay true",
-                "",
-            ]
-        )
+    def mosquitto_conf(
+        self,
+        port: int = 1883,
+        host: str | None = None,
+        *,
+        server_port: int | None = 1884,
+        server_host: str = "127.0.0.1",
+    ) -> str:
+        """A Mosquitto configuration that uses the generated files.
+
+        Devices connect to ``port`` (all interfaces by default), where a
+        client id is always the username (``use_username_as_clientid``): no
+        device can take another's session by connecting with its client id.
+        The fleet server (and each replica, and operator tools with its user)
+        connects to ``server_port`` on ``server_host`` (loopback by default;
+        None: no such listener), where client ids are the client's own.
+        """
+        lines = [
+            f"listener {port}" + (f" {host}" if host else ""),
+            "use_username_as_clientid true",
+        ]
+        if server_port is not None:
+            lines.append(f"listener {server_port} {server_host}")
+        lines += [
+            "allow_anonymous false",
+            f"password_file {self.passwd_path}",
+            f"acl_file {self.acl_path}",
+            "set_tcp_nodelay true",
+            "",
+        ]
+        return "\n".join(lines)

@@ -189,6 +189,8 @@ class ServeOptions:
     """The server's own broker password (user ``edgefleet-server``); made and kept if None."""
     public_docs: bool = False
     """Serve the OpenAPI docs without the token."""
+    device_broker_url: str | None = None
+    """What provisioned devices are told to connect to (default: the server's own broker URL)."""
     auto_register: bool | None = None
     """Register unknown devices on first contact; None: only when the broker is open (no
     per-device credentials), so an authenticated fleet takes provisioned devices only."""
@@ -275,6 +277,11 @@ def _serve(options: ServeOptions) -> None:
             host, port = broker.host, broker.port
         else:
             host, port = parse_broker_url(options.broker_url)
+        device_host, device_port = (
+            (host, port)
+            if options.device_broker_url is None
+            else parse_broker_url(options.device_broker_url)
+        )
         client = connect_client(host, port, username=username, password=password)
         server = FleetServer(
             registry,
@@ -289,7 +296,7 @@ def _serve(options: ServeOptions) -> None:
         app = create_app(
             server,
             options.token,
-            device_mqtt={"host": host, "port": port, "topic_prefix": server.prefix},
+            device_mqtt={"host": device_host, "port": device_port, "topic_prefix": server.prefix},
             public_docs=options.public_docs,
         )
         config = uvicorn.Config(

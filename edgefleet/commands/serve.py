@@ -89,6 +89,14 @@ __all__ = ["serve"]
     help="Register devices that report before they were provisioned. Default: yes on an open "
     "broker (the embedded one), no with --broker-auth-dir.",
 )
+@click.option(
+    "--device-broker",
+    "device_broker_url",
+    metavar="mqtt://HOST:PORT",
+    help="The broker address written into provisioned device configs, when devices reach the "
+    "broker elsewhere than the server does (with --broker-auth-dir: Mosquitto's device "
+    "listener, while the server uses its own; see docs/operations.md). Default: --broker.",
+)
 def serve(
     state_dir: Path,
     repo_dir: Path,
@@ -104,6 +112,7 @@ def serve(
     mqtt_password_env: str,
     public_docs: bool,
     auto_register: bool | None,
+    device_broker_url: str | None,
 ) -> None:
     """Run the fleet server until Ctrl-C or SIGTERM.
 
@@ -150,5 +159,6 @@ def serve(
             mqtt_password=os.environ.get(mqtt_password_env) or None,
             public_docs=public_docs,
             auto_register=auto_register,
+            device_broker_url=device_broker_url,
         )
     )

@@ -39,22 +39,31 @@ SERVER_PASSWORD = "server-secret-for-the-test"
 
 
 @pytest.fixture
-def secured_mosquitto(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
-    """Mosquitto with anonymous access off, reading the generated files; (port, pid, auth dir)."""
+def secured_mosquitto(tmp_path: Path) -> Iterator[tuple[int, int, int, Path]]:
+    """Mosquitto with anonymous access off, reading the generated files.
+
+    (device port, server port, pid, auth dir): devices connect where client ids are tied to
+    usernames, the fleet server (and the test's spy) to its own loopback listener.
+    """
     binary = require_mosquitto()
     auth = BrokerAuth(tmp_path / "broker", server_password=SERVER_PASSWORD)
     auth.write({})  # the server's own user first, so that it can connect at all
-    port = free_port()
+    port, server_port = free_port(), free_port()
     conf = tmp_path / "mosquitto.conf"
     # as root Mosquitto drops to user 'mosquitto', who cannot read the server's 0640 files here
     as_root = "user root\n" if os.geteuid() == 0 else ""
-    conf.write_text(auth.mosquitto_conf(port, "127.0.0.1") + "persistence false\n" + as_root)
+    conf.write_text(
+        auth.mosquitto_conf(port, "127.0.0.1", server_port=server_port)
+        + "persistence false\n"
+        + as_root
+    )
     process = subprocess.Popen(
         [binary, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
         wait_for_port(port)
-        yield port, process.pid, auth.folder
+        wait_for_port(server_port)
+        yield port, server_port, process.pid, auth.folder
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -97,9 +106,9 @@ def refused(port: int, username: str | None, password: str | None) -> bool:
 
 
 def test_devices_get_their_own_credentials_and_cannot_publish_as_another(
-    secured_mosquitto: tuple[int, int, Path], tmp_path: Path
+    secured_mosquitto: tuple[int, int, int, Path], tmp_path: Path
 ) -> None:
-    port, mosquitto_pid, auth_dir = secured_mosquitto
+    port, server_port, mosquitto_pid, auth_dir = secured_mosquitto
     keys = init_keys(tmp_path / "keys")
     repo = Repository.create(tmp_path / "repo", keys, Expiry())
     http_port = free_port()
@@ -115,6 +124,8 @@ def test_devices_get_their_own_credentials_and_cannot_publish_as_another(
         tmp_path,
         http_port,
         "--broker",
+        f"mqtt://127.0.0.1:{server_port}",
+        "--device-broker",
         f"mqtt://127.0.0.1:{port}",
         "--broker-auth-dir",
         str(auth_dir),
@@ -173,7 +184,7 @@ def test_devices_get_their_own_credentials_and_cannot_publish_as_another(
 
         # a watcher with the server's rights sees everything devices manage to publish
         seen: list[str] = []
-        spy, reason = connect(port, SERVER_USERNAME, SERVER_PASSWORD, "spy")
+        spy, reason = connect(server_port, SERVER_USERNAME, SERVER_PASSWORD, "spy")
         assert not reason.is_failure
         spy.on_message = lambda _c, _u, m: seen.append(f"{m.topic} {m.payload.decode()}")
         spy.subscribe("edgefleet/devices/#", qos=1)
@@ -209,6 +220,23 @@ def test_devices_get_their_own_credentials_and_cannot_publish_as_another(
         devices = {d["id"]: d for d in json.loads(fleet("devices", "--json").stdout)}
         assert devices["cam-b"]["phase"] is None  # the forged state never reached the registry
         assert set(devices) == {"cam-a", "cam-b"}
+
+        # a device connecting with another's client id cannot take its session (issue #15,
+        # item 5): on the device listener a client id is its username
+        drops: list[Any] = []
+        victim, reason = connect(port, "cam-b", config_b.mqtt.password, "cam-b")
+        assert not reason.is_failure
+        victim.on_disconnect = lambda *args: drops.append(args[3])
+        for _ in range(3):
+            thief, reason = connect(port, "cam-a", config_a.mqtt.password, "cam-b")
+            assert not reason.is_failure
+            time.sleep(0.3)
+            thief.loop_stop()
+            thief.disconnect()
+        time.sleep(0.5)
+        assert drops == [] and victim.is_connected()
+        victim.loop_stop()
+        victim.disconnect()
 
         # wrong and anonymous logins are refused; so are rotated and revoked passwords
         assert refused(port, "cam-a", "not-the-password")
