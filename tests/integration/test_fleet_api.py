@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Any
 
 import pytest
 import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge_runtime.bundle import Bundle
 from fleet_server.api import create_app
@@ -366,3 +369,66 @@ def test_ids_out_of_range_and_refused_rollouts_leave_nothing_behind(api: Api) ->
     assert leaked.status_code == 400
     assert "hunter2" not in leaked.text and "root:x" not in leaked.text
     assert "not a ustar file" in leaked.json()["error"]
+
+
+# --- the API under generated requests (issue #15: the fuzzing harness) -------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_IDS = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.sampled_from(["1", "0", "cam-01", "edgefleet-server", "..", "%2e%2e", "a" * 300]),
+    st.text(
+        alphabet=st.characters(codec="ascii", exclude_characters="/?#%"), min_size=1, max_size=40
+    ),
+)
+_FIELDS = {
+    "/devices": ["id", "tags", "profile"],
+    "/rollouts": ["bundle_sha256", "target", "previous_sha256", "waves", "seed"],
+    "/bundles/import": ["path"],
+}
+
+
+def _routes(app_paths: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(method.upper(), path) for path, item in app_paths.items() for method in item]
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_generated_requests_get_typed_answers_and_the_server_stays_well(
+    api: Api, data: st.DataObject
+) -> None:
+    """Every route with generated ids and bodies: never a 5xx, never a dead worker."""
+    paths = api.client.get("/openapi.json", headers=AUTH).json()["paths"]
+    method, template = data.draw(st.sampled_from(_routes(paths)), label="route")
+    path = template
+    for name in ("device_id", "rollout_id", "verb"):
+        if "{" + name + "}" in path:
+            value = data.draw(_IDS if name != "verb" else st.sampled_from(["pause", "abort", "x"]))
+            path = path.replace("{" + name + "}", urllib.parse.quote(value, safe=""))
+    body: Any = None
+    if method in {"POST", "PUT"}:
+        fields = _FIELDS.get(template, ["sha256", "reason"])
+        body = data.draw(
+            st.one_of(
+                _JSON,
+                st.fixed_dictionaries({}, optional={f: _JSON for f in fields}),
+            ),
+            label="body",
+        )
+    headers = AUTH if data.draw(st.booleans(), label="token") else {}
+    reply = api.client.request(method, path, body, headers=headers)
+    assert reply.status_code < 500, (method, path, body, reply.text)
+    if not headers and template != "/healthz":
+        assert reply.status_code == 401
+    health = api.client.get("/healthz")
+    assert health.status_code == 200, health.text
