@@ -29,8 +29,10 @@ __all__ = [
     "parse_telemetry",
 ]
 
-MAX_TELEMETRY_BYTES = 256 * 1024
-"""The largest telemetry snapshot (as JSON) the registry stores."""
+MAX_TELEMETRY_BYTES = 16 * 1024
+"""The largest telemetry snapshot (as JSON) the registry stores. A device's snapshot (metrics,
+health, quality) is about 2-4 KiB; with 2,000 kept per device this bounds one device's
+telemetry at 32 MiB."""
 
 
 def _check_time(value: float) -> float:

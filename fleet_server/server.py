@@ -32,6 +32,7 @@ from fleet_server.delivery import ChunkServer
 from fleet_server.errors import FleetError, MalformedReportError, RolloutError
 from fleet_server.publisher import MetadataPublisher
 from fleet_server.quality_gate import Baseline, WaveTelemetry
+from fleet_server.rate_limit import DeviceRateLimiter
 from fleet_server.records import DeviceInfo, TargetSelector, WaveDeviceStatus, WaveInfo
 from fleet_server.registry import Registry
 from fleet_server.rollout_plan import (
@@ -52,6 +53,8 @@ from fleet_server.trust import KeySet, Repository
 __all__ = ["MAX_REPORT_BYTES", "FleetServer"]
 
 MAX_REPORT_BYTES = 64 * 1024
+_ROW_ADDING = frozenset({"events", "telemetry", "availability"})
+"""Report kinds that add database rows, so each device's rate of them is limited."""
 """The largest device report (state, event, telemetry) read; larger ones are refused unread."""
 
 _WAVE_STATUS = {
@@ -109,6 +112,8 @@ class FleetServer:
         self.prune_every_s = prune_every_s
         """Apply the registry's retention bounds (telemetry, timeline) this often, in the background."""
         self._last_prune = 0.0
+        self.rate_limiter = DeviceRateLimiter()
+        """Events, telemetry and availability changes per device: 120 a minute, bursts of 240."""
         self._last_publish = 0.0
         self._lock = threading.RLock()
         self._inbox: queue.SimpleQueue[_Inbound] = queue.SimpleQueue()
@@ -328,20 +333,15 @@ class FleetServer:
         if len(parts) != len(self.prefix.split("/")) + 3:
             return
         device_id, leaf = parts[-2], parts[-1]
+        if not self._admitted(device_id, leaf, item.received_at):
+            return
         try:
             if leaf == "availability":
                 self.registry.record_availability(device_id, raw == b"online")
                 return
             if not raw:
                 return
-            if len(raw) > MAX_REPORT_BYTES:
-                raise MalformedReportError(
-                    f"{len(raw)} bytes, over the {MAX_REPORT_BYTES}-byte cap"
-                )
-            try:
-                payload = json.loads(raw)
-            except RecursionError as exc:  # nested deeper than the stack: not a report
-                raise MalformedReportError("JSON nested too deeply") from exc
+            payload = _decode(raw)
             if leaf == "state":
                 fresh = not item.retained
                 if self.registry.record_state(
@@ -357,6 +357,21 @@ class FleetServer:
                 self.registry.record_telemetry(device_id, payload)
         except (ValueError, EdgefleetError) as exc:
             log.warning("ignored %s from %s: %s", leaf, device_id, exc)
+
+    def _admitted(self, device_id: str, leaf: str, now: float) -> bool:
+        """Whether this report is within its device's rate (only row-adding kinds are limited)."""
+        if leaf not in _ROW_ADDING or self.rate_limiter.allow(device_id, leaf, now):
+            return True
+        dropped = self.rate_limiter.dropped[leaf]
+        if dropped == 1 or dropped % 1000 == 0:
+            log.warning(
+                "dropping %s from %s: over %g a minute (%d dropped so far)",
+                leaf,
+                device_id[:64],
+                self.rate_limiter.per_minute,
+                dropped,
+            )
+        return False
 
     def _device_state(self, device_id: str, payload: dict[str, Any]) -> None:
         active = (payload.get("active") or {}).get("bundle")
@@ -576,6 +591,16 @@ def _followed(state: RolloutState) -> bool:
 
 
 _UNANSWERED = frozenset({DeviceStatus.SENT, DeviceStatus.IN_PROGRESS, DeviceStatus.TIMED_OUT})
+
+
+def _decode(raw: bytes) -> Any:
+    """A report's JSON, read only when it is small enough and not nested past the stack."""
+    if len(raw) > MAX_REPORT_BYTES:
+        raise MalformedReportError(f"{len(raw)} bytes, over the {MAX_REPORT_BYTES}-byte cap")
+    try:
+        return json.loads(raw)
+    except RecursionError as exc:
+        raise MalformedReportError("JSON nested too deeply") from exc
 
 
 @dataclass(frozen=True)
