@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 EDGEFLEET = [sys.executable, "-m", "edgefleet"]
-TOKEN = "bench-token"
+TOKEN = "bench-token"  # noqa: S105 (a throw-away server on loopback)
 
 
 def free_port() -> int:
@@ -86,9 +86,13 @@ def _serve(folder: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     http_port, broker_port = free_port(), free_port()
     env = {**os.environ, "EDGEFLEET_TOKEN": TOKEN}
     process = subprocess.Popen(
-        [*EDGEFLEET, "serve", "--state", str(folder / "state"), "--repo", str(folder / "repo")]
-        + ["--keys", str(folder / "keys"), "--http-port", str(http_port)]
-        + ["--broker-port", str(broker_port)],
+        [
+            *EDGEFLEET,
+            "serve",
+            *("--state", str(folder / "state"), "--repo", str(folder / "repo")),
+            *("--keys", str(folder / "keys"), "--http-port", str(http_port)),
+            *("--broker-port", str(broker_port)),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -182,7 +186,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ["git", "rev-parse", "--short", "HEAD"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     ).stdout.strip()
     result: dict[str, Any] = {"commit": commit, "amplification": amplification()}
     print(f"1. amplification: {result['amplification']}", flush=True)
