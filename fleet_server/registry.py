@@ -100,12 +100,12 @@ _IN_CHUNK = 500  # bound the size of SQL IN lists
 
 
 @dataclass(frozen=True)
-class TelemetryRetention:
-    """How much telemetry the registry keeps: at most ``max_per_device`` snapshots per device,
-    none older than ``max_age_s`` seconds (``None``: no such bound)."""
+class _Retention:
+    """At most ``max_per_device`` rows per device, none older than ``max_age_s`` seconds
+    (``None``: no such bound)."""
 
-    max_per_device: int | None = 2_000
-    max_age_s: float | None = 7 * 24 * 3600.0
+    max_per_device: int | None
+    max_age_s: float | None
 
     def __post_init__(self) -> None:
         if self.max_per_device is not None and self.max_per_device < 1:
@@ -115,21 +115,21 @@ class TelemetryRetention:
 
 
 @dataclass(frozen=True)
-class TimelineRetention:
-    """How much of the timeline the registry keeps: at most ``max_per_device`` entries about
-    each device (its newest), none older than ``max_age_s`` seconds (``None``: no such bound).
+class TelemetryRetention(_Retention):
+    """How much telemetry the registry keeps: snapshots per device, and for how long."""
 
-    A rollout's own entries (no device) are its audit trail and only age out.
+    max_per_device: int | None = 2_000
+    max_age_s: float | None = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class TimelineRetention(_Retention):
+    """How much of the timeline the registry keeps: entries about each device (its newest),
+    and for how long. A rollout's own entries (no device) are its audit trail and only age out.
     """
 
     max_per_device: int | None = 1_000
     max_age_s: float | None = 365 * 24 * 3600.0
-
-    def __post_init__(self) -> None:
-        if self.max_per_device is not None and self.max_per_device < 1:
-            raise ValueError(f"max_per_device must be at least 1, got {self.max_per_device}")
-        if self.max_age_s is not None and not self.max_age_s > 0:
-            raise ValueError(f"max_age_s must be positive, got {self.max_age_s}")
 
 
 class Registry:

@@ -149,6 +149,13 @@ def fleet_on(tmp_path: Path) -> Iterator[Any]:
         fleet.close()
 
 
+def publish_as_rogue(fleet: Fleet, payloads: list[bytes]) -> None:
+    """Publish each payload on a device's download topic, as any client of the broker can."""
+    assert fleet.client is not None
+    for payload in payloads:
+        fleet.client.publish("edgefleet/devices/rogue/download", payload, qos=1).wait_for_publish(5)
+
+
 def received(fetcher: BundleFetcher, timeout: float) -> bytes:
     path = fetcher.wait(timeout)
     assert path is not None, f"{fetcher.link.device_id}: {fetcher.download.missing} chunks missing"
@@ -275,16 +282,13 @@ def test_malformed_requests_are_counted_and_the_server_keeps_serving(
     sha, path, data = bundle
     fleet = fleet_on(mosquitto)
     server = fleet.start_server({sha: path})
-    assert fleet.client is not None
-    topic = "edgefleet/devices/rogue/download"
     bad = [
         b"{",
         b'{"bundle": "' + sha.encode() + b'", "want": [[0, 99]]}',
         b'{"bundle": "' + b"0" * 64 + b'", "want": [[0, 1]]}',
         b'{"bundle": "' + sha.encode() + b'", "want": "all"}',
     ]
-    for payload in bad:
-        fleet.client.publish(topic, payload, qos=1).wait_for_publish(5)
+    publish_as_rogue(fleet, bad)
     fetcher = fleet.device("cam-m", sha, len(data))
     fetcher.start()
     assert received(fetcher, 20) == data
@@ -321,14 +325,12 @@ def test_one_hostile_request_never_stops_delivery_for_the_fleet(
     sha, path, data = bundle
     fleet = fleet_on(request.getfixturevalue(broker))
     server = fleet.start_server({sha: path})
-    assert fleet.client is not None
     hostile = [
         b"[" * 2000 + b"]" * 2000,  # 4 KB that json cannot parse without recursing 2000 deep
         b'{"want": ' + b"[" * 1500 + b"]" * 1500 + b"}",
         b"[" * 500_000,  # half a megabyte
     ]
-    for payload in hostile:
-        fleet.client.publish("edgefleet/devices/rogue/download", payload, qos=1).wait_for_publish(5)
+    publish_as_rogue(fleet, hostile)
     deadline = time.monotonic() + 10
     while server.stats().malformed < len(hostile) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -349,12 +351,11 @@ def test_a_huge_chunk_range_is_refused_without_allocating_it(
     sha, path, data = bundle
     fleet = fleet_on(mosquitto)
     server = fleet.start_server({sha: path})
-    assert fleet.client is not None
     payload = b'{"bundle": "' + sha.encode() + b'", "want": [[0, 2147483647]], "have": 0}'
     assert len(payload) < 128
     tracemalloc.start()
     try:
-        fleet.client.publish("edgefleet/devices/rogue/download", payload, qos=1).wait_for_publish(5)
+        publish_as_rogue(fleet, [payload])
         deadline = time.monotonic() + 10
         while server.stats().malformed < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
