@@ -8,7 +8,10 @@ wrong or unknown field is a 422 naming it). The fleet's typed errors become
 JSON errors ``{"error": message}``: an unknown device, bundle or rollout is a
 404, a conflicting request (already provisioned, a rollout that cannot move
 as asked) a 409, an unplannable rollout or an unreleased bundle a 400, and an
-unreachable database a 503. OpenAPI docs are at ``/docs``.
+unreachable database a 503. A guard (:mod:`fleet_server.http_guard`) checks
+the token and the body's declared size from the headers, before a byte of
+the body is read. OpenAPI docs are at ``/docs``, behind the token unless
+``public_docs``.
 
 Routes are plain (not ``async``) functions: FastAPI runs them on its thread
 pool, so database and signing work never blocks the event loop.
