@@ -45,14 +45,15 @@ UV_COMPILE = UV_PYTHON_DOWNLOADS=never $(BIN)/uv pip compile --quiet --universal
 LOCK_UPGRADE ?=
 lock: venv
 	$(UV_COMPILE) $(LOCK_UPGRADE) pyproject.toml locks/build.in --extra dev -c locks/constraints.in -o locks/dev.txt
-	for role in device server convert; do \
+	for role in device device-litert server convert; do \
 	  $(UV_COMPILE) $(LOCK_UPGRADE) pyproject.toml --extra $$role -c locks/dev.txt -o locks/$$role.txt || exit 1; done
 	@# a camera box may be a Raspberry Pi or a Jetson: every device pin needs a wheel there
 	for target in x86_64-manylinux_2_28 aarch64-manylinux_2_35; do for py in 3.10 3.11 3.12; do \
-	  echo "device lock: wheels for $$target, Python $$py"; \
+	  for lock in device device-litert; do \
+	  echo "$$lock lock: wheels for $$target, Python $$py"; \
 	  UV_PYTHON_DOWNLOADS=never $(BIN)/uv pip compile --quiet --no-deps --only-binary :all: \
 	    --python-platform $$target --python-version $$py --index-url https://pypi.org/simple \
-	    locks/device.txt -o /dev/null || exit 1; done; done
+	    locks/$$lock.txt -o /dev/null || exit 1; done; done; done
 
 lock-upgrade:
 	$(MAKE) lock LOCK_UPGRADE=--upgrade
@@ -71,13 +72,13 @@ test-latest: mosquitto postgresql
 
 # Known vulnerabilities in every locked set (PyPI's advisory data; needs the network).
 audit: venv
-	for role in device server convert dev; do echo "== locks/$$role.txt"; \
+	for role in device device-litert server convert dev; do echo "== locks/$$role.txt"; \
 	  $(BIN)/pip-audit --strict --progress-spinner off --disable-pip --require-hashes -r locks/$$role.txt || status=1; done; exit $${status:-0}
 
 # One CycloneDX SBOM per role, from its lock.
 sbom: venv
 	mkdir -p sbom
-	for role in device server convert dev; do \
+	for role in device device-litert server convert dev; do \
 	  $(BIN)/cyclonedx-py requirements --pyproject pyproject.toml --output-reproducible --of JSON -o sbom/$$role.cdx.json locks/$$role.txt || exit 1; \
 	  echo "sbom/$$role.cdx.json"; done
 

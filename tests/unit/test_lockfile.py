@@ -127,7 +127,7 @@ def test_a_locked_installer_is_still_judged() -> None:
 TARGETS = [
     env(f"3.{minor}.5", machine) for minor in (10, 11, 12) for machine in ("x86_64", "aarch64")
 ]
-ROLES = ["device", "server", "convert", "dev"]
+ROLES = ["device", "device-litert", "server", "convert", "dev"]
 
 
 def _extras() -> dict[str, list[Requirement]]:
@@ -172,18 +172,23 @@ def test_each_committed_lock_pins_every_range_of_its_role_on_every_target(role: 
             )
 
 
-def test_the_device_lock_has_no_tensorflow_and_agrees_with_the_dev_lock() -> None:
-    device = parse_lock((LOCKS / "device.txt").read_text())
+@pytest.mark.parametrize(
+    ("role", "backends"),
+    [("device", {"ai-edge-litert", "onnxruntime"}), ("device-litert", {"ai-edge-litert"})],
+)
+def test_a_camera_box_lock_has_no_tensorflow_and_agrees_with_the_dev_lock(
+    role: str, backends: set[str]
+) -> None:
+    box = parse_lock((LOCKS / f"{role}.txt").read_text())
     dev = parse_lock((LOCKS / "dev.txt").read_text())
     for target in TARGETS:
-        here = applicable_pins(device, target)
-        assert {"opencv-python-headless", "ai-edge-litert", "onnxruntime", "tuf"} <= set(here)
+        here = applicable_pins(box, target)
+        assert {"opencv-python-headless", "tuf", "paho-mqtt", *backends} <= set(here)
+        assert {"ai-edge-litert", "onnxruntime"} & set(here) == backends
         assert not {name for name in here if name.startswith(("tensorflow", "keras"))}
         tested = applicable_pins(dev, target)
         for name, pin in here.items():
-            assert tested[name].version == pin.version, (
-                f"device runs {name} {pin.version}, tests {tested[name].version}"
-            )
+            assert tested[name].version == pin.version, f"{role} runs {name} {pin.version}"
 
 
 X86 = """\
