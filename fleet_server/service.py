@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_runtime.atomic import atomic_write_text
+from fleet_server.amqtt_auth import embedded_auth_plugins
 from fleet_server.broker_auth import SERVER_USERNAME, BrokerAuth, new_password
 from fleet_server.errors import FleetError
 from fleet_server.registry import Registry
@@ -77,16 +78,25 @@ class EmbeddedBroker:
     _broker: Any
 
     @classmethod
-    def start(cls, host: str = "127.0.0.1", port: int | None = None) -> EmbeddedBroker:
-        """Start the broker on ``host:port`` (a free port when ``port`` is None)."""
+    def start(
+        cls, host: str = "127.0.0.1", port: int | None = None, *, passwd: Path | None = None
+    ) -> EmbeddedBroker:
+        """Start the broker on ``host:port`` (a free port when ``port`` is None).
+
+        Anonymous, unless ``passwd`` names the password file the server writes
+        for its devices: then logins are checked against it and topics against
+        the same rules as the generated Mosquitto ACL (:mod:`fleet_server.amqtt_auth`).
+        """
         from amqtt.broker import Broker
 
         chosen = free_port(host) if port is None else port
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{host}:{chosen}"}},
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
-            },
+            "plugins": (
+                {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
+                if passwd is None
+                else embedded_auth_plugins(passwd)
+            ),
         }
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="amqtt", daemon=True)
@@ -200,11 +210,6 @@ def run_server(options: ServeOptions) -> None:
     """Run the fleet server until Ctrl-C or SIGTERM, then stop every part of it cleanly."""
     if not options.token:
         raise FleetError("the API token is empty: set it in the token environment variable")
-    if options.broker_auth_dir is not None and options.broker_url is None:
-        raise FleetError(
-            "per-device broker credentials need Mosquitto: give --broker mqtt://HOST:PORT "
-            "(the embedded broker is anonymous and meant for one machine)"
-        )
     Path(options.state_dir).mkdir(parents=True, exist_ok=True)
     previous = _terminate_as_interrupt()
     try:
@@ -272,7 +277,9 @@ def _serve(options: ServeOptions) -> None:
         if options.broker_url is None:
             logging.getLogger("amqtt").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
             broker = EmbeddedBroker.start(
-                options.embedded_broker_host, options.embedded_broker_port
+                options.embedded_broker_host,
+                options.embedded_broker_port,
+                passwd=None if broker_auth is None else broker_auth.passwd_path,
             )
             host, port = broker.host, broker.port
         else:

@@ -63,7 +63,8 @@ __all__ = ["serve"]
     "--broker-auth-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Give every device its own broker credentials: write Mosquitto's password_file "
-    "(passwd) and acl_file (acl) here, and connect as user edgefleet-server. Needs --broker.",
+    "(passwd) and acl_file (acl) here, and connect as user edgefleet-server. Without --broker "
+    "the embedded broker checks the same file and topic rules.",
 )
 @click.option(
     "--broker-reload",
