@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test lint fmt venv mosquitto postgresql clean help lock lock-upgrade test-latest audit sbom wheel
 
 help:
-	@echo "make demo         set up .venv from locks/dev.txt and run the end-to-end demo on embedded defaults"
+	@echo "make demo         set up .venv from locks/dev.lock.txt and run the end-to-end demo on embedded defaults"
 	@echo "make test         set up .venv (+ Mosquitto and PostgreSQL when root), lint, and run the whole test suite"
 	@echo "make lint         ruff (lint + format check) and mypy"
 	@echo "make fmt          apply ruff formatting and safe fixes"
@@ -20,19 +20,19 @@ help:
 	@echo "make wheel        build the edgefleet wheel into dist/ (what a camera box installs with the device lock)"
 	@echo "make clean        remove .venv and caches"
 
-# The development environment is exactly locks/dev.txt (hash-checked) plus edgefleet
+# The development environment is exactly locks/dev.lock.txt (hash-checked) plus edgefleet
 # itself, editable; rebuilt from scratch when the lock or pyproject.toml changes, so
 # nothing that left the lock stays behind.
-$(STAMP): locks/dev.txt pyproject.toml
+$(STAMP): locks/dev.lock.txt pyproject.toml
 	@$(PYTHON) -c 'import sys, platform; ok = (3, 10) <= sys.version_info[:2] <= (3, 12) and sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64"); ok or sys.exit("error: the locks cover Linux x86_64/aarch64 with Python 3.10 to 3.12; this is %s %s with Python %s (set PYTHON=python3.11)" % (sys.platform, platform.machine(), platform.python_version()))'
 	rm -rf $(VENV)
 	@$(PYTHON) -m venv $(VENV) || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); \
 	  else echo "error: '$(PYTHON) -m venv' failed; install python3-venv" >&2; exit 1; fi; }
-	$(BIN)/python -m pip install --quiet --progress-bar off --require-hashes -r locks/dev.txt
+	$(BIN)/python -m pip install --quiet --progress-bar off --require-hashes -r locks/dev.lock.txt
 	$(BIN)/python -m pip install --quiet --progress-bar off --no-deps --no-build-isolation -e .
-	$(BIN)/edgefleet device doctor --lock locks/dev.txt --packages-only
+	$(BIN)/edgefleet device doctor --lock locks/dev.lock.txt --packages-only
 	@touch $@
 
 venv: $(STAMP)
@@ -44,16 +44,16 @@ UV_COMPILE = UV_PYTHON_DOWNLOADS=never $(BIN)/uv pip compile --quiet --universal
 	--generate-hashes --index-url https://pypi.org/simple --custom-compile-command "make lock"
 LOCK_UPGRADE ?=
 lock: venv
-	$(UV_COMPILE) $(LOCK_UPGRADE) pyproject.toml locks/build.in --extra dev -c locks/constraints.in -o locks/dev.txt
+	$(UV_COMPILE) $(LOCK_UPGRADE) pyproject.toml locks/build.in --extra dev -c locks/constraints.in -o locks/dev.lock.txt
 	for role in device device-litert server convert; do \
-	  $(UV_COMPILE) $(LOCK_UPGRADE) pyproject.toml --extra $$role -c locks/dev.txt -o locks/$$role.txt || exit 1; done
+	  $(UV_COMPILE) $(LOCK_UPGRADE) pyproject.toml --extra $$role -c locks/dev.lock.txt -o locks/$$role.lock.txt || exit 1; done
 	@# a camera box may be a Raspberry Pi or a Jetson: every device pin needs a wheel there
 	for target in x86_64-manylinux_2_28 aarch64-manylinux_2_35; do for py in 3.10 3.11 3.12; do \
 	  for lock in device device-litert; do \
 	  echo "$$lock lock: wheels for $$target, Python $$py"; \
 	  UV_PYTHON_DOWNLOADS=never $(BIN)/uv pip compile --quiet --no-deps --only-binary :all: \
 	    --python-platform $$target --python-version $$py --index-url https://pypi.org/simple \
-	    locks/$$lock.txt -o /dev/null || exit 1; done; done; done
+	    locks/$$lock.lock.txt -o /dev/null || exit 1; done; done; done
 
 lock-upgrade:
 	$(MAKE) lock LOCK_UPGRADE=--upgrade
@@ -72,14 +72,14 @@ test-latest: mosquitto postgresql
 
 # Known vulnerabilities in every locked set (PyPI's advisory data; needs the network).
 audit: venv
-	for role in device device-litert server convert dev; do echo "== locks/$$role.txt"; \
-	  $(BIN)/pip-audit --strict --progress-spinner off --disable-pip --require-hashes -r locks/$$role.txt || status=1; done; exit $${status:-0}
+	for role in device device-litert server convert dev; do echo "== locks/$$role.lock.txt"; \
+	  $(BIN)/pip-audit --strict --progress-spinner off --disable-pip --require-hashes -r locks/$$role.lock.txt || status=1; done; exit $${status:-0}
 
 # One CycloneDX SBOM per role, from its lock.
 sbom: venv
 	mkdir -p sbom
 	for role in device device-litert server convert dev; do \
-	  $(BIN)/cyclonedx-py requirements --pyproject pyproject.toml --output-reproducible --of JSON -o sbom/$$role.cdx.json locks/$$role.txt || exit 1; \
+	  $(BIN)/cyclonedx-py requirements --pyproject pyproject.toml --output-reproducible --of JSON -o sbom/$$role.cdx.json locks/$$role.lock.txt || exit 1; \
 	  echo "sbom/$$role.cdx.json"; done
 
 wheel: venv

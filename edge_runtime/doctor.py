@@ -59,7 +59,7 @@ def find_lock(explicit: Path | None) -> Path:
         candidates.append(Path(os.environ[LOCK_ENV]))
     else:
         candidates.append(INSTALLED_LOCK)
-        candidates.append(Path.cwd() / "locks" / "device.txt")
+        candidates.append(Path.cwd() / "locks" / "device.lock.txt")
     for candidate in candidates:
         if candidate.is_file():
             return candidate

@@ -93,7 +93,7 @@ def _bundle_rows(bundle_path: Path, threads: int) -> list[dict[str, Any]]:
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="The lock this box was installed from. Default: $EDGEFLEET_LOCK, then "
-    "/opt/edgefleet/device.lock.txt, then ./locks/device.txt.",
+    "/opt/edgefleet/device.lock.txt, then ./locks/device.lock.txt.",
 )
 @click.option(
     "--verify-files",

@@ -32,8 +32,8 @@ def doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 @pytest.mark.locked_env
 def test_the_test_environment_is_exactly_the_dev_lock() -> None:
-    """What `make test` built is locks/dev.txt package for package (edgefleet itself aside)."""
-    result = doctor("--lock", "locks/dev.txt", "--json")
+    """What `make test` built is locks/dev.lock.txt package for package (edgefleet itself aside)."""
+    result = doctor("--lock", "locks/dev.lock.txt", "--json")
     report = json.loads(result.stdout)
     comparison = report["packages"]["comparison"]
     assert result.returncode == 0, (
@@ -51,7 +51,7 @@ def test_the_test_environment_is_exactly_the_dev_lock() -> None:
 
 
 def test_a_box_that_drifted_from_its_lock_is_named_and_fails(tmp_path: Path) -> None:
-    text = (ROOT / "locks" / "dev.txt").read_text()
+    text = (ROOT / "locks" / "dev.lock.txt").read_text()
     locked = next(line for line in text.splitlines() if line.startswith("click=="))
     drifted = text.replace(locked, "click==1.0" + locked[locked.index(" ") :])
     lock = tmp_path / "drifted.txt"
@@ -62,7 +62,7 @@ def test_a_box_that_drifted_from_its_lock_is_named_and_fails(tmp_path: Path) -> 
     assert "NOT the locked set" in result.stdout
 
     # the device lock on a workstation: the locked part matches, the rest is not locked
-    result = doctor("--lock", "locks/device.txt", "--packages-only")
+    result = doctor("--lock", "locks/device.lock.txt", "--packages-only")
     assert result.returncode == 1
     assert "not locked tensorflow-cpu" in result.stdout or "more not locked" in result.stdout
 
@@ -119,7 +119,7 @@ def test_bundle_smoke_test_on_every_backend_and_xnnpack(
 ) -> None:
     path = tmp_path / f"tiny-{model_format}.efb"
     make_bundle(path, tflite_model if model_format == "tflite" else onnx_model, model_format)
-    result = doctor("--lock", "locks/dev.txt", "--bundle", str(path), "--json")
+    result = doctor("--lock", "locks/dev.lock.txt", "--bundle", str(path), "--json")
     report = json.loads(result.stdout)
     # the exit status also judges the packages (not the lock's under make test-latest)
     assert result.returncode == (0 if report["packages"]["ok"] else 1), result.stderr

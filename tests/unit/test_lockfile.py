@@ -155,7 +155,7 @@ def _direct(role: str, extras: dict[str, list[Requirement]]) -> list[Requirement
 
 @pytest.mark.parametrize("role", ROLES)
 def test_each_committed_lock_pins_every_range_of_its_role_on_every_target(role: str) -> None:
-    pins = parse_lock((LOCKS / f"{role}.txt").read_text(), source=f"{role}.txt")
+    pins = parse_lock((LOCKS / f"{role}.lock.txt").read_text(), source=f"{role}.lock.txt")
     assert all(pin.hashes for pin in pins)
     extras = _extras()
     for target in TARGETS:
@@ -179,8 +179,8 @@ def test_each_committed_lock_pins_every_range_of_its_role_on_every_target(role: 
 def test_a_camera_box_lock_has_no_tensorflow_and_agrees_with_the_dev_lock(
     role: str, backends: set[str]
 ) -> None:
-    box = parse_lock((LOCKS / f"{role}.txt").read_text())
-    dev = parse_lock((LOCKS / "dev.txt").read_text())
+    box = parse_lock((LOCKS / f"{role}.lock.txt").read_text())
+    dev = parse_lock((LOCKS / "dev.lock.txt").read_text())
     for target in TARGETS:
         here = applicable_pins(box, target)
         assert {"opencv-python-headless", "tuf", "paho-mqtt", *backends} <= set(here)
@@ -225,7 +225,7 @@ def test_the_device_sbom_lists_every_locked_pin_with_its_hashes(tmp_path: Path) 
     pyproject = str(ROOT / "pyproject.toml")
     command = [str(tool), "requirements", "--pyproject", pyproject, "--output-reproducible"]
     subprocess.run(
-        [*command, "--of", "JSON", "-o", str(out), str(LOCKS / "device.txt")],
+        [*command, "--of", "JSON", "-o", str(out), str(LOCKS / "device.lock.txt")],
         check=True,
         capture_output=True,
         timeout=120,
@@ -234,7 +234,7 @@ def test_the_device_sbom_lists_every_locked_pin_with_its_hashes(tmp_path: Path) 
     assert bom["bomFormat"] == "CycloneDX"
     assert bom["metadata"]["component"]["name"] == "edgefleet"
     listed = {(c["name"], c["version"]): c for c in bom["components"]}
-    for pin in parse_lock((LOCKS / "device.txt").read_text()):
+    for pin in parse_lock((LOCKS / "device.lock.txt").read_text()):
         component = listed[(pin.name, pin.version)]
         assert component["purl"] == f"pkg:pypi/{pin.name}@{pin.version}"
         hashes = {h["content"] for ref in component["externalReferences"] for h in ref["hashes"]}
