@@ -14,15 +14,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_runtime.config import load_config
 from edge_runtime.mqtt import MqttLink
@@ -30,6 +27,7 @@ from fleet_server.broker_auth import SERVER_USERNAME, BrokerAuth
 from fleet_server.trust import Expiry, Repository, init_keys
 from tests.conftest import free_port, wait_for_port
 from tests.e2e.test_cli_serve import start_serve, wait_healthy
+from tests.mqtt_login import login
 from tests.services import require_mosquitto
 
 pytestmark = [pytest.mark.broker]
@@ -69,34 +67,12 @@ def secured_mosquitto(tmp_path: Path) -> Iterator[tuple[int, int, int, Path]]:
         process.wait(timeout=10)
 
 
-def connect(port: int, username: str | None, password: str | None, client_id: str) -> Any:
-    """A paho client; returns (client, reason code of the CONNACK) once the broker answered."""
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
-    if username is not None:
-        client.username_pw_set(username, password)
-    answered = threading.Event()
-    result: list[Any] = []
-
-    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        result.append(reason)
-        answered.set()
-
-    client.on_connect = on_connect
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    assert answered.wait(10), "the broker never answered CONNECT"
-    if result[0].is_failure:
-        client.loop_stop()
-        client.disconnect()
-    return client, result[0]
-
-
 def refused(port: int, username: str | None, password: str | None) -> bool:
     """Whether the broker refuses this login (it may take a reload to take effect)."""
     deadline = time.monotonic() + 10
     while True:
-        client, reason = connect(port, username, password, f"probe-{time.monotonic_ns()}")
-        if reason.is_failure:
+        client, accepted = login(port, username, password, f"probe-{time.monotonic_ns()}")
+        if not accepted:
             return True
         client.loop_stop()
         client.disconnect()
@@ -184,8 +160,8 @@ def test_devices_get_their_own_credentials_and_cannot_publish_as_another(
 
         # a watcher with the server's rights sees everything devices manage to publish
         seen: list[str] = []
-        spy, reason = connect(server_port, SERVER_USERNAME, SERVER_PASSWORD, "spy")
-        assert not reason.is_failure
+        spy, accepted = login(server_port, SERVER_USERNAME, SERVER_PASSWORD, "spy")
+        assert accepted
         spy.on_message = lambda _c, _u, m: seen.append(f"{m.topic} {m.payload.decode()}")
         spy.subscribe("edgefleet/devices/#", qos=1)
         time.sleep(0.5)
@@ -224,12 +200,12 @@ def test_devices_get_their_own_credentials_and_cannot_publish_as_another(
         # a device connecting with another's client id cannot take its session (issue #15,
         # item 5): on the device listener a client id is its username
         drops: list[Any] = []
-        victim, reason = connect(port, "cam-b", config_b.mqtt.password, "cam-b")
-        assert not reason.is_failure
+        victim, accepted = login(port, "cam-b", config_b.mqtt.password, "cam-b")
+        assert accepted
         victim.on_disconnect = lambda *args: drops.append(args[3])
         for _ in range(3):
-            thief, reason = connect(port, "cam-a", config_a.mqtt.password, "cam-b")
-            assert not reason.is_failure
+            thief, accepted = login(port, "cam-a", config_a.mqtt.password, "cam-b")
+            assert accepted
             time.sleep(0.3)
             thief.loop_stop()
             thief.disconnect()
@@ -246,8 +222,8 @@ def test_devices_get_their_own_credentials_and_cannot_publish_as_another(
         rotated = load_config(tmp_path / "cam-a" / "device.yaml")
         assert rotated.mqtt is not None and rotated.mqtt.password != old_password
         assert refused(port, "cam-a", old_password)
-        client, reason = connect(port, "cam-a", rotated.mqtt.password, "cam-a-new")
-        assert not reason.is_failure
+        client, accepted = login(port, "cam-a", rotated.mqtt.password, "cam-a-new")
+        assert accepted
         client.loop_stop()
         client.disconnect()
         fleet("credentials", "revoke", "cam-b")
