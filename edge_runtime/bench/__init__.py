@@ -3,7 +3,7 @@
 ``edgefleet bench latency`` drives :func:`bench_configuration` per bundle x
 backend x threads; the statistics (:mod:`edge_runtime.bench.stats`) and the
 comparison of two reports (:mod:`edge_runtime.bench.compare`) are pure.
-Plots live outside ``edge_runtime`` (``edgefleet.bench_report``), so this
+Plots live outside ``edge_runtime`` (``edgefleet.latency_report_html``), so this
 package needs no plotting library.
 """
 

@@ -399,7 +399,7 @@ def latency(
 
 
 def _write_html(report: Any, out: Path, console: Console) -> None:
-    from edgefleet.bench_report import PlotsUnavailableError, write_html_report
+    from edgefleet.latency_report_html import PlotsUnavailableError, write_html_report
 
     try:
         html = write_html_report(report, out)

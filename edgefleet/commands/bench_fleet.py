@@ -101,7 +101,7 @@ def fleet_bench(
     """
     from rich.table import Table
 
-    from edgefleet.fleet_bench import FleetBenchOptions, run_fleet_bench
+    from edgefleet.rollout_benchmark import FleetBenchOptions, run_fleet_bench
 
     console = make_console()
     report = run_fleet_bench(
