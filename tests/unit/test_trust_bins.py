@@ -16,7 +16,7 @@ import pytest
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, Targets
 
-import fleet_server.trust.repository as repository_module
+import fleet_server.trust.repository._signing as signing_module
 from edge_runtime.errors import BadSignatureError, InconsistentMetadataError, RollbackError
 from edge_runtime.trust import TrustClient
 from fleet_server.trust import ONLINE_ROLES, Expiry, KeySet, Repository, init_keys, load_keys
@@ -86,13 +86,13 @@ def bin_versions(repo: Repository) -> dict[str, int]:
 def signatures(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The type of every metadata signature the repository makes (``targets`` for bins)."""
     made: list[str] = []
-    original = repository_module._add_signature
+    original = signing_module.add_signature
 
     def counting(md: Metadata[Any], signer: Signer) -> None:
         made.append(md.signed.type)
         original(md, signer)
 
-    monkeypatch.setattr(repository_module, "_add_signature", counting)
+    monkeypatch.setattr(signing_module, "add_signature", counting)
     yield made
 
 
