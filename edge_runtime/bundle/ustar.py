@@ -87,7 +87,7 @@ def _header(name: str, size: int) -> bytes:
 
 def pack_members(members: Iterable[tuple[str, bytes]]) -> bytes:
     """Canonical ustar bytes for ``(name, data)`` pairs, in the order given."""
-    out = bytearray()
+    parts: list[bytes] = []  # joined once at the end: the archive is allocated once, never grown
     seen: set[str] = set()
     for name, data in members:
         if not is_safe_member_name(name):
@@ -95,12 +95,10 @@ def pack_members(members: Iterable[tuple[str, bytes]]) -> bytes:
         if name in seen:
             raise DuplicateMemberError(f"member {name!r} given twice")
         seen.add(name)
-        out += _header(name, len(data))
-        out += data
-        out += b"\0" * (-len(data) % BLOCK)
-    out += b"\0" * (2 * BLOCK)
-    out += b"\0" * (-len(out) % RECORD)
-    return bytes(out)
+        parts += (_header(name, len(data)), data, bytes(-len(data) % BLOCK))
+    size = sum(map(len, parts)) + 2 * BLOCK
+    parts.append(bytes(2 * BLOCK + (-size % RECORD)))
+    return b"".join(parts)
 
 
 def _parse_octal(field: bytes, what: str, where: str) -> int:

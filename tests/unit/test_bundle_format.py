@@ -22,7 +22,7 @@ from edge_runtime.bundle import (
     read_bundle,
     write_bundle,
 )
-from edge_runtime.bundle.ustar import sha256_hex, unpack_members
+from edge_runtime.bundle.ustar import pack_members, sha256_hex, unpack_members
 from tests.conftest import golden_frame, manifest_for, members_for
 from tests.models import LABELS, tflite_tensor_names
 
@@ -96,6 +96,32 @@ def test_archive_is_canonical_ustar_readable_by_tarfile(
         (0, 0, 0, 0o644, "", "")
     }
     assert len(plain_bundle) % 10240 == 0
+
+
+def test_canonical_archive_bytes_are_pinned() -> None:
+    """The writer's exact bytes, so no refactor (or a switch to tarfile) changes bundle ids.
+
+    A bundle's id is the sha256 of its bytes: if the writer changed, rebuilding a
+    released bundle from the same inputs would no longer match its signed hash.
+    Python's tarfile, for one, writes empty device fields (since 3.8) and splits
+    long names at the first '/' that fits, not the last (docs/bundle.md).
+    """
+    long_name = "golden/" + "a" * 60 + "/" + "b" * 60 + ".png"
+    archive = pack_members(
+        [
+            (MANIFEST_NAME, b"{}\n"),
+            ("golden/000.npy", b"\x93NUMPY" + bytes(200)),
+            ("model.onnx", b"\x08\x07" + bytes(3000)),
+            (long_name, b"1"),
+        ]
+    )
+    assert sha256_hex(archive) == "c002ce2cbc1ceefda5407de9129b1545b9234467cd6c44672ea8ab8ef23af566"
+    first = archive[:512]
+    assert first[100:148] == b"0000644\x000000000\x000000000\x0000000000003\x0000000000000\x00"
+    assert first[329:345] == b"0000000\x000000000\x00"  # devmajor, devminor: zeros, not empty
+    last = archive[512 * 11 : 512 * 12]  # after 3 headers and 1 + 1 + 6 data blocks
+    assert last[:100].rstrip(b"\0") == b"b" * 60 + b".png"
+    assert last[345:500].rstrip(b"\0") == b"golden/" + b"a" * 60  # prefix: up to the last '/'
 
 
 def test_canonical_bundle_is_the_plain_archive_in_deterministic_gzip(
