@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_runtime.errors import ConfigError
+from edge_runtime.plugins import BACKENDS_GROUP, installed_names
 from edge_runtime.sources import SourceConfig
 
 __all__ = [
@@ -123,13 +124,23 @@ class DeviceConfig(_Strict):
     source: SourceConfig
     bundle: Path | None = Field(default=None, description="bundle to serve at start")
     store: Path = Field(default=Path("/var/lib/edgefleet"), description="bundle store folder")
-    backend: Literal["auto", "litert", "tflite-runtime", "tf-lite", "onnxruntime"] = "auto"
+    backend: str = Field(
+        default="auto", description="auto, or a backend declared in the edgefleet.backends group"
+    )
     threads: int = Field(default=1, ge=1, le=64)
     outputs: OutputsConfig = Field(default_factory=OutputsConfig)
     mqtt: MqttConfig | None = None
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     update: UpdateConfig | None = None
+
+    @field_validator("backend")
+    @classmethod
+    def _declared_backend(cls, value: str) -> str:
+        declared = installed_names(BACKENDS_GROUP)
+        if value != "auto" and value not in declared:
+            raise ValueError(f"unknown backend {value!r}; known: {', '.join(['auto', *declared])}")
+        return value
 
     @model_validator(mode="after")
     def _update_needs_mqtt(self) -> DeviceConfig:
@@ -179,8 +190,7 @@ def parse_config(text: str, source: str = "<config>") -> DeviceConfig:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            # pydantic puts the union member's tag in the location; drop it for the user
-            location = tuple(p for p in error["loc"] if p not in {"video", "folder", "synthetic"})
+            location = tuple(error["loc"])
             line = _line_for(location, lines)
             field = ".".join(str(p) for p in location) or "(top level)"
             where = f"line {line}: " if line is not None else ""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.metadata
-import importlib.util
 import os
 import platform
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from edge_runtime.backends import BACKENDS
+from edge_runtime.backends import backend_classes
 from edge_runtime.errors import LockFileError
 from edge_runtime.lockfile import LockComparison, applicable_pins, compare, parse_lock
 
@@ -179,10 +178,10 @@ def _version(package: str) -> str | None:
 def check_backends() -> list[BackendCheck]:
     """Each backend in the registry: is its package importable, which version, which providers."""
     checks: list[BackendCheck] = []
-    for name, entry in BACKENDS.items():
-        installed = importlib.util.find_spec(entry.import_name) is not None
+    for name, cls in backend_classes().items():
+        installed = cls.installed()
         detail = ""
-        if installed and entry.import_name == "onnxruntime":
+        if installed and cls.module == "onnxruntime":
             try:
                 import onnxruntime
 
@@ -192,9 +191,9 @@ def check_backends() -> list[BackendCheck]:
         checks.append(
             BackendCheck(
                 name=name,
-                package=entry.package,
+                package=cls.package,
                 installed=installed,
-                version=_version(entry.package) if installed else None,
+                version=_version(cls.package) if installed else None,
                 detail=detail,
             )
         )

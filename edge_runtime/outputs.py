@@ -13,11 +13,16 @@ import logging
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from edge_runtime.errors import OutputError
+from edge_runtime.plugins import (
+    OUTPUTS_GROUP,
+    describe_installed,
+    find_entry_point,
+    load_entry_point,
+)
 from edge_runtime.prediction import Prediction
 
 __all__ = [
@@ -32,7 +37,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PLUGIN_GROUP = "edgefleet.outputs"
+PLUGIN_GROUP = OUTPUTS_GROUP
 
 
 class PredictionSink(ABC):
@@ -118,17 +123,13 @@ class CallbackSink(PredictionSink):
 
 def load_plugin(name: str) -> CallbackSink:
     """Load the entry point ``name`` from the ``edgefleet.outputs`` group."""
-    matches = [ep for ep in entry_points(group=PLUGIN_GROUP) if ep.name == name]
-    if not matches:
-        known = sorted(ep.name for ep in entry_points(group=PLUGIN_GROUP))
+    ep = find_entry_point(PLUGIN_GROUP, name)
+    if ep is None:
         raise OutputError(
             f"no output plug-in named {name!r} in entry-point group {PLUGIN_GROUP!r}"
-            + (f" (installed: {', '.join(known)})" if known else " (none installed)")
+            f" ({describe_installed(PLUGIN_GROUP)})"
         )
-    try:
-        target = matches[0].load()
-    except (ImportError, AttributeError) as exc:
-        raise OutputError(f"output plug-in {name!r} cannot be loaded: {exc}") from exc
+    target = load_entry_point(ep, "output plug-in", OutputError)
     if isinstance(target, type):
         target = target()
     if not callable(target) and not hasattr(target, "emit"):

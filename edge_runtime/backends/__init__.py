@@ -1,93 +1,100 @@
-"""Inference backends behind one interface, chosen through a registry.
+"""Inference backends behind one interface, found through the ``edgefleet.backends`` entry points.
 
-A backend module is imported only when it is used, so a device without one
-runtime still runs the others; ``auto`` picks the first installed backend
-for the model's format.
+A backend is one :class:`Backend` subclass that states its name, formats, pip
+package and runtime module, declared by one entry-point line (edgefleet's own
+in its ``pyproject.toml``). Backend modules import their runtime only when a
+model is loaded, so a device without one runtime still runs the others;
+``auto`` picks the installed backend with the lowest ``priority`` for the
+model's format.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from dataclasses import dataclass
+import logging
 
 from edge_runtime.backends.base import Backend
 from edge_runtime.errors import BackendError, BackendUnavailableError
+from edge_runtime.plugins import (
+    BACKENDS_GROUP,
+    describe_installed,
+    find_entry_point,
+    installed_names,
+    load_entry_point,
+)
 
-__all__ = ["BACKENDS", "Backend", "available_backends", "backend_class", "create_backend"]
+__all__ = [
+    "BACKENDS_GROUP",
+    "Backend",
+    "available_backends",
+    "backend_class",
+    "backend_classes",
+    "backend_names",
+    "create_backend",
+]
+
+log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _Entry:
-    module: str
-    attribute: str
-    import_name: str
-    """Top-level module whose presence means the backend can load."""
-    package: str
-    """The pip package to install for it."""
-    formats: frozenset[str]
-
-
-_TFLITE = frozenset({"tflite"})
-# Insertion order is the preference order of ``auto``.
-BACKENDS: dict[str, _Entry] = {
-    "litert": _Entry(
-        "edge_runtime.backends.tflite", "LiteRTBackend", "ai_edge_litert", "ai-edge-litert", _TFLITE
-    ),
-    "tflite-runtime": _Entry(
-        "edge_runtime.backends.tflite",
-        "TFLiteRuntimeBackend",
-        "tflite_runtime",
-        "tflite-runtime",
-        _TFLITE,
-    ),
-    "tf-lite": _Entry(
-        "edge_runtime.backends.tflite",
-        "TFLiteTensorFlowBackend",
-        "tensorflow",
-        "tensorflow-cpu",
-        _TFLITE,
-    ),
-    "onnxruntime": _Entry(
-        "edge_runtime.backends.onnx",
-        "OnnxRuntimeBackend",
-        "onnxruntime",
-        "onnxruntime",
-        frozenset({"onnx"}),
-    ),
-}
+def backend_names() -> list[str]:
+    """The declared backends' names, sorted (nothing is imported)."""
+    return installed_names(BACKENDS_GROUP)
 
 
 def backend_class(name: str) -> type[Backend]:
-    """The backend class registered under ``name`` (imports its module)."""
-    entry = BACKENDS.get(name)
-    if entry is None:
-        raise BackendError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
-    cls: type[Backend] = getattr(importlib.import_module(entry.module), entry.attribute)
+    """The backend class declared under ``name`` (imports its module, not its runtime)."""
+    ep = find_entry_point(BACKENDS_GROUP, name)
+    if ep is None:
+        raise BackendError(
+            f"unknown backend {name!r}: no entry point in group {BACKENDS_GROUP!r}"
+            f" ({describe_installed(BACKENDS_GROUP)})"
+        )
+    cls = load_entry_point(ep, "backend", BackendError)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise BackendError(f"backend {name!r} ({ep.value}) is not a Backend subclass")
+    if cls.name != name:
+        raise BackendError(
+            f"backend entry point {name!r} names {ep.value}, whose name is {cls.name!r}"
+        )
     return cls
 
 
+def backend_classes() -> dict[str, type[Backend]]:
+    """Every declared backend that loads, in ``auto``'s order of preference (priority, then name).
+
+    A declared backend whose module does not import is logged and left out, so
+    one broken plug-in never hides the others.
+    """
+    classes: list[type[Backend]] = []
+    for name in backend_names():
+        try:
+            classes.append(backend_class(name))
+        except BackendError as exc:
+            log.warning("leaving out backend %s: %s", name, exc)
+    return {cls.name: cls for cls in sorted(classes, key=lambda c: (c.priority, c.name))}
+
+
 def available_backends(model_format: str | None = None) -> list[str]:
-    """Registered backends whose package is installed (optionally: that read ``model_format``)."""
+    """Backends whose package is installed (optionally: that read ``model_format``), preferred first."""
     return [
         name
-        for name, entry in BACKENDS.items()
-        if (model_format is None or model_format in entry.formats)
-        and importlib.util.find_spec(entry.import_name) is not None
+        for name, cls in backend_classes().items()
+        if (model_format is None or model_format in cls.formats) and cls.installed()
     ]
 
 
 def create_backend(name: str, model_format: str, model: bytes, threads: int = 1) -> Backend:
-    """Load ``model`` with backend ``name`` (or ``auto``: the first installed one for the format)."""
+    """Load ``model`` with backend ``name`` (or ``auto``: the preferred installed one for the format)."""
     if name == "auto":
         candidates = available_backends(model_format)
         if not candidates:
             wanted = [
-                f"{n} ({e.package})" for n, e in BACKENDS.items() if model_format in e.formats
+                f"{n} ({cls.package})"
+                for n, cls in backend_classes().items()
+                if model_format in cls.formats
             ]
             raise BackendUnavailableError(
                 f"no backend for {model_format} models is installed; install one of: "
-                + ", ".join(wanted)
+                + (", ".join(wanted) or f"(none declared in {BACKENDS_GROUP!r})")
             )
         name = candidates[0]
     cls = backend_class(name)

@@ -1,7 +1,8 @@
-"""The one small interface every inference backend implements."""
+"""The one small interface every inference backend implements, and what a backend says about itself."""
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -9,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_runtime.bundle.manifest import TensorSpec
+from edge_runtime.errors import BackendUnavailableError
 
 __all__ = ["Backend"]
 
@@ -18,12 +20,35 @@ class Backend(ABC):
 
     Subclasses load the model from bytes in ``__init__`` with ``threads``
     intra-op threads, and describe the tensors the runtime actually sees.
+
+    A backend is a plug-in: the class states its facts below, once, and one line
+    in the ``edgefleet.backends`` entry-point group declares it under ``name``.
+    Its module must import the runtime package lazily (in ``__init__``), so that
+    the registry can read these facts on a box where the package is missing.
     """
 
     name: ClassVar[str]
+    """The key in configs and on the command line; the entry point's name."""
     formats: ClassVar[frozenset[str]]
+    """Model formats it runs (``tflite``, ``onnx``)."""
     package: ClassVar[str]
     """The pip package that provides the runtime (named in 'not installed' errors)."""
+    module: ClassVar[str]
+    """The module the runtime is imported from; its top-level package present means installed."""
+    priority: ClassVar[int] = 100
+    """``auto`` takes the installed backend with the lowest priority for the model's format."""
+
+    @classmethod
+    def installed(cls) -> bool:
+        """Whether the runtime package is importable here (found, not imported)."""
+        return importlib.util.find_spec(cls.module.partition(".")[0]) is not None
+
+    @classmethod
+    def unavailable(cls) -> BackendUnavailableError:
+        """The error for a box without the runtime: it names the package to install."""
+        return BackendUnavailableError(
+            f"backend {cls.name!r} needs the {cls.package!r} package (pip install {cls.package})"
+        )
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]

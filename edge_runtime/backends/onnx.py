@@ -9,7 +9,7 @@ import numpy.typing as npt
 
 from edge_runtime.backends.base import Backend
 from edge_runtime.bundle.manifest import TensorSpec
-from edge_runtime.errors import BackendError, BackendUnavailableError
+from edge_runtime.errors import BackendError
 
 __all__ = ["OnnxRuntimeBackend"]
 
@@ -38,15 +38,15 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     package = "onnxruntime"
+    module = "onnxruntime"
     formats: ClassVar[frozenset[str]] = frozenset({"onnx"})
+    priority = 10
 
     def __init__(self, model: bytes, threads: int = 1) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise BackendUnavailableError(
-                "backend 'onnxruntime' needs the 'onnxruntime' package (pip install onnxruntime)"
-            ) from exc
+            raise self.unavailable() from exc
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from edge_runtime.backends.base import Backend
 from edge_runtime.bundle.manifest import Quantization, TensorSpec
-from edge_runtime.errors import BackendError, BackendUnavailableError
+from edge_runtime.errors import BackendError
 
 __all__ = ["LiteRTBackend", "TFLiteRuntimeBackend", "TFLiteTensorFlowBackend"]
 
@@ -39,7 +39,6 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
 
 class _InterpreterBackend(Backend):
     formats: ClassVar[frozenset[str]] = frozenset({"tflite"})
-    module: ClassVar[str]
     attribute: ClassVar[str] = "Interpreter"
 
     def __init__(self, model: bytes, threads: int = 1) -> None:
@@ -48,10 +47,7 @@ class _InterpreterBackend(Backend):
             for attribute in self.attribute.split("."):
                 interpreter_cls = getattr(interpreter_cls, attribute)
         except ImportError as exc:
-            raise BackendUnavailableError(
-                f"backend {self.name!r} needs the {self.package!r} package "
-                f"(pip install {self.package})"
-            ) from exc
+            raise self.unavailable() from exc
         try:
             self._interpreter = interpreter_cls(model_content=model, num_threads=threads)
             self._interpreter.allocate_tensors()
@@ -82,6 +78,7 @@ class LiteRTBackend(_InterpreterBackend):
     name = "litert"
     package = "ai-edge-litert"
     module = "ai_edge_litert.interpreter"
+    priority = 10
 
 
 class TFLiteRuntimeBackend(_InterpreterBackend):
@@ -90,6 +87,7 @@ class TFLiteRuntimeBackend(_InterpreterBackend):
     name = "tflite-runtime"
     package = "tflite-runtime"
     module = "tflite_runtime.interpreter"
+    priority = 20
 
 
 class TFLiteTensorFlowBackend(_InterpreterBackend):
@@ -99,3 +97,4 @@ class TFLiteTensorFlowBackend(_InterpreterBackend):
     package = "tensorflow-cpu"
     module = "tensorflow"
     attribute = "lite.Interpreter"
+    priority = 30

@@ -1,4 +1,4 @@
-"""The frame-source interface, the frame record, and frame pacing.
+"""The frame-source interface, its config's base, the frame record, and frame pacing.
 
 A source delivers BGR ``uint8`` ``H x W x 3`` images, one per :meth:`FrameSource.read`;
 the capture thread stamps them into :class:`Frame` records. Sources are used from one
@@ -13,11 +13,24 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Frame", "FrameSource", "Pacer", "mask_credentials"]
+__all__ = ["Frame", "FrameSource", "Pacer", "SourceSettings", "mask_credentials"]
+
+
+class SourceSettings(BaseModel):
+    """The base of every source's config: frozen, unknown keys refused, ``type`` picks the source.
+
+    A subclass narrows ``type`` to its entry point's name, ``type: Literal["folder"] = "folder"``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -42,8 +55,15 @@ class FrameSource(ABC):
 
     Subclasses set ``name`` (a human description that never holds credentials) and
     override ``native_fps`` and ``finite`` where they know better than the defaults.
+
+    A source is a plug-in: its module holds its config (a :class:`SourceSettings`
+    subclass, named by ``config_type``) and the class, whose ``__init__`` takes that
+    config; one line in the ``edgefleet.sources`` entry-point group declares it
+    under the config's ``type``.
     """
 
+    config_type: ClassVar[type[SourceSettings]]
+    """The config this source is built from; its ``type`` literal is the entry point's name."""
     name: str
 
     @abstractmethod

@@ -13,10 +13,10 @@ from typing import Literal, cast
 import cv2
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edge_runtime.errors import SourceError, SourceUnavailableError
-from edge_runtime.sources.base import FrameSource, Pacer
+from edge_runtime.sources.base import FrameSource, Pacer, SourceSettings
 
 __all__ = ["IMAGE_SUFFIXES", "FolderSource", "FolderSourceConfig"]
 
@@ -25,10 +25,8 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
 
-class FolderSourceConfig(BaseModel):
+class FolderSourceConfig(SourceSettings):
     """Images (jpg, jpeg, png, bmp, webp) in one folder, read in sorted order."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["folder"] = "folder"
     path: str = Field(min_length=1)
@@ -38,6 +36,8 @@ class FolderSourceConfig(BaseModel):
 
 class FolderSource(FrameSource):
     """Decodes each image of a folder in turn with ``cv2.imread`` (BGR)."""
+
+    config_type = FolderSourceConfig
 
     def __init__(self, config: FolderSourceConfig) -> None:
         self.config = config

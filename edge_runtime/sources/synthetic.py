@@ -12,10 +12,10 @@ from typing import Literal
 import cv2
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edge_runtime.errors import SourceError
-from edge_runtime.sources.base import FrameSource, Pacer
+from edge_runtime.sources.base import FrameSource, Pacer, SourceSettings
 
 __all__ = ["SyntheticSource", "SyntheticSourceConfig"]
 
@@ -24,10 +24,8 @@ logger = logging.getLogger(__name__)
 _RECTANGLES = 3
 
 
-class SyntheticSourceConfig(BaseModel):
+class SyntheticSourceConfig(SourceSettings):
     """Deterministic generated BGR frames of a fixed size, at a fixed rate."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["synthetic"] = "synthetic"
     width: int = Field(default=640, ge=1, le=8192)
@@ -39,6 +37,8 @@ class SyntheticSourceConfig(BaseModel):
 
 class SyntheticSource(FrameSource):
     """Draws frame after frame from the config; ``open`` starts again at frame 0."""
+
+    config_type = SyntheticSourceConfig
 
     def __init__(self, config: SyntheticSourceConfig) -> None:
         self.config = config

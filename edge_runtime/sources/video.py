@@ -14,10 +14,10 @@ from typing import Literal, cast
 import cv2
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edge_runtime.errors import SourceError, SourceUnavailableError
-from edge_runtime.sources.base import FrameSource, Pacer, mask_credentials
+from edge_runtime.sources.base import FrameSource, Pacer, SourceSettings, mask_credentials
 
 __all__ = ["VideoKind", "VideoSource", "VideoSourceConfig", "video_kind"]
 
@@ -27,10 +27,8 @@ VideoKind = Literal["device", "file", "url", "gstreamer"]
 _MAX_SANE_FPS = 1000.0
 
 
-class VideoSourceConfig(BaseModel):
+class VideoSourceConfig(SourceSettings):
     """A camera index, video file, RTSP/HTTP URL or GStreamer pipeline (a string with ``!``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["video"] = "video"
     uri: int | str = Field(
@@ -60,6 +58,8 @@ def video_kind(uri: int | str) -> VideoKind:
 
 class VideoSource(FrameSource):
     """Frames from an OpenCV ``VideoCapture``; files may loop and play at their own frame rate."""
+
+    config_type = VideoSourceConfig
 
     def __init__(self, config: VideoSourceConfig) -> None:
         self.config = config

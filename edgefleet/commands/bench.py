@@ -60,13 +60,14 @@ def _configurations(
     bundles: list[Path], backends: list[str], console: Console
 ) -> list[tuple[Path, str, str, str, int | None]]:
     """(bundle, backend, name, precision, input side) per bundle and each backend that reads it."""
-    from edge_runtime.backends import BACKENDS, available_backends
+    from edge_runtime.backends import available_backends, backend_classes
     from edge_runtime.bundle import read_bundle
     from edge_runtime.errors import BackendError, BackendUnavailableError
 
+    known = backend_classes()
     for name in backends:
-        if name != "auto" and name not in BACKENDS:
-            raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(BACKENDS)}")
+        if name != "auto" and name not in known:
+            raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(known)}")
     configs: list[tuple[Path, str, str, str, int | None]] = []
     for path in bundles:
         manifest = read_bundle(path).manifest
@@ -75,12 +76,11 @@ def _configurations(
         chosen: list[str] = []
         for requested in backends:
             name = (installed[0] if installed else requested) if requested == "auto" else requested
-            if name == "auto" or fmt not in BACKENDS[name].formats or name in chosen:
+            if name == "auto" or fmt not in known[name].formats or name in chosen:
                 continue
             if name not in installed:
                 console.print(
-                    f"[yellow]skipping {name} for {path.name}: "
-                    f"pip install {BACKENDS[name].package}[/]"
+                    f"[yellow]skipping {name} for {path.name}: pip install {known[name].package}[/]"
                 )
                 continue
             chosen.append(name)

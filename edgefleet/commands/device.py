@@ -13,13 +13,15 @@ import click
 import numpy as np
 from rich.table import Table
 
+from edge_runtime.plugins import BACKENDS_GROUP, installed_names
 from edgefleet.commands._console import make_console
 from edgefleet.commands.device_doctor import doctor
 
 __all__ = ["device"]
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-_BACKENDS = ["auto", "litert", "tflite-runtime", "tf-lite", "onnxruntime"]
+_BACKENDS = ["auto", *installed_names(BACKENDS_GROUP)]
+"""``auto`` and every declared backend (entry-point names: nothing is imported)."""
 
 
 @click.group()

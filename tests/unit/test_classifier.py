@@ -7,7 +7,12 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from edge_runtime.backends import BACKENDS, available_backends, create_backend
+from edge_runtime.backends import (
+    available_backends,
+    backend_class,
+    backend_names,
+    create_backend,
+)
 from edge_runtime.bundle import (
     GoldenSet,
     GoldenVector,
@@ -18,14 +23,21 @@ from edge_runtime.bundle import (
     parse_bundle,
 )
 from edge_runtime.classifier import Classifier
-from edge_runtime.errors import BackendError, BackendUnavailableError, GoldenMismatchError
+from edge_runtime.config import parse_config
+from edge_runtime.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigError,
+    GoldenMismatchError,
+)
 from edge_runtime.postprocess import Postprocessor, dequantize, softmax
+from edgefleet.testing import PluginDeclarations
 from tests.conftest import golden_frame, manifest_for, members_for
 from tests.models import LABELS, tflite_tensor_names
 
 
 def test_registry_lists_installed_backends_per_format() -> None:
-    assert set(BACKENDS) == {"litert", "tflite-runtime", "tf-lite", "onnxruntime"}
+    assert set(backend_names()) == {"litert", "tflite-runtime", "tf-lite", "onnxruntime"}
     assert available_backends("onnx") == ["onnxruntime"]
     assert available_backends("tflite")[0] == "litert"
 
@@ -35,6 +47,63 @@ def test_missing_package_is_named() -> None:
         pytest.skip("tflite-runtime is installed here")
     with pytest.raises(BackendUnavailableError, match="'tflite-runtime' package"):
         create_backend("tflite-runtime", "tflite", b"")
+
+
+ECHO_BACKEND = """
+import numpy as np
+
+from edge_runtime.backends import Backend
+from edge_runtime.bundle import TensorSpec
+
+
+class EchoBackend(Backend):
+    name = "echo"
+    formats = frozenset({"onnx"})
+    package = "echo-runtime"
+    module = "echo_runtime.session"
+    priority = 1
+
+    def __init__(self, model: bytes, threads: int = 1) -> None:
+        self.inputs = [TensorSpec(name="x", shape=[1, 2], dtype="float32")]
+        self.outputs = [TensorSpec(name="y", shape=[1, 2], dtype="float32")]
+
+    def invoke(self, tensor):
+        return [np.asarray(tensor)]
+"""
+
+
+def test_a_third_party_backend_is_one_class_and_one_entry_point(
+    plugin_declarations: PluginDeclarations, onnx_model: bytes
+) -> None:
+    (plugin_declarations.folder / "echo_backend.py").write_text(ECHO_BACKEND)
+    plugin_declarations.declare("edgefleet.backends", "echo", "echo_backend:EchoBackend")
+    assert "echo" in backend_names()
+    # declared with the highest preference, but its runtime is not installed: auto skips it
+    assert available_backends("onnx") == ["onnxruntime"]
+    with pytest.raises(
+        BackendUnavailableError,
+        match=r"'echo' needs the 'echo-runtime' package \(pip install echo-runtime\)",
+    ):
+        raise backend_class("echo").unavailable()
+    echo = create_backend("echo", "onnx", onnx_model)
+    assert echo.invoke(np.ones((1, 2), np.float32))[0].tolist() == [[1.0, 1.0]]
+    with pytest.raises(BackendError, match="cannot run tflite"):
+        create_backend("echo", "tflite", b"")
+    # a misnamed or broken declaration is refused by name and hides no other backend
+    plugin_declarations.declare("edgefleet.backends", "mirror", "echo_backend:EchoBackend")
+    plugin_declarations.declare("edgefleet.backends", "gone", "no_such_module:Backend")
+    with pytest.raises(BackendError, match=r"'mirror' names echo_backend:EchoBackend.*'echo'"):
+        backend_class("mirror")
+    with pytest.raises(BackendError, match=r"backend 'gone' cannot be loaded"):
+        backend_class("gone")
+    assert available_backends("onnx") == ["onnxruntime"]
+    assert (
+        parse_config("device_id: c\nsource:\n  type: synthetic\nbackend: echo\n").backend == "echo"
+    )
+    with pytest.raises(
+        ConfigError, match=r"line 4: backend: .*unknown backend 'tensorrt'; known: auto, echo"
+    ):
+        parse_config("device_id: c\nsource:\n  type: synthetic\nbackend: tensorrt\n")
 
 
 def test_wrong_format_and_unknown_backend(onnx_model: bytes) -> None:

@@ -13,21 +13,25 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from edge_runtime.errors import SourceError, SourceUnavailableError
+from edge_runtime.config import parse_config
+from edge_runtime.errors import ConfigError, SourceError, SourceUnavailableError
 from edge_runtime.sources import (
-    SOURCES,
     FolderSource,
     FolderSourceConfig,
     FrameSource,
     SourceConfig,
+    SourceSettings,
     SyntheticSource,
     SyntheticSourceConfig,
     VideoSource,
     VideoSourceConfig,
     create_source,
     mask_credentials,
+    source_class,
+    source_names,
 )
 from edge_runtime.sources.video import video_kind
+from edgefleet.testing import PluginDeclarations
 
 FRAMES = 30
 SIZE = (64, 48)  # width, height
@@ -381,7 +385,7 @@ def test_synthetic_paces_at_fps() -> None:
 # --- config and registry ----------------------------------------------------
 
 
-def test_configs_parse_through_the_discriminated_union(tmp_path: Path) -> None:
+def test_configs_parse_with_the_config_class_their_type_names(tmp_path: Path) -> None:
     adapter: TypeAdapter[SourceConfig] = TypeAdapter(SourceConfig)
     video = adapter.validate_python({"type": "video", "uri": "rtsp://cam/s", "open_timeout_s": 2})
     assert isinstance(video, VideoSourceConfig)
@@ -405,13 +409,73 @@ def test_bad_configs_name_the_field() -> None:
         adapter.validate_python({"type": "synthetic", "fsp": 3})
     with pytest.raises(ValidationError, match="open_timeout_s"):
         adapter.validate_python({"type": "video", "uri": "x.mp4", "open_timeout_s": 0})
-    with pytest.raises(ValidationError, match="does not match any of the expected tags"):
+    with pytest.raises(
+        ValidationError,
+        match=r"unknown source type 'webcam'.*'edgefleet.sources'.*installed: .*folder.*synthetic.*video",
+    ):
         adapter.validate_python({"type": "webcam", "uri": 0})
+    with pytest.raises(ValidationError, match=r"a source needs a type, one of: .*folder"):
+        adapter.validate_python({"uri": 0})
 
 
-def test_registry_covers_every_config_type() -> None:
-    union_types = {
-        cls.model_fields["type"].default
-        for cls in (VideoSourceConfig, FolderSourceConfig, SyntheticSourceConfig)
-    }
-    assert set(SOURCES) == union_types
+def test_every_declared_source_loads_under_its_config_type() -> None:
+    assert {"video", "folder", "synthetic", "fake-camera"} <= set(source_names())
+    for name in source_names():
+        cls = source_class(name)
+        assert issubclass(cls.config_type, SourceSettings)
+        assert cls.config_type.model_fields["type"].default == name
+    assert source_class("synthetic") is SyntheticSource
+    with pytest.raises(SourceError, match="unknown source type 'webcam'"):
+        source_class("webcam")
+
+
+LINE_SCAN_SOURCE = """
+from typing import Literal
+
+import numpy as np
+
+from edge_runtime.sources import FrameSource, SourceSettings
+
+
+class LineScanConfig(SourceSettings):
+    type: Literal["line-scan"] = "line-scan"
+    rows: int = 8
+
+
+class LineScan(FrameSource):
+    config_type = LineScanConfig
+
+    def __init__(self, config: LineScanConfig) -> None:
+        self.config = config
+        self.name = f"line scan {config.rows} rows"
+
+    def open(self) -> None:
+        pass
+
+    def read(self):
+        return np.zeros((self.config.rows, 4, 3), np.uint8)
+
+    def close(self) -> None:
+        pass
+"""
+
+
+def test_a_third_party_source_is_one_module_and_one_entry_point(
+    plugin_declarations: PluginDeclarations,
+) -> None:
+    (plugin_declarations.folder / "line_scan.py").write_text(LINE_SCAN_SOURCE)
+    plugin_declarations.declare("edgefleet.sources", "line-scan", "line_scan:LineScan")
+    config = parse_config("device_id: cam-1\nsource:\n  type: line-scan\n  rows: 3\n").source
+    with create_source(config) as source:
+        assert source.name == "line scan 3 rows"
+        image = source.read()
+        assert image is not None and image.shape == (3, 4, 3)
+    with pytest.raises(ConfigError, match=r"line 4: source.colour: Extra inputs"):
+        parse_config("device_id: cam-1\nsource:\n  type: line-scan\n  colour: red\n")
+    # an entry point whose name is not its config's type is refused, not half-used
+    plugin_declarations.declare("edgefleet.sources", "scanner", "line_scan:LineScan")
+    with pytest.raises(SourceError, match=r"'scanner' names line_scan:LineScan.*'line-scan'"):
+        source_class("scanner")
+    plugin_declarations.declare("edgefleet.sources", "nothing", "line_scan:Missing")
+    with pytest.raises(SourceError, match=r"frame source 'nothing' cannot be loaded"):
+        source_class("nothing")
