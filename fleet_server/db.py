@@ -83,7 +83,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DATABASE_URL = "sqlite:///edgefleet.db"
 """The database ``edgefleet serve`` uses when no ``--db`` is given (a file in the working folder)."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Each step takes a database from version N - 1 to N in the same transaction as the check.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (  # state reports ordered by the device's (epoch, sequence); clock skew measured
@@ -91,6 +91,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE devices ADD COLUMN state_epoch VARCHAR(32)",
         "ALTER TABLE devices ADD COLUMN state_received_at DOUBLE PRECISION",
         "ALTER TABLE devices ADD COLUMN clock_skew_s DOUBLE PRECISION",
+    ),
+    3: (  # one status vocabulary, the rollout planner's (fleet_server.statuses)
+        "UPDATE waves SET status = 'passed' WHERE status = 'succeeded'",
+        "UPDATE wave_devices SET status = 'in-progress' WHERE status = 'downloading'",
     ),
 }
 """The schema these models describe; a database holding another version is refused."""

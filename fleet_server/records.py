@@ -1,12 +1,7 @@
 """What the registry hands out: plain frozen records, never database objects.
 
-Statuses are the strings the API, the CLI and the database use. A rollout is
-``pending`` until its first wave starts, ``running`` while waves go out,
-``paused`` or ``awaiting-approval`` while an operator must act, and ends
-``completed``, ``aborted`` (stopped, devices keep what they have) or
-``rolled-back`` (stopped and the previous bundle reassigned). A device in a
-wave goes ``pending -> sent -> downloading -> committed`` or ends
-``rolled-back``, ``timed-out`` or ``failed`` with a reason.
+Statuses are :mod:`fleet_server.statuses`' enums (strings on the wire, in the
+database and in the CLI): the rollout planner's vocabulary, the only one.
 """
 
 from __future__ import annotations
@@ -16,15 +11,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from fleet_server.statuses import DeviceStatus, RolloutStatus, WaveStatus
+
 __all__ = [
     "ASSIGNMENT_KINDS",
     "AVAILABILITIES",
     "NAME_PATTERN",
-    "ROLLOUT_STATUSES",
-    "TERMINAL_DEVICE_STATUSES",
-    "TERMINAL_ROLLOUT_STATUSES",
-    "WAVE_DEVICE_STATUSES",
-    "WAVE_STATUSES",
     "AssignmentInfo",
     "AssignmentKind",
     "Availability",
@@ -32,35 +24,19 @@ __all__ = [
     "DeviceInfo",
     "DeviceOrigin",
     "RolloutInfo",
-    "RolloutStatus",
     "TargetSelector",
     "TimelineItem",
     "WaveDeviceInfo",
-    "WaveDeviceStatus",
     "WaveInfo",
-    "WaveStatus",
     "check_name",
 ]
 
 AssignmentKind = Literal["devices", "groups"]
 Availability = Literal["online", "offline", "unknown"]
 DeviceOrigin = Literal["provisioned", "first-contact"]
-RolloutStatus = Literal[
-    "pending", "running", "paused", "awaiting-approval", "completed", "aborted", "rolled-back"
-]
-WaveStatus = Literal["pending", "running", "succeeded", "failed", "aborted"]
-WaveDeviceStatus = Literal[
-    "pending", "sent", "downloading", "committed", "rolled-back", "timed-out", "failed"
-]
 
 ASSIGNMENT_KINDS: tuple[str, ...] = get_args(AssignmentKind)
 AVAILABILITIES: tuple[str, ...] = get_args(Availability)
-ROLLOUT_STATUSES: tuple[str, ...] = get_args(RolloutStatus)
-WAVE_STATUSES: tuple[str, ...] = get_args(WaveStatus)
-WAVE_DEVICE_STATUSES: tuple[str, ...] = get_args(WaveDeviceStatus)
-TERMINAL_ROLLOUT_STATUSES = frozenset({"completed", "aborted", "rolled-back"})
-TERMINAL_DEVICE_STATUSES = frozenset({"committed", "rolled-back", "timed-out", "failed"})
-"""Outcomes: a late report of an earlier step never replaces one of these."""
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 """Device ids, tags and group names: one MQTT topic level and one TUF target path segment."""
@@ -224,7 +200,7 @@ class WaveDeviceInfo:
     wave_id: int
     wave_index: int
     device_id: str
-    status: WaveDeviceStatus
+    status: DeviceStatus
     reason: str | None
     updated_at: float
 

@@ -52,6 +52,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from fleet_server.errors import IllegalRolloutTransitionError, RolloutError
 from fleet_server.quality_gate import GateOutcome, GateVerdict, WaveTelemetry, evaluate_gate
 from fleet_server.rollout_spec import RolloutSpec, plan_waves, wave_label
+from fleet_server.statuses import (
+    RESTING_PHASES,
+    TERMINAL_ROLLOUT_STATUSES,
+    UNANSWERED_DEVICE_STATUSES,
+    WORKING_PHASES,
+    DeviceStatus,
+    RolloutStatus,
+    WaveStatus,
+)
 
 __all__ = [
     "Action",
@@ -69,12 +78,6 @@ __all__ = [
     "WaveStatus",
     "recover",
 ]
-
-_RESTING = frozenset({"idle", "committed", "rolled-back"})
-_WORKING = frozenset(
-    {"downloading", "verifying", "staged", "smoke-testing", "activating", "probation"}
-)
-"""The device lifecycle's phases (``docs/protocol.md``), by their protocol names."""
 
 
 def _check_time(value: float) -> float:
@@ -121,48 +124,6 @@ Action = Assign | Rollback | Notify
 
 
 # --- state ----------------------------------------------------------------------------
-
-
-class RolloutStatus(str, Enum):
-    """Where the rollout as a whole is."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    PAUSED = "paused"
-    AWAITING_APPROVAL = "awaiting-approval"
-    COMPLETED = "completed"
-    ABORTED = "aborted"
-    ROLLED_BACK = "rolled-back"
-
-
-class DeviceStatus(str, Enum):
-    """Where one device is in this rollout.
-
-    ``in-progress`` covers every device-side phase between idle and
-    committed; ``failed`` means the device itself refused or rolled back the
-    new bundle; ``rolled-back`` means it is off the new bundle again after
-    the rollout's own rollback.
-    """
-
-    PENDING = "pending"
-    SENT = "sent"
-    IN_PROGRESS = "in-progress"
-    COMMITTED = "committed"
-    ROLLED_BACK = "rolled-back"
-    FAILED = "failed"
-    TIMED_OUT = "timed-out"
-
-
-class WaveStatus(str, Enum):
-    """Where one wave is: sent (running), watched (watching), decided."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    WATCHING = "watching"
-    PASSED = "passed"
-    FAILED = "failed"
-    ABORTED = "aborted"
-    SKIPPED = "skipped"
 
 
 class EventKind(str, Enum):
@@ -316,7 +277,27 @@ class RolloutState(_Frozen):
     @property
     def finished(self) -> bool:
         """Completed, aborted or rolled back: only device reports still change it."""
-        return self.status in _FINISHED
+        return self.status in TERMINAL_ROLLOUT_STATUSES
+
+    def gate_due(self, now: float) -> int | None:
+        """The wave whose quality gate :meth:`tick` at ``now`` would evaluate, if any.
+
+        The caller fetches that wave's telemetry (a database query) and hands
+        it to :meth:`tick` as plain values; on every other tick (most of
+        them) nothing is fetched. A running wave is probed with a pure tick
+        that may settle it: its gate is due once its health window ended.
+        """
+        if self.status is not RolloutStatus.RUNNING:
+            return None
+        index = self.current_wave
+        wave = self.waves[index]
+        if wave.status is WaveStatus.RUNNING:
+            wave = self.tick(now).state.waves[index]
+            if wave.status is WaveStatus.RUNNING:
+                return None
+        if wave.watch_until is None or now < wave.watch_until:
+            return None
+        return index
 
     # --- operator commands ----------------------------------------------------------
 
@@ -430,7 +411,7 @@ class RolloutState(_Frozen):
         if progress is None:
             return Step(self, [], [])
         name = str(phase.value) if isinstance(phase, Enum) else str(phase)
-        if name not in _RESTING and name not in _WORKING:
+        if name not in RESTING_PHASES and name not in WORKING_PHASES:
             raise RolloutError(f"device {device_id!r} reported an unknown phase {name!r}")
         change = self._new_status(progress, name, active_sha, reason, target_sha)
         updated = _with(progress, phase=name, active=active_sha)
@@ -518,10 +499,10 @@ class RolloutState(_Frozen):
         )
 
     def _on_bundle(self, phase: str | None, active: str | None) -> bool:
-        return phase in _RESTING and active == self.spec.bundle
+        return phase in RESTING_PHASES and active == self.spec.bundle
 
     def _off_bundle(self, phase: str | None, active: str | None) -> bool:
-        return phase in _RESTING and active != self.spec.bundle
+        return phase in RESTING_PHASES and active != self.spec.bundle
 
     def _new_status(
         self, p: DeviceProgress, phase: str, active: str | None, reason: str, target: str | None
@@ -530,17 +511,17 @@ class RolloutState(_Frozen):
         if p.status is DeviceStatus.PENDING:
             return None
         off = self._off_bundle(phase, active)
-        about_us = target == self.spec.bundle or (target is None and p.phase in _WORKING)
+        about_us = target == self.spec.bundle or (target is None and p.phase in WORKING_PHASES)
         wanted: tuple[DeviceStatus, str] | None = None
         if self._on_bundle(phase, active):
             wanted = (DeviceStatus.COMMITTED, "")
         elif p.rollback_sent:
             if off and p.status is not DeviceStatus.FAILED:
                 wanted = (DeviceStatus.ROLLED_BACK, p.reason)
-        elif off and phase == "rolled-back" and about_us and p.status in _UNRESOLVED_OR_LATE:
+        elif off and phase == "rolled-back" and about_us and p.status in UNANSWERED_DEVICE_STATUSES:
             wanted = (DeviceStatus.FAILED, _clip(reason or "rolled back (no reason given)"))
         elif (
-            phase in _WORKING
+            phase in WORKING_PHASES
             and target in (None, self.spec.bundle)
             and p.status is DeviceStatus.SENT
         ):
@@ -785,12 +766,6 @@ class RolloutState(_Frozen):
         events.append(self._event(EventKind.ROLLBACK_COMPLETE, now, message))
         actions.append(Notify(message))
         return Step(self._changed(now, rollback_completed_at=now), actions, events)
-
-
-_FINISHED = frozenset({RolloutStatus.COMPLETED, RolloutStatus.ABORTED, RolloutStatus.ROLLED_BACK})
-_UNRESOLVED_OR_LATE = frozenset(
-    {DeviceStatus.SENT, DeviceStatus.IN_PROGRESS, DeviceStatus.TIMED_OUT}
-)
 
 
 def recover(state: RolloutState, now: float) -> Step:

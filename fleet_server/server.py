@@ -3,10 +3,10 @@
 One :class:`FleetServer` owns the registry (database), the TUF repository
 with the online keys, an MQTT client, the chunk server and the rollouts.
 Devices' retained state, events, telemetry and availability are ingested
-into the registry; every running rollout is a pure :class:`RolloutState`
-whose JSON lives in the database (so a restarted server resumes it) and whose
-actions (assign a wave, roll devices back) become new signed assignments,
-published retained. The server never holds the release key.
+into the registry; the rollouts are the :class:`RolloutCoordinator`'s
+(planner states saved in the database, so a restarted server resumes them),
+whose actions (assign a wave, roll devices back) this shell turns into new
+signed assignments, published retained. The server never holds the release key.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,23 +28,20 @@ from edge_runtime.bundle import read_bundle
 from edge_runtime.errors import EdgefleetError
 from edge_runtime.supervise import SupervisedThread, WorkerHealth
 from fleet_server.broker_auth import BrokerAuth, hash_password, new_password
+from fleet_server.coordinator import RolloutCoordinator
 from fleet_server.delivery import ChunkServer
 from fleet_server.errors import FleetError, MalformedReportError, RolloutError
 from fleet_server.publisher import MetadataPublisher
 from fleet_server.quality_gate import Baseline, WaveTelemetry
 from fleet_server.rate_limit import DeviceRateLimiter
-from fleet_server.records import DeviceInfo, TargetSelector, WaveDeviceStatus, WaveInfo
+from fleet_server.records import DeviceInfo, TargetSelector
 from fleet_server.registry import Registry
 from fleet_server.rollout_plan import (
     Action,
     Assign,
-    DeviceStatus,
     Notify,
     Rollback,
     RolloutState,
-    RolloutStatus,
-    Step,
-    recover,
 )
 from fleet_server.rollout_spec import RolloutSpec, TargetDevice, WaveSpec
 from fleet_server.telemetry import quality_figures
@@ -53,27 +50,9 @@ from fleet_server.trust import KeySet, Repository
 __all__ = ["MAX_REPORT_BYTES", "FleetServer"]
 
 MAX_REPORT_BYTES = 64 * 1024
+"""The largest device report (state, event, telemetry) read; larger ones are refused unread."""
 _ROW_ADDING = frozenset({"events", "telemetry", "availability"})
 """Report kinds that add database rows, so each device's rate of them is limited."""
-"""The largest device report (state, event, telemetry) read; larger ones are refused unread."""
-
-_WAVE_STATUS = {
-    "running": "running",
-    "watching": "running",
-    "passed": "succeeded",
-    "skipped": "succeeded",
-    "failed": "failed",
-    "aborted": "aborted",
-}
-_DEVICE_STATUS: dict[str, WaveDeviceStatus] = {
-    "pending": "pending",
-    "sent": "sent",
-    "in-progress": "downloading",
-    "committed": "committed",
-    "rolled-back": "rolled-back",
-    "failed": "failed",
-    "timed-out": "timed-out",
-}
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +101,12 @@ class FleetServer:
         """At most this many queued device reports share one database transaction."""
         self.batch_window_s = 0.1
         """How long a batch gathers reports: bursts cost one transaction and one plan save."""
-        self._dirty: dict[int, RolloutState] = {}
-        self._synced_waves: dict[int, dict[int, tuple[int, str]]] = {}
-        """Rollout id -> wave index -> (wave id, status) as last written to the registry."""
         self._last_reason: dict[str, str] = {}
         """Device id -> the reason its newest event gave (failures, rollbacks)."""
         self._stop = threading.Event()
         self._thread: SupervisedThread | None = None
-        self._plans: dict[int, RolloutState] = {}
-        self._synced: dict[int, dict[str, str]] = {}
+        self.rollouts = RolloutCoordinator(registry, self._execute)
+        """The rollouts' planner states; this shell feeds them reports, ticks and telemetry."""
         self._paths: dict[str, Path] = {p.stem: p for p in self.bundle_folder.glob("*.efb")}
         self.publisher = MetadataPublisher(client, repository, prefix)
         self._republish_all = threading.Event()
@@ -204,26 +180,8 @@ class FleetServer:
         self.client.on_connect = self._on_connect
         if self.broker_auth is not None:
             self.broker_auth.write(self.registry.credentials_hashes())
-        now = time.time()
-        live = [
-            info.id
-            for info in self.registry.rollouts(
-                status=("pending", "running", "paused", "awaiting-approval")
-            )
-        ]
-        # finished rollouts still waiting for devices: rolled back, or completed with late ones
-        waiting = self.registry.rollouts_with_devices(
-            ("rolled-back",), ("sent", "downloading", "committed")
-        ) + self.registry.rollouts_with_devices(
-            ("completed",), ("sent", "downloading", "timed-out")
-        )
-        for rollout_id in sorted({*live, *waiting}):
-            plan = self.registry.rollout_plan(rollout_id)
-            if plan is None:
-                continue
-            state = RolloutState.model_validate(plan)
-            if _followed(state):
-                self._apply(rollout_id, recover(state, now))
+        with self._lock:
+            self.rollouts.resume(time.time())
         self._publish()
         self._thread = SupervisedThread(self._run, "fleet-server")
         self._thread.start()
@@ -304,19 +262,15 @@ class FleetServer:
     def _handle_batch(self, batch: list[_Inbound]) -> None:
         """Ingest a burst of reports in one database transaction; rollout plans are saved once."""
         try:
-            with self._lock, self.registry.batch():
+            with self._lock, self.rollouts.batch():
                 for item in _newest_states(batch):
                     try:
                         self._handle_report(item)
                     except Exception:  # one bad report must never stop the others
                         log.exception("handling a report on %s failed", item.topic[:200])
-                self._save_dirty()
         except Exception:  # the database refused the whole batch: say so, keep serving
+            # (the coordinator saves its states again on the next save)
             log.exception("storing a batch of %d device reports failed", len(batch))
-            with self._lock:  # what was written is gone: save the live plans again next time
-                self._dirty.update(self._plans)
-                self._synced.clear()
-                self._synced_waves.clear()
 
     # --- device reports -----------------------------------------------------------------
 
@@ -344,15 +298,24 @@ class FleetServer:
             payload = _decode(raw)
             if leaf == "state":
                 fresh = not item.retained
-                if self.registry.record_state(
+                report = self.registry.record_state(
                     device_id, payload, received_at=item.received_at, fresh=fresh
-                ):
-                    self._device_state(device_id, payload)
+                )
+                if report is not None:
+                    self.rollouts.device_reported(
+                        device_id,
+                        report.state.value,
+                        report.active.bundle if report.active else None,
+                        time.time(),
+                        target=report.target.bundle if report.target else None,
+                        reason=self._last_reason.get(device_id, ""),
+                    )
             elif leaf == "events":
-                self.registry.record_event(device_id, payload)
-                if isinstance(payload, dict) and payload.get("reason"):
+                entry = self.registry.record_event(device_id, payload)
+                reason = None if entry is None or entry.data is None else entry.data.get("reason")
+                if reason:
                     # the state report that follows says where the device is, its events why
-                    self._last_reason[device_id] = str(payload["reason"])[:500]
+                    self._last_reason[device_id] = str(reason)[:500]
             elif leaf == "telemetry":
                 self.registry.record_telemetry(device_id, payload)
         except (ValueError, EdgefleetError) as exc:
@@ -372,21 +335,6 @@ class FleetServer:
                 dropped,
             )
         return False
-
-    def _device_state(self, device_id: str, payload: dict[str, Any]) -> None:
-        active = (payload.get("active") or {}).get("bundle")
-        target = (payload.get("target") or {}).get("bundle")
-        phase = str(payload.get("state", ""))
-        now = time.time()
-        with self._lock:
-            for rollout_id, state in list(self._plans.items()):
-                if device_id in state.devices:
-                    reason = self._last_reason.get(device_id, "")
-                    step = state.device_report(
-                        device_id, phase, active, reason, now, target_sha=target
-                    )
-                    if step.state is not state or step.events or step.actions:
-                        self._apply(rollout_id, step, save=False)
 
     # --- rollouts ------------------------------------------------------------------------
 
@@ -423,126 +371,39 @@ class FleetServer:
         )
         now = time.time()
         # plan first: a rollout that cannot be planned (RolloutPlanError, a 400) writes no row
-        state = RolloutState.create(spec, now)
+        RolloutState.create(spec, now)
         info = self.registry.create_rollout(
             bundle_sha256, target, {}, previous_sha256=previous_sha256
         )
         with self._lock:
-            self._apply(info.id, state.start(now))
+            self.rollouts.start(spec, info.id, now)
         return info.id
 
     def tick(self, now: float) -> None:
-        """Advance every rollout: timeouts, health windows, quality gates, next waves."""
+        """Advance every rollout: timeouts, health windows, quality gates, next waves.
+
+        Telemetry is read only for the quality gates due now, so most ticks
+        cost no telemetry query at all.
+        """
         with self._lock:
-            for rollout_id, state in list(self._plans.items()):
-                self._apply(rollout_id, state.tick(now, self._wave_telemetry(rollout_id, state)))
+            due = self.rollouts.due_gates(now)
+            figures = {}
+            for rollout_id, index in due:
+                state = self.rollouts.plan(rollout_id)
+                found = None if state is None else wave_telemetry(self.registry, state, index)
+                if found is not None:
+                    figures[rollout_id, index] = found
+            self.rollouts.tick(now, figures)
 
     def command(self, rollout_id: int, verb: str, reason: str = "operator abort") -> RolloutState:
         """pause, resume, approve or abort a rollout."""
-        now = time.time()
         with self._lock:
-            state = self._plans.get(rollout_id)
-            if state is None:
-                raise RolloutError(f"rollout {rollout_id} is not running")
-            step = {
-                "pause": lambda: state.pause(now),
-                "resume": lambda: state.resume(now),
-                "approve": lambda: state.approve(now),
-                "abort": lambda: state.abort(reason, now),
-            }[verb]()
-            self._apply(rollout_id, step)
-            return step.state
+            return self.rollouts.command(rollout_id, verb, reason, time.time())
 
     def plan(self, rollout_id: int) -> RolloutState | None:
         """The live planner state of a rollout still followed (None once finished and settled)."""
         with self._lock:
-            return self._plans.get(rollout_id)
-
-    def _wave_telemetry(self, rollout_id: int, state: RolloutState) -> Mapping[int, WaveTelemetry]:
-        """Each started wave's telemetry, computed only for the waves the planner asks about.
-
-        The planner reads it only when a wave's quality gate decides, so most
-        ticks cost no telemetry query at all.
-        """
-        return _LazyWaveTelemetry(
-            self.registry, rollout_id, state.spec.bundle, state.spec.previous_bundle
-        )
-
-    def _apply(self, rollout_id: int, step: Step, *, save: bool = True) -> None:
-        """Record the step's events, execute its actions, keep its state; save it now or with the batch.
-
-        With ``save=False`` (device reports) the plan is saved once at the end
-        of the batch of reports (:meth:`_save_dirty`), in the same transaction.
-        """
-        state = step.state
-        for event in step.events:
-            data: dict[str, Any] = {}
-            if event.wave is not None:
-                data["wave"] = event.wave
-            if event.device_ids:
-                data["devices"] = list(event.device_ids)
-            if event.verdict is not None:
-                data["verdict"] = event.verdict.model_dump(mode="json")
-            self.registry.add_timeline(
-                event.kind.value,
-                event.message,
-                rollout_id=rollout_id,
-                device_id=event.device_ids[0] if len(event.device_ids) == 1 else None,
-                data=data or None,
-                at=event.at,
-            )
-        if step.actions:
-            self._execute(step.actions)
-        if _followed(state):
-            self._plans[rollout_id] = state
-        else:
-            self._plans.pop(rollout_id, None)
-        self._dirty[rollout_id] = state
-        if save:
-            self._save_dirty()
-
-    def _save_dirty(self) -> None:
-        """Persist every plan changed since the last save, and mirror its waves into the registry."""
-        dirty, self._dirty = self._dirty, {}
-        for rollout_id, state in dirty.items():
-            with self.registry.batch():  # readers see the plan's status and its waves together
-                self.registry.save_rollout_plan(
-                    rollout_id,
-                    state.model_dump(mode="json"),
-                    state.status.value,
-                    state.reason or None,
-                )
-                self._sync_waves(rollout_id, state)
-            if not _followed(state):
-                self._synced.pop(rollout_id, None)
-                self._synced_waves.pop(rollout_id, None)
-
-    def _sync_waves(self, rollout_id: int, state: RolloutState) -> None:
-        """Mirror the planner's waves and device statuses into the registry (changes only)."""
-        waves = self._synced_waves.get(rollout_id)
-        if waves is None or len(waves) < sum(1 for w in state.waves if w.devices):
-            waves = {w.index: (w.id, w.status) for w in self.registry.waves(rollout_id)}
-        for index, wave in enumerate(state.waves):
-            if index not in waves and wave.devices:
-                created = self.registry.create_wave(rollout_id, index, wave.devices)
-                waves[index] = (created.id, created.status)
-            stored = waves.get(index)
-            desired = _WAVE_STATUS.get(wave.status.value)
-            if stored is not None and desired is not None and desired != stored[1]:
-                if stored[1] == "pending" and desired != "running":
-                    self.registry.update_wave_status(stored[0], "running")
-                self.registry.update_wave_status(stored[0], desired)  # type: ignore[arg-type]
-                waves[index] = (stored[0], desired)
-        self._synced_waves[rollout_id] = waves
-        synced = self._synced.setdefault(rollout_id, {})
-        changes: dict[str, tuple[WaveDeviceStatus, str | None]] = {}
-        for device_id, progress in state.devices.items():
-            status = _DEVICE_STATUS[progress.status.value]
-            if synced.get(device_id) != status:
-                changes[device_id] = (status, progress.reason or None)
-        self.registry.set_wave_device_statuses(rollout_id, changes)
-        for device_id, (status, _) in changes.items():
-            synced[device_id] = status
+            return self.rollouts.plan(rollout_id)
 
     def _execute(self, actions: Sequence[Action]) -> None:
         signers = self.keys.role("assignments")
@@ -575,22 +436,6 @@ class FleetServer:
             self.publisher.reset()
         self.publisher.publish()
         self._last_publish = time.time()
-
-
-def _followed(state: RolloutState) -> bool:
-    """Whether device reports still change the rollout: while it runs; after a rollback until
-    every rolled-back device is off the new bundle; after it completed, until the devices
-    that were sent it but had not answered (offline, late) have."""
-    if not state.finished:
-        return True
-    if state.status is RolloutStatus.ROLLED_BACK:
-        return state.rollback_completed_at is None
-    if state.status is RolloutStatus.COMPLETED:
-        return any(p.status in _UNANSWERED for p in state.devices.values())
-    return False
-
-
-_UNANSWERED = frozenset({DeviceStatus.SENT, DeviceStatus.IN_PROGRESS, DeviceStatus.TIMED_OUT})
 
 
 def _decode(raw: bytes) -> Any:
@@ -627,54 +472,21 @@ def _newest_states(batch: list[_Inbound]) -> list[_Inbound]:
     ]
 
 
-class _LazyWaveTelemetry(Mapping[int, WaveTelemetry]):
-    """Wave index -> :class:`WaveTelemetry`, aggregated from the registry on first access."""
-
-    def __init__(
-        self, registry: Registry, rollout_id: int, bundle: str, previous: str | None
-    ) -> None:
-        self._registry = registry
-        self._rollout_id = rollout_id
-        self._bundle = bundle
-        self._previous = previous
-        self._waves: dict[int, WaveInfo] | None = None
-        self._figures: dict[int, WaveTelemetry | None] = {}
-
-    def _started(self) -> dict[int, WaveInfo]:
-        if self._waves is None:
-            self._waves = {
-                w.index: w
-                for w in self._registry.waves(self._rollout_id)
-                if w.started_at is not None
-            }
-        return self._waves
-
-    def __getitem__(self, index: int) -> WaveTelemetry:
-        if index not in self._figures:
-            wave = self._started().get(index)
-            figures = None
-            if wave is not None and wave.started_at is not None:
-                # each side counts only what its own bundle served
-                new = self._registry.wave_telemetry(wave.id, bundle=self._bundle).overall
-                before = self._registry.aggregate_telemetry(
-                    wave.device_ids, until=wave.started_at, bundle=self._previous
-                ).overall
-                if new is not None:
-                    figures = WaveTelemetry(
-                        new=quality_figures(new),
-                        previous=quality_figures(before) if before is not None else None,
-                    )
-            self._figures[index] = figures
-        found = self._figures[index]
-        if found is None:
-            raise KeyError(index)
-        return found
-
-    def __iter__(self) -> Iterator[int]:
-        return (i for i in self._started() if i in self)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __bool__(self) -> bool:
-        return True  # do not aggregate anything just to be tested for emptiness
+def wave_telemetry(registry: Registry, state: RolloutState, index: int) -> WaveTelemetry | None:
+    """Wave ``index``'s figures on the new bundle since it started, and its devices' figures
+    on the previous bundle before that (each side counts only what its own bundle served);
+    None before the wave started or while its devices sent no telemetry on the new bundle."""
+    wave = state.waves[index]
+    if wave.started_at is None:
+        return None
+    bundle, previous = state.spec.bundle, state.spec.previous_bundle
+    new = registry.aggregate_telemetry(wave.devices, since=wave.started_at, bundle=bundle).overall
+    if new is None:
+        return None
+    before = registry.aggregate_telemetry(
+        wave.devices, until=wave.started_at, bundle=previous
+    ).overall
+    return WaveTelemetry(
+        new=quality_figures(new),
+        previous=quality_figures(before) if before is not None else None,
+    )

@@ -28,20 +28,13 @@ from edge_runtime.atomic import atomic_write_bytes, atomic_write_text
 from edge_runtime.config import parse_config
 from edgefleet.commands._console import make_console
 from fleet_server.errors import FleetError
+from fleet_server.statuses import DeviceStatus
 
 __all__ = ["fleet"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _TIMEOUT_S = 30.0
-_STATUS_ORDER = (
-    "pending",
-    "sent",
-    "downloading",
-    "committed",
-    "rolled-back",
-    "timed-out",
-    "failed",
-)
+_STATUS_ORDER = tuple(status.value for status in DeviceStatus)
 
 
 class FleetApiError(FleetError):

@@ -34,15 +34,15 @@ from edgefleet.demo.predictions import PredictionLog
 from edgefleet.demo.report import RolloutOutcome, print_summary, write_reports
 from edgefleet.demo.settings import Scale, scale_for
 from edgefleet.demo.view import FleetView
-from fleet_server.records import TERMINAL_ROLLOUT_STATUSES, TargetSelector
+from fleet_server.records import TargetSelector
 from fleet_server.rollout_spec import WaveSpec
+from fleet_server.statuses import TERMINAL_ROLLOUT_STATUSES, WORKING_PHASES
 
 __all__ = ["DemoError", "DemoOptions", "run_demo"]
 
 log = logging.getLogger(__name__)
 
 _REFRESH_S = 0.25
-_IN_PROGRESS = {"downloading", "verifying", "staged", "smoke-testing", "activating", "probation"}
 
 
 class DemoError(Exception):
@@ -424,7 +424,7 @@ class _Run:
             view,
             lambda: (
                 all(
-                    d.active_bundle == settled and (d.phase or "idle") not in _IN_PROGRESS
+                    d.active_bundle == settled and (d.phase or "idle") not in WORKING_PHASES
                     for d in fleet_state().values()
                 )
                 and all(log_.version == self.sha_to_version[settled] for log_ in self.logs.values())

@@ -18,11 +18,13 @@ __all__ = ["FleetView"]
 
 _STATUS_STYLE = {
     "completed": "green",
-    "succeeded": "green",
+    "passed": "green",
+    "skipped": "dim",
     "committed": "green",
     "running": "yellow",
     "sent": "yellow",
-    "downloading": "yellow",
+    "in-progress": "yellow",
+    "watching": "yellow",
     "pending": "dim",
     "failed": "red",
     "aborted": "red",

@@ -87,7 +87,7 @@ def test_fast_demo_rolls_v2_out_and_stops_the_bad_v3(tmp_path: Path) -> None:
         assert rollouts["2.0.0"].status == "completed"
         v2_waves = registry.waves(rollouts["2.0.0"].id)
         assert [len(w.device_ids) for w in v2_waves] == [1, 2, 2]  # a canary, then waves
-        assert all(w.status == "succeeded" for w in v2_waves)
+        assert all(w.status == "passed" for w in v2_waves)
         v2_devices = registry.wave_devices(rollouts["2.0.0"].id)
         assert {d.device_id: d.status for d in v2_devices} == dict.fromkeys(cameras, "committed")
 
@@ -96,7 +96,7 @@ def test_fast_demo_rolls_v2_out_and_stops_the_bad_v3(tmp_path: Path) -> None:
         assert bad.previous_sha256 == v2.sha256
         bad_waves = registry.waves(bad.id)
         assert bad_waves[0].status == "failed"
-        assert all(w.status != "succeeded" for w in bad_waves[1:])  # the rest never started
+        assert all(w.started_at is None for w in bad_waves[1:])  # the rest never started
         canary = bad_waves[0].device_ids
         assert len(canary) == 1
         refusals = [

@@ -23,9 +23,12 @@ from fleet_server.errors import (
     RegistryStorageError,
     RolloutError,
 )
-from fleet_server.quality_gate import QualityFigures
+from fleet_server.quality_gate import QualityFigures, WaveTelemetry
 from fleet_server.records import TargetSelector
 from fleet_server.registry import Registry, TelemetryRetention, TimelineRetention
+from fleet_server.rollout_plan import RolloutState, Step
+from fleet_server.rollout_spec import RolloutSpec, TargetDevice, WaveSpec
+from fleet_server.statuses import DeviceStatus, RolloutStatus, WaveStatus
 from fleet_server.telemetry import LATENCY_SERIES, quality_figures
 from tests.models import LABELS
 
@@ -137,9 +140,15 @@ def snapshot(
                 "edgefleet_inference_errors_total": errors,
                 "edgefleet_predictions_uncertain_total": 0.0,
             },
-            "gauges": {"edgefleet_fps": fps},
-            "histograms": {
-                LATENCY_SERIES: {"count": frames, "sum": 1.0, "p50": 5.0, "p95": p95, "p99": None}
+            "gauges": {"edgefleet_predictions_per_second": fps},
+            "histograms": {  # the device reports seconds; ``p95`` here is in milliseconds
+                LATENCY_SERIES: {
+                    "count": frames,
+                    "sum": 1.0,
+                    "p50": 0.005,
+                    "p95": None if p95 is None else p95 / 1e3,
+                    "p99": None,
+                }
             },
         },
         "info": {},
@@ -323,12 +332,11 @@ def test_events_reach_the_timeline_once_and_belong_to_their_rollout(
     old, new = (registry.import_bundle(b).sha256 for b in bundles[:2])
     registry.provision_device("cam-1", ["line-a"])
     registry.provision_device("cam-2", ["line-a"])
-    rollout = registry.create_rollout(new, TargetSelector.tags(["line-a"]), previous_sha256=old)
-    registry.create_wave(rollout.id, 0, ["cam-1"])
+    rollout_id, _ = _start(registry, new, old, [("cam-1",)], clock.now)
 
     first = registry.record_event("cam-1", event("cam-1", new, "probation", "committed", 5.0))
     assert first is not None
-    assert (first.rollout_id, first.device_id, first.kind) == (rollout.id, "cam-1", "device-event")
+    assert (first.rollout_id, first.device_id, first.kind) == (rollout_id, "cam-1", "device-event")
     assert first.message.startswith("probation -> committed (bundle ")
     assert first.data is not None and first.data["from"] == "probation"
     assert (
@@ -339,7 +347,7 @@ def test_events_reach_the_timeline_once_and_belong_to_their_rollout(
     rolled_back = registry.record_event(
         "cam-1", event("cam-1", old, "activating", "rolled-back", 6.0, reason="latency over budget")
     )
-    assert rolled_back is not None and rolled_back.rollout_id == rollout.id
+    assert rolled_back is not None and rolled_back.rollout_id == rollout_id
     assert rolled_back.message.endswith(": latency over budget")
     outside = registry.record_event("cam-2", event("cam-2", new, "idle", "downloading", 7.0))
     assert outside is not None and outside.rollout_id is None  # cam-2 is in no wave
@@ -350,10 +358,15 @@ def test_events_reach_the_timeline_once_and_belong_to_their_rollout(
     with pytest.raises(MalformedReportError, match="a transition needs bundle"):
         registry.record_event("cam-2", {"protocol": 1, "to": "idle", "at": 9.0})
 
-    in_rollout = registry.timeline(rollout_id=rollout.id)
+    in_rollout = registry.timeline(rollout_id=rollout_id)
     assert [item.kind for item in in_rollout] == [
         "rollout-created",
         "wave-created",
+        "wave-status",
+        "rollout-status",
+        "device-status",
+        "started",
+        "wave-started",
         "device-event",
         "device-event",
     ]
@@ -366,8 +379,8 @@ def test_events_reach_the_timeline_once_and_belong_to_their_rollout(
     assert registry.timeline(limit=2) == everything[-2:]
     page = registry.timeline(limit=3, after_id=everything[1].id)
     assert page == everything[2:5]
-    note = registry.add_timeline("operator-note", "paused for lunch", rollout_id=rollout.id)
-    assert registry.timeline(rollout_id=rollout.id)[-1] == note
+    note = registry.add_timeline("operator-note", "paused for lunch", rollout_id=rollout_id)
+    assert registry.timeline(rollout_id=rollout_id)[-1] == note
     with pytest.raises(RegistryError, match="unknown rollout 999"):
         registry.add_timeline("operator-note", "x", rollout_id=999)
     with pytest.raises(RegistryError, match="limit must be"):
@@ -469,13 +482,11 @@ def test_telemetry_is_aggregated_per_device_and_per_wave(
     lone = registry.aggregate_telemetry(["cam-1"], until=t0 - 1).devices["cam-1"]
     assert (lone.predictions, lone.predictions_per_s) == (1000, 5.0)
 
-    # per wave: the wave's devices since the wave started
+    # per wave: the wave's devices since the planner started it
     sha = registry.import_bundle(bundles[0]).sha256
-    rollout = registry.create_rollout(sha, TargetSelector.devices(["cam-1", "cam-2"]))
-    wave = registry.create_wave(rollout.id, 0, ["cam-2"])
-    clock.now = t0 + 12
-    registry.update_wave_status(wave.id, "running")
-    per_wave = registry.wave_telemetry(wave.id)
+    _, started = _start(registry, sha, None, [("cam-2",)], t0 + 12)
+    wave = started.waves[0]
+    per_wave = registry.aggregate_telemetry(wave.devices, since=wave.started_at)
     assert per_wave.since == t0 + 12
     assert list(per_wave.devices) == ["cam-2"]
     assert per_wave.devices["cam-2"].predictions == 100 + 40
@@ -515,109 +526,162 @@ def test_assignments_only_move_forward(registry: Registry, bundles: list[Bundle]
 # --- rollouts -------------------------------------------------------------------------
 
 
-def _rollout_in_progress(registry: Registry, bundles: list[Bundle]) -> tuple[int, list[int]]:
-    """A rollout of 1.1.0 over 1.0.0: wave 0 (cam-1) done, wave 1 (cam-2..4) under way."""
+HEALTHY = QualityFigures(
+    predictions=1000, errors=0, latency_p95_ms=20.0, mean_confidence=0.8, class_counts={"a": 600}
+)
+
+
+def _start(
+    registry: Registry, new: str, old: str | None, waves: list[tuple[str, ...]], now: float
+) -> tuple[int, RolloutState]:
+    """A started rollout of ``new`` whose waves are exactly ``waves``, saved as the server does."""
+    devices = tuple(TargetDevice(device_id=d) for wave in waves for d in wave)
+    spec = RolloutSpec(
+        bundle=new,
+        previous_bundle=old,
+        devices=devices,
+        waves=tuple(WaveSpec(devices=wave) for wave in waves),
+    )
+    target = TargetSelector.devices([d.device_id for d in devices])
+    rollout = registry.create_rollout(new, target, previous_sha256=old)
+    step = RolloutState.create(spec, now).start(now)
+    registry.save_rollout(rollout.id, step.state, events=step.events)
+    return rollout.id, step.state
+
+
+def _rollout_in_progress(
+    registry: Registry, bundles: list[Bundle], now: float
+) -> tuple[int, RolloutState]:
+    """A rollout of 1.1.0 over 1.0.0 driven by the real planner, saved after every step:
+    wave 1 (cam-1) passed, wave 2 (cam-2..4) under way; cam-5 is in no wave."""
     old, new = (registry.import_bundle(b).sha256 for b in bundles[:2])
     for i in range(1, 6):
         registry.provision_device(f"cam-{i}", ["line-a"])
-    settings = {"waves": [{"count": 1}, {"percent": 100}], "seed": 3}
-    rollout = registry.create_rollout(
-        new, TargetSelector.tags(["line-a"]), settings, previous_sha256=old
+    spec = RolloutSpec(
+        bundle=new,
+        previous_bundle=old,
+        devices=tuple(TargetDevice(device_id=f"cam-{i}", tags=("line-a",)) for i in range(1, 5)),
+        waves=(
+            WaveSpec(devices=("cam-1",), health_window_s=0),
+            WaveSpec(devices=("cam-2", "cam-3", "cam-4"), success_threshold=0.5),
+        ),
     )
-    canary = registry.create_wave(rollout.id, 0, ["cam-1"], {"success_threshold": 1.0})
-    rest = registry.create_wave(rollout.id, 1, ["cam-4", "cam-2", "cam-3", "cam-2"])
-    registry.update_rollout_status(rollout.id, "running")
-    registry.update_wave_status(canary.id, "running")
-    registry.set_wave_device_status(rollout.id, "cam-1", "sent")
-    registry.set_wave_device_status(rollout.id, "cam-1", "committed")
-    registry.update_wave_status(canary.id, "succeeded")
-    registry.update_wave_status(rest.id, "running")
-    registry.set_wave_device_status(rollout.id, "cam-2", "committed")
-    registry.set_wave_device_status(rollout.id, "cam-3", "downloading")
-    registry.set_wave_device_status(rollout.id, "cam-4", "failed", "smoke test: golden vector 1")
-    return rollout.id, [canary.id, rest.id]
+    rollout = registry.create_rollout(
+        new, TargetSelector.tags(["line-a"]), {"seed": 3}, previous_sha256=old
+    )
+    saved: RolloutState | None = None
+
+    def save(step: Step) -> RolloutState:
+        nonlocal saved
+        registry.save_rollout(rollout.id, step.state, before=saved, events=step.events)
+        saved = step.state
+        return step.state
+
+    state = save(RolloutState.create(spec, now).start(now))
+    state = save(state.device_report("cam-1", "committed", new, "", now))
+    state = save(state.tick(now, {0: WaveTelemetry(new=HEALTHY)}))
+    state = save(state.device_report("cam-2", "committed", new, "", now))
+    state = save(state.device_report("cam-3", "downloading", None, "", now, target_sha=new))
+    state = save(
+        state.device_report(
+            "cam-4", "rolled-back", old, "smoke test: golden vector 1", now, target_sha=new
+        )
+    )
+    return rollout.id, state
 
 
-def test_rollout_state_round_trips(
+def test_the_tables_project_the_planner_state(
     registry: Registry, bundles: list[Bundle], clock: FakeClock
 ) -> None:
-    rollout_id, (canary_id, rest_id) = _rollout_in_progress(registry, bundles)
+    rollout_id, state = _rollout_in_progress(registry, bundles, clock.now)
+    assert registry.rollout_state(rollout_id) == state
     rollout = registry.rollout(rollout_id)
-    assert rollout.status == "running"
+    assert rollout.status == "running" and rollout.status is RolloutStatus.RUNNING
     assert rollout.target == TargetSelector.tags(["line-a"])
-    assert rollout.settings == {"waves": [{"count": 1}, {"percent": 100}], "seed": 3}
+    assert rollout.settings == {"seed": 3}
     assert rollout.previous_sha256 == bundles[0].sha256
 
     waves = registry.waves(rollout_id)
     assert [(w.index, w.status, w.device_ids) for w in waves] == [
-        (0, "succeeded", ("cam-1",)),
-        (1, "running", ("cam-2", "cam-3", "cam-4")),
+        (0, WaveStatus.PASSED, ("cam-1",)),
+        (1, WaveStatus.RUNNING, ("cam-2", "cam-3", "cam-4")),
     ]
-    assert waves[0].settings == {"success_threshold": 1.0}
-    assert waves[0].started_at == clock.now and waves[0].finished_at == clock.now
+    assert waves[0].started_at == waves[0].finished_at == clock.now
     assert waves[1].finished_at is None
     statuses = {
         d.device_id: (d.wave_index, d.status, d.reason) for d in registry.wave_devices(rollout_id)
     }
+    reason = state.devices["cam-4"].reason
+    assert "golden vector 1" in reason
     assert statuses == {
-        "cam-1": (0, "committed", None),
-        "cam-2": (1, "committed", None),
-        "cam-3": (1, "downloading", None),
-        "cam-4": (1, "failed", "smoke test: golden vector 1"),
+        "cam-1": (0, DeviceStatus.COMMITTED, None),
+        "cam-2": (1, DeviceStatus.COMMITTED, None),
+        "cam-3": (1, DeviceStatus.IN_PROGRESS, None),
+        "cam-4": (1, DeviceStatus.FAILED, reason),
     }
+    canary_id = waves[0].id
     assert [d.device_id for d in registry.wave_devices(rollout_id, wave_id=canary_id)] == ["cam-1"]
+    kinds = [item.kind for item in registry.timeline(rollout_id=rollout_id, limit=1000)]
+    assert kinds[:5] == [
+        "rollout-created",
+        "wave-created",
+        "wave-status",
+        "wave-created",
+        "rollout-status",
+    ]
+    assert {"started", "wave-started", "device-committed", "wave-passed", "device-failed"} <= set(
+        kinds
+    )
+    assert kinds.count("device-status") == 8  # each of cam-1..4: sent, then its outcome
 
-    # late steps never undo an outcome; another outcome or force does
-    assert not registry.set_wave_device_status(rollout_id, "cam-2", "downloading")
-    assert not registry.set_wave_device_status(rollout_id, "cam-2", "committed")
-    assert registry.set_wave_device_status(rollout_id, "cam-4", "sent", force=True)
-    assert registry.set_wave_device_status(rollout_id, "cam-3", "timed-out", "no report in 3600 s")
-    assert registry.set_wave_device_status(rollout_id, "cam-3", "committed")
-    with pytest.raises(RegistryError, match="'cam-5' is not in any wave of rollout"):
-        registry.set_wave_device_status(rollout_id, "cam-5", "sent")
-    with pytest.raises(RegistryError, match="device status 'done'"):
-        registry.set_wave_device_status(rollout_id, "cam-3", "done")  # type: ignore[arg-type]
-    with pytest.raises(RolloutError, match="already covers devices \\['cam-1'\\]"):
-        registry.create_wave(rollout_id, 2, ["cam-1", "cam-5"])
-    with pytest.raises(RolloutError, match="already has a wave 2"):
-        registry.create_wave(rollout_id, 1, ["cam-5"])
-    with pytest.raises(RolloutError, match=r"wave 1 of rollout \d+ is succeeded"):
-        registry.update_wave_status(canary_id, "running")
-    with pytest.raises(RegistryError, match="unknown device 'cam-9'"):
-        registry.create_wave(rollout_id, 2, ["cam-9"])
+    # saving the same state again writes nothing; compared with the rows it repairs them
+    entries = len(registry.timeline(rollout_id=rollout_id, limit=1000))
+    registry.save_rollout(rollout_id, state, before=state)
+    registry.save_rollout(rollout_id, state)
+    assert len(registry.timeline(rollout_id=rollout_id, limit=1000)) == entries
+    with registry.batch(), registry._transaction(write=True) as session:
+        session.execute(
+            update(db.WaveDevice).where(db.WaveDevice.device_id == "cam-2").values(status="pending")
+        )
+    registry.save_rollout(rollout_id, state, before=state)  # the diff sees no change
+    assert {d.device_id: d.status for d in registry.wave_devices(rollout_id)}["cam-2"] == "pending"
+    registry.save_rollout(rollout_id, state)  # without ``before`` the rows are compared
+    assert {d.device_id: d.status for d in registry.wave_devices(rollout_id)}[
+        "cam-2"
+    ] == "committed"
 
-    registry.update_rollout_status(rollout_id, "paused", reason="operator")
-    assert [r.id for r in registry.rollouts("paused")] == [rollout_id]
-    assert registry.rollouts(["running", "pending"]) == []
-    registry.update_rollout_status(rollout_id, "rolled-back", reason="wave 2 failed its gate")
+    # a finished rollout's status never changes, whatever an older state says
+    aborted = state.abort("wave 2 looks wrong", clock.now)
+    registry.save_rollout(rollout_id, aborted.state, before=state, events=aborted.events)
     done = registry.rollout(rollout_id)
-    assert (done.status, done.reason) == ("rolled-back", "wave 2 failed its gate")
-    with pytest.raises(RolloutError, match="is rolled-back; it cannot become running"):
-        registry.update_rollout_status(rollout_id, "running")
-    with pytest.raises(RolloutError, match="takes no new wave"):
-        registry.create_wave(rollout_id, 2, ["cam-5"])
+    assert (done.status, done.reason) == ("rolled-back", aborted.state.reason)
+    registry.save_rollout(rollout_id, state, before=aborted.state)
+    assert registry.rollout(rollout_id).status == "rolled-back"
+    assert [r.id for r in registry.rollouts("rolled-back")] == [rollout_id]
+    assert registry.rollouts(["running", RolloutStatus.PENDING]) == []
+    assert registry.rollouts_with_devices(["rolled-back"], ["committed"]) == [rollout_id]
+
     with pytest.raises(RegistryError, match="rollout status 'finished'"):
         registry.rollouts("finished")
+    with pytest.raises(RegistryError, match="device status 'done'"):
+        registry.rollouts_with_devices(["running"], ["done"])
     with pytest.raises(RegistryError, match="unknown rollout 42"):
         registry.rollout(42)
+    with pytest.raises(RegistryError, match="unknown rollout 42"):
+        registry.save_rollout(42, state)
     with pytest.raises(RegistryError, match="unknown bundle"):
         registry.create_rollout("d" * 64, TargetSelector.everything())
     with pytest.raises(RolloutError, match="cannot roll back to itself"):
         registry.create_rollout(
             bundles[0].sha256, TargetSelector.everything(), previous_sha256=bundles[0].sha256
         )
-    kinds = [item.kind for item in registry.timeline(rollout_id=rollout_id, limit=1000)]
-    assert kinds[:3] == ["rollout-created", "wave-created", "wave-created"]
-    assert kinds.count("rollout-status") == 3
-    assert kinds.count("device-status") == 8
-    assert rest_id in [w.id for w in registry.waves(rollout_id)]
 
 
 def test_a_restarted_server_sees_everything_it_stored(
     open_registry: Callable[..., Registry], bundles: list[Bundle], clock: FakeClock
 ) -> None:
     before = open_registry()
-    rollout_id, _ = _rollout_in_progress(before, bundles)
+    rollout_id, plan = _rollout_in_progress(before, bundles, clock.now)
     before.set_assignment("devices", "cam-1", bundles[1].sha256, 4)
     before.record_state("cam-2", state("cam-2", "committed", 50.0, sequence=9, epoch="ab"))
     before.record_telemetry("cam-2", snapshot(10), at=clock.now)
@@ -630,6 +694,7 @@ def test_a_restarted_server_sees_everything_it_stored(
         before.wave_devices(rollout_id),
         before.timeline(limit=1000),
         before.telemetry("cam-2"),
+        before.rollout_state(rollout_id),
     )
     before.close()
 
@@ -643,6 +708,7 @@ def test_a_restarted_server_sees_everything_it_stored(
         after.wave_devices(rollout_id),
         after.timeline(limit=1000),
         after.telemetry("cam-2"),
+        after.rollout_state(rollout_id),
     ) == expected
     # what a resuming rollout asks: who still needs the bundle, who must not get it again
     pending = [
@@ -653,9 +719,9 @@ def test_a_restarted_server_sees_everything_it_stored(
     assert pending == ["cam-3"]
     late = state("cam-2", "downloading", 49.0, sequence=8, epoch="ab")
     assert not after.record_state("cam-2", late)
-    assert after.set_wave_device_status(rollout_id, "cam-3", "committed")
-    after.update_rollout_status(rollout_id, "completed")
-    assert after.rollout(rollout_id).status == "completed"
+    step = plan.device_report("cam-3", "committed", bundles[1].sha256, "", clock.now)
+    after.save_rollout(rollout_id, step.state, events=step.events)
+    assert {d.device_id: d.status for d in after.wave_devices(rollout_id)}["cam-3"] == "committed"
 
 
 def test_a_device_clock_that_jumps_never_freezes_its_row(
@@ -714,7 +780,7 @@ def test_a_schema_v1_database_is_migrated_in_place(
     assert migrated.record_state("cam-1", state("cam-1", "idle", 11.0, sequence=1, epoch="e"))
     engine = db.make_engine(database_url)
     with engine.connect() as connection:
-        assert connection.execute(select(db.SchemaInfo.version)).scalar() == db.SCHEMA_VERSION == 2
+        assert connection.execute(select(db.SchemaInfo.version)).scalar() == db.SCHEMA_VERSION == 3
     engine.dispose()
 
 
@@ -735,7 +801,9 @@ def test_concurrent_writers_do_not_lock_each_other_out(
 ) -> None:
     """Two server threads with their own engines (as two processes would) write at once."""
     first, second = open_registry(), open_registry()
-    rollout_id, _ = _rollout_in_progress(first, bundles)
+    rollout_id, plan = _rollout_in_progress(first, bundles, 1000.0)
+    new = bundles[1].sha256
+    later = plan.device_report("cam-3", "committed", new, "", 1000.0).state
     rounds = 60
     errors: list[BaseException] = []
     barrier = threading.Barrier(2)
@@ -748,9 +816,7 @@ def test_concurrent_writers_do_not_lock_each_other_out(
                 registry.record_state(name, state(name, "downloading", float(i)))
                 registry.record_state("cam-3", state("cam-3", "downloading", float(i)))
                 registry.record_event(name, event(name, "b" * 64, "idle", "downloading", float(i)))
-                registry.set_wave_device_status(
-                    rollout_id, "cam-3", "downloading" if i % 2 else "sent", force=True
-                )
+                registry.save_rollout(rollout_id, later if i % 2 else plan)
                 registry.add_timeline("note", f"{name} {i}", rollout_id=rollout_id)
         except BaseException as exc:  # reported to the main thread below
             errors.append(exc)
@@ -799,32 +865,6 @@ def test_plain_postgresql_urls_use_psycopg_3() -> None:
     engine.dispose()
 
 
-def test_many_device_statuses_in_one_call_follow_the_same_rules(
-    registry: Registry, bundles: list[Bundle]
-) -> None:
-    rollout_id, _ = _rollout_in_progress(registry, bundles)
-    before = len(registry.timeline(rollout_id=rollout_id, limit=1000))
-    changed = registry.set_wave_device_statuses(
-        rollout_id,
-        {
-            "cam-2": ("downloading", None),  # late: cam-2 already committed
-            "cam-3": ("committed", None),
-            "cam-4": ("rolled-back", "rolled back to 1.0.0"),  # one outcome replaces another
-            "cam-1": ("committed", None),  # no change
-        },
-    )
-    assert sorted(changed) == ["cam-3", "cam-4"]
-    statuses = {d.device_id: (d.status, d.reason) for d in registry.wave_devices(rollout_id)}
-    assert statuses["cam-2"] == ("committed", None)
-    assert statuses["cam-3"] == ("committed", None)
-    assert statuses["cam-4"] == ("rolled-back", "rolled back to 1.0.0")
-    entries = registry.timeline(rollout_id=rollout_id, limit=1000)
-    assert len(entries) == before + 2
-    assert registry.set_wave_device_statuses(rollout_id, {}) == []
-    with pytest.raises(RegistryError, match="'cam-5' is not in any wave"):
-        registry.set_wave_device_statuses(rollout_id, {"cam-5": ("sent", None)})
-
-
 def test_telemetry_of_one_bundle_leaves_out_what_another_served(
     registry: Registry, clock: FakeClock
 ) -> None:
@@ -848,10 +888,10 @@ def test_telemetry_of_one_bundle_leaves_out_what_another_served(
 def test_rollouts_still_waiting_for_devices_are_found_in_one_query(
     registry: Registry, bundles: list[Bundle]
 ) -> None:
-    rollout_id, _ = _rollout_in_progress(registry, bundles)  # cam-3 downloading, cam-4 failed
-    assert registry.rollouts_with_devices(["running"], ["downloading"]) == [rollout_id]
+    rollout_id, _ = _rollout_in_progress(registry, bundles, 1000.0)  # cam-3 in progress
+    assert registry.rollouts_with_devices(["running"], ["in-progress"]) == [rollout_id]
     assert registry.rollouts_with_devices(["running"], ["timed-out"]) == []
-    assert registry.rollouts_with_devices(["completed"], ["downloading"]) == []
+    assert registry.rollouts_with_devices(["completed"], ["in-progress"]) == []
     with pytest.raises(RegistryError):
         registry.rollouts_with_devices(["exploded"], ["sent"])
 

@@ -1,11 +1,12 @@
 """Registry internals: argument checks, row lookups that name what is missing, rows to records.
 
-Private to :mod:`fleet_server.registry`; nothing here opens a transaction.
+Private to the :mod:`fleet_server.registry` package; nothing here opens a transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from enum import Enum
 from typing import Any, cast
 
 from sqlalchemy.orm import Session, lazyload
@@ -21,15 +22,13 @@ from fleet_server.records import (
     DeviceInfo,
     DeviceOrigin,
     RolloutInfo,
-    RolloutStatus,
     TargetSelector,
     TimelineItem,
     WaveDeviceInfo,
-    WaveDeviceStatus,
     WaveInfo,
-    WaveStatus,
     check_name,
 )
+from fleet_server.statuses import DeviceStatus, RolloutStatus, WaveStatus
 
 __all__ = [
     "assignment_info",
@@ -83,9 +82,10 @@ def check_tags(tags: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted({checked_name(tag, "tag") for tag in tags}))
 
 
-def check_status(value: str, allowed: tuple[str, ...], what: str) -> None:
-    if value not in allowed:
-        raise RegistryError(f"{what} status {value!r} is not one of {', '.join(allowed)}")
+def check_status(value: str, allowed: type[Enum], what: str) -> None:
+    if value not in {member.value for member in allowed}:
+        names = ", ".join(member.value for member in allowed)
+        raise RegistryError(f"{what} status {value!r} is not one of {names}")
 
 
 def get_bundle(session: Session, sha256: str) -> db.Bundle:
@@ -216,7 +216,7 @@ def rollout_info(row: db.Rollout) -> RolloutInfo:
         bundle_sha256=row.bundle_sha256,
         previous_sha256=row.previous_sha256,
         target=TargetSelector.from_json(row.target),
-        status=cast(RolloutStatus, row.status),
+        status=RolloutStatus(row.status),
         reason=row.reason,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -229,7 +229,7 @@ def wave_info(row: db.Wave, device_ids: tuple[str, ...]) -> WaveInfo:
         id=row.id,
         rollout_id=row.rollout_id,
         index=row.index,
-        status=cast(WaveStatus, row.status),
+        status=WaveStatus(row.status),
         started_at=row.started_at,
         finished_at=row.finished_at,
         settings=dict(row.settings),
@@ -243,7 +243,7 @@ def wave_device_info(row: db.WaveDevice, wave_index: int) -> WaveDeviceInfo:
         wave_id=row.wave_id,
         wave_index=wave_index,
         device_id=row.device_id,
-        status=cast(WaveDeviceStatus, row.status),
+        status=DeviceStatus(row.status),
         reason=row.reason,
         updated_at=row.updated_at,
     )

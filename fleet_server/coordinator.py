@@ -1,0 +1,210 @@
+"""The rollout coordinator: every followed rollout's planner state, driven by plain values.
+
+The planner (:mod:`fleet_server.rollout_plan`) decides; the coordinator
+keeps the live :class:`RolloutState` of every rollout still followed, feeds
+it device reports, the clock, operator commands and telemetry figures (plain
+values the caller fetched for :meth:`RolloutCoordinator.due_gates`), hands
+the planner's actions to ``execute`` (the server signs and publishes
+assignments) and saves each new state with its events through
+:meth:`Registry.save_rollout`, the one writer of the rollout tables. It
+knows nothing of MQTT, so it is tested with a registry and a list of actions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+from fleet_server.errors import RolloutError
+from fleet_server.quality_gate import WaveTelemetry
+from fleet_server.registry import Registry
+from fleet_server.rollout_plan import Action, RolloutEvent, RolloutState, Step, recover
+from fleet_server.rollout_spec import RolloutSpec
+from fleet_server.statuses import (
+    LIVE_ROLLOUT_STATUSES,
+    UNANSWERED_DEVICE_STATUSES,
+    DeviceStatus,
+    RolloutStatus,
+)
+
+__all__ = ["GateKey", "RolloutCoordinator", "followed"]
+
+log = logging.getLogger(__name__)
+
+GateKey = tuple[int, int]
+"""(rollout id, wave index): a quality gate that is due."""
+
+Verb = str
+
+
+class RolloutCoordinator:
+    """The followed rollouts' states: inputs in, actions out, every new state saved with its events.
+
+    Not thread-safe: the fleet server calls it under its own lock.
+    """
+
+    def __init__(self, registry: Registry, execute: Callable[[Sequence[Action]], None]) -> None:
+        self.registry = registry
+        self._execute = execute
+        self._plans: dict[int, RolloutState] = {}
+        """Rollouts still followed: device reports (and, while live, the clock) move them."""
+        self._saved: dict[int, RolloutState] = {}
+        """Each rollout's state as its rows last projected it (absent: compare with the rows)."""
+        self._unsaved: dict[int, tuple[RolloutState, list[RolloutEvent]]] = {}
+        """States (and the events that led to them) not saved yet: a batch saves once."""
+        self._written: dict[int, RolloutState] = {}
+        """States saved inside the current batch (its transaction may still fail)."""
+
+    # --- inputs -----------------------------------------------------------------------
+
+    def resume(self, now: float) -> list[int]:
+        """Load every rollout a restarted server must follow and re-issue what may not have gone out.
+
+        Live rollouts, rolled-back ones whose devices are not all off the
+        new bundle, and completed ones with devices that had not answered.
+        """
+        live = [info.id for info in self.registry.rollouts(status=LIVE_ROLLOUT_STATUSES)]
+        waiting = self.registry.rollouts_with_devices(
+            [RolloutStatus.ROLLED_BACK],
+            [DeviceStatus.SENT, DeviceStatus.IN_PROGRESS, DeviceStatus.COMMITTED],
+        ) + self.registry.rollouts_with_devices(
+            [RolloutStatus.COMPLETED], sorted(UNANSWERED_DEVICE_STATUSES)
+        )
+        resumed = []
+        for rollout_id in sorted({*live, *waiting}):
+            state = self.registry.rollout_state(rollout_id)
+            if state is not None and followed(state):
+                self._saved[rollout_id] = state
+                self.apply(rollout_id, recover(state, now))
+                resumed.append(rollout_id)
+        return resumed
+
+    def start(self, spec: RolloutSpec, rollout_id: int, now: float) -> RolloutState:
+        """Begin following a new rollout (its row made by ``Registry.create_rollout``) and start it."""
+        state = RolloutState.create(spec, now)
+        self.apply(rollout_id, state.start(now))
+        return self._plans.get(rollout_id, state)
+
+    def device_reported(
+        self,
+        device_id: str,
+        phase: str,
+        active: str | None,
+        now: float,
+        *,
+        target: str | None = None,
+        reason: str = "",
+    ) -> None:
+        """A device's reported state, to every followed rollout that covers it (saved by :meth:`save`)."""
+        for rollout_id, state in list(self._plans.items()):
+            if device_id in state.devices:
+                step = state.device_report(device_id, phase, active, reason, now, target_sha=target)
+                if step.state is not state or step.events or step.actions:
+                    self.apply(rollout_id, step, save=False)
+
+    def due_gates(self, now: float) -> list[GateKey]:
+        """The quality gates :meth:`tick` at ``now`` would evaluate: fetch their telemetry first."""
+        due = []
+        for rollout_id, state in self._plans.items():
+            index = state.gate_due(now)
+            if index is not None:
+                due.append((rollout_id, index))
+        return due
+
+    def tick(self, now: float, telemetry: Mapping[GateKey, WaveTelemetry] | None = None) -> None:
+        """Let time pass for every followed rollout, with the figures of the gates that are due."""
+        figures = telemetry or {}
+        for rollout_id, state in list(self._plans.items()):
+            mine = {index: t for (rid, index), t in figures.items() if rid == rollout_id}
+            self.apply(rollout_id, state.tick(now, mine))
+
+    def command(self, rollout_id: int, verb: Verb, reason: str, now: float) -> RolloutState:
+        """``pause``, ``resume``, ``approve`` or ``abort`` a followed rollout."""
+        state = self._plans.get(rollout_id)
+        if state is None:
+            raise RolloutError(f"rollout {rollout_id} is not running")
+        commands: dict[str, Callable[[], Step]] = {
+            "pause": lambda: state.pause(now),
+            "resume": lambda: state.resume(now),
+            "approve": lambda: state.approve(now),
+            "abort": lambda: state.abort(reason, now),
+        }
+        if verb not in commands:
+            raise RolloutError(f"unknown rollout command {verb!r}: pause, resume, approve or abort")
+        step = commands[verb]()
+        self.apply(rollout_id, step)
+        return step.state
+
+    # --- state ------------------------------------------------------------------------
+
+    def plan(self, rollout_id: int) -> RolloutState | None:
+        """The live state of a rollout still followed (None once finished and settled)."""
+        return self._plans.get(rollout_id)
+
+    @property
+    def followed(self) -> list[int]:
+        """Ids of the rollouts still followed."""
+        return sorted(self._plans)
+
+    def apply(self, rollout_id: int, step: Step, *, save: bool = True) -> None:
+        """Execute the step's actions, keep its state, save it (now, or with the batch)."""
+        if step.actions:
+            self._execute(step.actions)
+        state = step.state
+        if followed(state):
+            self._plans[rollout_id] = state
+        else:
+            self._plans.pop(rollout_id, None)
+        _, events = self._unsaved.get(rollout_id, (state, []))
+        self._unsaved[rollout_id] = (state, [*events, *step.events])
+        if save:
+            self.save()
+
+    def save(self) -> None:
+        """Save every state changed since the last save, with its events, and project it."""
+        while self._unsaved:
+            rollout_id, (state, events) = next(iter(self._unsaved.items()))
+            self.registry.save_rollout(
+                rollout_id, state, before=self._saved.get(rollout_id), events=events
+            )
+            del self._unsaved[rollout_id]
+            self._written[rollout_id] = state
+            if followed(state):
+                self._saved[rollout_id] = state
+            else:
+                self._saved.pop(rollout_id, None)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Device reports handled in one database transaction; every state saved once, at its end.
+
+        When the transaction fails, what it wrote is gone: every state saved
+        in it (and every live one) is saved again by the next :meth:`save`,
+        compared with the rows rather than with the last save.
+        """
+        self._written = {}
+        try:
+            with self.registry.batch():
+                yield
+                self.save()
+        except BaseException:
+            self._saved.clear()
+            for rollout_id, state in {**self._written, **self._plans}.items():
+                self._unsaved.setdefault(rollout_id, (state, []))
+            raise
+        finally:
+            self._written = {}
+
+
+def followed(state: RolloutState) -> bool:
+    """Whether device reports still change the rollout: while it runs; after a rollback until
+    every rolled-back device is off the new bundle; after it completed, until the devices
+    that were sent it but had not answered (offline, late) have."""
+    if not state.finished:
+        return True
+    if state.status is RolloutStatus.ROLLED_BACK:
+        return state.rollback_completed_at is None
+    if state.status is RolloutStatus.COMPLETED:
+        return any(p.status in UNANSWERED_DEVICE_STATUSES for p in state.devices.values())
+    return False

@@ -1,0 +1,80 @@
+"""The fleet registry: bundles, devices, assignments, rollouts, timeline and telemetry in the database.
+
+Every operation is one short transaction and returns plain frozen records
+(:mod:`fleet_server.records`), so callers never hold database objects or
+sessions. Everything a rollout needs to resume lives here, so a server
+restarted mid-rollout carries on from the database.
+
+The :class:`Registry` is one object made of rooms, one idea each, all on the
+same :class:`~.unit.UnitOfWork` (sessions, transactions, batches)::
+
+    unit.py        sessions, transactions, batch()          <- every room
+    catalogue.py   released bundles, assignments
+    devices.py     provisioning, tags and groups, credentials, pins
+    ingest.py      device reports in (state, events, availability, telemetry)
+    telemetry.py   stored telemetry: retention, history, figures per wave
+    rollouts.py    the planner's state saved, and its projection into tables
+    timeline.py    what happened, in order
+    _rows.py       argument checks, row lookups, rows -> records (no transactions)
+
+Unknown devices, bundles and rollouts are :class:`RegistryError` naming them;
+a rollout asked to move in a way its state forbids is a :class:`RolloutError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fleet_server import db
+from fleet_server.errors import RegistryError
+from fleet_server.registry.catalogue import Catalogue
+from fleet_server.registry.ingest import CLOCK_SKEW_WARN_S, Ingest
+from fleet_server.registry.retention import TelemetryRetention, TimelineRetention
+from fleet_server.registry.rollouts import Rollouts
+from fleet_server.registry.timeline import MAX_TIMELINE_LIMIT, Timeline
+
+__all__ = [
+    "CLOCK_SKEW_WARN_S",
+    "MAX_TIMELINE_LIMIT",
+    "Registry",
+    "TelemetryRetention",
+    "TimelineRetention",
+]
+
+
+class Registry(Catalogue, Ingest, Rollouts, Timeline):
+    """The fleet server's state, over a SQLAlchemy session factory.
+
+    ``clock`` gives Unix time (tests pass a fake one). With ``auto_register``
+    a device that reports before it was provisioned is registered on first
+    contact; without it, its reports are refused as unknown.
+    """
+
+    @classmethod
+    def open(cls, url: str = db.DEFAULT_DATABASE_URL, **options: Any) -> Registry:
+        """A registry on the database at ``url``, its schema created if missing; close it after."""
+        engine = db.make_engine(url)
+        try:
+            db.create_schema(engine)
+        except RegistryError:
+            engine.dispose()
+            raise
+        registry = cls(db.session_factory(engine), **options)
+        registry._engine = engine
+        return registry
+
+    def close(self) -> None:
+        """Release the database connections of a registry made by :meth:`open`."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def prune(self, now: float | None = None) -> int:
+        """Every retention bound at once (what the server runs in the background): rows dropped."""
+        return self.prune_telemetry(now) + self.prune_timeline(now)
