@@ -19,6 +19,7 @@ from edge_runtime.bundle import (
     build_bundle,
     encode_frame,
 )
+from edgefleet.testing.broker import LocalBroker
 from tests.models import LABELS, SIZE, tiny_onnx_model, tiny_tflite_model
 
 pytest_plugins = ["tests.postgres"]
@@ -109,81 +110,17 @@ def plain_bundle(make_bundle: Callable[..., bytes]) -> bytes:
 
 
 # --- real MQTT brokers on loopback --------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    import socket
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+# The brokers themselves are the test kit's (edgefleet.testing, its pytest plug-in gives
+# mosquitto_broker and mqtt_broker); most tests need only the port.
 
 
 @pytest.fixture
-def mosquitto(tmp_path_factory: pytest.TempPathFactory):
-    """A real Mosquitto broker on a free loopback port (default limits); yields the port."""
-    import subprocess
-
-    from tests.services import require_mosquitto
-
-    binary = require_mosquitto()
-    port = free_port()
-    folder = tmp_path_factory.mktemp("mosquitto")
-    conf = folder / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    process = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        wait_for_port(port)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def mosquitto(mosquitto_broker: LocalBroker) -> int:
+    """A real Mosquitto broker on a free loopback port (default limits); its port."""
+    return mosquitto_broker.port
 
 
 @pytest.fixture
-def amqtt_broker():
-    """The embedded amqtt broker (MQTT 3.1.1) in-process, on its own event loop thread; yields the port."""
-    import asyncio
-    import threading
-
-    from amqtt.broker import Broker
-
-    port = free_port()
-    config = {
-        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    }
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="amqtt", daemon=True)
-    thread.start()
-
-    async def start() -> Broker:
-        broker = Broker(config)
-        await broker.start()
-        return broker
-
-    broker = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
-    try:
-        wait_for_port(port)
-        yield port
-    finally:
-        asyncio.run_coroutine_threadsafe(broker.shutdown(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
+def amqtt_broker(mqtt_broker: LocalBroker) -> int:
+    """The embedded amqtt broker (MQTT 3.1.1) in-process, on its own event loop thread; its port."""
+    return mqtt_broker.port

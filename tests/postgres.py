@@ -38,7 +38,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import free_port
+from edgefleet.testing.broker import free_port
 from tests.services import service_missing
 
 __all__ = [

@@ -23,9 +23,9 @@ import pytest
 
 from edge_runtime.config import load_config
 from edge_runtime.mqtt import MqttLink
+from edgefleet.testing.broker import free_port, wait_for_port
 from fleet_server.broker_auth import SERVER_USERNAME, BrokerAuth
 from fleet_server.trust import Expiry, Repository, init_keys
-from tests.conftest import free_port, wait_for_port
 from tests.e2e.test_cli_serve import start_serve, wait_healthy
 from tests.mqtt_login import login
 from tests.services import require_mosquitto

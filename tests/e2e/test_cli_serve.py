@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgefleet.testing.broker import free_port
 from fleet_server.trust import Expiry, Repository, init_keys
-from tests.conftest import free_port
 from tests.media import make_bundle
 from tests.models import tiny_onnx_model
 

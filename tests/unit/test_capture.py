@@ -21,6 +21,7 @@ from edge_runtime.sources import (
     SyntheticSourceConfig,
     is_valid_frame,
 )
+from edgefleet.testing import FakeCamera, FakeCameraConfig
 
 FAST = ReconnectPolicy(initial_s=0.01, max_s=0.05, multiplier=2.0, jitter=0.0)
 
@@ -91,34 +92,6 @@ class ScriptedSource(FrameSource):
     def close(self) -> None:
         self.closes += 1
         self.is_open = False
-
-
-class FlakySource(FrameSource):
-    """A camera that refuses ``down_opens`` opens, then gives ``frames_per_session`` frames and drops."""
-
-    def __init__(self, down_opens: int, frames_per_session: int) -> None:
-        self.name = "flaky camera"
-        self.down_opens = down_opens
-        self.frames_per_session = frames_per_session
-        self.opens: list[float] = []
-        self._left = 0
-        self._value = 0
-
-    def open(self) -> None:
-        self.opens.append(time.monotonic())
-        if len(self.opens) <= self.down_opens:
-            raise SourceError(f"{self.name}: connection refused")
-        self._left = self.frames_per_session
-
-    def read(self) -> np.ndarray | None:
-        if self._left == 0:
-            raise SourceError(f"{self.name}: stream lost")
-        self._left -= 1
-        self._value += 1
-        return image(self._value % 256)
-
-    def close(self) -> None:
-        self._left = 0
 
 
 class BlockingSource(FrameSource):
@@ -277,7 +250,7 @@ def test_frames_carry_ids_and_capture_times(captures: list[CaptureThread]) -> No
 
 
 def test_dead_source_reconnects_with_growing_backoff(captures: list[CaptureThread]) -> None:
-    source = FlakySource(down_opens=3, frames_per_session=4)
+    source = FakeCamera(FakeCameraConfig(width=6, height=4, refuse_opens=3, drop_after=4))
     policy = ReconnectPolicy(initial_s=0.02, max_s=1.0, multiplier=3.0, jitter=0.0)
     capture = CaptureThread(source, policy=policy, rng=random.Random(0))
     captures.append(capture)
@@ -288,7 +261,7 @@ def test_dead_source_reconnects_with_growing_backoff(captures: list[CaptureThrea
     assert capture.reconnects >= 4
     assert capture.errors == capture.reconnects
     assert capture.last_error is not None
-    assert "flaky camera" in capture.last_error
+    assert "fake camera 6x4" in capture.last_error
     gaps = [b - a for a, b in zip(source.opens, source.opens[1:], strict=False)]
     assert gaps[0] >= 0.015
     assert gaps[1] >= 0.05

@@ -10,6 +10,7 @@ import pytest
 from edge_runtime.errors import OutputError
 from edge_runtime.outputs import JsonLinesSink, MqttPredictionSink, load_plugin
 from edge_runtime.prediction import Prediction
+from edgefleet.testing import PluginDeclarations
 
 
 def prediction(frame_id: int = 7) -> Prediction:
@@ -72,9 +73,11 @@ def test_mqtt_sink_thins_by_every_n() -> None:
 
 
 @pytest.fixture
-def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A real distribution on sys.path that declares an edgefleet.outputs entry point."""
-    (tmp_path / "sorter_plugin.py").write_text(
+def installed_plugin(
+    plugin_declarations: PluginDeclarations, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A real distribution on sys.path that declares edgefleet.outputs entry points (the test kit's)."""
+    (plugin_declarations.folder / "sorter_plugin.py").write_text(
         "import json, os\n"
         "class Sorter:\n"
         "    def __init__(self):\n"
@@ -84,13 +87,8 @@ def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "def broken():\n"
         "    pass\n"
     )
-    info = tmp_path / "sorter_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sorter-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        "[edgefleet.outputs]\nsorter = sorter_plugin:Sorter\nmissing = sorter_plugin:nothing_here\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin_declarations.declare("edgefleet.outputs", "sorter", "sorter_plugin:Sorter")
+    plugin_declarations.declare("edgefleet.outputs", "missing", "sorter_plugin:nothing_here")
     log = tmp_path / "sorter.log"
     monkeypatch.setenv("SORTER_LOG", str(log))
     return log
