@@ -44,13 +44,15 @@ def free_port() -> int:
 
 
 def amplification(chunks: int = 10_000_000) -> dict[str, Any]:
-    from edge_runtime.delivery import ChunkMeta
+    from edge_runtime.protocol import ChunkMeta
     from fleet_server.delivery import ChunkServer, parse_request
     from fleet_server.errors import MalformedRequestError
 
     sha = "0" * 64
     payload = json.dumps({"bundle": sha, "want": [[0, chunks]], "have": 0}).encode()
-    meta = ChunkMeta(sha, 2_600_000, 262_144, tuple("0" * 64 for _ in range(10)))
+    meta = ChunkMeta(
+        sha256=sha, length=2_600_000, chunk_size=262_144, chunks=10, chunk_sha256=["0" * 64] * 10
+    )
     server = ChunkServer.__new__(ChunkServer)
     server.window = 16
     tracemalloc.start()

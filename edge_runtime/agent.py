@@ -13,7 +13,6 @@ event that says why.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import queue
@@ -22,7 +21,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from edge_runtime import __version__
 from edge_runtime.bundle.model_bundle import Bundle, read_bundle
@@ -35,6 +33,7 @@ from edge_runtime.mqtt import MqttLink, device_topic
 from edge_runtime.outputs import PredictionSink
 from edge_runtime.pipeline import ActiveModel
 from edge_runtime.prediction import Prediction
+from edge_runtime.protocol import EventReport, WireMessage
 from edge_runtime.supervise import SupervisedThread
 from edge_runtime.trust import Assignment, TrustClient
 from edge_runtime.update import (
@@ -44,11 +43,11 @@ from edge_runtime.update import (
     Transition,
     UpdatePhase,
     UpdateState,
-    event_payload,
+    event_report,
     protected_bundles,
     recover,
-    reported_state,
     smoke_test,
+    state_report,
 )
 
 __all__ = ["UpdateAgent"]
@@ -186,7 +185,7 @@ class UpdateAgent:
 
     def _run(self) -> None:
         for boot_event in self._boot_events:
-            self._publish("events", event_payload(self.config.device_id, boot_event), retain=False)
+            self._publish("events", event_report(self.config.device_id, boot_event), retain=False)
         self._publish_state()
         while not self._stop.is_set():
             try:
@@ -412,7 +411,7 @@ class UpdateAgent:
                     event.to_state.value,
                     event.reason,
                 )
-                self._publish("events", event_payload(self.config.device_id, event), retain=False)
+                self._publish("events", event_report(self.config.device_id, event), retain=False)
             if transition.events:
                 self.state = state
                 self._publish_state()
@@ -470,28 +469,18 @@ class UpdateAgent:
         log.warning("refused: %s", reason)
         self.refusals.append(reason)
         self._publish(
-            "events",
-            {
-                "protocol": 1,
-                "device_id": self.config.device_id,
-                "kind": "refused",
-                "reason": reason,
-                "at": time.time(),
-            },
-            retain=False,
+            "events", EventReport.refusal(self.config.device_id, reason, time.time()), retain=False
         )
 
     def _publish_state(self) -> None:
-        payload = reported_state(self.config.device_id, self.state, __version__)
-        if self.store_problem is not None:
-            payload["store_problem"] = self.store_problem[:500]
-        self._publish("state", payload, retain=True)
-
-    def _publish(self, leaf: str, payload: dict[str, Any], retain: bool) -> None:
-        topic = device_topic(self.prefix, self.config.device_id, leaf)
-        self.link.publish(
-            topic, json.dumps(payload, separators=(",", ":")).encode(), qos=1, retain=retain
+        report = state_report(
+            self.config.device_id, self.state, __version__, store_problem=self.store_problem
         )
+        self._publish("state", report, retain=True)
+
+    def _publish(self, leaf: str, message: WireMessage, retain: bool) -> None:
+        topic = device_topic(self.prefix, self.config.device_id, leaf)
+        self.link.publish(topic, message.encode(), qos=1, retain=retain)
 
 
 def _ref(bundle: Bundle) -> BundleRef:

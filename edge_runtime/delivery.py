@@ -27,12 +27,19 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 from edge_runtime.atomic import atomic_write_bytes, fsync_dir
-from edge_runtime.errors import ChunkIntegrityError, DeliveryError
+from edge_runtime.errors import ChunkIntegrityError, DeliveryError, MalformedMessageError
+from edge_runtime.protocol import (
+    CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    PROTOCOL_VERSION,
+    WINDOW,
+    ChunkMeta,
+    DownloadRequest,
+)
 
 __all__ = [
     "CHUNK_SIZE",
@@ -46,12 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-PROTOCOL_VERSION = 1
-MAX_CHUNK_SIZE = 256 * 1024
-CHUNK_SIZE = MAX_CHUNK_SIZE
-WINDOW = 16
-"""The most chunks a device has asked for and not yet received (``docs/protocol.md``)."""
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _BITMAP_FORMAT = 1
@@ -73,87 +74,6 @@ def chunk_ranges(indices: Iterable[int]) -> list[list[int]]:
         else:
             ranges.append([index, index + 1])
     return ranges
-
-
-@dataclass(frozen=True)
-class ChunkMeta:
-    """The ``PREFIX/bundles/<sha256>/meta`` message: how a bundle is cut and each chunk's sha256."""
-
-    sha256: str
-    length: int
-    chunk_size: int
-    chunk_sha256: tuple[str, ...]
-
-    @property
-    def chunks(self) -> int:
-        """Number of chunks (the last one may be shorter)."""
-        return len(self.chunk_sha256)
-
-    def chunk_length(self, index: int) -> int:
-        """Exact length of chunk ``index``."""
-        return min(self.chunk_size, self.length - index * self.chunk_size)
-
-    def to_dict(self) -> dict[str, object]:
-        """The JSON object published on the meta topic."""
-        return {
-            "protocol": PROTOCOL_VERSION,
-            "sha256": self.sha256,
-            "length": self.length,
-            "chunk_size": self.chunk_size,
-            "chunks": self.chunks,
-            "chunk_sha256": list(self.chunk_sha256),
-        }
-
-    @classmethod
-    def for_bytes(cls, data: bytes, chunk_size: int = CHUNK_SIZE) -> ChunkMeta:
-        """Cut ``data`` into chunks and describe them."""
-        hashes = tuple(
-            hashlib.sha256(data[start : start + chunk_size]).hexdigest()
-            for start in range(0, len(data), chunk_size)
-        )
-        return cls(hashlib.sha256(data).hexdigest(), len(data), chunk_size, hashes)
-
-    @classmethod
-    def parse(cls, meta: Mapping[str, object]) -> ChunkMeta:
-        """Check a received meta object's shape; :class:`ChunkIntegrityError` names the bad field."""
-        if not isinstance(meta, Mapping):
-            raise ChunkIntegrityError("bundle meta is not a JSON object")
-        protocol = meta.get("protocol", PROTOCOL_VERSION)
-        if protocol != PROTOCOL_VERSION:
-            raise ChunkIntegrityError(f"bundle meta speaks protocol {protocol!r}, not 1")
-        sha256 = meta.get("sha256")
-        if not isinstance(sha256, str) or not _SHA256.match(sha256):
-            raise ChunkIntegrityError(f"bundle meta field 'sha256' is not a sha256: {sha256!r}")
-        length = _positive_int(meta, "length")
-        chunk_size = _positive_int(meta, "chunk_size")
-        if chunk_size > MAX_CHUNK_SIZE:
-            raise ChunkIntegrityError(
-                f"bundle meta chunk_size {chunk_size} is over the {MAX_CHUNK_SIZE}-byte limit"
-            )
-        hashes = meta.get("chunk_sha256")
-        expected = math.ceil(length / chunk_size)
-        if not isinstance(hashes, list) or len(hashes) != expected:
-            raise ChunkIntegrityError(
-                f"bundle meta field 'chunk_sha256' must list {expected} hashes"
-                f" for {length} bytes in chunks of {chunk_size}"
-            )
-        if meta.get("chunks", expected) != expected:
-            raise ChunkIntegrityError(
-                f"bundle meta says {meta.get('chunks')!r} chunks, {length} bytes make {expected}"
-            )
-        for index, digest in enumerate(hashes):
-            if not isinstance(digest, str) or not _SHA256.match(digest):
-                raise ChunkIntegrityError(f"bundle meta chunk_sha256[{index}] is not a sha256")
-        return cls(sha256, length, chunk_size, tuple(hashes))
-
-
-def _positive_int(meta: Mapping[str, object], field: str) -> int:
-    value = meta.get(field)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ChunkIntegrityError(
-            f"bundle meta field {field!r} is not a positive integer: {value!r}"
-        )
-    return value
 
 
 class ChunkDownload:
@@ -246,9 +166,16 @@ class ChunkDownload:
 
     # --- protocol ----------------------------------------------------------------
 
-    def on_meta(self, meta: Mapping[str, object]) -> None:
-        """Accept the bundle's meta message; refuse one that disagrees with the signed target."""
-        parsed = ChunkMeta.parse(meta)
+    def on_meta(self, meta: object) -> None:
+        """Accept the bundle's meta message (its bytes, a decoded value or a :class:`ChunkMeta`);
+        refuse one that is malformed or disagrees with the signed target."""
+        if isinstance(meta, ChunkMeta):
+            parsed = meta
+        else:
+            try:
+                parsed = ChunkMeta.parse(meta)
+            except MalformedMessageError as e:
+                raise ChunkIntegrityError(str(e)) from e
         if parsed.sha256 != self.sha256:
             raise ChunkIntegrityError(
                 f"meta for bundle {parsed.sha256[:12]} arrived for bundle {self.sha256[:12]}"
@@ -321,7 +248,7 @@ class ChunkDownload:
 
     def next_request(
         self, now: float | None = None, *, force: bool = False
-    ) -> dict[str, object] | None:
+    ) -> DownloadRequest | None:
         """The ``download`` request to publish now, or ``None`` while the current window is pending.
 
         When the current window is complete, the next one is the lowest
@@ -355,12 +282,7 @@ class ChunkDownload:
             self._window = frozenset(wanted)
         self._refused_in_window.clear()
         self._last_progress = now
-        return {
-            "protocol": PROTOCOL_VERSION,
-            "bundle": self.sha256,
-            "want": chunk_ranges(wanted),
-            "have": self._count,
-        }
+        return DownloadRequest(bundle=self.sha256, want=chunk_ranges(wanted), have=self._count)
 
     # --- end of the download -----------------------------------------------------
 

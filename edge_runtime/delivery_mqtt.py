@@ -11,7 +11,6 @@ it by. See "Bundle delivery" in ``docs/protocol.md``.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -170,11 +169,8 @@ class BundleFetcher:
 
     def _take_meta(self, payload: bytes) -> None:
         try:
-            meta = json.loads(payload)
-            if not isinstance(meta, dict):
-                raise ChunkIntegrityError("bundle meta is not a JSON object")
-            self.download.on_meta(meta)
-        except (ValueError, ChunkIntegrityError) as e:
+            self.download.on_meta(payload)
+        except ChunkIntegrityError as e:
             log.warning("refusing meta of bundle %s: %s", self.download.sha256[:12], e)
             self.stats.refused += 1
             return
@@ -200,11 +196,11 @@ class BundleFetcher:
         request = self.download.next_request(time.monotonic(), force=force)
         if request is None:
             return
-        self.link.publish(self._request_topic, json.dumps(request).encode("utf-8"), qos=1)
+        self.link.publish(self._request_topic, request.encode(), qos=1)
         self.stats.requests += 1
         if self.stats.first_request_at is None:
             self.stats.first_request_at = time.monotonic()
-        log.debug("asked for %s of bundle %s", request["want"], self.download.sha256[:12])
+        log.debug("asked for %s of bundle %s", request.want, self.download.sha256[:12])
 
     def _finish(self) -> None:
         try:

@@ -28,6 +28,7 @@ __all__ = [
     "IncompleteMetadataError",
     "InconsistentMetadataError",
     "LockFileError",
+    "MalformedMessageError",
     "ManifestError",
     "MemberContentError",
     "MetadataExpiredError",
@@ -216,3 +217,15 @@ class MetadataExpiredError(TrustError):
 
 class InconsistentMetadataError(TrustError):
     """Signed metadata from two repository states was combined (mix-and-match); it is refused."""
+
+
+# --- the MQTT protocol (edge_runtime.protocol) ----------------------------------------
+
+
+class MalformedMessageError(EdgefleetError):
+    """A message read off the wire is not valid; the message says what is wrong.
+
+    Not JSON, too large or nested too deeply, another protocol major version,
+    about another device than its topic names, or a field of the wrong type or
+    size. The reader drops the message; the sender is at fault.
+    """

@@ -14,24 +14,23 @@ logged and skipped, and never stops the device.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from edge_runtime.health import HealthState
+from pydantic import JsonValue
+
+from edge_runtime.health import HealthReport, HealthState
 from edge_runtime.metrics import RuntimeMetrics
 from edge_runtime.outputs import PredictionSink, Publisher
 from edge_runtime.prediction import Prediction
-from edge_runtime.update.lifecycle import PROTOCOL_VERSION
+from edge_runtime.protocol import TelemetryHealth, TelemetryQuality, TelemetryReport
 
 __all__ = [
     "DEFAULT_TELEMETRY_INTERVAL_S",
-    "QualitySnapshot",
     "QualityTracker",
     "TelemetryPublisher",
 ]
@@ -39,28 +38,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_TELEMETRY_INTERVAL_S = 10.0
-
-
-@dataclass(frozen=True)
-class QualitySnapshot:
-    """What the serving bundle's predictions looked like so far."""
-
-    bundle: str | None
-    """The sha256 of the bundle these figures describe (None before any prediction)."""
-    predictions: int = 0
-    mean_confidence: float | None = None
-    """Mean of the finite confidences; None when there was none."""
-    class_counts: Mapping[str, int] = field(default_factory=dict)
-    """Label -> predictions of that label (the uncertain label included)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The telemetry's ``quality`` section."""
-        return {
-            "bundle": self.bundle,
-            "predictions": self.predictions,
-            "mean_confidence": self.mean_confidence,
-            "class_counts": dict(sorted(self.class_counts.items())),
-        }
 
 
 class QualityTracker(PredictionSink):
@@ -103,17 +80,18 @@ class QualityTracker(PredictionSink):
         self._confidence_sum = 0.0
         self._confidences = 0
 
-    def snapshot(self, bundle: str | None = None) -> QualitySnapshot:
-        """The figures so far; for ``bundle``, when given, empty if none of its predictions came yet."""
+    def snapshot(self, bundle: str | None = None) -> TelemetryQuality:
+        """The figures so far (the telemetry's ``quality`` section); for ``bundle``, when given,
+        empty if none of its predictions came yet."""
         with self._lock:
             if bundle is not None and bundle != self._bundle:
-                return QualitySnapshot(bundle=bundle)
+                return TelemetryQuality(bundle=bundle)
             mean = self._confidence_sum / self._confidences if self._confidences else None
-            return QualitySnapshot(
+            return TelemetryQuality(
                 bundle=self._bundle,
                 predictions=self._predictions,
                 mean_confidence=mean if mean is None or math.isfinite(mean) else None,
-                class_counts=dict(self._counts),
+                class_counts=dict(sorted(self._counts.items())),
             )
 
 
@@ -157,28 +135,24 @@ class TelemetryPublisher:
         self.failures = 0
         """Snapshots that could not be built or published."""
 
-    def payload(self) -> dict[str, Any]:
+    def report(self) -> TelemetryReport:
         """The telemetry snapshot as of now."""
         active = self.metrics.active_bundle
         bundle = None if active is None else active[2]
-        return {
-            "protocol": PROTOCOL_VERSION,
-            "device_id": self.device_id,
-            "bundle": bundle,
-            "at": self._clock(),
-            "health": {} if self.health is None else self.health.evaluate().to_dict(),
-            "metrics": self.metrics.registry.snapshot(),
-            "info": {} if self.info is None else dict(self.info()),
-            "quality": self.quality.snapshot(bundle).to_dict(),
-        }
+        return TelemetryReport(
+            device_id=self.device_id,
+            bundle=bundle,
+            at=self._clock(),
+            health=None if self.health is None else _health(self.health.evaluate()),
+            metrics=cast("dict[str, JsonValue]", self.metrics.registry.snapshot()),
+            info={} if self.info is None else _json_values(self.info()),
+            quality=self.quality.snapshot(bundle),
+        )
 
     def publish_once(self) -> bool:
         """Build and publish one snapshot; False (logged) when that failed."""
         try:
-            body = json.dumps(
-                self.payload(), allow_nan=False, default=str, separators=(",", ":")
-            ).encode("utf-8")
-            self._publisher.publish(self.topic, body, qos=0)
+            self._publisher.publish(self.topic, self.report().encode(), qos=0)
         except Exception as exc:  # telemetry is advisory: never let it stop the device
             self.failures += 1
             log.warning(
@@ -219,3 +193,22 @@ class TelemetryPublisher:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.publish_once()
+
+
+def _json_values(info: Mapping[str, Any]) -> dict[str, Any]:
+    """``info`` with values JSON cannot hold (paths, enums) as their text."""
+    return {
+        str(key): value
+        if value is None or isinstance(value, str | int | float | bool)
+        else str(value)
+        for key, value in info.items()
+    }
+
+
+def _health(report: HealthReport) -> TelemetryHealth:
+    """The telemetry's ``health`` section (reasons clipped to what the protocol allows)."""
+    return TelemetryHealth(
+        status=report.status,
+        reasons=[reason[:500] for reason in report.reasons[:32]],
+        details=report.details,
+    )

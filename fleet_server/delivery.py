@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -32,8 +30,15 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
-from edge_runtime.delivery import CHUNK_SIZE, MAX_CHUNK_SIZE, PROTOCOL_VERSION, WINDOW, ChunkMeta
 from edge_runtime.delivery import bundle_topic as _bundle_topic
+from edge_runtime.errors import MalformedMessageError
+from edge_runtime.protocol import (
+    CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    WINDOW,
+    ChunkMeta,
+    DownloadRequest,
+)
 from edge_runtime.supervise import SupervisedThread, WorkerHealth
 from fleet_server.errors import DeliveryServerError, MalformedRequestError
 
@@ -48,11 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_MAX_RANGES = WINDOW
-# A real request is {"protocol", "bundle", "want": <= WINDOW ranges, "have"}: well under 2 KiB.
-MAX_REQUEST_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -75,49 +75,13 @@ def parse_request(topic: str, payload: bytes, prefix: str) -> ChunkRequest:
     device_id = topic[len(head) : -len("/download")]
     if not (topic.startswith(head) and topic.endswith("/download")) or not device_id:
         raise MalformedRequestError(f"not a download topic: {topic[:200]!r}")
-    if len(payload) > MAX_REQUEST_BYTES:
-        raise MalformedRequestError(
-            f"request from {device_id} is {len(payload)} bytes, over {MAX_REQUEST_BYTES}"
-        )
     try:
-        body = json.loads(payload)
-    except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the stack
-        raise MalformedRequestError(f"request from {device_id} is not JSON: {e}") from e
-    if not isinstance(body, dict):
-        raise MalformedRequestError(f"request from {device_id} is not a JSON object")
-    if body.get("protocol", PROTOCOL_VERSION) != PROTOCOL_VERSION:
-        raise MalformedRequestError(
-            f"request from {device_id} speaks protocol {body.get('protocol')!r}, not 1"
-        )
-    bundle = body.get("bundle")
-    if not isinstance(bundle, str) or not _SHA256.match(bundle):
-        raise MalformedRequestError(f"request from {device_id}: 'bundle' is not a sha256")
-    want = body.get("want")
-    if not isinstance(want, list) or not 0 < len(want) <= _MAX_RANGES:
-        raise MalformedRequestError(
-            f"request from {device_id}: 'want' must list 1..{_MAX_RANGES} ranges"
-        )
-    ranges: list[tuple[int, int]] = []
-    for item in want:
-        if (
-            not isinstance(item, list)
-            or len(item) != 2
-            or not all(_is_int(v) for v in item)
-            or not 0 <= item[0] < item[1]
-        ):
-            raise MalformedRequestError(
-                f"request from {device_id}: range {str(item)[:80]} is not [start, end)"
-                " with 0 <= start < end"
-            )
-        ranges.append((item[0], item[1]))
-    have = body.get("have", 0)
-    if not _is_int(have) or have < 0:
-        raise MalformedRequestError(f"request from {device_id}: 'have' is not a count")
-    return ChunkRequest(device_id, bundle, tuple(ranges), have)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+        request = DownloadRequest.parse(payload, device_id)
+    except MalformedMessageError as e:
+        raise MalformedRequestError(str(e)) from e
+    return ChunkRequest(
+        device_id, request.bundle, tuple((start, end) for start, end in request.want), request.have
+    )
 
 
 class FaultInjector(Protocol):
@@ -420,7 +384,7 @@ class ChunkServer:
         return bundle
 
     def _publish_meta(self, bundle: _Bundle) -> None:
-        payload = json.dumps(bundle.meta.to_dict()).encode("utf-8")
+        payload = bundle.meta.encode()
         self.client.publish(self._topic(bundle.meta.sha256, "meta"), payload, qos=1, retain=True)
         bundle.announced = True
         with self._stats_lock:
@@ -486,7 +450,13 @@ def _describe(path: Path, chunk_size: int) -> ChunkMeta:
         raise DeliveryServerError(f"cannot read bundle file {path}: {e}") from e
     if length == 0:
         raise DeliveryServerError(f"bundle file {path} is empty")
-    return ChunkMeta(whole.hexdigest(), length, chunk_size, tuple(hashes))
+    return ChunkMeta(
+        sha256=whole.hexdigest(),
+        length=length,
+        chunk_size=chunk_size,
+        chunks=len(hashes),
+        chunk_sha256=hashes,
+    )
 
 
 def _read_chunk(path: Path, meta: ChunkMeta, index: int) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge_runtime.errors import EdgefleetError
+from edge_runtime.errors import EdgefleetError, MalformedMessageError
 
 __all__ = [
     "DeliveryServerError",
@@ -43,11 +43,11 @@ class DeliveryServerError(FleetError):
     """The server cannot serve bundle chunks (unknown bundle, unreadable file)."""
 
 
-class MalformedRequestError(DeliveryServerError):
+class MalformedRequestError(DeliveryServerError, MalformedMessageError):
     """A device's chunk request is not valid: not JSON, wrong fields, ranges out of bounds, unknown bundle."""
 
 
-class MalformedReportError(RegistryError):
+class MalformedReportError(RegistryError, MalformedMessageError):
     """A device's state, event or telemetry payload is not valid: wrong fields, wrong device, too large."""
 
 

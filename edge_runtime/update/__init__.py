@@ -16,9 +16,11 @@ from edge_runtime.update.lifecycle import (
     UpdatePhase,
     UpdateState,
     event_payload,
+    event_report,
     protected_bundles,
     recover,
     reported_state,
+    state_report,
 )
 from edge_runtime.update.probation import ProbationMonitor, ProbationVerdict, confidence_baseline
 from edge_runtime.update.smoke import SmokeReport, smoke_test
@@ -38,8 +40,10 @@ __all__ = [
     "UpdateState",
     "confidence_baseline",
     "event_payload",
+    "event_report",
     "protected_bundles",
     "recover",
     "reported_state",
     "smoke_test",
+    "state_report",
 ]

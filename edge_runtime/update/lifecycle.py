@@ -21,6 +21,11 @@ Invariants the transitions keep:
 * ``committed`` and ``rolled-back`` keep the finished target (the key of the
   outcome, for the retained reported state) and accept the next assignment
   exactly as ``idle`` does.
+
+The phases (:class:`UpdatePhase`) are the protocol's state names, defined
+once in :mod:`edge_runtime.protocol` and re-exported here;
+:func:`state_report` and :func:`event_report` turn a state and its events into
+the protocol's messages.
 """
 
 from __future__ import annotations
@@ -28,12 +33,19 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from enum import Enum
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from edge_runtime.errors import IllegalTransitionError
+from edge_runtime.protocol import (
+    PROTOCOL_VERSION,
+    EventReport,
+    ReportedBundle,
+    ReportedTarget,
+    StateReport,
+    UpdatePhase,
+)
 
 __all__ = [
     "HISTORY_LIMIT",
@@ -45,16 +57,15 @@ __all__ = [
     "UpdatePhase",
     "UpdateState",
     "event_payload",
+    "event_report",
     "protected_bundles",
     "recover",
     "reported_state",
+    "state_report",
 ]
 
 HISTORY_LIMIT = 50
 """How many recent events the persisted state keeps."""
-
-PROTOCOL_VERSION = 1
-"""The ``"protocol"`` field of reported-state and event payloads (``docs/protocol.md``)."""
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -80,20 +91,6 @@ Sha256 = Annotated[str, AfterValidator(_check_sha256)]
 Timestamp = Annotated[float, AfterValidator(_check_time)]
 
 
-class UpdatePhase(str, Enum):
-    """Where the device is in installing a bundle; the values are the protocol's state names."""
-
-    IDLE = "idle"
-    DOWNLOADING = "downloading"
-    VERIFYING = "verifying"
-    STAGED = "staged"
-    SMOKE_TESTING = "smoke-testing"
-    ACTIVATING = "activating"
-    PROBATION = "probation"
-    COMMITTED = "committed"
-    ROLLED_BACK = "rolled-back"
-
-
 _RESTING = frozenset({UpdatePhase.IDLE, UpdatePhase.COMMITTED, UpdatePhase.ROLLED_BACK})
 """Phases with no update in progress: they accept the next assignment."""
 _SERVING_TARGET = frozenset({UpdatePhase.ACTIVATING, UpdatePhase.PROBATION})
@@ -110,10 +107,6 @@ class BundleRef(_Frozen):
     sha256: Sha256
     name: str = Field(min_length=1, max_length=64)
     version: str = Field(min_length=1, max_length=64)
-
-    def payload(self) -> dict[str, str]:
-        """The ``{"bundle", "name", "version"}`` object of the reported state."""
-        return {"bundle": self.sha256, "name": self.name, "version": self.version}
 
 
 class Target(_Frozen):
@@ -396,33 +389,51 @@ def protected_bundles(state: UpdateState) -> set[str]:
     return {ref.sha256 for ref in refs if ref is not None}
 
 
-def reported_state(device_id: str, state: UpdateState, runtime_version: str) -> dict[str, Any]:
-    """The retained ``devices/<id>/state`` payload (``docs/protocol.md``)."""
-    return {
-        "protocol": PROTOCOL_VERSION,
-        "device_id": device_id,
-        "state": state.phase.value,
-        "active": None if state.active is None else state.active.payload(),
-        "last_good": None if state.last_good is None else state.last_good.payload(),
-        "target": None
+def state_report(
+    device_id: str, state: UpdateState, runtime_version: str, *, store_problem: str | None = None
+) -> StateReport:
+    """The retained ``devices/<id>/state`` message for ``state`` (``docs/protocol.md``).
+
+    ``store_problem`` says why the state cannot be persisted (clipped to 500 characters).
+    """
+    return StateReport(
+        device_id=device_id,
+        state=state.phase,
+        active=None if state.active is None else _reported(state.active),
+        last_good=None if state.last_good is None else _reported(state.last_good),
+        target=None
         if state.target is None
-        else {"bundle": state.target.bundle.sha256, "assignment": state.target.assignment},
-        "runtime_version": runtime_version,
-        "updated_at": state.updated_at,
-        "sequence": state.sequence,
-        "epoch": state.epoch,
-    }
+        else ReportedTarget(bundle=state.target.bundle.sha256, assignment=state.target.assignment),
+        runtime_version=runtime_version,
+        updated_at=state.updated_at,
+        sequence=state.sequence,
+        epoch=state.epoch,
+        store_problem=None if store_problem is None else _clip(store_problem, 500),
+    )
+
+
+def event_report(device_id: str, event: UpdateEvent) -> EventReport:
+    """The ``devices/<id>/events`` message for one lifecycle event (``docs/protocol.md``)."""
+    return EventReport.transition(
+        device_id,
+        bundle=event.bundle,
+        assignment=event.assignment,
+        from_state=event.from_state,
+        to_state=event.to_state,
+        reason=event.reason,
+        at=event.at,
+    )
+
+
+def reported_state(device_id: str, state: UpdateState, runtime_version: str) -> dict[str, Any]:
+    """The JSON object of :func:`state_report`."""
+    return state_report(device_id, state, runtime_version).to_dict()
 
 
 def event_payload(device_id: str, event: UpdateEvent) -> dict[str, Any]:
-    """The ``devices/<id>/events`` payload for one event (``docs/protocol.md``)."""
-    return {
-        "protocol": PROTOCOL_VERSION,
-        "device_id": device_id,
-        "bundle": event.bundle,
-        "assignment": event.assignment,
-        "from": event.from_state.value,
-        "to": event.to_state.value,
-        "reason": event.reason,
-        "at": event.at,
-    }
+    """The JSON object of :func:`event_report`."""
+    return event_report(device_id, event).to_dict()
+
+
+def _reported(ref: BundleRef) -> ReportedBundle:
+    return ReportedBundle(bundle=ref.sha256, name=ref.name, version=ref.version)
