@@ -5,10 +5,8 @@ Nothing here does I/O or reads a clock, in the manner of python-tuf's
 :mod:`edge_runtime.update.lifecycle`: every input is a method of
 :class:`RolloutState` that takes the time and returns a :class:`Step` (the
 new state, the :data:`Action` list the server executes, the
-:class:`RolloutEvent` list it records). The server persists the state before
-it acts (so :func:`recover` after a restart only re-issues what may not have
-gone out), writes the assignments, feeds device reports and telemetry in,
-and calls :meth:`RolloutState.tick` periodically.
+:class:`RolloutEvent` list it records). :func:`recover` after a restart
+re-issues only what may not have gone out.
 
 Rollout status: ``pending -> running <-> paused``, ``running ->
 awaiting-approval -> running`` between waves that ask for it, then
@@ -16,24 +14,8 @@ awaiting-approval -> running`` between waves that ask for it, then
 (the previous bundle re-assigned to every device that was sent the new one)
 or ``aborted`` (stopped, nothing rolled back).
 
-Rules the transitions keep:
-
-* a wave's devices are sent at once (one :class:`Assign`); each must commit
-  within the wave's ``device_timeout_s`` of its ``sent_at`` or it is
-  ``timed-out``; the wave fails as soon as fewer than
-  ``ceil(success_threshold * size)`` devices can still commit;
-* once every device of the wave has committed, failed or timed out (and
-  enough committed), the wave is watched for ``health_window_s`` after its
-  last commit, then the quality gate decides: pass moves on (or waits for
-  approval), fail aborts and rolls back, undecided (not enough telemetry)
-  waits, up to ``gate_timeout_s`` when that is set;
-* pinned devices are skipped (reported once, at start); empty waves are skipped;
-* device reports are idempotent and converge at any time, also after the
-  wave moved on or the rollout ended: a late device that commits becomes
-  ``committed``; after a rollback a device becomes ``rolled-back`` once it
-  reports a resting state on another bundle;
-* pause holds every decision and every new wave but not the clock: devices
-  already sent keep their deadlines, checked on the first tick after resume.
+The rules the transitions keep: :mod:`fleet_server.rollout_rules`; the
+values a state is made of: :mod:`fleet_server.rollout_progress`.
 
 Waves are numbered from 0 in the state and from 1 in messages ("wave 1"
 is the canary).
@@ -41,21 +23,34 @@ is the canary).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from fleet_server import rollout_rules as rules
 from fleet_server.errors import IllegalRolloutTransitionError, RolloutError
-from fleet_server.quality_gate import GateOutcome, GateVerdict, WaveTelemetry, evaluate_gate
+from fleet_server.quality_gate import GateVerdict, WaveTelemetry
+from fleet_server.rollout_progress import (
+    Action,
+    Assign,
+    DeviceProgress,
+    EventKind,
+    Frozen,
+    Notify,
+    Rollback,
+    RolloutEvent,
+    Step,
+    Timestamp,
+    WaveProgress,
+    clip,
+    with_changes,
+)
 from fleet_server.rollout_spec import RolloutSpec, plan_waves, wave_label
 from fleet_server.statuses import (
     RESTING_PHASES,
     TERMINAL_ROLLOUT_STATUSES,
-    UNANSWERED_DEVICE_STATUSES,
     WORKING_PHASES,
     DeviceStatus,
     RolloutStatus,
@@ -80,141 +75,7 @@ __all__ = [
 ]
 
 
-def _check_time(value: float) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise ValueError("must be a finite, non-negative Unix time")
-    return value
-
-
-Timestamp = Annotated[float, AfterValidator(_check_time)]
-
-
-def _clip(text: str, limit: int = 1024) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# --- actions: what the server executes ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class Assign:
-    """Assign ``bundle_sha`` to each of ``device_ids`` (send a wave)."""
-
-    device_ids: tuple[str, ...]
-    bundle_sha: str
-
-
-@dataclass(frozen=True)
-class Rollback:
-    """Assign ``to_sha`` again to each of ``device_ids``; None: withdraw their assignment."""
-
-    device_ids: tuple[str, ...]
-    to_sha: str | None
-
-
-@dataclass(frozen=True)
-class Notify:
-    """Tell the operators ``message``."""
-
-    message: str
-
-
-Action = Assign | Rollback | Notify
-"""Everything a transition can ask the server to do."""
-
-
-# --- state ----------------------------------------------------------------------------
-
-
-class EventKind(str, Enum):
-    """What a :class:`RolloutEvent` records."""
-
-    STARTED = "started"
-    DEVICES_SKIPPED = "devices-skipped"
-    WAVE_STARTED = "wave-started"
-    WAVE_SKIPPED = "wave-skipped"
-    DEVICE_COMMITTED = "device-committed"
-    DEVICE_FAILED = "device-failed"
-    DEVICE_TIMED_OUT = "device-timed-out"
-    DEVICE_ROLLED_BACK = "device-rolled-back"
-    WAVE_SETTLED = "wave-settled"
-    GATE_UNDECIDED = "gate-undecided"
-    WAVE_PASSED = "wave-passed"
-    WAVE_FAILED = "wave-failed"
-    AWAITING_APPROVAL = "awaiting-approval"
-    APPROVED = "approved"
-    PAUSED = "paused"
-    RESUMED = "resumed"
-    ABORTED = "aborted"
-    ROLLBACK_COMPLETE = "rollback-complete"
-    COMPLETED = "completed"
-    RECOVERED = "recovered"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RolloutEvent(_Frozen):
-    """One thing that happened to the rollout, for the server's log and API."""
-
-    kind: EventKind
-    at: Timestamp
-    message: str = Field(max_length=4096)
-    wave: int | None = None
-    device_ids: tuple[str, ...] = ()
-    verdict: GateVerdict | None = None
-
-
-class DeviceProgress(_Frozen):
-    """One target device: its wave, its status here, and what it last reported."""
-
-    wave: int = Field(ge=0)
-    status: DeviceStatus = DeviceStatus.PENDING
-    sent_at: Timestamp | None = None
-    finished_at: Timestamp | None = None
-    """When it committed, failed, timed out or was rolled back."""
-    phase: str | None = None
-    """The device's last reported lifecycle phase."""
-    active: str | None = None
-    """The bundle the device last reported active."""
-    reason: str = Field(default="", max_length=1024)
-    rollback_sent: bool = False
-
-
-class WaveProgress(_Frozen):
-    """One planned wave: its devices and how far it got."""
-
-    devices: tuple[str, ...]
-    status: WaveStatus = WaveStatus.PENDING
-    started_at: Timestamp | None = None
-    settled_at: Timestamp | None = None
-    """When every device had committed, failed or timed out."""
-    watch_until: Timestamp | None = None
-    """The end of the health window: the last commit plus ``health_window_s``."""
-    undecided_since: Timestamp | None = None
-    finished_at: Timestamp | None = None
-    verdict: GateVerdict | None = None
-    reason: str = ""
-
-
-class Step(NamedTuple):
-    """What an input does: the state to persist, the actions to execute, the events to record."""
-
-    state: RolloutState
-    actions: list[Action]
-    events: list[RolloutEvent]
-
-
-_Model = TypeVar("_Model", bound=BaseModel)
-
-
-def _with(model: _Model, **changes: Any) -> _Model:
-    """A validated copy of a frozen model with ``changes``."""
-    return type(model).model_validate({**model.__dict__, **changes})
-
-
-class RolloutState(_Frozen):
+class RolloutState(Frozen):
     """Everything the server must remember about one rollout across a restart."""
 
     schema_version: Literal[1] = 1
@@ -318,7 +179,7 @@ class RolloutState(_Frozen):
                 )
             )
         state = self._changed(now, status=RolloutStatus.RUNNING, started_at=now)
-        return state._open_from(0, now, [], events)
+        return rules.open_from(state, 0, now, [], events)
 
     def pause(self, now: float) -> Step:
         """Hold the rollout: no decision, no new wave (devices already sent carry on)."""
@@ -359,7 +220,7 @@ class RolloutState(_Frozen):
         nxt = next((i for i in later if self.waves[i].devices), self.current_wave + 1)
         event = self._event(EventKind.APPROVED, now, f"{wave_label(nxt)} approved", wave=nxt)
         state = self._changed(now, status=RolloutStatus.RUNNING)
-        return state._open_from(self.current_wave + 1, now, [], [event])
+        return rules.open_from(state, self.current_wave + 1, now, [], [event])
 
     def abort(self, reason: str, now: float, *, rollback: bool = True) -> Step:
         """Stop the rollout; with ``rollback`` re-assign the previous bundle to every device sent the new one.
@@ -376,11 +237,11 @@ class RolloutState(_Frozen):
         waves = list(self.waves)
         current = waves[self.current_wave]
         if current.status in (WaveStatus.RUNNING, WaveStatus.WATCHING):
-            waves[self.current_wave] = _with(
-                current, status=WaveStatus.ABORTED, finished_at=now, reason=_clip(reason)
+            waves[self.current_wave] = with_changes(
+                current, status=WaveStatus.ABORTED, finished_at=now, reason=clip(reason)
             )
         state = self._changed(now, waves=tuple(waves))
-        return state._stop(f"aborted by operator: {reason}", now, [], [], rollback=rollback)
+        return rules.stop(state, f"aborted by operator: {reason}", now, [], [], rollback=rollback)
 
     # --- inputs from devices and the clock ------------------------------------------
 
@@ -413,19 +274,19 @@ class RolloutState(_Frozen):
         name = str(phase.value) if isinstance(phase, Enum) else str(phase)
         if name not in RESTING_PHASES and name not in WORKING_PHASES:
             raise RolloutError(f"device {device_id!r} reported an unknown phase {name!r}")
-        change = self._new_status(progress, name, active_sha, reason, target_sha)
-        updated = _with(progress, phase=name, active=active_sha)
+        change = rules.new_status(self, progress, name, active_sha, reason, target_sha)
+        updated = with_changes(progress, phase=name, active=active_sha)
         events: list[RolloutEvent] = []
         if change is not None:
             status, why = change
             finished = progress.finished_at if status is DeviceStatus.IN_PROGRESS else now
-            updated = _with(updated, status=status, reason=why, finished_at=finished)
-            events.extend(self._device_event(device_id, progress, status, why, now))
+            updated = with_changes(updated, status=status, reason=why, finished_at=finished)
+            events.extend(rules.device_event(self, device_id, progress, status, why, now))
         if updated == progress:
             return Step(self, [], [])
         state = self._changed(now, devices={**self.devices, device_id: updated})
         if state.status is RolloutStatus.ROLLED_BACK:
-            return state._rollback_check(now, [], events)
+            return rules.rollback_check(state, now, [], events)
         return Step(state, [], events)
 
     def tick(
@@ -454,7 +315,7 @@ class RolloutState(_Frozen):
             why = f"not committed {spec.device_timeout_s:g} s after it was sent"
             devices = dict(self.devices)
             for d in expired:
-                devices[d] = _with(
+                devices[d] = with_changes(
                     devices[d], status=DeviceStatus.TIMED_OUT, finished_at=now, reason=why
                 )
             message = f"{wave_label(index)}: {len(expired)} devices timed out: {', '.join(expired)}"
@@ -463,9 +324,9 @@ class RolloutState(_Frozen):
             )
             state = self._changed(now, devices=devices)
         if wave.status is WaveStatus.RUNNING:
-            return state._settle(index, now, [], events, telemetry)
+            return rules.settle(state, index, now, [], events, telemetry)
         if wave.status is WaveStatus.WATCHING:
-            return state._decide(index, now, [], events, telemetry)
+            return rules.decide(state, index, now, [], events, telemetry)
         return Step(state, [], events)
 
     # --- helpers --------------------------------------------------------------------
@@ -492,7 +353,7 @@ class RolloutState(_Frozen):
         return RolloutEvent(
             kind=kind,
             at=now,
-            message=_clip(message, 4096),
+            message=clip(message, 4096),
             wave=wave,
             device_ids=tuple(ids),
             verdict=verdict,
@@ -503,269 +364,6 @@ class RolloutState(_Frozen):
 
     def _off_bundle(self, phase: str | None, active: str | None) -> bool:
         return phase in RESTING_PHASES and active != self.spec.bundle
-
-    def _new_status(
-        self, p: DeviceProgress, phase: str, active: str | None, reason: str, target: str | None
-    ) -> tuple[DeviceStatus, str] | None:
-        """The device's status and reason after a report, or None when they stay."""
-        if p.status is DeviceStatus.PENDING:
-            return None
-        off = self._off_bundle(phase, active)
-        about_us = target == self.spec.bundle or (target is None and p.phase in WORKING_PHASES)
-        wanted: tuple[DeviceStatus, str] | None = None
-        if self._on_bundle(phase, active):
-            wanted = (DeviceStatus.COMMITTED, "")
-        elif p.rollback_sent:
-            if off and p.status is not DeviceStatus.FAILED:
-                wanted = (DeviceStatus.ROLLED_BACK, p.reason)
-        elif off and phase == "rolled-back" and about_us and p.status in UNANSWERED_DEVICE_STATUSES:
-            wanted = (DeviceStatus.FAILED, _clip(reason or "rolled back (no reason given)"))
-        elif (
-            phase in WORKING_PHASES
-            and target in (None, self.spec.bundle)
-            and p.status is DeviceStatus.SENT
-        ):
-            wanted = (DeviceStatus.IN_PROGRESS, "")
-        return None if wanted is None or wanted[0] is p.status else wanted
-
-    def _device_event(
-        self, device_id: str, before: DeviceProgress, status: DeviceStatus, why: str, now: float
-    ) -> list[RolloutEvent]:
-        late = " (late)" if before.status is DeviceStatus.TIMED_OUT else ""
-        messages = {
-            DeviceStatus.COMMITTED: (EventKind.DEVICE_COMMITTED, f"committed {self._sha}{late}"),
-            DeviceStatus.FAILED: (EventKind.DEVICE_FAILED, f"rolled {self._sha} back: {why}"),
-            DeviceStatus.ROLLED_BACK: (EventKind.DEVICE_ROLLED_BACK, f"is off {self._sha} again"),
-        }
-        if status not in messages:
-            return []
-        kind, text = messages[status]
-        return [self._event(kind, now, f"{device_id} {text}", wave=before.wave, ids=[device_id])]
-
-    def _open_from(
-        self, index: int, now: float, actions: list[Action], events: list[RolloutEvent]
-    ) -> Step:
-        """Send the first wave with devices at or after ``index``; complete when there is none."""
-        waves = list(self.waves)
-        while index < len(waves) and not waves[index].devices:
-            waves[index] = _with(waves[index], status=WaveStatus.SKIPPED, finished_at=now)
-            message = f"{wave_label(index)} has no devices"
-            events.append(self._event(EventKind.WAVE_SKIPPED, now, message, wave=index))
-            index += 1
-        if index == len(waves):
-            committed = self.device_counts()[DeviceStatus.COMMITTED]
-            message = (
-                f"rollout of {self._sha} completed: {committed} of {len(self.devices)} "
-                f"devices committed, {len(self.skipped)} skipped"
-            )
-            events.append(self._event(EventKind.COMPLETED, now, message))
-            actions.append(Notify(message))
-            state = self._changed(
-                now,
-                waves=tuple(waves),
-                status=RolloutStatus.COMPLETED,
-                finished_at=now,
-                current_wave=max(len(waves) - 1, 0),
-            )
-            return Step(state, actions, events)
-        devices = dict(self.devices)
-        ids = waves[index].devices
-        already = [d for d in ids if self._on_bundle(devices[d].phase, devices[d].active)]
-        for d in ids:
-            if d in already:
-                devices[d] = _with(
-                    devices[d], status=DeviceStatus.COMMITTED, sent_at=now, finished_at=now
-                )
-            else:
-                devices[d] = _with(devices[d], status=DeviceStatus.SENT, sent_at=now)
-        waves[index] = _with(waves[index], status=WaveStatus.RUNNING, started_at=now)
-        actions.append(Assign(device_ids=ids, bundle_sha=self.spec.bundle))
-        message = f"{wave_label(index)}: sent {self._sha} to {len(ids)} devices"
-        events.append(self._event(EventKind.WAVE_STARTED, now, message, wave=index, ids=ids))
-        if already:
-            message = f"{wave_label(index)}: {len(already)} devices already run {self._sha}"
-            events.append(
-                self._event(EventKind.DEVICE_COMMITTED, now, message, wave=index, ids=already)
-            )
-        state = self._changed(now, waves=tuple(waves), devices=devices, current_wave=index)
-        return Step(state, actions, events)
-
-    def _settle(
-        self,
-        index: int,
-        now: float,
-        actions: list[Action],
-        events: list[RolloutEvent],
-        telemetry: Mapping[int, WaveTelemetry],
-    ) -> Step:
-        """A running wave: fail it once too few can still commit; watch it once all are resolved."""
-        wave, spec = self.waves[index], self.spec.waves[index]
-        statuses = [self.devices[d] for d in wave.devices]
-        size = len(statuses)
-        committed = [p for p in statuses if p.status is DeviceStatus.COMMITTED]
-        lost = sum(p.status in (DeviceStatus.FAILED, DeviceStatus.TIMED_OUT) for p in statuses)
-        need = math.ceil(round(spec.success_threshold * size, 9))
-        label = wave_label(index)
-        if size - lost < need:
-            reason = (
-                f"{label}: {lost} of {size} devices failed or timed out; at most "
-                f"{size - lost} can commit, {need} needed (threshold {spec.success_threshold:.0%})"
-            )
-            return self._fail_wave(index, reason, now, actions, events)
-        if len(committed) + lost < size:
-            return Step(self, actions, events)
-        watch_until = max(p.finished_at or now for p in committed) + spec.health_window_s
-        waves = list(self.waves)
-        waves[index] = _with(
-            wave, status=WaveStatus.WATCHING, settled_at=now, watch_until=watch_until
-        )
-        message = (
-            f"{label}: {len(committed)} of {size} devices committed ({need} needed); "
-            f"watching {spec.health_window_s:g} s after the last commit"
-        )
-        events.append(self._event(EventKind.WAVE_SETTLED, now, message, wave=index))
-        state = self._changed(now, waves=tuple(waves))
-        return state._decide(index, now, actions, events, telemetry)
-
-    def _decide(
-        self,
-        index: int,
-        now: float,
-        actions: list[Action],
-        events: list[RolloutEvent],
-        telemetry: Mapping[int, WaveTelemetry],
-    ) -> Step:
-        """A watched wave after its health window: the quality gate passes, fails or waits."""
-        wave, spec = self.waves[index], self.spec.waves[index]
-        if wave.watch_until is None or now < wave.watch_until:
-            return Step(self, actions, events)
-        verdict = evaluate_gate(
-            telemetry.get(index), spec.gate, self.spec.baseline, label=wave_label(index)
-        )
-        if verdict.outcome is GateOutcome.FAILED:
-            return self._fail_wave(index, verdict.reason, now, actions, events, verdict=verdict)
-        if verdict.outcome is GateOutcome.UNDECIDED:
-            return self._undecided(index, verdict, now, actions, events)
-        waves = list(self.waves)
-        waves[index] = _with(wave, status=WaveStatus.PASSED, finished_at=now, verdict=verdict)
-        events.append(
-            self._event(EventKind.WAVE_PASSED, now, verdict.reason, wave=index, verdict=verdict)
-        )
-        state = self._changed(now, waves=tuple(waves))
-        rest = [i for i in range(index + 1, len(waves)) if waves[i].devices]
-        if not (spec.approval_before_next and rest):
-            return state._open_from(index + 1, now, actions, events)
-        message = (
-            f"{wave_label(index)} passed; {wave_label(rest[0])} "
-            f"({len(waves[rest[0]].devices)} devices) waits for approval"
-        )
-        events.append(self._event(EventKind.AWAITING_APPROVAL, now, message, wave=index))
-        actions.append(Notify(f"rollout of {self._sha}: {message}"))
-        return Step(state._changed(now, status=RolloutStatus.AWAITING_APPROVAL), actions, events)
-
-    def _undecided(
-        self,
-        index: int,
-        verdict: GateVerdict,
-        now: float,
-        actions: list[Action],
-        events: list[RolloutEvent],
-    ) -> Step:
-        """Not enough telemetry after the health window: wait (saying so once), or fail at the gate timeout."""
-        wave, timeout = self.waves[index], self.spec.waves[index].gate_timeout_s
-        assert wave.watch_until is not None  # only watched waves are decided
-        if timeout is not None and now >= wave.watch_until + timeout:
-            reason = f"no quality decision {timeout:g} s after the health window: {verdict.reason}"
-            return self._fail_wave(index, reason, now, actions, events, verdict=verdict)
-        if wave.undecided_since is not None:
-            return Step(self, actions, events)
-        waves = list(self.waves)
-        waves[index] = _with(wave, undecided_since=now, verdict=verdict)
-        events.append(
-            self._event(EventKind.GATE_UNDECIDED, now, verdict.reason, wave=index, verdict=verdict)
-        )
-        actions.append(Notify(f"rollout of {self._sha} waits: {verdict.reason}"))
-        return Step(self._changed(now, waves=tuple(waves)), actions, events)
-
-    def _fail_wave(
-        self,
-        index: int,
-        reason: str,
-        now: float,
-        actions: list[Action],
-        events: list[RolloutEvent],
-        *,
-        verdict: GateVerdict | None = None,
-    ) -> Step:
-        """The wave failed: record it, then abort and roll back."""
-        waves = list(self.waves)
-        waves[index] = _with(
-            waves[index],
-            status=WaveStatus.FAILED,
-            finished_at=now,
-            verdict=verdict,
-            reason=_clip(reason),
-        )
-        events.append(self._event(EventKind.WAVE_FAILED, now, reason, wave=index, verdict=verdict))
-        state = self._changed(now, waves=tuple(waves))
-        return state._stop(reason, now, actions, events, rollback=True)
-
-    def _stop(
-        self,
-        reason: str,
-        now: float,
-        actions: list[Action],
-        events: list[RolloutEvent],
-        *,
-        rollback: bool,
-    ) -> Step:
-        """End the rollout: ``rolled-back`` (previous bundle re-assigned) or ``aborted``."""
-        affected = tuple(
-            sorted(d for d, p in self.devices.items() if p.status is not DeviceStatus.PENDING)
-        )
-        common = {"finished_at": now, "reason": _clip(reason), "paused_from": None}
-        if not (rollback and affected):
-            message = f"rollout of {self._sha} aborted: {reason}"
-            events.append(self._event(EventKind.ABORTED, now, message))
-            actions.append(Notify(message))
-            return Step(self._changed(now, status=RolloutStatus.ABORTED, **common), actions, events)
-        devices = dict(self.devices)
-        back = [
-            d
-            for d in affected
-            if self._off_bundle(devices[d].phase, devices[d].active)
-            and devices[d].status is not DeviceStatus.FAILED
-        ]
-        for d in affected:
-            devices[d] = _with(devices[d], rollback_sent=True)
-            if d in back:
-                devices[d] = _with(devices[d], status=DeviceStatus.ROLLED_BACK, finished_at=now)
-        to = self.spec.previous_bundle
-        message = (
-            f"rollout of {self._sha} aborted: {reason}; rolling {len(affected)} devices back "
-            f"to {to[:12] if to is not None else 'no assignment'}"
-        )
-        actions.extend([Rollback(device_ids=affected, to_sha=to), Notify(message)])
-        events.append(self._event(EventKind.ABORTED, now, message, ids=affected))
-        if back:
-            text = f"{len(back)} devices were already off {self._sha}"
-            events.append(self._event(EventKind.DEVICE_ROLLED_BACK, now, text, ids=back))
-        state = self._changed(now, status=RolloutStatus.ROLLED_BACK, devices=devices, **common)
-        return state._rollback_check(now, actions, events)
-
-    def _rollback_check(
-        self, now: float, actions: list[Action], events: list[RolloutEvent]
-    ) -> Step:
-        """After a rollback: note (once) the moment every rolled-back device is off the new bundle."""
-        targets = [p for p in self.devices.values() if p.rollback_sent]
-        if self.rollback_completed_at is not None or not all(
-            self._off_bundle(p.phase, p.active) for p in targets
-        ):
-            return Step(self, actions, events)
-        message = f"rollback of {self._sha} complete: {len(targets)} devices are off it"
-        events.append(self._event(EventKind.ROLLBACK_COMPLETE, now, message))
-        actions.append(Notify(message))
-        return Step(self._changed(now, rollback_completed_at=now), actions, events)
 
 
 def recover(state: RolloutState, now: float) -> Step:
@@ -779,11 +377,7 @@ def recover(state: RolloutState, now: float) -> Step:
     is unchanged.
     """
     actions: list[Action] = []
-    if state.status in (
-        RolloutStatus.RUNNING,
-        RolloutStatus.PAUSED,
-        RolloutStatus.AWAITING_APPROVAL,
-    ):
+    if not state.finished:  # a pending one has sent nothing yet
         unfinished = sorted(
             d
             for d, p in state.devices.items()
