@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -19,17 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_runtime.bundle import Bundle
-from fleet_server.api import create_app
-from fleet_server.registry import Registry
+from edgefleet.testing.fleet import LocalFleet
 from fleet_server.server import FleetServer
-from fleet_server.service import connect_client
-from fleet_server.trust import ONLINE_ROLES, Expiry, Repository, init_keys
-from tests.conftest import free_port
 from tests.media import make_bundle
 from tests.models import tiny_onnx_model
 
@@ -101,8 +95,6 @@ class Api:
 
 @pytest.fixture
 def api(tmp_path: Path, amqtt_broker: int) -> Iterator[Api]:
-    keys = init_keys(tmp_path / "keys")
-    repo = Repository.create(tmp_path / "repo", keys, Expiry())
     bundles = {
         "v1": make_bundle(tmp_path / "v1.efb", tiny_onnx_model(), "onnx", "1.0.0", softmax=True),
         "v2": make_bundle(
@@ -112,35 +104,14 @@ def api(tmp_path: Path, amqtt_broker: int) -> Iterator[Api]:
             tmp_path / "u.efb", tiny_onnx_model(seed=9), "onnx", "9.0.0", softmax=True
         ),
     }
-    repo.release(tmp_path / "v1.efb", keys.role("targets"))
-    repo.release(tmp_path / "v2.efb", keys.role("targets"))
-    registry = Registry.open(f"sqlite:///{tmp_path / 'fleet.db'}")
-    mqtt_client = connect_client("127.0.0.1", amqtt_broker, client_id="api-test")
-    server = FleetServer(
-        registry, repo, keys.only(ONLINE_ROLES), mqtt_client, tmp_path / "served", tick_s=0.2
-    )
-    server.start()
-    app = create_app(
-        server,
-        TOKEN,
-        device_mqtt={"host": "127.0.0.1", "port": amqtt_broker, "topic_prefix": "edgefleet"},
-    )
-    port = free_port()
-    http = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=http.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not http.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        yield Api(Client(f"http://127.0.0.1:{port}"), server, bundles, tmp_path)
-    finally:
-        http.should_exit = True
-        thread.join(timeout=10)
-        server.stop()
-        mqtt_client.loop_stop()
-        mqtt_client.disconnect()
-        registry.close()
+    with LocalFleet(tmp_path / "fleet", amqtt_broker, client_id="api-test") as fleet:
+        # released, but imported by the tests themselves, through the API
+        fleet.release("v1", tmp_path / "v1.efb", import_bundle=False)
+        fleet.release("v2", tmp_path / "v2.efb", import_bundle=False)
+        fleet.start()
+        assert fleet.server is not None
+        base = fleet.serve_http(TOKEN)
+        yield Api(Client(base), fleet.server, bundles, tmp_path)
 
 
 def test_token_is_required_except_for_healthz(api: Api) -> None:

@@ -25,11 +25,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgefleet.testing import RunningDevice
+from edgefleet.testing.fleet import LocalFleet
 from fleet_server.registry import Registry
 from fleet_server.server import FleetServer
 from fleet_server.service import connect_client
-from fleet_server.trust import ONLINE_ROLES, Expiry, Repository, init_keys
-from tests.integration.test_updates import RunningDevice, device_config, make_fleet
+from tests.integration.test_updates import device_config, make_fleet
 from tests.media import make_bundle
 from tests.models import tiny_onnx_model
 
@@ -144,28 +145,21 @@ class ServerUnderFire:
 
 @pytest.fixture
 def server_under_fire(tmp_path: Path, amqtt_broker: int) -> Iterator[ServerUnderFire]:
-    keys = init_keys(tmp_path / "keys")
-    repo = Repository.create(tmp_path / "repo", keys, Expiry())
     bundle = make_bundle(tmp_path / "v1.efb", tiny_onnx_model(), "onnx", "1.0.0", softmax=True)
-    repo.release(tmp_path / "v1.efb", keys.role("targets"))
-    registry = Registry.open(f"sqlite:///{tmp_path / 'fleet.db'}")
-    client = connect_client("127.0.0.1", amqtt_broker, client_id="fuzz-server")
-    server = FleetServer(
-        registry, repo, keys.only(ONLINE_ROLES), client, tmp_path / "served", tick_s=0.1
-    )
-    server.import_bundle(tmp_path / "v1.efb")
-    registry.provision_device("sentinel")
-    server.start()
-    attacker = connect_client("127.0.0.1", amqtt_broker, client_id="fuzz-attacker")
-    try:
-        yield ServerUnderFire(server, registry, client, attacker, bundle.sha256)
-    finally:
-        attacker.loop_stop()
-        attacker.disconnect()
-        server.stop()
-        client.loop_stop()
-        client.disconnect()
-        registry.close()
+    with LocalFleet(tmp_path / "fleet", amqtt_broker, tick_s=0.1, client_id="fuzz-server") as fleet:
+        fleet.release("v1", tmp_path / "v1.efb")
+        fleet.provision("sentinel")
+        fleet.start()
+        assert fleet.server is not None and fleet.registry is not None
+        assert fleet.client is not None
+        attacker = connect_client("127.0.0.1", amqtt_broker, client_id="fuzz-attacker")
+        try:
+            yield ServerUnderFire(
+                fleet.server, fleet.registry, fleet.client, attacker, bundle.sha256
+            )
+        finally:
+            attacker.loop_stop()
+            attacker.disconnect()
 
 
 @settings(
@@ -267,7 +261,7 @@ def test_generated_metadata_and_chunks_never_stop_a_device(
             for suffix, payload in legit.items():
                 fleet.client.publish(f"edgefleet/tuf/{suffix}", payload, qos=1, retain=True)
             fleet.client.publish("edgefleet/tuf/unknown", b"", qos=1, retain=True)
-            fleet.assign(fleet.bundles["v2"])
+            fleet.assign(fleet.bundles["v2"], "cam-1")
             device.wait_for(
                 lambda: (
                     device.agent.state.active is not None

@@ -12,164 +12,109 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_runtime.bundle import Bundle
-from edge_runtime.config import parse_config
-from edge_runtime.device import DeviceRuntime
 from edge_runtime.update import UpdatePhase
+from edgefleet.testing import RunningDevice
+from edgefleet.testing.fleet import LocalFleet
 from fleet_server.delivery import ChunkServer
 from fleet_server.publisher import publish_metadata
-from fleet_server.trust import Expiry, KeySet, Repository, init_keys
 from tests.media import make_bad_golden_bundle, make_bundle
 from tests.models import slow_onnx_model, tiny_onnx_model, tiny_tflite_model
 
 pytestmark = pytest.mark.broker
 
 
-@dataclass
-class Fleet:
-    """The operator's side: keys, repository, chunk server, a connected MQTT client."""
-
-    port: int
-    keys: KeySet
-    repo: Repository
-    client: mqtt.Client
-    server: ChunkServer
-    bundles: dict[str, Bundle]
-    root_file: Path
-
-    def assign(self, bundle: Bundle, device: str = "cam-1") -> int:
-        version = self.repo.assign("devices", device, bundle.sha256, self.keys.role("assignments"))
-        self.repo.snapshot_and_timestamp(self.keys.role("snapshot"), self.keys.role("timestamp"))
-        publish_metadata(self.client, self.repo)
-        return version
-
-
 @contextlib.contextmanager
-def make_fleet(tmp_path: Path, port: int, big: bool = False) -> Iterator[Fleet]:
-    """Keys, a repository with four released bundles, a chunk server, on the broker at ``port``."""
-    keys = init_keys(tmp_path / "keys")
-    repo = Repository.create(tmp_path / "repo", keys, Expiry())
-    bundles = {
-        "v1": make_bundle(
-            tmp_path / "v1.efb", tiny_onnx_model(scale=40.0), "onnx", "1.0.0", softmax=True
-        ),
-        "v2": make_bundle(
-            tmp_path / "v2.efb", tiny_onnx_model(scale=40.0, seed=8), "onnx", "2.0.0", softmax=True
-        ),
-        "bad-golden": make_bad_golden_bundle(
-            tmp_path / "bad.efb", tiny_tflite_model(), "tflite", "3.0.0"
-        ),
-        "collapse": make_bundle(
-            tmp_path / "flat.efb",
-            tiny_onnx_model(scale=0.001, seed=9),
-            "onnx",
-            "4.0.0",
-            softmax=True,
-        ),
-    }
-    paths = {
-        "v1": tmp_path / "v1.efb",
-        "v2": tmp_path / "v2.efb",
-        "bad-golden": tmp_path / "bad.efb",
-        "collapse": tmp_path / "flat.efb",
-    }
-    for path in paths.values():
-        repo.release(path, keys.role("targets"))
-    repo.snapshot_and_timestamp(keys.role("snapshot"), keys.role("timestamp"))
-    if big:  # a 12 MB bundle: slow enough to kill the device mid-download
-        bundles["big"] = make_bundle(
-            tmp_path / "big.efb",
-            slow_onnx_model(rows=1, hidden=1000),
-            "onnx",
-            "5.0.0",
-            softmax=True,
-        )
-        paths["big"] = tmp_path / "big.efb"
-        repo.release(paths["big"], keys.role("targets"))
-        repo.snapshot_and_timestamp(keys.role("snapshot"), keys.role("timestamp"))
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id="fleet-test",
-        protocol=mqtt.MQTTv311,
-    )
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    server = ChunkServer(client, {b.sha256: paths[name] for name, b in bundles.items()})
-    server.start()
-    publish_metadata(client, repo)
-    root_file = tmp_path / "root.json"
-    root_file.write_bytes(repo.root_bytes(1))
-    try:
-        yield Fleet(port, keys, repo, client, server, bundles, root_file)
-    finally:
-        server.stop()
-        client.loop_stop()
-        client.disconnect()
+def make_fleet(tmp_path: Path, port: int, big: bool = False) -> Iterator[LocalFleet]:
+    """The kit's local fleet without the fleet server: keys, a repository with four released
+    bundles and a chunk server on the broker at ``port``; ``fleet.assign`` signs directly."""
+    with LocalFleet(tmp_path / "fleet", port, fleet_server=False, client_id="fleet-test") as fleet:
+        made = {
+            "v1": make_bundle(
+                tmp_path / "v1.efb", tiny_onnx_model(scale=40.0), "onnx", "1.0.0", softmax=True
+            ),
+            "v2": make_bundle(
+                tmp_path / "v2.efb",
+                tiny_onnx_model(scale=40.0, seed=8),
+                "onnx",
+                "2.0.0",
+                softmax=True,
+            ),
+            "bad-golden": make_bad_golden_bundle(
+                tmp_path / "bad.efb", tiny_tflite_model(), "tflite", "3.0.0"
+            ),
+            "collapse": make_bundle(
+                tmp_path / "flat.efb",
+                tiny_onnx_model(scale=0.001, seed=9),
+                "onnx",
+                "4.0.0",
+                softmax=True,
+            ),
+        }
+        if big:  # a 12 MB bundle: slow enough to kill the device mid-download
+            made["big"] = make_bundle(
+                tmp_path / "big.efb",
+                slow_onnx_model(rows=1, hidden=1000),
+                "onnx",
+                "5.0.0",
+                softmax=True,
+            )
+        files = {"v1": "v1", "v2": "v2", "bad-golden": "bad", "collapse": "flat", "big": "big"}
+        for name in made:
+            fleet.release(name, tmp_path / f"{files[name]}.efb")
+        fleet.start()
+        yield fleet
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, mosquitto: int) -> Iterator[Fleet]:
+def fleet(tmp_path: Path, mosquitto: int) -> Iterator[LocalFleet]:
     with make_fleet(tmp_path, mosquitto) as made:
         yield made
 
 
-def device_config(fleet: Fleet, tmp_path: Path, probation_s: float = 1.5) -> str:
-    return (
-        f"device_id: cam-1\nbundle: {tmp_path / 'v1.efb'}\nstore: {tmp_path / 'store'}\n"
-        f"source:\n  type: synthetic\n  fps: 30\n  width: 64\n  height: 48\n"
-        f"mqtt:\n  port: {fleet.port}\n"
-        f"outputs:\n  jsonl:\n    path: {tmp_path / 'predictions.jsonl'}\n"
-        f"metrics:\n  port: 0\n"
-        f"update:\n  trusted_root: {fleet.root_file}\n  probation_s: {probation_s}\n"
-        f"  probation_min_predictions: 10\n  smoke_latency_runs: 5\n  window_timeout_s: 2\n"
+def device_config(
+    fleet: LocalFleet, tmp_path: Path, probation_s: float = 1.5, store: Path | None = None
+) -> str:
+    """cam-1 on v1, a 30 fps synthetic source, predictions to ``tmp_path/predictions.jsonl``."""
+    config = fleet.device_config(
+        "cam-1",
+        bundle="v1",
+        store=str(store or tmp_path / "store"),
+        source={"type": "synthetic", "fps": 30, "width": 64, "height": 48},
+        outputs={"jsonl": {"path": str(tmp_path / "predictions.jsonl")}},
+        metrics={"enabled": True, "port": 0},
+        update={
+            "probation_s": probation_s,
+            "probation_min_predictions": 10,
+            "smoke_latency_runs": 5,
+            "window_timeout_s": 2,
+        },
     )
-
-
-class RunningDevice:
-    def __init__(self, config_text: str) -> None:
-        self.runtime = DeviceRuntime(parse_config(config_text))
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.runtime.run, args=(self.stop,))
-        self.thread.start()
-        assert self.runtime.agent is not None
-        self.agent = self.runtime.agent
-
-    def wait_for(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.05)
-        raise AssertionError(
-            f"timed out; agent state {self.agent.state.phase.value}, refusals {self.agent.refusals}"
-        )
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=20)
+    return yaml.safe_dump(config)
 
 
 @pytest.fixture
-def device(fleet: Fleet, tmp_path: Path) -> Iterator[RunningDevice]:
+def device(fleet: LocalFleet, tmp_path: Path) -> Iterator[RunningDevice]:
     running = RunningDevice(device_config(fleet, tmp_path))
     try:
-        running.wait_for(
-            lambda: running.runtime.mqtt is not None and running.runtime.mqtt.connected.is_set()
-        )
+        running.wait_for(running.connected)
         yield running
     finally:
         running.close()
+
+
+def fleet_chunks(fleet: LocalFleet) -> ChunkServer:
+    assert fleet.chunks is not None
+    return fleet.chunks
 
 
 def predictions(tmp_path: Path) -> list[dict]:
@@ -196,11 +141,11 @@ def assert_no_gap(lines: list[dict]) -> None:
 
 
 def test_update_is_delivered_verified_tested_and_committed(
-    fleet: Fleet, device: RunningDevice, tmp_path: Path
+    fleet: LocalFleet, device: RunningDevice, tmp_path: Path
 ) -> None:
     v1, v2 = fleet.bundles["v1"], fleet.bundles["v2"]
     device.wait_for(lambda: len(predictions(tmp_path)) > 20)
-    fleet.assign(v2)
+    fleet.assign(v2, "cam-1")
     device.wait_for(lambda: device.agent.state.phase == UpdatePhase.COMMITTED)
     state = device.agent.state
     assert state.active is not None and state.active.sha256 == v2.sha256
@@ -222,7 +167,7 @@ def test_update_is_delivered_verified_tested_and_committed(
         "committed",
     ], phases
     assert device.agent.store.has(v2.sha256)
-    assert fleet.server.stats().bundles[v2.sha256].chunks_published >= 1
+    assert fleet_chunks(fleet).stats().bundles[v2.sha256].chunks_published >= 1
 
 
 @pytest.mark.parametrize(
@@ -230,11 +175,11 @@ def test_update_is_delivered_verified_tested_and_committed(
     [("bad-golden", "golden vector"), ("collapse", "confidence")],
 )
 def test_a_bad_bundle_is_rolled_back_and_the_old_one_keeps_serving(
-    fleet: Fleet, device: RunningDevice, tmp_path: Path, bad: str, words: str
+    fleet: LocalFleet, device: RunningDevice, tmp_path: Path, bad: str, words: str
 ) -> None:
     v1, broken = fleet.bundles["v1"], fleet.bundles[bad]
     device.wait_for(lambda: len(predictions(tmp_path)) > 30)  # the confidence baseline
-    fleet.assign(broken)
+    fleet.assign(broken, "cam-1")
     device.wait_for(lambda: device.agent.state.phase == UpdatePhase.ROLLED_BACK)
     state = device.agent.state
     assert state.active is not None and state.active.sha256 == v1.sha256
@@ -247,10 +192,10 @@ def test_a_bad_bundle_is_rolled_back_and_the_old_one_keeps_serving(
 
 
 def test_replayed_metadata_is_refused_and_reported(
-    fleet: Fleet, device: RunningDevice, tmp_path: Path
+    fleet: LocalFleet, device: RunningDevice, tmp_path: Path
 ) -> None:
     old = fleet.repo.published()
-    fleet.assign(fleet.bundles["v2"])
+    fleet.assign(fleet.bundles["v2"], "cam-1")
     device.wait_for(lambda: device.agent.state.phase == UpdatePhase.COMMITTED)
     for suffix in ("timestamp", "snapshot", "assignments"):  # the attacker replays older metadata
         fleet.client.publish(
@@ -265,7 +210,7 @@ def test_replayed_metadata_is_refused_and_reported(
 
 
 def test_killed_during_probation_boots_into_the_last_good_bundle(
-    fleet: Fleet, tmp_path: Path
+    fleet: LocalFleet, tmp_path: Path
 ) -> None:
     config = tmp_path / "device.yaml"
     config.write_text(device_config(fleet, tmp_path, probation_s=60))
@@ -279,14 +224,14 @@ def test_killed_during_probation_boots_into_the_last_good_bundle(
     watcher.on_message = lambda _c, _u, msg: (
         states.append(json.loads(msg.payload)) if msg.payload else None
     )
-    watcher.connect("127.0.0.1", fleet.port)
+    watcher.connect("127.0.0.1", fleet.broker_port)
     watcher.subscribe("edgefleet/devices/cam-1/state", qos=1)
     watcher.loop_start()
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (tmp_path / "predictions.jsonl").exists():
             time.sleep(0.1)
-        fleet.assign(fleet.bundles["v2"])
+        fleet.assign(fleet.bundles["v2"], "cam-1")
         while time.monotonic() < deadline and not any(s["state"] == "probation" for s in states):
             time.sleep(0.05)
         assert any(s["state"] == "probation" for s in states), states[-3:]
@@ -317,11 +262,11 @@ def test_killed_during_probation_boots_into_the_last_good_bundle(
 
 
 def test_metadata_republished_during_probation_does_not_disturb_it(
-    fleet: Fleet, device: RunningDevice, tmp_path: Path
+    fleet: LocalFleet, device: RunningDevice, tmp_path: Path
 ) -> None:
     v2 = fleet.bundles["v2"]
     device.wait_for(lambda: len(predictions(tmp_path)) > 20)
-    fleet.assign(v2)
+    fleet.assign(v2, "cam-1")
     device.wait_for(lambda: device.agent.state.phase == UpdatePhase.PROBATION)
     fleet.repo.snapshot_and_timestamp(fleet.keys.role("snapshot"), fleet.keys.role("timestamp"))
     publish_metadata(fleet.client, fleet.repo)  # new timestamp, same assignment
@@ -335,7 +280,7 @@ def test_update_over_the_embedded_amqtt_broker(tmp_path: Path, amqtt_broker: int
         running = RunningDevice(device_config(fleet, tmp_path))
         try:
             running.wait_for(lambda: len(predictions(tmp_path)) > 10)
-            fleet.assign(fleet.bundles["v2"])
+            fleet.assign(fleet.bundles["v2"], "cam-1")
             running.wait_for(lambda: running.agent.state.phase == UpdatePhase.COMMITTED)
             assert running.agent.state.active is not None
             assert running.agent.state.active.sha256 == fleet.bundles["v2"].sha256
@@ -355,7 +300,7 @@ def test_killed_mid_download_resumes_after_restart(tmp_path: Path, mosquitto: in
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not (tmp_path / "predictions.jsonl").exists():
                 time.sleep(0.05)
-            fleet.assign(big)
+            fleet.assign(big, "cam-1")
             # wait until part of the bundle is on disk, then cut the power
             while time.monotonic() < deadline and not list(downloads.glob("*.chunks")):
                 time.sleep(0.01)
@@ -363,7 +308,7 @@ def test_killed_mid_download_resumes_after_restart(tmp_path: Path, mosquitto: in
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
             assert not (tmp_path / "store" / "bundles" / f"{big.sha256}.efb").exists()
-            served_before = fleet.server.stats().bundles[big.sha256].chunks_published
+            served_before = fleet_chunks(fleet).stats().bundles[big.sha256].chunks_published
             restarted = subprocess.Popen(
                 command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
@@ -376,7 +321,7 @@ def test_killed_mid_download_resumes_after_restart(tmp_path: Path, mosquitto: in
                     time.sleep(0.1)
                 assert state["phase"] == "committed", state["phase"]
                 chunks = -(-big.size // (256 * 1024))
-                served = fleet.server.stats().bundles[big.sha256].chunks_published
+                served = fleet_chunks(fleet).stats().bundles[big.sha256].chunks_published
                 assert served < 2 * chunks, (
                     served_before,
                     served,
@@ -406,17 +351,13 @@ def _private_mounts_work() -> bool:
 
 
 @pytest.mark.skipif(not _private_mounts_work(), reason="user+mount namespaces are not allowed")
-def test_a_device_boots_and_classifies_on_a_full_disk(fleet: Fleet, tmp_path: Path) -> None:
+def test_a_device_boots_and_classifies_on_a_full_disk(fleet: LocalFleet, tmp_path: Path) -> None:
     """Issue #15, item 7: the last good bundle serves; the state waits to be saved."""
     mount = tmp_path / "small"
     mount.mkdir()
     predictions = tmp_path / "predictions.jsonl"
     config = tmp_path / "device.yaml"
-    config.write_text(
-        device_config(fleet, tmp_path).replace(
-            f"store: {tmp_path / 'store'}", f"store: {mount}/store"
-        )
-    )
+    config.write_text(device_config(fleet, tmp_path, store=mount / "store"))
     env = {**os.environ, "EDGEFLEET_LOG_LEVEL": "info"}
     script = ["unshare", "-Urm", "sh", "-c", FULL_DISK_BOOT, "sh"]
     done = subprocess.run(
