@@ -11,6 +11,7 @@ __all__ = [
     "KeyManagementError",
     "MalformedReportError",
     "MalformedRequestError",
+    "NotFoundError",
     "RegistryError",
     "RegistryStorageError",
     "ReleaseError",
@@ -25,6 +26,10 @@ class FleetError(EdgefleetError):
 
 class RegistryError(FleetError):
     """A device or bundle is unknown, duplicated or in a state that forbids the request."""
+
+
+class NotFoundError(RegistryError):
+    """The device, bundle, rollout or wave named is not in the registry (an HTTP 404)."""
 
 
 class RolloutError(FleetError):

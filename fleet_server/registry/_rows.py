@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, lazyload
 
 from fleet_server import db
 from fleet_server.broker_auth import SERVER_USERNAME
-from fleet_server.errors import RegistryError
+from fleet_server.errors import NotFoundError, RegistryError
 from fleet_server.records import (
     AssignmentInfo,
     AssignmentKind,
@@ -91,7 +91,7 @@ def check_status(value: str, allowed: type[Enum], what: str) -> None:
 def get_bundle(session: Session, sha256: str) -> db.Bundle:
     row = session.get(db.Bundle, sha256)
     if row is None:
-        raise RegistryError(f"unknown bundle {sha256!r}: it was never imported")
+        raise NotFoundError(f"unknown bundle {sha256!r}: it was never imported")
     return row
 
 
@@ -102,21 +102,21 @@ def get_device(
     options = [] if tags else [lazyload(db.Device.tags)]
     row = session.get(db.Device, device_id, with_for_update=lock, options=options)
     if row is None:
-        raise RegistryError(f"unknown device {device_id!r}")
+        raise NotFoundError(f"unknown device {device_id!r}")
     return row
 
 
 def get_rollout(session: Session, rollout_id: int, *, lock: bool = False) -> db.Rollout:
     row = session.get(db.Rollout, rollout_id, with_for_update=lock)
     if row is None:
-        raise RegistryError(f"unknown rollout {rollout_id!r}")
+        raise NotFoundError(f"unknown rollout {rollout_id!r}")
     return row
 
 
 def get_wave(session: Session, wave_id: int, *, lock: bool = False) -> db.Wave:
     row = session.get(db.Wave, wave_id, with_for_update=lock)
     if row is None:
-        raise RegistryError(f"unknown wave {wave_id!r}")
+        raise NotFoundError(f"unknown wave {wave_id!r}")
     return row
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from fleet_server import db
-from fleet_server.errors import RegistryError
+from fleet_server.errors import NotFoundError, RegistryError
 from fleet_server.records import (
     DeviceInfo,
     TargetSelector,
@@ -81,13 +81,13 @@ class Devices(UnitOfWork):
     def register_on_first_contact(self, device_id: str) -> DeviceInfo:
         """The device, registered now (untagged) if it was unknown.
 
-        Without ``auto_register`` an unknown device is a :class:`RegistryError`.
+        Without ``auto_register`` an unknown device is a :class:`NotFoundError`.
         """
         check_id(device_id)
         if not self.auto_register:
             with self._transaction() as session:
                 if (row := session.get(db.Device, device_id)) is None:
-                    raise RegistryError(
+                    raise NotFoundError(
                         f"unknown device {device_id!r}: it is not provisioned and this "
                         "server does not register devices on first contact"
                     )
