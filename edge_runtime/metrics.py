@@ -1,523 +1,297 @@
-"""Thread-safe counters, gauges and histograms, rendered for Prometheus and as JSON.
+"""The device's metrics: prometheus_client for ``/metrics``, plus what it lacks.
 
-No third-party client: a device install carries only what the runtime needs, so
-the Prometheus text exposition format 0.0.4 is written here. Histograms keep
-cumulative buckets for Prometheus and a bounded reservoir of the most recent
-observations for the p50/p95/p99 that people and telemetry read.
+Every metric lives on a per-instance :class:`MetricsRegistry` (a
+``prometheus_client.CollectorRegistry``, never the process-global default
+one), so several runtimes in one process (the fleet simulator, tests) keep
+their own figures. ``prometheus_client`` writes the exposition format; this
+module adds the two things it has no notion of:
 
-Number formatting follows ``prometheus_client``: every sample value and every
-``le`` bound is a Python float ``repr`` (``le="5.0"``, ``le="0.5"``,
-``le="2500.0"``), with ``+Inf``, ``-Inf`` and ``NaN`` for the non-finite values.
+- the most recent observations of each histogram series
+  (:class:`RecentWindow`), for the p50/p95/p99 that the device's telemetry,
+  ``/stats`` and the fleet server's quality gate read (Prometheus itself
+  computes quantiles from the buckets, over a time range, on its side);
+- :meth:`MetricsRegistry.snapshot`, every series as JSON-friendly values.
+
+Names follow Prometheus conventions: base units (seconds), ``_total`` on
+counters. The pipeline measures in milliseconds; :class:`RuntimeMetrics`
+converts at this boundary.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
-from abc import ABC, abstractmethod
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import pairwise
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
 
 __all__ = [
-    "DEFAULT_LATENCY_BUCKETS_MS",
-    "DEFAULT_RESERVOIR_SIZE",
-    "METRIC_PREFIX",
+    "DEFAULT_LATENCY_BUCKETS_S",
+    "DEFAULT_WINDOW_SIZE",
+    "SNAPSHOT_QUANTILES",
     "STAGES",
-    "Counter",
-    "Gauge",
-    "Histogram",
-    "MetricFamily",
     "MetricsRegistry",
+    "RecentHistogram",
+    "RecentHistogramFamily",
+    "RecentWindow",
     "RuntimeMetrics",
-    "format_value",
+    "series_name",
 ]
 
-METRIC_PREFIX = "edgefleet_"
-DEFAULT_LATENCY_BUCKETS_MS: tuple[float, ...] = (
-    0.5, 1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500,
+DEFAULT_LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
-DEFAULT_RESERVOIR_SIZE = 2048
+"""From half a millisecond (a tiny int8 model) to 2.5 s (a stalled camera)."""
+DEFAULT_WINDOW_SIZE = 2048
+"""Observations each histogram series keeps for its recent quantiles."""
+SNAPSHOT_QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 STAGES = ("capture_wait", "preprocess", "invoke", "postprocess", "end_to_end")
 
-Kind = Literal["counter", "gauge", "histogram"]
-_Labels = tuple[tuple[str, str], ...]
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_WindowKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def format_value(value: float) -> str:
-    """A sample value or bucket bound as the exposition format writes it (``5.0``, ``+Inf``)."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
+def series_name(name: str, labels: Mapping[str, str]) -> str:
+    """A series as ``/metrics`` writes it: ``name{a="x",b="y"}``, labels sorted (``name`` bare)."""
+    if not labels:
+        return name
+    inner = ",".join(f'{key}="{_escape_label_value(labels[key])}"' for key in sorted(labels))
+    return f"{name}{{{inner}}}"
 
 
 def _escape_label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _series(name: str, labels: _Labels) -> str:
-    if not labels:
-        return name
-    inner = ",".join(f'{key}="{_escape_label_value(value)}"' for key, value in labels)
-    return f"{name}{{{inner}}}"
+def _window_key(name: str, labels: Mapping[str, str]) -> _WindowKey:
+    return name, tuple(sorted(labels.items()))
 
 
 def _json_number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-class _Metric(ABC):
-    """One time series (or, for a histogram, one group of them) holding its own lock."""
+class RecentWindow:
+    """The last ``size`` observations of a series, for quantiles of recent behaviour."""
 
-    kind: ClassVar[Kind]
-
-    def __init__(self) -> None:
+    def __init__(self, size: int = DEFAULT_WINDOW_SIZE) -> None:
+        if size < 1:
+            raise ValueError(f"a recent window holds at least 1 observation, got {size}")
         self._lock = threading.Lock()
-
-    @abstractmethod
-    def _samples(self) -> list[tuple[str, _Labels, float]]:
-        """(name suffix, extra labels, value) for each exposition line, read atomically."""
-
-    @abstractmethod
-    def _summary(self) -> Any:
-        """The JSON-friendly value for :meth:`MetricsRegistry.snapshot`."""
-
-
-class Counter(_Metric):
-    """A value that only goes up (events since start)."""
-
-    kind: ClassVar[Kind] = "counter"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._value = 0.0
-
-    def inc(self, amount: float = 1.0) -> None:
-        """Add ``amount`` (zero or more; a counter never decreases)."""
-        if not amount >= 0:
-            raise ValueError(f"a counter only goes up; cannot add {amount}")
-        with self._lock:
-            self._value += amount
-
-    @property
-    def value(self) -> float:
-        """The current total."""
-        with self._lock:
-            return self._value
-
-    def _samples(self) -> list[tuple[str, _Labels, float]]:
-        return [("", (), self.value)]
-
-    def _summary(self) -> float | None:
-        return _json_number(self.value)
-
-
-class Gauge(_Metric):
-    """A value that goes up and down; with ``callback`` it is computed when read."""
-
-    kind: ClassVar[Kind] = "gauge"
-
-    def __init__(self, callback: Callable[[], float] | None = None) -> None:
-        super().__init__()
-        self._value = 0.0
-        self._callback = callback
-
-    def set(self, value: float) -> None:
-        """Set the value (not allowed on a callback gauge)."""
-        self._check_settable()
-        with self._lock:
-            self._value = float(value)
-
-    def inc(self, amount: float = 1.0) -> None:
-        """Add ``amount`` (negative to subtract)."""
-        self._check_settable()
-        with self._lock:
-            self._value += amount
-
-    @property
-    def value(self) -> float:
-        """The current value (the callback's answer for a callback gauge)."""
-        if self._callback is not None:
-            return float(self._callback())
-        with self._lock:
-            return self._value
-
-    def _check_settable(self) -> None:
-        if self._callback is not None:
-            raise ValueError("this gauge is computed by its callback and cannot be set")
-
-    def _samples(self) -> list[tuple[str, _Labels, float]]:
-        return [("", (), self.value)]
-
-    def _summary(self) -> float | None:
-        return _json_number(self.value)
-
-
-class Histogram(_Metric):
-    """Observations counted into fixed buckets, plus the most recent ones for quantiles.
-
-    Buckets are upper bounds (``le``, inclusive); ``+Inf`` is always added.
-    Quantiles are estimated from the last ``reservoir_size`` observations only,
-    so they describe recent behaviour rather than the whole uptime.
-    """
-
-    kind: ClassVar[Kind] = "histogram"
-
-    def __init__(
-        self,
-        buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS_MS,
-        reservoir_size: int = DEFAULT_RESERVOIR_SIZE,
-    ) -> None:
-        super().__init__()
-        bounds = [float(b) for b in buckets]
-        if bounds and math.isinf(bounds[-1]) and bounds[-1] > 0:
-            bounds.pop()
-        if not bounds or any(not math.isfinite(b) for b in bounds):
-            raise ValueError(f"histogram buckets must be finite numbers, got {list(buckets)}")
-        if any(a >= b for a, b in pairwise(bounds)):
-            raise ValueError(f"histogram buckets must be strictly increasing, got {bounds}")
-        if reservoir_size < 1:
-            raise ValueError(f"reservoir_size must be at least 1, got {reservoir_size}")
-        self.buckets: tuple[float, ...] = tuple(bounds)
-        self._counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; last is +Inf
-        self._sum = 0.0
-        self._count = 0
-        self._recent: deque[float] = deque(maxlen=reservoir_size)
+        self._values: deque[float] = deque(maxlen=size)
 
     def observe(self, value: float) -> None:
-        """Record one observation (NaN is refused: it would poison the sum)."""
-        if math.isnan(value):
-            raise ValueError("cannot observe NaN")
+        """Keep ``value``, forgetting the oldest one when the window is full."""
         with self._lock:
-            self._counts[bisect_left(self.buckets, value)] += 1
-            self._sum += value
-            self._count += 1
-            self._recent.append(value)
+            self._values.append(value)
 
-    @property
-    def count(self) -> int:
-        """Number of observations since start."""
+    def __len__(self) -> int:
         with self._lock:
-            return self._count
-
-    @property
-    def sum(self) -> float:
-        """Sum of all observations since start."""
-        with self._lock:
-            return self._sum
-
-    def cumulative_buckets(self) -> list[tuple[float, int]]:
-        """``(le, observations <= le)`` for every bound, ending with ``(inf, count)``."""
-        with self._lock:
-            counts = list(self._counts)
-        running, result = 0, []
-        for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
-            running += n
-            result.append((bound, running))
-        return result
+            return len(self._values)
 
     def quantile(self, q: float) -> float | None:
-        """The ``q`` quantile (0..1) of the recent observations; ``None`` before any."""
+        """The ``q`` quantile (0..1) of the window; ``None`` while it is empty."""
         return self.quantiles([q])[0]
 
     def quantiles(self, qs: Sequence[float]) -> list[float | None]:
-        """Several quantiles from one consistent copy of the reservoir."""
+        """Several quantiles from one consistent copy of the window.
+
+        Linear interpolation between closest ranks (numpy's default method).
+        """
         if any(not 0.0 <= q <= 1.0 for q in qs):
             raise ValueError(f"quantiles must lie in [0, 1], got {list(qs)}")
         with self._lock:
-            data = sorted(self._recent)
+            data = sorted(self._values)
         if not data:
             return [None for _ in qs]
         return [_interpolate(data, q) for q in qs]
 
-    def _samples(self) -> list[tuple[str, _Labels, float]]:
-        with self._lock:
-            counts, total, count = list(self._counts), self._sum, self._count
-        samples: list[tuple[str, _Labels, float]] = []
-        running = 0
-        for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
-            running += n
-            samples.append(("_bucket", (("le", format_value(bound)),), float(running)))
-        samples.append(("_sum", (), total))
-        samples.append(("_count", (), float(count)))
-        return samples
-
-    def _summary(self) -> dict[str, float | int | None]:
-        with self._lock:
-            total, count = self._sum, self._count
-        p50, p95, p99 = self.quantiles([0.5, 0.95, 0.99])
-        return {"count": count, "sum": _json_number(total), "p50": p50, "p95": p95, "p99": p99}
-
 
 def _interpolate(data: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default method)."""
     position = q * (len(data) - 1)
     low = math.floor(position)
     high = min(low + 1, len(data) - 1)
     return data[low] + (data[high] - data[low]) * (position - low)
 
 
-M = TypeVar("M", bound=_Metric)
+class RecentHistogram:
+    """One histogram series: Prometheus buckets, and its most recent observations."""
+
+    def __init__(self, series: Histogram, window: RecentWindow) -> None:
+        self._series = series
+        self.window = window
+
+    def observe(self, value: float) -> None:
+        """Record one observation (NaN is refused: it would poison the sum)."""
+        if math.isnan(value):
+            raise ValueError("cannot observe NaN")
+        self._series.observe(value)
+        self.window.observe(value)
+
+    def quantiles(self, qs: Sequence[float]) -> list[float | None]:
+        """Quantiles of the recent observations (see :meth:`RecentWindow.quantiles`)."""
+        return self.window.quantiles(qs)
 
 
-class MetricFamily(Generic[M]):
-    """A named metric with HELP text, constant labels and one child per label-value set.
-
-    A family without label names has exactly one child, :attr:`only`.
-    """
+class RecentHistogramFamily:
+    """A histogram with label names whose every series keeps a :class:`RecentWindow`."""
 
     def __init__(
         self,
         name: str,
-        documentation: str,
-        kind: Kind,
-        factory: Callable[[], M],
-        labelnames: Sequence[str] = (),
-        *,
-        const_labels: Mapping[str, str] | None = None,
+        histogram: Histogram,
+        labelnames: Sequence[str],
+        windows: _Windows,
+        window_size: int,
     ) -> None:
-        if not _METRIC_NAME.match(name):
-            raise ValueError(f"invalid metric name {name!r}")
-        const = dict(const_labels or {})
-        for label in (*labelnames, *const):
-            if not _LABEL_NAME.match(label) or label.startswith("__"):
-                raise ValueError(f"invalid label name {label!r} on {name}")
-            if kind == "histogram" and label == "le":
-                raise ValueError(f"histogram {name} cannot use the reserved label 'le'")
-        if len({*labelnames, *const}) != len(labelnames) + len(const):
-            raise ValueError(f"label names repeat on {name}: {list(labelnames)} + {list(const)}")
         self.name = name
-        self.documentation = documentation
-        self.kind: Kind = kind
-        self.labelnames: tuple[str, ...] = tuple(labelnames)
-        self.const_labels: _Labels = tuple((k, str(v)) for k, v in const.items())
-        self._factory = factory
+        self.labelnames = tuple(labelnames)
+        self._histogram = histogram
+        self._windows = windows
+        self._window_size = window_size
         self._lock = threading.Lock()
-        self._children: dict[tuple[str, ...], M] = {}
-        if not self.labelnames:
-            self._children[()] = factory()
+        self._series: dict[tuple[str, ...], RecentHistogram] = {}
+        RecentWindow(window_size)  # a bad size fails here, at registration
 
-    @property
-    def only(self) -> M:
-        """The single child of a family without label names."""
-        if self.labelnames:
-            raise ValueError(f"{self.name} has labels {self.labelnames}; use .labels()")
-        return self._children[()]
-
-    def _key(self, values: Mapping[str, object]) -> tuple[str, ...]:
+    def labels(self, **values: str) -> RecentHistogram:
+        """The series for these label values (none for a histogram without labels)."""
         if set(values) != set(self.labelnames):
             raise ValueError(
                 f"{self.name} takes labels {sorted(self.labelnames)}, got {sorted(values)}"
             )
-        return tuple(str(values[name]) for name in self.labelnames)
-
-    def labels(self, **values: str) -> M:
-        """The child for these label values, created on first use."""
-        key = self._key(values)
+        key = tuple(str(values[name]) for name in self.labelnames)
         with self._lock:
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = self._factory()
-            return child
-
-    def replace(self, values: Mapping[str, str], setup: Callable[[M], None] | None = None) -> M:
-        """Make this label set the family's only child (for info metrics), atomically.
-
-        ``setup`` runs on the fresh child before any reader can see it.
-        """
-        key = self._key(values)
-        child = self._factory()
-        if setup is not None:
-            setup(child)
-        with self._lock:
-            self._children = {key: child}
-        return child
-
-    def remove(self, **values: str) -> None:
-        """Drop the child for these label values, if there is one."""
-        key = self._key(values)
-        with self._lock:
-            self._children.pop(key, None)
-
-    def children(self) -> list[tuple[_Labels, M]]:
-        """``(labels, child)`` for each child, labels including the constant ones, sorted."""
-        with self._lock:
-            items = sorted(self._children.items(), key=lambda item: item[0])
-        return [
-            (self.const_labels + tuple(zip(self.labelnames, key, strict=True)), child)
-            for key, child in items
-        ]
-
-    def render(self) -> list[str]:
-        """The exposition-format lines for this family (HELP, TYPE, samples)."""
-        lines = [
-            f"# HELP {self.name} {_escape_help(self.documentation)}",
-            f"# TYPE {self.name} {self.kind}",
-        ]
-        for labels, child in self.children():
-            for suffix, extra, value in child._samples():
-                lines.append(f"{_series(self.name + suffix, labels + extra)} {format_value(value)}")
-        return lines
+            found = self._series.get(key)
+            if found is None:
+                labels = dict(zip(self.labelnames, key, strict=True))
+                child = self._histogram.labels(**labels) if self.labelnames else self._histogram
+                window = self._windows.add(_window_key(self.name, labels), self._window_size)
+                found = self._series[key] = RecentHistogram(child, window)
+            return found
 
 
-class MetricsRegistry:
-    """Creates and holds the process's metrics by name and renders them all.
-
-    Names must start with ``edgefleet_`` and are unique within a registry.
-    """
+class _Windows:
+    """Series -> recent window, shared by a registry and its histogram families."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._families: dict[str, MetricFamily[Any]] = {}
+        self._by_key: dict[_WindowKey, RecentWindow] = {}
 
-    def _register(self, family: MetricFamily[M]) -> MetricFamily[M]:
-        if not family.name.startswith(METRIC_PREFIX):
-            raise ValueError(f"metric name {family.name!r} must start with {METRIC_PREFIX!r}")
+    def add(self, key: _WindowKey, size: int) -> RecentWindow:
         with self._lock:
-            if family.name in self._families:
-                raise ValueError(f"metric {family.name!r} is already registered")
-            self._families[family.name] = family
-        return family
+            return self._by_key.setdefault(key, RecentWindow(size))
 
-    def counter_family(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str] = (),
-        *,
-        const_labels: Mapping[str, str] | None = None,
-    ) -> MetricFamily[Counter]:
-        """Register a counter family with these label names."""
-        return self._register(
-            MetricFamily(
-                name, documentation, "counter", Counter, labelnames, const_labels=const_labels
-            )
-        )
+    def get(self, key: _WindowKey) -> RecentWindow | None:
+        with self._lock:
+            return self._by_key.get(key)
 
-    def gauge_family(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str] = (),
-        *,
-        const_labels: Mapping[str, str] | None = None,
-    ) -> MetricFamily[Gauge]:
-        """Register a gauge family with these label names."""
-        return self._register(
-            MetricFamily(name, documentation, "gauge", Gauge, labelnames, const_labels=const_labels)
-        )
 
-    def histogram_family(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str] = (),
-        *,
-        const_labels: Mapping[str, str] | None = None,
-        buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS_MS,
-        reservoir_size: int = DEFAULT_RESERVOIR_SIZE,
-    ) -> MetricFamily[Histogram]:
-        """Register a histogram family; every child shares the buckets."""
-        Histogram(buckets, reservoir_size)  # validate once, here, with a clear error
+class MetricsRegistry(CollectorRegistry):
+    """A ``prometheus_client`` registry that also keeps recent windows and gives a JSON snapshot.
 
-        def factory() -> Histogram:
-            return Histogram(buckets, reservoir_size)
+    Register counters and gauges on it the ``prometheus_client`` way
+    (``Counter(..., registry=registry)``); histograms whose quantiles the
+    snapshot should carry through :meth:`histogram`.
+    """
 
-        return self._register(
-            MetricFamily(
-                name, documentation, "histogram", factory, labelnames, const_labels=const_labels
-            )
-        )
-
-    def counter(
-        self, name: str, documentation: str, *, const_labels: Mapping[str, str] | None = None
-    ) -> Counter:
-        """Register an unlabelled counter."""
-        return self.counter_family(name, documentation, const_labels=const_labels).only
-
-    def gauge(
-        self,
-        name: str,
-        documentation: str,
-        *,
-        const_labels: Mapping[str, str] | None = None,
-        callback: Callable[[], float] | None = None,
-    ) -> Gauge:
-        """Register an unlabelled gauge; with ``callback`` its value is computed at each read."""
-        family = MetricFamily(
-            name, documentation, "gauge", lambda: Gauge(callback), const_labels=const_labels
-        )
-        return self._register(family).only
+    def __init__(self) -> None:
+        super().__init__(auto_describe=True)
+        self._windows = _Windows()
 
     def histogram(
         self,
         name: str,
         documentation: str,
+        labelnames: Sequence[str] = (),
         *,
-        const_labels: Mapping[str, str] | None = None,
-        buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS_MS,
-        reservoir_size: int = DEFAULT_RESERVOIR_SIZE,
-    ) -> Histogram:
-        """Register an unlabelled histogram."""
-        return self.histogram_family(
-            name,
-            documentation,
-            const_labels=const_labels,
-            buckets=buckets,
-            reservoir_size=reservoir_size,
-        ).only
-
-    def get(self, name: str) -> MetricFamily[Any]:
-        """The family registered under ``name`` (``KeyError`` when there is none)."""
-        with self._lock:
-            return self._families[name]
-
-    def families(self) -> list[MetricFamily[Any]]:
-        """Every family, in registration order."""
-        with self._lock:
-            return list(self._families.values())
+        buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS_S,
+        window_size: int = DEFAULT_WINDOW_SIZE,
+    ) -> RecentHistogramFamily:
+        """Register a histogram whose series each keep their ``window_size`` latest observations."""
+        histogram = Histogram(name, documentation, labelnames, registry=self, buckets=buckets)
+        return RecentHistogramFamily(name, histogram, labelnames, self._windows, window_size)
 
     def render_prometheus(self) -> str:
-        """All metrics in the Prometheus text exposition format 0.0.4."""
-        lines: list[str] = []
-        for family in self.families():
-            lines.extend(family.render())
-        return "\n".join(lines) + "\n"
+        """Every metric in the Prometheus text exposition format."""
+        return generate_latest(self).decode("utf-8")
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """All metrics as JSON-friendly values, for telemetry and ``/stats``.
+        """Every series as JSON-friendly values, for telemetry and ``/stats``.
 
         ``{"counters": {series: value}, "gauges": {series: value},
         "histograms": {series: {"count", "sum", "p50", "p95", "p99"}}}`` where
         ``series`` is the name as ``/metrics`` writes it, labels included
-        (``edgefleet_stage_latency_ms{stage="invoke"}``). Non-finite numbers and
-        quantiles of empty histograms are ``None``.
+        (``edgefleet_stage_latency_seconds{stage="invoke"}``). Quantiles are
+        those of the series' recent window (``None`` for a histogram
+        registered without one, or before any observation); non-finite numbers
+        are ``None``. ``_created`` timestamps are left out.
         """
         result: dict[str, dict[str, Any]] = {"counters": {}, "gauges": {}, "histograms": {}}
-        for family in self.families():
-            section = result[f"{family.kind}s"]
-            for labels, child in family.children():
-                section[_series(family.name, labels)] = child._summary()
+        for family in self.collect():
+            if family.type == "histogram":
+                result["histograms"].update(self._histogram_summaries(family))
+            elif family.type == "counter":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        name = series_name(sample.name, sample.labels)
+                        result["counters"][name] = _json_number(sample.value)
+            elif family.type in {"gauge", "info", "unknown"}:
+                for sample in family.samples:
+                    name = series_name(sample.name, sample.labels)
+                    result["gauges"][name] = _json_number(sample.value)
         return result
+
+    def _histogram_summaries(self, family: Metric) -> dict[str, dict[str, Any]]:
+        summaries: dict[str, dict[str, Any]] = {}
+        for sample in family.samples:
+            kind = sample.name[len(family.name) :]
+            if kind not in {"_count", "_sum"}:
+                continue
+            labels = dict(sample.labels)
+            entry = summaries.setdefault(series_name(family.name, labels), {})
+            if kind == "_count":
+                entry["count"] = int(sample.value)
+                window = self._windows.get(_window_key(family.name, labels))
+                qs = [q for _, q in SNAPSHOT_QUANTILES]
+                values = window.quantiles(qs) if window is not None else [None for _ in qs]
+                entry.update(zip((key for key, _ in SNAPSHOT_QUANTILES), values, strict=True))
+            else:
+                entry["sum"] = _json_number(sample.value)
+        return summaries
+
+
+class _ActiveBundleCollector:
+    """``edgefleet_active_bundle_info``: one series naming the bundle classifying now, or none."""
+
+    NAME = "edgefleet_active_bundle_info"
+    HELP = "The model bundle classifying frames (value 1)."
+    LABELS = ("name", "version", "sha256")
+
+    def __init__(self, active: Callable[[], tuple[str, str, str] | None]) -> None:
+        self._active = active
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=self.LABELS)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=self.LABELS)
+        active = self._active()  # one read of one tuple: a swap is seen whole or not at all
+        if active is not None:
+            family.add_metric(list(active), 1.0)
+        return [family]
 
 
 class RuntimeMetrics:
     """The device pipeline's metrics, registered on one registry, with the updates it makes.
 
-    ``clock`` (monotonic seconds) is what the fps and frame-age gauges compare
-    against when scraped; tests pass a fake one.
+    ``clock`` (monotonic seconds) is what the prediction-rate and frame-age
+    gauges compare against when scraped; tests pass a fake one. The
+    registry also carries ``prometheus_client``'s ``process_*`` metrics (CPU,
+    memory, open files) of this process.
     """
 
     def __init__(
@@ -540,49 +314,56 @@ class RuntimeMetrics:
         self.active_bundle: tuple[str, str, str] | None = None
 
         reg = self.registry
-        self.stage_latency_ms = reg.histogram_family(
-            "edgefleet_stage_latency_ms",
-            "Time spent in each pipeline stage per frame, in milliseconds.",
+        self.stage_latency = reg.histogram(
+            "edgefleet_stage_latency_seconds",
+            "Time spent in each pipeline stage per frame, in seconds.",
             ("stage",),
         )
-        self._stages = {stage: self.stage_latency_ms.labels(stage=stage) for stage in STAGES}
-        self.staleness_ms = reg.histogram(
-            "edgefleet_staleness_ms",
-            "Age of a frame when its prediction was ready (capture to prediction), in milliseconds.",
-        )
-        self.frames = reg.counter("edgefleet_frames_total", "Frames classified.")
-        self.frames_dropped = reg.counter(
+        self._stages = {stage: self.stage_latency.labels(stage=stage) for stage in STAGES}
+        self.staleness = reg.histogram(
+            "edgefleet_staleness_seconds",
+            "Age of a frame when its prediction was ready (capture to prediction), in seconds.",
+        ).labels()
+        self.frames = Counter("edgefleet_frames_total", "Frames classified.", registry=reg)
+        self.frames_dropped = Counter(
             "edgefleet_frames_dropped_total",
             "Frames the capture replaced before the classifier took them.",
+            registry=reg,
         )
-        self.frames_corrupt = reg.counter(
-            "edgefleet_frames_corrupt_total", "Frames the source delivered unreadable."
+        self.frames_corrupt = Counter(
+            "edgefleet_frames_corrupt_total",
+            "Frames the source delivered unreadable.",
+            registry=reg,
         )
-        self.source_reconnects = reg.counter(
-            "edgefleet_source_reconnects_total", "Times the frame source was reopened."
+        self.source_reconnects = Counter(
+            "edgefleet_source_reconnects_total",
+            "Times the frame source was reopened.",
+            registry=reg,
         )
-        self.inference_errors = reg.counter(
-            "edgefleet_inference_errors_total", "Frames whose classification raised an error."
+        self.inference_errors = Counter(
+            "edgefleet_inference_errors_total",
+            "Frames whose classification raised an error.",
+            registry=reg,
         )
-        self.predictions_uncertain = reg.counter(
+        self.predictions_uncertain = Counter(
             "edgefleet_predictions_uncertain_total",
             "Predictions under the bundle's confidence threshold.",
+            registry=reg,
         )
-        self.fps = reg.gauge(
-            "edgefleet_fps",
+        self.prediction_rate = Gauge(
+            "edgefleet_predictions_per_second",
             "Predictions per second over the recent window.",
-            callback=lambda: self.predictions_per_second(self._clock()),
+            registry=reg,
         )
-        self.active_bundle_info = reg.gauge_family(
-            "edgefleet_active_bundle_info",
-            "The model bundle classifying frames (value 1).",
-            ("name", "version", "sha256"),
-        )
-        self.last_frame_age_seconds = reg.gauge(
+        self.prediction_rate.set_function(lambda: self.predictions_per_second(self._clock()))
+        self.last_frame_age_seconds = Gauge(
             "edgefleet_last_frame_age_seconds",
             "Seconds since the newest frame was captured (NaN before the first).",
-            callback=lambda: self.last_frame_age(self._clock()),
+            registry=reg,
         )
+        self.last_frame_age_seconds.set_function(lambda: self.last_frame_age(self._clock()))
+        reg.register(_ActiveBundleCollector(lambda: self.active_bundle))
+        ProcessCollector(registry=reg)
 
     def observe_stages(
         self,
@@ -592,20 +373,20 @@ class RuntimeMetrics:
         postprocess_ms: float,
         end_to_end_ms: float,
     ) -> None:
-        """Record one frame's per-stage latencies (milliseconds)."""
+        """Record one frame's per-stage latencies (milliseconds, exported in seconds)."""
         stages = self._stages
-        stages["capture_wait"].observe(capture_wait_ms)
-        stages["preprocess"].observe(preprocess_ms)
-        stages["invoke"].observe(invoke_ms)
-        stages["postprocess"].observe(postprocess_ms)
-        stages["end_to_end"].observe(end_to_end_ms)
+        stages["capture_wait"].observe(capture_wait_ms / 1e3)
+        stages["preprocess"].observe(preprocess_ms / 1e3)
+        stages["invoke"].observe(invoke_ms / 1e3)
+        stages["postprocess"].observe(postprocess_ms / 1e3)
+        stages["end_to_end"].observe(end_to_end_ms / 1e3)
 
     def record_prediction(self, now_monotonic: float, uncertain: bool, staleness_ms: float) -> None:
         """Count one prediction made at ``now_monotonic`` for a frame ``staleness_ms`` old."""
         self.frames.inc()
         if uncertain:
             self.predictions_uncertain.inc()
-        self.staleness_ms.observe(staleness_ms)
+        self.staleness.observe(staleness_ms / 1e3)
         with self._lock:
             if self._first_prediction is None:
                 self._first_prediction = now_monotonic
@@ -645,9 +426,6 @@ class RuntimeMetrics:
 
     def set_active_bundle(self, name: str, version: str, sha256: str) -> None:
         """Publish the bundle now classifying; the previous bundle's series disappears."""
-        self.active_bundle_info.replace(
-            {"name": name, "version": version, "sha256": sha256}, lambda g: g.set(1)
-        )
         self.active_bundle = (name, version, sha256)
 
     def set_counter_totals(

@@ -40,6 +40,8 @@ from fleet_server.errors import (
     RolloutPlanError,
 )
 from fleet_server.http_guard import DEFAULT_MAX_BODY_BYTES, DOCS_PATHS, RequestGuard
+from fleet_server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from fleet_server.metrics import FleetMetrics
 from fleet_server.records import TargetSelector, check_name
 from fleet_server.registry import MAX_TIMELINE_LIMIT
 from fleet_server.rollout_spec import Sha256, WaveSpec
@@ -217,6 +219,13 @@ def create_app(
         return JSONResponse(body, status_code=503 if dead else 200)
 
     guarded: list[Any] = [Depends(authorised)]
+    fleet_metrics = FleetMetrics(server)
+
+    @app.get("/metrics", tags=["server"], dependencies=guarded, response_class=Response)
+    def metrics() -> Response:
+        """The fleet's state for Prometheus (text format), behind the token like every route."""
+        return Response(fleet_metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
     _device_routes(app, server, guarded, mqtt_settings)
     _bundle_routes(app, server, guarded)
     _rollout_routes(app, server, guarded)

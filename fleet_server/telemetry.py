@@ -6,9 +6,10 @@ A device publishes its ``/stats`` content (``edge_runtime.http_status``) on
 - ``metrics.counters["edgefleet_frames_total"]``, ``..._inference_errors_total``
   and ``..._predictions_uncertain_total`` (running totals since the device
   started; a total that goes down means the device restarted);
-- ``metrics.gauges["edgefleet_fps"]`` (predictions per second, recent window);
-- ``metrics.histograms['edgefleet_stage_latency_ms{stage="invoke"}']["p95"]``,
-  the device's own p95 of model latency, the figure probation watches;
+- ``metrics.gauges["edgefleet_predictions_per_second"]`` (recent window);
+- ``metrics.histograms['edgefleet_stage_latency_seconds{stage="invoke"}']["p95"]``,
+  the device's own p95 of model latency in seconds, the figure probation
+  watches (kept here, as the quality gate reads it, in milliseconds);
 - optionally ``quality.mean_confidence`` (0..1, over recent predictions) and
   ``quality.class_counts`` (label -> running total of predictions of that
   label, ``uncertain`` included when the device counts it).
@@ -40,13 +41,13 @@ __all__ = [
     "read_sample",
 ]
 
-LATENCY_SERIES = 'edgefleet_stage_latency_ms{stage="invoke"}'
-"""The histogram whose p95 is the device's model latency."""
+LATENCY_SERIES = 'edgefleet_stage_latency_seconds{stage="invoke"}'
+"""The histogram whose p95 is the device's model latency (in seconds, as Prometheus names go)."""
 
 _FRAMES = "edgefleet_frames_total"
 _ERRORS = "edgefleet_inference_errors_total"
 _UNCERTAIN = "edgefleet_predictions_uncertain_total"
-_FPS = "edgefleet_fps"
+_RATE = "edgefleet_predictions_per_second"
 
 
 @dataclass(frozen=True)
@@ -134,13 +135,14 @@ def read_sample(snapshot: Mapping[str, Any], at: float) -> TelemetrySample:
     latency = _section(metrics, "histograms", LATENCY_SERIES)
     quality = _section(snapshot, "quality")
     confidence = _number(quality.get("mean_confidence"))
+    p95_s = _number(latency.get("p95"))
     return TelemetrySample(
         at=at,
         frames=_number(counters.get(_FRAMES)),
         errors=_number(counters.get(_ERRORS)),
         uncertain=_number(counters.get(_UNCERTAIN)),
-        fps=_number(gauges.get(_FPS)),
-        latency_p95_ms=_number(latency.get("p95")),
+        fps=_number(gauges.get(_RATE)),
+        latency_p95_ms=None if p95_s is None else p95_s * 1e3,
         mean_confidence=confidence if confidence is not None and 0 <= confidence <= 1 else None,
         class_counts=_counts(quality.get("class_counts")),
     )

@@ -13,6 +13,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_runtime.bundle import read_bundle
 from edge_runtime.classifier import Classifier
@@ -72,8 +73,15 @@ def test_metrics_and_health_over_http(tmp_path: Path, bundle_path: Path) -> None
         url = runtime.status_server.url
         time.sleep(1.0)
         metrics = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
-        assert 'edgefleet_stage_latency_ms_bucket{stage="invoke",le="+Inf"}' in metrics
-        assert 'edgefleet_active_bundle_info{name="tiny-classifier",version="1.0.0"' in metrics
+        samples = {
+            sample.name: sample.labels
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+            if sample.labels.get("stage") in {None, "invoke"}
+        }
+        assert "edgefleet_stage_latency_seconds_count" in samples
+        bundle = samples["edgefleet_active_bundle_info"]
+        assert (bundle["name"], bundle["version"]) == ("tiny-classifier", "1.0.0")
         health = json.loads(urllib.request.urlopen(f"{url}/healthz", timeout=5).read())
         assert health["status"] == "ok"
         stats = json.dumps(json.loads(urllib.request.urlopen(f"{url}/stats", timeout=5).read()))

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_runtime.errors import RuntimeDeviceError, StatusServerError
 from edge_runtime.health import HealthState
 from edge_runtime.http_status import PROMETHEUS_CONTENT_TYPE, StatusServer
 from edge_runtime.metrics import RuntimeMetrics
-from tests.prom_text import parse, value_of
 
 
 class FakeClock:
@@ -68,16 +68,19 @@ def test_metrics_are_scraped_over_http(setup: Setup) -> None:
     status, headers, body = get(f"{setup.server.url}/metrics")
     assert status == 200
     assert headers["Content-Type"] == PROMETHEUS_CONTENT_TYPE
-    text = body.decode("utf-8")
-    assert 'edgefleet_stage_latency_ms_bucket{stage="invoke",le="5.0"} 1.0\n' in text
-    families = parse(text)
-    assert value_of(families, "edgefleet_frames_total") == 1
-    assert (
-        value_of(
-            families, "edgefleet_active_bundle_info", name="tiny", version="1.0.0", sha256="cd" * 32
-        )
-        == 1
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode("utf-8"))
+        for sample in family.samples
+    }
+    invoke_bucket = (
+        "edgefleet_stage_latency_seconds_bucket",
+        (("le", "0.005"), ("stage", "invoke")),
     )
+    assert samples[invoke_bucket] == 1  # 4.2 ms
+    assert samples[("edgefleet_frames_total", ())] == 1
+    bundle = (("name", "tiny"), ("sha256", "cd" * 32), ("version", "1.0.0"))
+    assert samples[("edgefleet_active_bundle_info", bundle)] == 1
 
 
 def test_healthz_turns_503_when_frames_stop(setup: Setup) -> None:
@@ -103,9 +106,8 @@ def test_stats_combine_metrics_health_and_extra_info(setup: Setup) -> None:
     stats: dict[str, Any] = json.loads(body)
     assert stats["info"] == {"device_id": "cam-7", "backend": "litert"}
     assert stats["health"]["status"] == "ok"
-    assert (
-        stats["metrics"]["histograms"]['edgefleet_stage_latency_ms{stage="invoke"}']["p50"] == 3.0
-    )
+    invoke = stats["metrics"]["histograms"]['edgefleet_stage_latency_seconds{stage="invoke"}']
+    assert invoke["p50"] == pytest.approx(0.003)
     assert stats["metrics"]["gauges"]["edgefleet_last_frame_age_seconds"] is None
 
 

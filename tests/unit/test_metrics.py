@@ -1,4 +1,8 @@
-"""Metric primitives, the Prometheus text rendering and the runtime's own metrics."""
+"""The device's metrics: recent-window quantiles, the JSON snapshot, and the runtime's own metrics.
+
+The exposition itself is prometheus_client's; these tests read it back with
+prometheus_client's parser and check what edgefleet puts in it.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,17 @@ import threading
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_runtime.metrics import (
-    DEFAULT_LATENCY_BUCKETS_MS,
+    DEFAULT_LATENCY_BUCKETS_S,
     STAGES,
-    Counter,
-    Gauge,
-    Histogram,
     MetricsRegistry,
+    RecentWindow,
     RuntimeMetrics,
-    format_value,
+    series_name,
 )
-from tests.prom_text import ExpositionError, parse, value_of
 
 
 class FakeClock:
@@ -30,209 +33,131 @@ class FakeClock:
         return self.now
 
 
-# --- primitives ---------------------------------------------------------------
+def value(registry: MetricsRegistry, name: str, /, **labels: str) -> float:
+    """A sample's value as ``/metrics`` has it (fails on a series that is not there)."""
+    found = registry.get_sample_value(name, labels)
+    assert found is not None, f"no sample {series_name(name, labels)}"
+    return found
 
 
-def test_histogram_counts_each_observation_in_its_inclusive_bucket() -> None:
-    hist = Histogram(buckets=(1, 5, 10))
-    for value in (0.5, 1, 3, 5, 7, 100):
-        hist.observe(value)
-    assert hist.count == 6
-    assert hist.sum == pytest.approx(116.5)
-    assert hist.cumulative_buckets() == [(1.0, 2), (5.0, 4), (10.0, 5), (math.inf, 6)]
-
-
-def test_histogram_renders_cumulative_le_lines() -> None:
-    registry = MetricsRegistry()
-    hist = registry.histogram("edgefleet_test_ms", "Test latency.", buckets=(1, 5, 10))
-    for value in (0.5, 1, 3, 5, 7, 100):
-        hist.observe(value)
-    assert registry.render_prometheus() == (
-        "# HELP edgefleet_test_ms Test latency.\n"
-        "# TYPE edgefleet_test_ms histogram\n"
-        'edgefleet_test_ms_bucket{le="1.0"} 2.0\n'
-        'edgefleet_test_ms_bucket{le="5.0"} 4.0\n'
-        'edgefleet_test_ms_bucket{le="10.0"} 5.0\n'
-        'edgefleet_test_ms_bucket{le="+Inf"} 6.0\n'
-        "edgefleet_test_ms_sum 116.5\n"
-        "edgefleet_test_ms_count 6.0\n"
-    )
+# --- recent windows -------------------------------------------------------------
 
 
 def test_quantiles_interpolate_like_numpy() -> None:
-    hist = Histogram()
-    for value in range(1, 101):
-        hist.observe(float(value))
-    assert hist.quantile(0.5) == pytest.approx(50.5)
-    assert hist.quantile(0.95) == pytest.approx(95.05)
-    assert hist.quantile(0.99) == pytest.approx(99.01)
-    assert hist.quantile(0.0) == 1.0
-    assert hist.quantile(1.0) == 100.0
+    window = RecentWindow()
+    for observed in range(1, 101):
+        window.observe(float(observed))
+    assert window.quantile(0.5) == pytest.approx(50.5)
+    assert window.quantile(0.95) == pytest.approx(95.05)
+    assert window.quantile(0.99) == pytest.approx(99.01)
+    assert window.quantile(0.0) == 1.0
+    assert window.quantile(1.0) == 100.0
 
     data = np.random.default_rng(7).gamma(2.0, 4.0, 500)
-    other = Histogram()
-    for value in data:
-        other.observe(float(value))
-    expected = np.percentile(data, [50, 95, 99])
-    assert other.quantiles([0.5, 0.95, 0.99]) == pytest.approx(list(expected))
+    other = RecentWindow()
+    for observed in data:
+        other.observe(float(observed))
+    assert other.quantiles([0.5, 0.95, 0.99]) == pytest.approx(
+        list(np.percentile(data, [50, 95, 99]))
+    )
 
 
-def test_quantiles_come_from_the_recent_reservoir_only() -> None:
-    hist = Histogram(reservoir_size=10)
-    for value in range(1, 101):
-        hist.observe(float(value))
-    assert hist.count == 100  # buckets and count cover everything ...
-    assert hist.quantile(0.0) == 91.0  # ... quantiles only the last 10
-    assert hist.quantile(1.0) == 100.0
-
-
-def test_histogram_edge_cases() -> None:
-    hist = Histogram()
-    assert hist.quantile(0.5) is None
-    assert hist.buckets == tuple(float(b) for b in DEFAULT_LATENCY_BUCKETS_MS)
+def test_window_edge_cases() -> None:
+    window = RecentWindow(size=3)
+    assert window.quantile(0.5) is None
+    assert len(window) == 0
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        hist.quantile(1.5)
+        window.quantile(1.5)
+    with pytest.raises(ValueError, match="at least 1"):
+        RecentWindow(size=0)
+    for observed in (5.0, 1.0, 2.0, 3.0):
+        window.observe(observed)
+    assert len(window) == 3
+    assert window.quantile(1.0) == 3.0  # 5.0 was the oldest and is gone
+
+
+def test_histogram_buckets_cover_everything_and_quantiles_the_recent_window() -> None:
+    registry = MetricsRegistry()
+    family = registry.histogram(
+        "edgefleet_test_seconds", "Test latency.", buckets=(1, 5, 10), window_size=10
+    )
+    hist = family.labels()
+    for observed in range(1, 101):
+        hist.observe(float(observed))
+    assert value(registry, "edgefleet_test_seconds_count") == 100
+    assert value(registry, "edgefleet_test_seconds_bucket", le="5.0") == 5
+    assert value(registry, "edgefleet_test_seconds_sum") == 5050
+    assert hist.quantiles([0.0, 1.0]) == [91.0, 100.0]  # only the last 10
     with pytest.raises(ValueError, match="NaN"):
         hist.observe(math.nan)
-    with pytest.raises(ValueError, match="strictly increasing"):
-        Histogram(buckets=(1, 1, 2))
-    with pytest.raises(ValueError, match="finite"):
-        Histogram(buckets=(1, math.nan))
-    with pytest.raises(ValueError, match="finite"):
-        Histogram(buckets=())
-    with pytest.raises(ValueError, match="reservoir_size"):
-        Histogram(reservoir_size=0)
-    assert Histogram(buckets=(1, 2, math.inf)).buckets == (1.0, 2.0)  # +Inf is implicit
+    assert value(registry, "edgefleet_test_seconds_count") == 100  # NaN never reached the sum
+    with pytest.raises(ValueError, match="takes labels"):
+        family.labels(stage="x")
+    with pytest.raises(ValueError, match="at least 1"):
+        registry.histogram("edgefleet_other_seconds", "Other.", window_size=0)
 
 
-def test_counter_and_gauge() -> None:
-    counter = Counter()
-    counter.inc()
-    counter.inc(2.5)
-    assert counter.value == 3.5
-    with pytest.raises(ValueError, match="only goes up"):
-        counter.inc(-1)
-    gauge = Gauge()
-    gauge.set(4)
-    gauge.inc(-1.5)
-    assert gauge.value == 2.5
-    readings = iter([1.0, 2.0])
-    computed = Gauge(callback=lambda: next(readings))
-    assert (computed.value, computed.value) == (1.0, 2.0)
-    with pytest.raises(ValueError, match="callback"):
-        computed.set(3)
+def test_labelled_series_keep_separate_windows_and_are_thread_safe() -> None:
+    registry = MetricsRegistry()
+    family = registry.histogram("edgefleet_work_seconds", "Work.", ("stage",), window_size=100_000)
 
-
-def test_primitives_are_thread_safe() -> None:
-    counter, hist = Counter(), Histogram(buckets=(1, 2))
-
-    def work() -> None:
+    def work(stage: str, observed: float) -> None:
         for _ in range(2000):
-            counter.inc()
-            hist.observe(1.5)
+            family.labels(stage=stage).observe(observed)
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
+    threads = [
+        threading.Thread(target=work, args=(stage, observed))
+        for stage, observed in (("a", 1.0), ("b", 2.0))
+        for _ in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert counter.value == 16000
-    assert hist.count == 16000
-    assert hist.cumulative_buckets() == [(1.0, 0), (2.0, 16000), (math.inf, 16000)]
+    histograms = registry.snapshot()["histograms"]
+    assert histograms['edgefleet_work_seconds{stage="a"}'] == {
+        "count": 8000,
+        "sum": 8000.0,
+        "p50": 1.0,
+        "p95": 1.0,
+        "p99": 1.0,
+    }
+    assert histograms['edgefleet_work_seconds{stage="b"}']["count"] == 8000
+    assert histograms['edgefleet_work_seconds{stage="b"}']["p50"] == 2.0
 
 
-def test_format_value() -> None:
-    assert [format_value(v) for v in (5, 0.5, 2500, math.inf, -math.inf, math.nan)] == [
-        "5.0",
-        "0.5",
-        "2500.0",
-        "+Inf",
-        "-Inf",
-        "NaN",
-    ]
+# --- snapshot -------------------------------------------------------------------
 
 
-# --- registry -----------------------------------------------------------------
-
-
-def test_label_values_and_help_are_escaped() -> None:
+def test_snapshot_names_series_as_metrics_writes_them() -> None:
     registry = MetricsRegistry()
-    family = registry.gauge_family(
-        "edgefleet_paths", 'Help with \\ and\nnewline "as is".', ["path"]
-    )
-    family.labels(path='a\\b"c\nd').set(1)
+    paths = Gauge("edgefleet_paths", "Paths.", ["path", "kind"], registry=registry)
+    paths.labels(path='a\\b"c\nd', kind="x").set(1)
+    events = Counter("edgefleet_events_total", "Events.", ["kind"], registry=registry)
+    events.labels(kind="a").inc(2)
     text = registry.render_prometheus()
-    assert 'edgefleet_paths{path="a\\\\b\\"c\\nd"} 1.0\n' in text
-    assert '# HELP edgefleet_paths Help with \\\\ and\\nnewline "as is".\n' in text
-    families = parse(text)
-    assert families["edgefleet_paths"].help == 'Help with \\ and\nnewline "as is".'
-    assert value_of(families, "edgefleet_paths", path='a\\b"c\nd') == 1.0
+    snapshot = registry.snapshot()
+    gauge_series = 'edgefleet_paths{kind="x",path="a\\\\b\\"c\\nd"}'
+    assert f"{gauge_series} 1.0\n" in text  # labels sorted and escaped the same way
+    assert snapshot["gauges"] == {gauge_series: 1.0}
+    assert 'edgefleet_events_total{kind="a"} 2.0\n' in text
+    assert snapshot["counters"] == {'edgefleet_events_total{kind="a"}': 2.0}  # no _created
+    assert "edgefleet_events_created" in text
+    assert series_name("x", {}) == "x"
 
 
-def test_constant_labels_come_first_and_label_sets_are_checked() -> None:
-    registry = MetricsRegistry()
-    family = registry.counter_family(
-        "edgefleet_events_total", "Events.", ["kind"], const_labels={"device": "cam-1"}
-    )
-    family.labels(kind="b").inc(2)
-    family.labels(kind="a").inc()
-    lines = registry.render_prometheus().splitlines()
-    assert lines[2:] == [
-        'edgefleet_events_total{device="cam-1",kind="a"} 1.0',
-        'edgefleet_events_total{device="cam-1",kind="b"} 2.0',
-    ]
-    with pytest.raises(ValueError, match="takes labels"):
-        family.labels(other="x")
-    with pytest.raises(ValueError, match=r"use \.labels\(\)"):
-        family.only.inc()
-    family.remove(kind="a")
-    assert 'kind="a"' not in registry.render_prometheus()
-
-
-def test_registry_rejects_bad_names_and_duplicates() -> None:
-    registry = MetricsRegistry()
-    registry.counter("edgefleet_x_total", "X.")
-    with pytest.raises(ValueError, match="already registered"):
-        registry.gauge("edgefleet_x_total", "X again.")
-    with pytest.raises(ValueError, match="must start with 'edgefleet_'"):
-        registry.counter("other_total", "Not ours.")
-    with pytest.raises(ValueError, match="invalid metric name"):
-        registry.counter("edgefleet-x", "Dash.")
-    with pytest.raises(ValueError, match="invalid label name"):
-        registry.counter_family("edgefleet_y_total", "Y.", ["bad-label"])
-    with pytest.raises(ValueError, match="reserved label 'le'"):
-        registry.histogram_family("edgefleet_z_ms", "Z.", ["le"])
-    with pytest.raises(ValueError, match="repeat"):
-        registry.counter_family("edgefleet_w_total", "W.", ["a"], const_labels={"a": "1"})
-    assert [f.name for f in registry.families()] == ["edgefleet_x_total"]
-    assert registry.get("edgefleet_x_total").kind == "counter"
-
-
-def test_parser_catches_broken_expositions() -> None:
-    good = (
-        "# HELP edgefleet_h_ms H.\n# TYPE edgefleet_h_ms histogram\n"
-        'edgefleet_h_ms_bucket{le="1.0"} 2.0\nedgefleet_h_ms_bucket{le="+Inf"} 3.0\n'
-        "edgefleet_h_ms_sum 4.0\nedgefleet_h_ms_count 3.0\n"
-    )
-    parse(good)
-    for broken in (
-        good.replace('le="1.0"} 2.0', 'le="1.0"} 4.0'),  # not cumulative
-        good.replace("_count 3.0", "_count 5.0"),  # +Inf != count
-        good.replace("# TYPE edgefleet_h_ms histogram\n", ""),  # no TYPE
-        good.rstrip("\n"),  # no final newline
-        good.replace('le="1.0"', 'le="1.0",x="a\\tb"'),  # bad escape
-        good.replace('le="1.0"}', 'le="1.0'),  # unterminated labels
-        good.replace("_sum 4.0", "_sum four"),  # bad value
-        good + 'edgefleet_h_ms_bucket{le="+Inf"} 3.0\n',  # duplicate series
-    ):
-        with pytest.raises(ExpositionError):
-            parse(broken)
+def test_metrics_stay_on_their_own_registry() -> None:
+    first, second = RuntimeMetrics(), RuntimeMetrics()  # two devices in one process
+    first.frames.inc(3)
+    assert value(first.registry, "edgefleet_frames_total") == 3
+    assert value(second.registry, "edgefleet_frames_total") == 0
+    assert REGISTRY.get_sample_value("edgefleet_frames_total") is None
 
 
 # --- runtime metrics ------------------------------------------------------------
 
 
-def test_runtime_metrics_render_parses_with_every_family() -> None:
+def test_runtime_metrics_render_every_family_in_base_units() -> None:
     clock = FakeClock()
     metrics = RuntimeMetrics(clock=clock)
     metrics.observe_stages(
@@ -240,104 +165,150 @@ def test_runtime_metrics_render_parses_with_every_family() -> None:
     )
     metrics.record_prediction(clock.now, uncertain=True, staleness_ms=12.0)
     metrics.set_active_bundle("tiny", "1.0.0", "ab" * 32)
-    families = parse(metrics.registry.render_prometheus())
-    assert {name: family.type for name, family in families.items()} == {
-        "edgefleet_stage_latency_ms": "histogram",
-        "edgefleet_staleness_ms": "histogram",
-        "edgefleet_frames_total": "counter",
-        "edgefleet_frames_dropped_total": "counter",
-        "edgefleet_frames_corrupt_total": "counter",
-        "edgefleet_source_reconnects_total": "counter",
-        "edgefleet_inference_errors_total": "counter",
-        "edgefleet_predictions_uncertain_total": "counter",
-        "edgefleet_fps": "gauge",
+    families = {
+        family.name: family
+        for family in text_string_to_metric_families(metrics.registry.render_prometheus())
+    }
+    ours = {
+        name: family.type
+        for name, family in families.items()
+        if name.startswith("edgefleet_") and not name.endswith("_created")
+    }
+    assert ours == {
+        "edgefleet_stage_latency_seconds": "histogram",
+        "edgefleet_staleness_seconds": "histogram",
+        "edgefleet_frames": "counter",  # the parser names a counter family without _total
+        "edgefleet_frames_dropped": "counter",
+        "edgefleet_frames_corrupt": "counter",
+        "edgefleet_source_reconnects": "counter",
+        "edgefleet_inference_errors": "counter",
+        "edgefleet_predictions_uncertain": "counter",
+        "edgefleet_predictions_per_second": "gauge",
         "edgefleet_active_bundle_info": "gauge",
         "edgefleet_last_frame_age_seconds": "gauge",
     }
-    stages = {s.labels["stage"] for s in families["edgefleet_stage_latency_ms"].samples}
-    assert stages == set(STAGES)
-    bucket = "edgefleet_stage_latency_ms_bucket"
-    assert value_of(families, bucket, stage="invoke", le="2.0") == 0
-    assert value_of(families, bucket, stage="invoke", le="5.0") == 1
-    assert value_of(families, "edgefleet_stage_latency_ms_sum", stage="preprocess") == 1.5
-    assert value_of(families, "edgefleet_frames_total") == 1
-    assert value_of(families, "edgefleet_predictions_uncertain_total") == 1
-    assert value_of(families, "edgefleet_staleness_ms_bucket", le="20.0") == 1
-    assert value_of(families, "edgefleet_last_frame_age_seconds") == pytest.approx(0.012)
+    assert "process_resident_memory_bytes" in families  # prometheus_client's process metrics
+    latency = families["edgefleet_stage_latency_seconds"]
+    assert {s.labels["stage"] for s in latency.samples} == set(STAGES)
+    buckets = [
+        float(s.labels["le"])
+        for s in latency.samples
+        if s.name.endswith("_bucket") and s.labels["stage"] == "invoke"
+    ]
+    assert buckets == [*DEFAULT_LATENCY_BUCKETS_S, math.inf]
+
+    registry = metrics.registry
+    bucket = "edgefleet_stage_latency_seconds_bucket"
+    assert value(registry, bucket, stage="invoke", le="0.002") == 0
+    assert value(registry, bucket, stage="invoke", le="0.005") == 1  # 4 ms
+    assert value(
+        registry, "edgefleet_stage_latency_seconds_sum", stage="preprocess"
+    ) == pytest.approx(0.0015)
+    assert value(registry, "edgefleet_frames_total") == 1
+    assert value(registry, "edgefleet_predictions_uncertain_total") == 1
+    assert value(registry, "edgefleet_staleness_seconds_bucket", le="0.01") == 0
+    assert value(registry, "edgefleet_staleness_seconds_bucket", le="0.02") == 1  # 12 ms
+    assert value(registry, "edgefleet_last_frame_age_seconds") == pytest.approx(0.012)
 
 
 def test_counter_totals_follow_the_capture_layer_and_never_decrease() -> None:
     metrics = RuntimeMetrics()
+    registry = metrics.registry
+
+    def dropped_corrupt() -> tuple[float, float]:
+        return (
+            value(registry, "edgefleet_frames_dropped_total"),
+            value(registry, "edgefleet_frames_corrupt_total"),
+        )
+
     metrics.set_counter_totals(dropped=5, corrupt=1, reconnects=0)
-    assert (metrics.frames_dropped.value, metrics.frames_corrupt.value) == (5, 1)
+    assert dropped_corrupt() == (5, 1)
     metrics.set_counter_totals(dropped=7)  # the others are left alone
-    assert (metrics.frames_dropped.value, metrics.frames_corrupt.value) == (7, 1)
+    assert dropped_corrupt() == (7, 1)
     metrics.set_counter_totals(dropped=7, corrupt=1, reconnects=2)
-    assert metrics.frames_dropped.value == 7
-    assert metrics.source_reconnects.value == 2
+    assert dropped_corrupt() == (7, 1)
+    assert value(registry, "edgefleet_source_reconnects_total") == 2
     # A lower total means the capture layer restarted its count: keep counting up from it.
     metrics.set_counter_totals(dropped=3)
-    assert metrics.frames_dropped.value == 10
+    assert dropped_corrupt()[0] == 10
     metrics.set_counter_totals(dropped=4)
-    assert metrics.frames_dropped.value == 11
+    assert dropped_corrupt()[0] == 11
     metrics.set_counter_totals(dropped=0)
-    assert metrics.frames_dropped.value == 11
+    assert dropped_corrupt()[0] == 11
 
 
-def test_fps_over_a_sliding_window() -> None:
+def test_prediction_rate_over_a_sliding_window() -> None:
     clock = FakeClock(100.0)
     metrics = RuntimeMetrics(fps_window_s=2.0, clock=clock)
-    assert metrics.fps.value == 0.0
-    for i in range(10):  # 10 fps for one second
+    registry = metrics.registry
+    rate = "edgefleet_predictions_per_second"
+    assert value(registry, rate) == 0.0
+    for i in range(10):  # 10 per second for one second
         metrics.record_prediction(100.0 + i * 0.1, uncertain=False, staleness_ms=5.0)
     clock.now = 101.0
-    assert metrics.fps.value == pytest.approx(10.0)  # rate over the time so far
-    for i in range(40):  # then 20 fps for two seconds
+    assert value(registry, rate) == pytest.approx(10.0)  # rate over the time so far
+    for i in range(40):  # then 20 per second for two seconds
         metrics.record_prediction(101.025 + i * 0.05, uncertain=False, staleness_ms=5.0)
     clock.now = 103.0
     assert metrics.predictions_per_second(103.0) == pytest.approx(20.0)
     clock.now = 104.0  # nothing for a second: half the window is empty
-    assert metrics.fps.value == pytest.approx(10.0)
+    assert value(registry, rate) == pytest.approx(10.0)
     clock.now = 110.0
-    assert metrics.fps.value == 0.0
-    assert metrics.frames.value == 50
+    assert value(registry, rate) == 0.0
+    assert value(registry, "edgefleet_frames_total") == 50
 
 
-def test_active_bundle_label_set_is_replaced() -> None:
+def test_active_bundle_series_is_replaced() -> None:
     metrics = RuntimeMetrics()
+    info = "edgefleet_active_bundle_info"
+
+    def series() -> list[tuple[dict[str, str], float]]:
+        families = text_string_to_metric_families(metrics.registry.render_prometheus())
+        return [(s.labels, s.value) for f in families if f.name == info for s in f.samples]
+
+    assert series() == []  # nothing classifies yet
     metrics.set_active_bundle("tiny", "1.0.0", "aa" * 32)
     metrics.set_active_bundle("tiny", "1.1.0", "bb" * 32)
-    families = parse(metrics.registry.render_prometheus())
-    samples = families["edgefleet_active_bundle_info"].samples
-    assert [(s.labels, s.value) for s in samples] == [
-        ({"name": "tiny", "version": "1.1.0", "sha256": "bb" * 32}, 1.0)
-    ]
+    assert series() == [({"name": "tiny", "version": "1.1.0", "sha256": "bb" * 32}, 1.0)]
     assert metrics.active_bundle == ("tiny", "1.1.0", "bb" * 32)
 
 
 def test_last_frame_age_tracks_the_newest_frame() -> None:
     clock = FakeClock(50.0)
     metrics = RuntimeMetrics(clock=clock)
-    assert math.isnan(metrics.last_frame_age_seconds.value)
+    age = "edgefleet_last_frame_age_seconds"
+    assert math.isnan(value(metrics.registry, age))
     metrics.record_frame(49.0)
-    assert metrics.last_frame_age_seconds.value == 1.0
+    assert value(metrics.registry, age) == 1.0
     metrics.record_prediction(50.0, uncertain=False, staleness_ms=2000.0)  # an older frame
-    assert metrics.last_frame_age_seconds.value == 1.0
+    assert value(metrics.registry, age) == 1.0
     clock.now = 53.5
-    assert metrics.last_frame_age_seconds.value == 4.5
+    assert value(metrics.registry, age) == 4.5
 
 
-def test_snapshot_is_json_ready() -> None:
+def test_snapshot_is_json_ready_in_seconds() -> None:
     clock = FakeClock()
     metrics = RuntimeMetrics(clock=clock)
-    for invoke in (1.0, 2.0, 3.0, 4.0):
-        metrics.observe_stages(0.1, 0.5, invoke, 0.1, invoke + 1)
+    for invoke_ms in (1.0, 2.0, 3.0, 4.0):
+        metrics.observe_stages(0.1, 0.5, invoke_ms, 0.1, invoke_ms + 1)
     metrics.inference_errors.inc()
+    metrics.set_active_bundle("tiny", "1.0.0", "ab" * 32)
     snapshot = metrics.registry.snapshot()
     json.dumps(snapshot, allow_nan=False)
-    invoke = snapshot["histograms"]['edgefleet_stage_latency_ms{stage="invoke"}']
-    assert invoke == pytest.approx({"count": 4, "sum": 10.0, "p50": 2.5, "p95": 3.85, "p99": 3.97})
-    assert snapshot["histograms"]["edgefleet_staleness_ms"]["p50"] is None
+    invoke = snapshot["histograms"]['edgefleet_stage_latency_seconds{stage="invoke"}']
+    assert invoke == pytest.approx(
+        {"count": 4, "sum": 0.010, "p50": 0.0025, "p95": 0.00385, "p99": 0.00397}
+    )
+    assert snapshot["histograms"]["edgefleet_staleness_seconds"] == {
+        "count": 0,
+        "sum": 0.0,
+        "p50": None,
+        "p95": None,
+        "p99": None,
+    }
     assert snapshot["counters"]["edgefleet_inference_errors_total"] == 1.0
     assert snapshot["gauges"]["edgefleet_last_frame_age_seconds"] is None  # NaN -> null
-    assert snapshot["gauges"]["edgefleet_fps"] == 0.0
+    assert snapshot["gauges"]["edgefleet_predictions_per_second"] == 0.0
+    bundle = f'edgefleet_active_bundle_info{{name="tiny",sha256="{"ab" * 32}",version="1.0.0"}}'
+    assert snapshot["gauges"][bundle] == 1.0
+    assert not [name for section in snapshot.values() for name in section if "_created" in name]

@@ -50,6 +50,7 @@ def test_extras_are_declared_as_the_design_says() -> None:
         "tuf",
         "pydantic",
         "pyyaml",
+        "prometheus-client",
     ):
         assert needed in device, needed
     assert "tensorflow" not in device
