@@ -53,7 +53,7 @@ from edge_runtime.bundle import (
 from edge_runtime.errors import EdgefleetError
 from edgefleet.fleet_sim import SimFleetProcesses
 from fleet_server.broker_auth import mosquitto_binary
-from fleet_server.service import free_port
+from fleet_server.process import free_port
 
 __all__ = ["FleetBenchOptions", "ProcessSampler", "run_fleet_bench", "synthetic_bundle"]
 
@@ -219,7 +219,7 @@ def _broker(
 ) -> Iterator[tuple[str, int, subprocess.Popen[bytes] | None]]:
     """The broker to use: ``url`` as it is, or a Mosquitto started for the run."""
     if url is not None:
-        from fleet_server.service import parse_broker_url
+        from fleet_server.process import parse_broker_url
 
         host, port = parse_broker_url(url)
         yield host, port, None

@@ -135,7 +135,7 @@ def serve(
       edgefleet serve --state state --repo repo --keys keys --broker mqtt://broker:1883 \\
         --broker-auth-dir /etc/mosquitto/edgefleet --broker-reload 'systemctl reload mosquitto'
     """
-    from fleet_server.service import ServeOptions, run_server
+    from fleet_server.process import ServeOptions, run_server
 
     token = os.environ.get(token_env, "")
     if not token:

@@ -29,9 +29,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import yaml
 
+from fleet_server.process import EmbeddedBroker, connect_client
 from fleet_server.registry import Registry
 from fleet_server.server import FleetServer
-from fleet_server.service import EmbeddedBroker, connect_client
 from fleet_server.trust import ONLINE_ROLES, KeySet, Repository
 
 __all__ = ["Camera", "CameraSettings", "LocalFleet"]

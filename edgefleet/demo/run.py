@@ -477,7 +477,7 @@ class _Run:
         finally:
             if self.fleet is not None:
                 # a normal disconnect on the way out is not worth a warning
-                logging.getLogger("fleet_server.service").setLevel(logging.ERROR)
+                logging.getLogger("fleet_server.process").setLevel(logging.ERROR)
                 self.fleet.stop()
             if previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, previous_sigterm)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from edge_runtime.errors import EdgefleetError
 
 if TYPE_CHECKING:
-    from fleet_server.service import EmbeddedBroker
+    from fleet_server.process import EmbeddedBroker
 
 __all__ = ["LocalBroker", "LocalBrokerError", "free_port", "wait_for_port"]
 
@@ -107,7 +107,7 @@ class LocalBroker:
         if self.running:
             return
         if self.kind == "amqtt":
-            from fleet_server.service import EmbeddedBroker
+            from fleet_server.process import EmbeddedBroker
 
             self._embedded = EmbeddedBroker.start(self.host, self.port)
         else:

@@ -33,10 +33,10 @@ from edge_runtime.errors import EdgefleetError
 from edgefleet.testing.broker import LOOPBACK, free_port
 from edgefleet.testing.device import RunningDevice, wait_for
 from fleet_server.delivery import ChunkServer
+from fleet_server.process import connect_client
 from fleet_server.publisher import publish_metadata
 from fleet_server.registry import Registry
 from fleet_server.server import FleetServer
-from fleet_server.service import connect_client
 from fleet_server.trust import ONLINE_ROLES, Expiry, Repository, init_keys
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from fleet_server.broker_auth import SERVER_USERNAME, BrokerAuth, hash_password
-from fleet_server.service import EmbeddedBroker
+from fleet_server.process import EmbeddedBroker
 from tests.mqtt_login import login
 
 pytestmark = pytest.mark.broker

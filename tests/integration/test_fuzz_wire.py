@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 
 from edgefleet.testing import RunningDevice
 from edgefleet.testing.fleet import LocalFleet
+from fleet_server.process import connect_client
 from fleet_server.registry import Registry
 from fleet_server.server import FleetServer
-from fleet_server.service import connect_client
 from tests.integration.test_updates import device_config, make_fleet
 from tests.media import make_bundle
 from tests.models import tiny_onnx_model
