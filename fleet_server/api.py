@@ -34,6 +34,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from edge_runtime import __version__
 from edge_runtime.errors import EdgefleetError
 from fleet_server.errors import (
+    NotFoundError,
     RegistryError,
     RegistryStorageError,
     RolloutError,
@@ -46,6 +47,7 @@ from fleet_server.records import TargetSelector, check_name
 from fleet_server.registry import MAX_TIMELINE_LIMIT
 from fleet_server.rollout_spec import Sha256, WaveSpec
 from fleet_server.server import FleetServer
+from fleet_server.statuses import TERMINAL_ROLLOUT_STATUSES
 
 __all__ = [
     "CommandRequest",
@@ -127,12 +129,11 @@ class _UnauthorisedError(Exception):
 def _status_for(exc: EdgefleetError) -> int:
     if isinstance(exc, RegistryStorageError):
         return 503
-    if isinstance(exc, RegistryError):
-        # the registry names what it does not know as "unknown device/bundle/rollout ..."
-        return 404 if str(exc).startswith("unknown ") else 409
+    if isinstance(exc, NotFoundError):
+        return 404
     if isinstance(exc, RolloutPlanError):
         return 400
-    if isinstance(exc, RolloutError):
+    if isinstance(exc, RegistryError | RolloutError):
         return 409
     return 400
 
@@ -306,7 +307,7 @@ def _bundle_routes(app: FastAPI, server: FleetServer, guarded: list[Any]) -> Non
         """Import a released bundle file from the server's disk."""
         path = Path(body.path)
         if not path.is_file():
-            raise RegistryError(f"unknown bundle file {body.path}: not a file on the server")
+            raise NotFoundError(f"unknown bundle file {body.path}: not a file on the server")
         sha256 = server.import_bundle(path)
         return _bundle(registry.bundle(sha256))
 
@@ -349,7 +350,7 @@ def _rollout_view(server: FleetServer, rollout_id: int) -> dict[str, Any]:
     view = {k: v for k, v in _plain(info).items() if k != "settings"}
     view.update(
         {
-            "finished": info.status in {"completed", "aborted", "rolled-back"},
+            "finished": info.status in TERMINAL_ROLLOUT_STATUSES,
             "waves": waves,
             "counts": totals,
             "planner": planner,
