@@ -8,25 +8,17 @@ registry, the TUF repository (online keys only) and the chunk server.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_runtime.bundle import Bundle
-from edge_runtime.config import parse_config
-from edge_runtime.device import DeviceRuntime
+from edgefleet.testing import RunningDevice
+from edgefleet.testing.fleet import LocalFleet
 from fleet_server.quality_gate import GateThresholds
 from fleet_server.records import TargetSelector
-from fleet_server.registry import Registry
 from fleet_server.rollout_spec import WaveSpec
-from fleet_server.server import FleetServer
-from fleet_server.trust import ONLINE_ROLES, Expiry, KeySet, Repository, init_keys
 from tests.media import make_bad_golden_bundle, make_bundle
 from tests.models import tiny_onnx_model
 
@@ -38,119 +30,50 @@ GATE = GateThresholds(
 )
 
 
-@dataclass
-class Setup:
-    server: FleetServer
-    registry: Registry
-    bundles: dict[str, Bundle]
-    devices: list[DeviceRuntime]
-    repo: Repository
-    keys: KeySet
-    client: mqtt.Client
-    folder: Path
-    configs: list[str]
-    stop: threading.Event
-    threads: list[threading.Thread]
+Setup = LocalFleet
+"""The ``setup`` fixture: the kit's local fleet with the fleet server, started, devices on v1."""
 
-    def start_device(self, index: int) -> None:
-        runtime = DeviceRuntime(parse_config(self.configs[index]))
-        self.devices.append(runtime)
-        thread = threading.Thread(target=runtime.run, args=(self.stop,), daemon=True)
-        thread.start()
-        self.threads.append(thread)
 
-    def wait_for(self, condition: Callable[[], bool], timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.1)
-        raise AssertionError("timed out")
-
-    def active(self) -> dict[str, str | None]:
-        return {d.id: d.active_bundle for d in self.registry.devices()}
+def start_camera(fleet: LocalFleet, index: int) -> RunningDevice:
+    """Device ``cam-NN``: v1 at start, a 10 fps synthetic source, telemetry every 0.5 s."""
+    return fleet.start_device(
+        f"cam-{index:02d}",
+        bundle="v1",
+        source={"type": "synthetic", "fps": 10, "width": 64, "height": 48},
+        mqtt={"telemetry_interval_s": 0.5},
+        update={"probation_s": 1, "probation_min_predictions": 5, "smoke_latency_runs": 3},
+    )
 
 
 @pytest.fixture
 def setup(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: int) -> Iterator[Setup]:
     offline: tuple[int, ...] = getattr(request, "param", ())
-    keys = init_keys(tmp_path / "keys")
-    repo = Repository.create(tmp_path / "repo", keys, Expiry())
-    bundles = {
-        "v1": make_bundle(
-            tmp_path / "v1.efb", tiny_onnx_model(scale=40.0), "onnx", "1.0.0", softmax=True
-        ),
-        "v2": make_bundle(
-            tmp_path / "v2.efb", tiny_onnx_model(scale=40.0, seed=8), "onnx", "2.0.0", softmax=True
-        ),
-        "bad": make_bad_golden_bundle(
-            tmp_path / "bad.efb", tiny_onnx_model(scale=40.0, seed=9), "onnx", "3.0.0"
-        ),
-        # v1's weights, softer logits: the same classes at ~0.70 mean confidence instead of
-        # ~0.95; it passes every device check (smoke test, probation at half the old
-        # confidence) and only the fleet's quality gate can see it
-        "dull": make_bundle(
-            tmp_path / "dull.efb", tiny_onnx_model(scale=6.0), "onnx", "4.0.0", softmax=True
-        ),
-    }
-    for name in bundles:
-        repo.release(tmp_path / f"{name}.efb", keys.role("targets"))
-    registry = Registry.open(f"sqlite:///{tmp_path / 'fleet.db'}")
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id="fleet-server",
-        protocol=mqtt.MQTTv311,
+    make_bundle(tmp_path / "v1.efb", tiny_onnx_model(scale=40.0), "onnx", "1.0.0", softmax=True)
+    make_bundle(
+        tmp_path / "v2.efb", tiny_onnx_model(scale=40.0, seed=8), "onnx", "2.0.0", softmax=True
     )
-    client.connect("127.0.0.1", mosquitto)
-    client.loop_start()
-    server = FleetServer(
-        registry, repo, keys.only(ONLINE_ROLES), client, tmp_path / "served", tick_s=0.2
+    make_bad_golden_bundle(
+        tmp_path / "bad.efb", tiny_onnx_model(scale=40.0, seed=9), "onnx", "3.0.0"
     )
-    for name in bundles:
-        server.import_bundle(tmp_path / f"{name}.efb")
-    for i in range(DEVICES):
-        registry.provision_device(f"cam-{i:02d}", tags=("line1",))
-    server.start()
-    (tmp_path / "root.json").write_bytes(repo.root_bytes(1))
-    configs = [
-        f"device_id: cam-{i:02d}\nbundle: {tmp_path / 'v1.efb'}\nstore: {tmp_path / 'stores' / str(i)}\n"
-        f"source:\n  type: synthetic\n  fps: 10\n  width: 64\n  height: 48\n"
-        f"mqtt:\n  port: {mosquitto}\n  telemetry_interval_s: 0.5\nmetrics:\n  enabled: false\n"
-        f"update:\n  trusted_root: {tmp_path / 'root.json'}\n  probation_s: 1\n  probation_min_predictions: 5\n"
-        f"  smoke_latency_runs: 3\n"
-        for i in range(DEVICES)
-    ]
-    made = Setup(
-        server,
-        registry,
-        bundles,
-        [],
-        repo,
-        keys.only(ONLINE_ROLES),
-        client,
-        tmp_path / "served",
-        configs,
-        threading.Event(),
-        [],
-    )
-    for i in range(DEVICES):
-        if i not in offline:
-            made.start_device(i)
-    online = {f"cam-{i:02d}" for i in range(DEVICES) if i not in offline}
-    made.wait_for(
-        lambda: all(v == bundles["v1"].sha256 for k, v in made.active().items() if k in online),
-        timeout=60,
-    )
-    try:
-        yield made
-    finally:
-        made.stop.set()
-        for thread in made.threads:
-            thread.join(timeout=20)
-        made.server.stop()
-        client.loop_stop()
-        client.disconnect()
-        registry.close()
+    # v1's weights, softer logits: the same classes at ~0.70 mean confidence instead of
+    # ~0.95; it passes every device check (smoke test, probation at half the old
+    # confidence) and only the fleet's quality gate can see it
+    make_bundle(tmp_path / "dull.efb", tiny_onnx_model(scale=6.0), "onnx", "4.0.0", softmax=True)
+    with LocalFleet(tmp_path / "fleet", mosquitto, tick_s=0.2, client_id="fleet-server") as fleet:
+        for name in ("v1", "v2", "bad", "dull"):
+            fleet.release(name, tmp_path / f"{name}.efb")
+        for i in range(DEVICES):
+            fleet.provision(f"cam-{i:02d}", tags=("line1",))
+        fleet.start()
+        for i in range(DEVICES):
+            if i not in offline:
+                start_camera(fleet, i)
+        online = {f"cam-{i:02d}" for i in range(DEVICES) if i not in offline}
+        v1 = fleet.bundles["v1"].sha256
+        fleet.wait_for(
+            lambda: all(v == v1 for k, v in fleet.active().items() if k in online), timeout=60
+        )
+        yield fleet
 
 
 def waves() -> list[WaveSpec]:
@@ -247,12 +170,7 @@ def test_server_restarted_mid_rollout_resumes_without_resending(setup: Setup) ->
     )
     setup.wait_for(lambda: setup.registry.rollout(rollout).status == "awaiting-approval")
     before = setup.repo.assignments()
-    setup.server.stop()  # the server goes down between waves
-    restarted = FleetServer(
-        setup.registry, setup.repo, setup.keys, setup.client, setup.folder, tick_s=0.2
-    )
-    restarted.start()
-    setup.server = restarted
+    restarted = setup.restart_server()  # the server goes down between waves, and comes back
     plan = restarted.plan(rollout)
     assert plan is not None and plan.status.value == "awaiting-approval"
     assert setup.repo.assignments() == before  # nothing re-sent on restart
@@ -285,9 +203,7 @@ def test_offline_device_converges_when_it_returns(setup: Setup) -> None:
     assert setup.registry.rollout(rollout).status == "completed"
     statuses = {d.device_id: d.status for d in setup.registry.wave_devices(rollout)}
     assert statuses[last] in {"timed-out", "sent"}  # it never reported while the rollout ran
-    setup.start_device(
-        DEVICES - 1
-    )  # it comes back online and converges from the retained assignment
+    start_camera(setup, DEVICES - 1)  # back online: it converges from the retained assignment
     setup.wait_for(lambda: setup.registry.device(last).active_bundle == v2.sha256)
 
     def status_of_last() -> str:
