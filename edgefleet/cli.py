@@ -66,6 +66,7 @@ _GROUPS: dict[str, tuple[str, str, str]] = {
         "bundle",
         "Inspect, pack and unpack model bundles.",
     ),
+    "protocol": ("edgefleet.commands.protocol", "protocol", "The MQTT messages' JSON Schema."),
 }
 
 
