@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,9 +19,8 @@ from edge_runtime.config import MqttConfig
 from edge_runtime.delivery import CHUNK_SIZE, ChunkDownload
 from edge_runtime.delivery_mqtt import BundleFetcher
 from edge_runtime.mqtt import MqttLink
+from edgefleet.testing.broker import LocalBroker
 from fleet_server.delivery import ChunkServer, CorruptChunkOnce
-from tests.conftest import free_port, wait_for_port
-from tests.services import require_mosquitto
 
 pytestmark = pytest.mark.broker
 
@@ -41,46 +39,6 @@ def bundle(tmp_path: Path) -> tuple[str, Path, bytes]:
 
 def chunks_of(length: int) -> int:
     return -(-length // CHUNK_SIZE)
-
-
-# --- brokers ------------------------------------------------------------------------
-
-
-class MosquittoProcess:
-    """Mosquitto with default limits on a fixed loopback port, which a test may stop and start again."""
-
-    def __init__(self, folder: Path, port: int) -> None:
-        self.binary = require_mosquitto()
-        self.port = port
-        self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
-@pytest.fixture
-def restartable_mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
-    broker = MosquittoProcess(tmp_path, free_port())
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 # --- a server and devices on a broker ------------------------------------------------------
@@ -207,7 +165,7 @@ def test_three_devices_share_one_broadcast(
 
 
 def test_download_resumes_after_a_broker_restart(
-    restartable_mosquitto: MosquittoProcess, fleet_on: Any, bundle: tuple[str, Path, bytes]
+    mosquitto_broker: LocalBroker, fleet_on: Any, bundle: tuple[str, Path, bytes]
 ) -> None:
     sha, path, data = bundle
 
@@ -218,7 +176,7 @@ def test_download_resumes_after_a_broker_restart(
             time.sleep(0.08)
             return payload
 
-    fleet = fleet_on(restartable_mosquitto.port)
+    fleet = fleet_on(mosquitto_broker.port)
     fleet.start_server({sha: path}, fault=Throttle())
     fetcher = fleet.device("cam-r", sha, len(data), window_timeout=1.0)
     fetcher.start()
@@ -228,9 +186,9 @@ def test_download_resumes_after_a_broker_restart(
     have_before = fetcher.download.have
     assert 3 <= have_before < chunks_of(len(data))
 
-    restartable_mosquitto.stop()
+    mosquitto_broker.stop()  # the kit's Mosquitto comes back on the same port
     assert not fetcher.done.wait(0.3)
-    restartable_mosquitto.start()
+    mosquitto_broker.start()
 
     assert received(fetcher, 20) == data
     assert fetcher.stats.subscribed >= 2  # subscribed again after the reconnect, and asked again
