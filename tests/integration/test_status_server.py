@@ -17,14 +17,7 @@ from edge_runtime.errors import RuntimeDeviceError, StatusServerError
 from edge_runtime.health import HealthState
 from edge_runtime.http_status import PROMETHEUS_CONTENT_TYPE, StatusServer
 from edge_runtime.metrics import RuntimeMetrics
-
-
-class FakeClock:
-    def __init__(self, now: float = 500.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from edgefleet.testing import FakeClock
 
 
 @dataclass
@@ -37,7 +30,7 @@ class Setup:
 
 @pytest.fixture
 def setup() -> Iterator[Setup]:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     metrics = RuntimeMetrics(clock=clock)
     health = HealthState(max_frame_age_s=5.0, startup_grace_s=10.0, clock=clock)
     server = StatusServer(

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from edge_runtime.health import HealthReport, HealthState
+from edgefleet.testing import FakeClock
 
 
 def make_state() -> HealthState:
@@ -68,13 +69,13 @@ def test_stuck_inference_counts_even_within_the_grace_window() -> None:
 
 
 def test_injected_clock_is_used_when_no_time_is_given() -> None:
-    now = [100.0]
-    health = HealthState(max_frame_age_s=1.0, startup_grace_s=0.0, clock=lambda: now[0])
-    now[0] = 100.1
+    clock = FakeClock(100.0)
+    health = HealthState(max_frame_age_s=1.0, startup_grace_s=0.0, clock=clock)
+    clock.now = 100.1
     assert not health.evaluate().healthy  # grace 0: any time without a frame is too long
     health.frame_received()
     assert health.evaluate().healthy
-    now[0] = 101.6
+    clock.now = 101.6
     assert health.evaluate().reasons == ["no frame for 1.5 s (limit 1 s)"]
 
 

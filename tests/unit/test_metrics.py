@@ -23,14 +23,7 @@ from edge_runtime.metrics import (
     RuntimeMetrics,
     series_name,
 )
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from edgefleet.testing import FakeClock
 
 
 def value(registry: MetricsRegistry, name: str, /, **labels: str) -> float:
@@ -158,7 +151,7 @@ def test_metrics_stay_on_their_own_registry() -> None:
 
 
 def test_runtime_metrics_render_every_family_in_base_units() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     metrics = RuntimeMetrics(clock=clock)
     metrics.observe_stages(
         capture_wait_ms=0.2, preprocess_ms=1.5, invoke_ms=4.0, postprocess_ms=0.1, end_to_end_ms=6
@@ -287,7 +280,7 @@ def test_last_frame_age_tracks_the_newest_frame() -> None:
 
 
 def test_snapshot_is_json_ready_in_seconds() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     metrics = RuntimeMetrics(clock=clock)
     for invoke_ms in (1.0, 2.0, 3.0, 4.0):
         metrics.observe_stages(0.1, 0.5, invoke_ms, 0.1, invoke_ms + 1)

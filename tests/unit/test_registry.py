@@ -16,6 +16,7 @@ from edge_runtime.bundle import (
     QualityReport,
     parse_bundle,
 )
+from edgefleet.testing import FakeClock
 from fleet_server import db
 from fleet_server.errors import (
     MalformedReportError,
@@ -33,23 +34,10 @@ from fleet_server.telemetry import LATENCY_SERIES, quality_figures
 from tests.models import LABELS
 
 
-class FakeClock:
-    """Unix time that moves only when told to."""
-
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock(fake_clock: FakeClock) -> FakeClock:
+    """The kit's fake clock (Unix time 1.8e9), which the registries opened here read."""
+    return fake_clock
 
 
 @pytest.fixture
