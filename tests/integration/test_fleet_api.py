@@ -130,6 +130,32 @@ def test_token_is_required_except_for_healthz(api: Api) -> None:
     assert "/rollouts/{rollout_id}/timeline" in paths
 
 
+def test_the_openapi_document_describes_every_reply(api: Api) -> None:
+    """Issue #16: typed replies, so the schema says what a client gets (statuses included)."""
+    document = api.client.get("/openapi.json", headers=AUTH).json()
+    untyped = []
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            for code, reply in operation["responses"].items():
+                schemas = [c.get("schema") for c in reply.get("content", {}).values()]
+                if code.startswith("2") and path != "/healthz" and not all(schemas or [None]):
+                    untyped.append(f"{method.upper()} {path}")
+    assert untyped == []
+    schemas = document["components"]["schemas"]
+    assert {"DeviceView", "BundleView", "RolloutView", "WaveView", "TimelineView"} <= set(schemas)
+    wave_status = schemas["WaveStatus"]["enum"]
+    assert wave_status == [
+        "pending",
+        "running",
+        "watching",
+        "passed",
+        "failed",
+        "aborted",
+        "skipped",
+    ]
+    assert schemas["DeviceStatus"]["enum"][2] == "in-progress"
+
+
 def test_devices_bundles_rollout_pause_resume(api: Api) -> None:
     c = api.client
     for name in ("cam-01", "cam-02"):

@@ -1,0 +1,264 @@
+"""What the HTTP API reads and answers: request bodies and typed replies (so ``/openapi.json``
+describes real schemas, and a reply that strays from them is a server error, not a surprise)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from fleet_server.records import (
+    Availability,
+    BundleInfo,
+    DeviceOrigin,
+    RolloutInfo,
+    check_name,
+)
+from fleet_server.rollout_plan import RolloutState
+from fleet_server.rollout_spec import Sha256, WaveSpec
+from fleet_server.statuses import (
+    TERMINAL_ROLLOUT_STATUSES,
+    DeviceStatus,
+    RolloutStatus,
+    WaveStatus,
+)
+
+__all__ = [
+    "BundleView",
+    "CommandRequest",
+    "DeviceView",
+    "ImportRequest",
+    "MqttSettings",
+    "PinRequest",
+    "PlannerView",
+    "ProvisionReply",
+    "ProvisionRequest",
+    "RolloutRequest",
+    "RolloutSummary",
+    "RolloutView",
+    "TargetRequest",
+    "TimelineView",
+    "Verb",
+    "WaveView",
+]
+
+Verb = Literal["pause", "resume", "approve", "abort"]
+
+DeviceId = Annotated[str, AfterValidator(lambda v: check_name(v, "device id"))]
+Tag = Annotated[str, AfterValidator(lambda v: check_name(v, "tag"))]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProvisionRequest(_Request):
+    """A device to register ahead of its first contact."""
+
+    id: DeviceId
+    tags: list[Tag] = Field(default_factory=list)
+    profile: str | None = None
+
+
+class PinRequest(_Request):
+    """The bundle to keep a device on (``null`` unpins it)."""
+
+    sha256: Sha256 | None
+
+
+class ImportRequest(_Request):
+    """A released bundle file, as a path on the fleet server's machine."""
+
+    path: str = Field(min_length=1)
+
+
+class TargetRequest(_Request):
+    """Which devices a rollout covers: all, those carrying every tag, or named ones."""
+
+    kind: Literal["all", "tags", "devices"]
+    values: list[str] = Field(default_factory=list)
+
+
+class RolloutRequest(_Request):
+    """A rollout: the bundle, its target, what a rollback restores, and its waves (canary first)."""
+
+    bundle_sha256: Sha256
+    target: TargetRequest
+    previous_sha256: Sha256 | None = None
+    waves: list[WaveSpec] = Field(min_length=1, max_length=100)
+    seed: int = 0
+
+
+class CommandRequest(_Request):
+    """Why an operator aborts (ignored by the other commands)."""
+
+    reason: str = Field(default="operator abort", max_length=1024)
+
+
+# --- replies --------------------------------------------------------------------------
+
+
+class _Reply(BaseModel):
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+
+
+class DeviceView(_Reply):
+    """A device: provisioning, availability and the state it last reported."""
+
+    id: str
+    tags: tuple[str, ...]
+    profile: str | None
+    origin: DeviceOrigin
+    pinned_bundle: str | None
+    registered_at: float
+    last_seen: float | None
+    availability: Availability
+    phase: str | None
+    active_bundle: str | None
+    active_name: str | None
+    active_version: str | None
+    last_good_bundle: str | None
+    target_bundle: str | None
+    target_assignment: int | None
+    runtime_version: str | None
+    state_updated_at: float | None
+    has_credentials: bool
+    state_received_at: float | None
+    clock_skew_s: float | None
+
+
+class MqttSettings(BaseModel):
+    """What a device's config needs to reach the broker (and, once, its broker password)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topic_prefix: str
+    host: str | None = None
+    port: int | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+class ProvisionReply(BaseModel):
+    """A provisioned device (or one whose credentials changed) and its MQTT settings."""
+
+    device: DeviceView
+    mqtt: MqttSettings
+
+
+class BundleView(_Reply):
+    """A released bundle and the baseline figures rollouts compare devices against."""
+
+    sha256: str
+    name: str
+    version: str
+    format: str
+    precision: str
+    size: int
+    released_at: float
+    labels: tuple[str, ...]
+    baseline_accuracy: float | None
+    baseline_mean_confidence: float | None
+    baseline_class_distribution: dict[str, float] | None
+    latency_budget_ms: float | None
+
+    @classmethod
+    def of(cls, info: BundleInfo) -> BundleView:
+        return cls.model_validate(info)
+
+
+class RolloutSummary(BaseModel):
+    """A rollout's identity, target and status."""
+
+    id: int
+    bundle_sha256: str
+    previous_sha256: str | None
+    target: dict[str, Any]
+    """``{"all": true}``, ``{"tags": [...]}`` or ``{"devices": [...]}``."""
+    status: RolloutStatus
+    reason: str | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def of(cls, info: RolloutInfo) -> RolloutSummary:
+        return cls(
+            id=info.id,
+            bundle_sha256=info.bundle_sha256,
+            previous_sha256=info.previous_sha256,
+            target=info.target.to_json(),
+            status=info.status,
+            reason=info.reason,
+            created_at=info.created_at,
+            updated_at=info.updated_at,
+        )
+
+
+class WaveView(BaseModel):
+    """One wave: its status, when it ran, its devices and how many are in each status."""
+
+    index: int
+    status: WaveStatus
+    started_at: float | None
+    finished_at: float | None
+    devices: int
+    counts: dict[DeviceStatus, int]
+
+
+class PlannerView(BaseModel):
+    """The live planner state of a rollout still followed."""
+
+    status: RolloutStatus
+    current_wave: int
+    waves: int
+    devices: int
+    skipped: dict[str, str]
+    counts: dict[DeviceStatus, int]
+
+    @classmethod
+    def of(cls, plan: RolloutState) -> PlannerView:
+        return cls(
+            status=plan.status,
+            current_wave=plan.current_wave,
+            waves=len(plan.waves),
+            devices=len(plan.devices),
+            skipped=dict(plan.skipped),
+            counts={k: v for k, v in plan.device_counts().items() if v},
+        )
+
+
+class RolloutView(RolloutSummary):
+    """A rollout's status, its waves with device counts per status, and the planner's summary."""
+
+    finished: bool
+    waves: list[WaveView]
+    counts: dict[DeviceStatus, int]
+    planner: PlannerView | None
+
+    @classmethod
+    def build(
+        cls,
+        info: RolloutInfo,
+        waves: list[WaveView],
+        counts: dict[DeviceStatus, int],
+        plan: RolloutState | None,
+    ) -> RolloutView:
+        return cls(
+            **RolloutSummary.of(info).model_dump(),
+            finished=info.status in TERMINAL_ROLLOUT_STATUSES,
+            waves=waves,
+            counts=counts,
+            planner=None if plan is None else PlannerView.of(plan),
+        )
+
+
+class TimelineView(_Reply):
+    """One timeline entry: ``kind`` names what happened, ``message`` says it to a person."""
+
+    id: int
+    at: float
+    kind: str
+    message: str
+    rollout_id: int | None
+    device_id: str | None
+    data: dict[str, Any] | None

@@ -1,0 +1,213 @@
+"""The API's routes: devices, bundles and rollouts, each answering a typed reply."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query
+from fastapi import Path as FastApiPath
+from fastapi.responses import Response
+
+from fleet_server.api.models import (
+    BundleView,
+    CommandRequest,
+    DeviceView,
+    ImportRequest,
+    MqttSettings,
+    PinRequest,
+    ProvisionReply,
+    ProvisionRequest,
+    RolloutRequest,
+    RolloutSummary,
+    RolloutView,
+    TimelineView,
+    Verb,
+    WaveView,
+)
+from fleet_server.errors import NotFoundError
+from fleet_server.records import TargetSelector
+from fleet_server.registry import MAX_TIMELINE_LIMIT
+from fleet_server.server import FleetServer
+
+__all__ = ["bundle_routes", "device_routes", "rollout_routes"]
+
+log = logging.getLogger(__name__)
+
+# ids are 32-bit integers in every database we run on: anything larger is a 422, never a 500
+RolloutId = Annotated[int, FastApiPath(ge=1, le=2**31 - 1)]
+EntryId = Annotated[int, Query(ge=0, le=2**31 - 1)]
+_TUF_ROOT = {
+    "type": "object",
+    "description": "TUF root metadata (signed, signatures), as python-tuf writes it",
+    "required": ["signed", "signatures"],
+}
+
+
+def device_routes(
+    app: FastAPI, server: FleetServer, guarded: list[Any], mqtt_settings: dict[str, Any]
+) -> None:
+    """Devices: list, provision, credentials, pins, and the root a new device trusts."""
+    registry = server.registry
+
+    @app.get("/devices", tags=["devices"], dependencies=guarded)
+    def list_devices(tag: Annotated[list[str] | None, Query()] = None) -> list[DeviceView]:
+        """Every device, or those carrying every ``tag`` given."""
+        return [DeviceView.model_validate(d) for d in registry.devices(tag)]
+
+    @app.get("/devices/{device_id}", tags=["devices"], dependencies=guarded)
+    def get_device(device_id: str) -> DeviceView:
+        """One device."""
+        return DeviceView.model_validate(registry.device(device_id))
+
+    def with_credentials(device_id: str, password: str | None) -> MqttSettings:
+        settings = dict(mqtt_settings)
+        if password is not None:
+            settings |= {"username": device_id, "password": password}
+        return MqttSettings.model_validate(settings)
+
+    @app.post("/devices", status_code=201, tags=["devices"], dependencies=guarded)
+    def provision(body: ProvisionRequest) -> ProvisionReply:
+        """Provision a device; the reply holds the MQTT settings for its config.
+
+        When the server manages broker credentials the reply also holds the
+        device's broker username and password: this is the only time the
+        password is shown (the server keeps only its hash).
+        """
+        info, password = server.provision_device(body.id, body.tags, body.profile)
+        log.info("provisioned device %s via the API", body.id)
+        return ProvisionReply(
+            device=DeviceView.model_validate(info), mqtt=with_credentials(body.id, password)
+        )
+
+    @app.post("/devices/{device_id}/credentials", tags=["devices"], dependencies=guarded)
+    def rotate(device_id: str) -> ProvisionReply:
+        """Issue a new broker password for a device (the old one stops at the broker's reload)."""
+        password = server.rotate_credentials(device_id)
+        log.info("rotated the broker credentials of %s via the API", device_id)
+        return ProvisionReply(
+            device=DeviceView.model_validate(registry.device(device_id)),
+            mqtt=with_credentials(device_id, password),
+        )
+
+    @app.delete("/devices/{device_id}/credentials", tags=["devices"], dependencies=guarded)
+    def revoke(device_id: str) -> DeviceView:
+        """Remove a device's broker credentials: it can no longer connect."""
+        server.revoke_credentials(device_id)
+        log.info("revoked the broker credentials of %s via the API", device_id)
+        return DeviceView.model_validate(registry.device(device_id))
+
+    @app.get(
+        "/trust/root",
+        tags=["devices"],
+        dependencies=guarded,
+        response_class=Response,
+        responses={200: {"content": {"application/json": {"schema": _TUF_ROOT}}}},
+    )
+    def trusted_root() -> Response:
+        """The newest TUF root metadata: what a newly provisioned device is given to trust."""
+        return Response(server.repository.root_bytes(), media_type="application/json")
+
+    @app.put("/devices/{device_id}/pin", tags=["devices"], dependencies=guarded)
+    def pin(device_id: str, body: PinRequest) -> DeviceView:
+        """Keep a device on a bundle whatever rollouts say (``null`` unpins)."""
+        return DeviceView.model_validate(registry.pin(device_id, body.sha256))
+
+
+def bundle_routes(app: FastAPI, server: FleetServer, guarded: list[Any]) -> None:
+    """Bundles: list and import."""
+    registry = server.registry
+
+    @app.get("/bundles", tags=["bundles"], dependencies=guarded)
+    def list_bundles() -> list[BundleView]:
+        """Every imported bundle, oldest first."""
+        return [BundleView.of(b) for b in registry.bundles()]
+
+    @app.post("/bundles/import", status_code=201, tags=["bundles"], dependencies=guarded)
+    def import_bundle(body: ImportRequest) -> BundleView:
+        """Import a released bundle file from the server's disk."""
+        path = Path(body.path)
+        if not path.is_file():
+            raise NotFoundError(f"unknown bundle file {body.path}: not a file on the server")
+        sha256 = server.import_bundle(path)
+        return BundleView.of(registry.bundle(sha256))
+
+
+def _rollout_view(server: FleetServer, rollout_id: int) -> RolloutView:
+    """A rollout's status, waves with device counts per status, and the planner's summary."""
+    registry = server.registry
+    info = registry.rollout(rollout_id)
+    devices = registry.wave_devices(rollout_id)
+    waves = []
+    for wave in registry.waves(rollout_id):
+        counts = Counter(d.status for d in devices if d.wave_id == wave.id)
+        waves.append(
+            WaveView(
+                index=wave.index,
+                status=wave.status,
+                started_at=wave.started_at,
+                finished_at=wave.finished_at,
+                devices=len(wave.device_ids),
+                counts=dict(counts),
+            )
+        )
+    totals = dict(Counter(d.status for d in devices))
+    return RolloutView.build(info, waves, totals, server.plan(rollout_id))
+
+
+def rollout_routes(app: FastAPI, server: FleetServer, guarded: list[Any]) -> None:
+    """Rollouts: list, plan and start, view, command, timeline."""
+    registry = server.registry
+
+    def rollout_view(rollout_id: RolloutId) -> RolloutView:
+        return _rollout_view(server, rollout_id)
+
+    @app.get("/rollouts", tags=["rollouts"], dependencies=guarded)
+    def list_rollouts() -> list[RolloutSummary]:
+        """Every rollout, oldest first."""
+        return [RolloutSummary.of(r) for r in registry.rollouts()]
+
+    @app.get("/rollouts/{rollout_id}", tags=["rollouts"], dependencies=guarded)
+    def get_rollout(rollout_id: RolloutId) -> RolloutView:
+        """A rollout's status, its waves with device counts per status, and the planner's summary."""
+        return rollout_view(rollout_id)
+
+    @app.post("/rollouts", status_code=201, tags=["rollouts"], dependencies=guarded)
+    def create_rollout(body: RolloutRequest) -> RolloutView:
+        """Plan and start a staged rollout."""
+        target = TargetSelector(body.target.kind, tuple(sorted(set(body.target.values))))
+        registry.bundle(body.bundle_sha256)  # 404 for an unknown bundle before planning
+        rollout_id = server.create_rollout(
+            body.bundle_sha256,
+            target,
+            body.waves,
+            previous_sha256=body.previous_sha256,
+            seed=body.seed,
+        )
+        return rollout_view(rollout_id)
+
+    @app.post("/rollouts/{rollout_id}/{verb}", tags=["rollouts"], dependencies=guarded)
+    def command(
+        rollout_id: RolloutId, verb: Verb, body: CommandRequest | None = None
+    ) -> RolloutView:
+        """Pause, resume, approve or abort a running rollout."""
+        registry.rollout(rollout_id)  # 404 for an unknown rollout
+        reason = body.reason if body is not None else "operator abort"
+        server.command(rollout_id, verb, reason)
+        log.info("rollout %d: %s by the operator", rollout_id, verb)
+        return rollout_view(rollout_id)
+
+    @app.get("/rollouts/{rollout_id}/timeline", tags=["rollouts"], dependencies=guarded)
+    def timeline(
+        rollout_id: RolloutId,
+        limit: Annotated[int, Query(ge=1, le=MAX_TIMELINE_LIMIT)] = 100,
+        after_id: EntryId | None = None,
+    ) -> list[TimelineView]:
+        """The rollout's timeline entries, oldest first (the newest ``limit``, or those after ``after_id``)."""
+        registry.rollout(rollout_id)
+        return [
+            TimelineView.model_validate(t)
+            for t in registry.timeline(rollout_id=rollout_id, limit=limit, after_id=after_id)
+        ]
