@@ -206,8 +206,8 @@ class UpdateState(_Frozen):
             reason = f"superseded by assignment {assignment} (bundle {bundle.sha256[:12]})"
             if self.phase in _SERVING_TARGET:
                 current, first = self._roll_back(reason, now)
-            else:
-                current, first = self._move(UpdatePhase.IDLE, reason, now)
+            else:  # abandoned: idle keeps no target (nothing to protect or report)
+                current, first = self._move(UpdatePhase.IDLE, reason, now, target=None)
             following = current.assignment_seen(bundle, assignment, now)
             return Transition(following.state, first + following.events)
         if self.active is not None and bundle.sha256 == self.active.sha256:
@@ -311,7 +311,7 @@ class UpdateState(_Frozen):
 
     def _move(self, to: UpdatePhase, reason: str, now: float, **changes: Any) -> Transition:
         """Go to phase ``to`` with one event for the (new or current) target."""
-        target: Target | None = changes.get("target", self.target)
+        target: Target | None = changes.get("target") or self.target  # None clears it after
         if target is None:
             raise IllegalTransitionError(
                 f"cannot go from {self.phase.value!r} to {to.value!r} without a target"

@@ -294,6 +294,7 @@ def test_operator_reassigning_the_last_good_bundle_during_probation_aborts_it() 
 def test_reassigning_the_active_bundle_cancels_a_download() -> None:
     transition = in_phase(P.DOWNLOADING).assignment_seen(A, 2, T0 + 30)
     assert transition.state.phase is P.IDLE and transition.state.active == A
+    assert transition.state.target is None  # the abandoned bundle is neither reported nor kept
     assert [(e.from_state, e.to_state) for e in transition.events] == [(P.DOWNLOADING, P.IDLE)]
 
 
