@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_runtime.config import MqttConfig
+from edge_runtime.protocol import Availability
 
 __all__ = ["ConnectListener", "MessageHandler", "MqttLink", "device_topic"]
 
@@ -74,7 +75,9 @@ class MqttLink:
                 cert_reqs=ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
             )
             self._client.tls_insecure_set(tls.insecure_skip_verify)
-        self._client.will_set(self.availability_topic, b"offline", qos=1, retain=True)
+        self._client.will_set(
+            self.availability_topic, Availability.OFFLINE.encode(), qos=1, retain=True
+        )
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -89,7 +92,7 @@ class MqttLink:
             )
             return
         log.info("connected to MQTT broker %s:%s", self.config.host, self.config.port)
-        client.publish(self.availability_topic, b"online", qos=1, retain=True)
+        client.publish(self.availability_topic, Availability.ONLINE.encode(), qos=1, retain=True)
         with self._lock:
             listeners = list(self._connect_listeners)
         for listener in listeners:
@@ -197,7 +200,9 @@ class MqttLink:
         """Say ``offline`` (retained), disconnect and stop the network thread."""
         self._stopping = True
         if self.connected.is_set():
-            info = self._client.publish(self.availability_topic, b"offline", qos=1, retain=True)
+            info = self._client.publish(
+                self.availability_topic, Availability.OFFLINE.encode(), qos=1, retain=True
+            )
             info.wait_for_publish(timeout=2.0)
         self._client.disconnect()
         self._client.loop_stop()

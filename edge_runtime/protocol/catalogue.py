@@ -99,7 +99,7 @@ MESSAGES: Final[tuple[Message, ...]] = (
         1,
         True,
         "text",
-        len(b"offline"),
+        max(len(value.encode()) for value in Availability),
         Availability,
     ),
     Message(
