@@ -134,7 +134,7 @@ def test_corrupt_or_missing_stored_bundle_is_a_store_error_naming_it(
     with pytest.raises(StoreError, match=f"bundle {digest} is not in the store"):
         store.load(digest)
     path = store.add(valid_bundle)
-    os.chmod(path, 0o644)
+    path.chmod(0o644)
     path.write_bytes(valid_bundle[:-700])  # bit rot / truncation after it was stored
     with pytest.raises(StoreError, match=f"stored bundle {digest} is corrupt"):
         store.load(digest)
