@@ -109,7 +109,10 @@ class LocalBroker:
         if self.kind == "amqtt":
             from fleet_server.process import EmbeddedBroker
 
-            self._embedded = EmbeddedBroker.start(self.host, self.port)
+            try:
+                self._embedded = EmbeddedBroker.start(self.host, self.port)
+            except EdgefleetError as exc:
+                raise LocalBrokerError(str(exc)) from exc
         else:
             from fleet_server.broker_auth import mosquitto_binary
 
@@ -121,11 +124,11 @@ class LocalBroker:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        try:
-            wait_for_port(self.port, host=self.host)
-        except LocalBrokerError:
-            self.stop()
-            raise
+            try:  # Mosquitto listens a moment after it starts (amqtt: once start returns)
+                wait_for_port(self.port, host=self.host)
+            except LocalBrokerError:
+                self.stop()
+                raise
 
     def stop(self) -> None:
         """Stop the broker (clients see the connection drop); :meth:`start` brings it back."""

@@ -50,6 +50,8 @@ class RunningDevice:
         self.runtime = DeviceRuntime(config)
         self.stop_event = threading.Event()
         self.summary: RunSummary | None = None
+        self.error: BaseException | None = None
+        """What ended the loop, if it was an exception."""
         self.thread = threading.Thread(
             target=self._run, name=f"device[{config.device_id}]", daemon=True
         )
@@ -80,6 +82,17 @@ class RunningDevice:
         """:func:`wait_for`, with the device's update phase and refusals in the failure."""
         wait_for(condition, timeout, message=self._describe)
 
+    def finish(self, timeout: float = 30.0) -> RunSummary:
+        """Wait for the loop to end by itself (a finite source ran out); what the run did."""
+        self.thread.join(timeout=timeout)
+        if self.error is not None:
+            raise AssertionError(f"{self.device_id} stopped on an error: {self.error!r}")
+        if self.thread.is_alive() or self.summary is None:
+            raise AssertionError(
+                f"{self.device_id} did not finish within {timeout:g} s (is its source finite?)"
+            )
+        return self.summary
+
     def close(self, timeout: float = 20.0) -> RunSummary | None:
         """Stop the loop and wait for it; what the run did (None if it did not end in time)."""
         self.stop_event.set()
@@ -87,7 +100,11 @@ class RunningDevice:
         return self.summary
 
     def _run(self) -> None:
-        self.summary = self.runtime.run(self.stop_event)
+        try:
+            self.summary = self.runtime.run(self.stop_event)
+        except BaseException as exc:
+            self.error = exc
+            raise
 
     def _describe(self) -> str:
         agent = self.runtime.agent
