@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -82,8 +82,8 @@ class DownloadRequest(DeviceReport):
 class ChunkMeta(WireMessage):
     """The retained ``PREFIX/bundles/<sha256>/meta`` message: how a bundle is cut, each chunk's sha256.
 
-    Read by devices with :meth:`parse`; ``chunks`` may be absent (it is
-    implied by ``chunk_sha256``) but must agree when present.
+    Read by devices with :meth:`parse`: ``chunks`` and the number of
+    ``chunk_sha256`` must both be ``ceil(length / chunk_size)``.
     """
 
     kind_name: ClassVar[str] = "bundle meta"
@@ -100,15 +100,6 @@ class ChunkMeta(WireMessage):
     """Number of chunks: ``ceil(length / chunk_size)``."""
     chunk_sha256: list[Sha256] = Field(max_length=MAX_CHUNKS)
     """The sha256 of each chunk, in order."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _implied_count(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "chunks" not in data:
-            hashes = data.get("chunk_sha256")
-            if isinstance(hashes, list):
-                return {**data, "chunks": len(hashes)}
-        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ChunkMeta:
