@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from fleet_server.errors import RolloutError
 from fleet_server.quality_gate import WaveTelemetry
@@ -28,7 +29,7 @@ from fleet_server.statuses import (
     RolloutStatus,
 )
 
-__all__ = ["GateKey", "RolloutCoordinator", "followed"]
+__all__ = ["GateDue", "GateKey", "RolloutCoordinator", "followed"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,24 @@ GateKey = tuple[int, int]
 """(rollout id, wave index): a quality gate that is due."""
 
 Verb = str
+
+
+@dataclass(frozen=True)
+class GateDue:
+    """A wave whose quality gate is due: what its telemetry is to be read over."""
+
+    rollout_id: int
+    index: int
+    devices: tuple[str, ...]
+    started_at: float
+    bundle: str
+    """The bundle the wave sent: the figures since ``started_at`` on it are the new side."""
+    previous: str | None
+    """The bundle before: the devices' figures on it before ``started_at`` are the reference."""
+
+    @property
+    def key(self) -> GateKey:
+        return (self.rollout_id, self.index)
 
 
 class RolloutCoordinator:
@@ -103,13 +122,24 @@ class RolloutCoordinator:
                 if step.state is not state or step.events or step.actions:
                     self.apply(rollout_id, step, save=False)
 
-    def due_gates(self, now: float) -> list[GateKey]:
+    def due_gates(self, now: float) -> list[GateDue]:
         """The quality gates :meth:`tick` at ``now`` would evaluate: fetch their telemetry first."""
         due = []
         for rollout_id, state in self._plans.items():
             index = state.gate_due(now)
-            if index is not None:
-                due.append((rollout_id, index))
+            wave = None if index is None else state.waves[index]
+            if index is not None and wave is not None and wave.started_at is not None:
+                spec = state.spec
+                due.append(
+                    GateDue(
+                        rollout_id,
+                        index,
+                        wave.devices,
+                        wave.started_at,
+                        spec.bundle,
+                        spec.previous_bundle,
+                    )
+                )
         return due
 
     def tick(self, now: float, telemetry: Mapping[GateKey, WaveTelemetry] | None = None) -> None:

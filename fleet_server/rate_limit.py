@@ -9,9 +9,15 @@ is dropped and counted. Pure bookkeeping on a clock the caller passes in.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
-__all__ = ["DeviceRateLimiter"]
+__all__ = ["ROW_ADDING_REPORTS", "DeviceRateLimiter"]
+
+ROW_ADDING_REPORTS = frozenset({"events", "telemetry", "availability"})
+"""Device report kinds that add database rows: the ones the fleet server limits per device."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,6 +33,8 @@ class DeviceRateLimiter:
     per_minute: float = 120.0
     burst: float = 240.0
     max_devices: int = 100_000
+    limited: frozenset[str] | None = None
+    """The kinds of report :meth:`admit` limits (None: every kind)."""
     dropped: dict[str, int] = field(default_factory=dict)
     """Kind of report -> how many were dropped."""
     _buckets: dict[tuple[str, str], _Bucket] = field(default_factory=dict)
@@ -34,6 +42,23 @@ class DeviceRateLimiter:
     def __post_init__(self) -> None:
         if not (self.per_minute > 0 and self.burst >= 1):
             raise ValueError("per_minute must be positive and burst at least 1")
+
+    def admit(self, device_id: str, kind: str, now: float) -> bool:
+        """:meth:`allow` for the ``limited`` kinds (others always pass), logging drops sparingly."""
+        if (self.limited is not None and kind not in self.limited) or self.allow(
+            device_id, kind, now
+        ):
+            return True
+        dropped = self.dropped[kind]
+        if dropped == 1 or dropped % 1000 == 0:
+            log.warning(
+                "dropping %s from %s: over %g a minute (%d dropped so far)",
+                kind,
+                device_id[:64],
+                self.per_minute,
+                dropped,
+            )
+        return False
 
     def allow(self, device_id: str, kind: str, now: float) -> bool:
         """Take a token for one report of ``kind`` from ``device_id`` at ``now`` (seconds)."""

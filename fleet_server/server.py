@@ -11,14 +11,11 @@ signed assignments, published retained. The server never holds the release key.
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
 import shutil
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +27,20 @@ from edge_runtime.supervise import SupervisedThread, WorkerHealth
 from fleet_server.broker_auth import BrokerAuth, hash_password, new_password
 from fleet_server.coordinator import RolloutCoordinator
 from fleet_server.delivery import ChunkServer
-from fleet_server.errors import FleetError, MalformedReportError, RolloutError
+from fleet_server.errors import FleetError, RolloutError
+from fleet_server.inbox import Inbound, ReportInbox, newest_states
 from fleet_server.publisher import MetadataPublisher
-from fleet_server.quality_gate import Baseline, WaveTelemetry
-from fleet_server.rate_limit import DeviceRateLimiter
+from fleet_server.quality_gate import Baseline
+from fleet_server.rate_limit import ROW_ADDING_REPORTS, DeviceRateLimiter
 from fleet_server.records import DeviceInfo, TargetSelector
 from fleet_server.registry import Registry
+from fleet_server.reports import (
+    Availability,
+    StateReport,
+    parse_availability,
+    parse_event,
+    parse_state,
+)
 from fleet_server.rollout_plan import (
     Action,
     Assign,
@@ -44,15 +49,10 @@ from fleet_server.rollout_plan import (
     RolloutState,
 )
 from fleet_server.rollout_spec import RolloutSpec, TargetDevice, WaveSpec
-from fleet_server.telemetry import quality_figures
 from fleet_server.trust import KeySet, Repository
 
-__all__ = ["MAX_REPORT_BYTES", "FleetServer"]
+__all__ = ["FleetServer"]
 
-MAX_REPORT_BYTES = 64 * 1024
-"""The largest device report (state, event, telemetry) read; larger ones are refused unread."""
-_ROW_ADDING = frozenset({"events", "telemetry", "availability"})
-"""Report kinds that add database rows, so each device's rate of them is limited."""
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +91,12 @@ class FleetServer:
         self.prune_every_s = prune_every_s
         """Apply the registry's retention bounds (telemetry, timeline) this often, in the background."""
         self._last_prune = 0.0
-        self.rate_limiter = DeviceRateLimiter()
+        self.rate_limiter = DeviceRateLimiter(limited=ROW_ADDING_REPORTS)
         """Events, telemetry and availability changes per device: 120 a minute, bursts of 240."""
         self._last_publish = 0.0
         self._lock = threading.RLock()
-        self._inbox: queue.SimpleQueue[_Inbound] = queue.SimpleQueue()
+        self.inbox = ReportInbox()
         """Device reports, queued by paho's network thread, handled by the server's own thread."""
-        self.max_batch = 1000
-        """At most this many queued device reports share one database transaction."""
-        self.batch_window_s = 0.1
-        """How long a batch gathers reports: bursts cost one transaction and one plan save."""
         self._last_reason: dict[str, str] = {}
         """Device id -> the reason its newest event gave (failures, rollbacks)."""
         self._stop = threading.Event()
@@ -146,24 +142,21 @@ class FleetServer:
 
     def rotate_credentials(self, device_id: str) -> str:
         """A new broker password for a device; the old one stops working at the broker's reload."""
-        if self.broker_auth is None:
-            raise FleetError(
-                "this server does not manage broker credentials (no --broker-auth-dir)"
-            )
         password = new_password()
-        with self._lock:
-            self.registry.set_credentials_hash(device_id, hash_password(password))
-            self.broker_auth.write(self.registry.credentials_hashes())
+        self._set_credentials(device_id, hash_password(password))
         return password
 
     def revoke_credentials(self, device_id: str) -> None:
         """Remove a device's broker credentials: it cannot connect after the broker's reload."""
+        self._set_credentials(device_id, None)
+
+    def _set_credentials(self, device_id: str, hashed: str | None) -> None:
         if self.broker_auth is None:
             raise FleetError(
                 "this server does not manage broker credentials (no --broker-auth-dir)"
             )
         with self._lock:
-            self.registry.set_credentials_hash(device_id, None)
+            self.registry.set_credentials_hash(device_id, hashed)
             self.broker_auth.write(self.registry.credentials_hashes())
 
     # --- running -----------------------------------------------------------------------
@@ -172,7 +165,7 @@ class FleetServer:
         """Subscribe to device reports, resume running rollouts, publish metadata, start ticking."""
         for leaf in _REPORT_LEAVES:
             self.client.message_callback_add(
-                f"{self.prefix}/devices/+/{leaf}", self._on_device_message
+                f"{self.prefix}/devices/+/{leaf}", self.inbox.on_message
             )
         self._subscribe_reports()
         self.chunks.start()  # chains the client's on_connect, like we do next
@@ -199,12 +192,12 @@ class FleetServer:
 
     def health(self) -> dict[str, WorkerHealth]:
         """Each worker thread (report ingestion and ticks, chunk delivery): alive, restarts, error."""
-        workers = [self.chunks.health()]
-        if self._thread is not None:
-            workers.insert(0, self._thread.health())
-        else:
-            workers.insert(0, WorkerHealth("fleet-server", False, 0, "not started"))
-        return {worker.name: worker for worker in workers}
+        mine = (
+            self._thread.health()
+            if self._thread
+            else WorkerHealth("fleet-server", False, 0, "not started")
+        )
+        return {worker.name: worker for worker in (mine, self.chunks.health())}
 
     def _subscribe_reports(self) -> None:
         self.client.subscribe([(f"{self.prefix}/devices/+/{leaf}", 1) for leaf in _REPORT_LEAVES])
@@ -229,20 +222,8 @@ class FleetServer:
         """
         next_tick = time.monotonic() + self.tick_s
         while not self._stop.is_set():
-            try:
-                first = self._inbox.get(timeout=max(0.0, next_tick - time.monotonic()))
-            except queue.Empty:
-                pass
-            else:
-                batch = [first]
-                gather_until = time.monotonic() + self.batch_window_s
-                while len(batch) < self.max_batch:
-                    try:
-                        batch.append(
-                            self._inbox.get(timeout=max(0.0, gather_until - time.monotonic()))
-                        )
-                    except queue.Empty:
-                        break
+            batch = self.inbox.gather(next_tick - time.monotonic())
+            if batch:
                 self._handle_batch(batch)
                 if time.monotonic() < next_tick:
                     continue
@@ -259,11 +240,11 @@ class FleetServer:
             except Exception:  # logged; the next tick retries from the saved state
                 log.exception("rollout tick failed")
 
-    def _handle_batch(self, batch: list[_Inbound]) -> None:
+    def _handle_batch(self, batch: list[Inbound]) -> None:
         """Ingest a burst of reports in one database transaction; rollout plans are saved once."""
         try:
             with self._lock, self.rollouts.batch():
-                for item in _newest_states(batch):
+                for item in newest_states(batch):
                     try:
                         self._handle_report(item)
                     except Exception:  # one bad report must never stop the others
@@ -274,67 +255,44 @@ class FleetServer:
 
     # --- device reports -----------------------------------------------------------------
 
-    def _on_device_message(
-        self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage
-    ) -> None:
-        self._inbox.put(
-            _Inbound(message.topic, bytes(message.payload), bool(message.retain), time.time())
-        )
-
-    def _handle_report(self, item: _Inbound) -> None:
-        topic, raw = item.topic, item.payload
-        parts = topic.split("/")
+    def _handle_report(self, item: Inbound) -> None:
+        """One report, parsed once from its bytes (``edge_runtime.protocol``: size, depth and
+        fields checked) and handed on as a typed message."""
+        parts = item.topic.split("/")
         if len(parts) != len(self.prefix.split("/")) + 3:
             return
         device_id, leaf = parts[-2], parts[-1]
-        if not self._admitted(device_id, leaf, item.received_at):
-            return
+        if not item.payload or not self.rate_limiter.admit(device_id, leaf, item.received_at):
+            return  # an empty payload clears a retained topic: nothing was reported
         try:
             if leaf == "availability":
-                self.registry.record_availability(device_id, raw == b"online")
-                return
-            if not raw:
-                return
-            payload = _decode(raw)
-            if leaf == "state":
-                fresh = not item.retained
-                report = self.registry.record_state(
-                    device_id, payload, received_at=item.received_at, fresh=fresh
-                )
-                if report is not None:
-                    self.rollouts.device_reported(
-                        device_id,
-                        report.state.value,
-                        report.active.bundle if report.active else None,
-                        time.time(),
-                        target=report.target.bundle if report.target else None,
-                        reason=self._last_reason.get(device_id, ""),
-                    )
+                online = parse_availability(item.payload, device_id) is Availability.ONLINE
+                self.registry.record_availability(device_id, online)
+            elif leaf == "state":
+                self._state(device_id, parse_state(item.payload, device_id), item)
             elif leaf == "events":
-                entry = self.registry.record_event(device_id, payload)
-                reason = None if entry is None or entry.data is None else entry.data.get("reason")
-                if reason:
+                event = parse_event(item.payload, device_id)
+                self.registry.record_event(device_id, event)
+                if event.reason:
                     # the state report that follows says where the device is, its events why
-                    self._last_reason[device_id] = str(reason)[:500]
+                    self._last_reason[device_id] = event.reason[:500]
             elif leaf == "telemetry":
-                self.registry.record_telemetry(device_id, payload)
+                self.registry.record_telemetry(device_id, item.payload)
         except (ValueError, EdgefleetError) as exc:
             log.warning("ignored %s from %s: %s", leaf, device_id, exc)
 
-    def _admitted(self, device_id: str, leaf: str, now: float) -> bool:
-        """Whether this report is within its device's rate (only row-adding kinds are limited)."""
-        if leaf not in _ROW_ADDING or self.rate_limiter.allow(device_id, leaf, now):
-            return True
-        dropped = self.rate_limiter.dropped[leaf]
-        if dropped == 1 or dropped % 1000 == 0:
-            log.warning(
-                "dropping %s from %s: over %g a minute (%d dropped so far)",
-                leaf,
-                device_id[:64],
-                self.rate_limiter.per_minute,
-                dropped,
+    def _state(self, device_id: str, report: StateReport, item: Inbound) -> None:
+        """Store a reported state; a newer one moves the rollouts that cover the device."""
+        fresh = not item.retained
+        if self.registry.record_state(device_id, report, received_at=item.received_at, fresh=fresh):
+            self.rollouts.device_reported(
+                device_id,
+                report.state.value,
+                report.active.bundle if report.active else None,
+                time.time(),
+                target=report.target.bundle if report.target else None,
+                reason=self._last_reason.get(device_id, ""),
             )
-        return False
 
     # --- rollouts ------------------------------------------------------------------------
 
@@ -386,13 +344,13 @@ class FleetServer:
         cost no telemetry query at all.
         """
         with self._lock:
-            due = self.rollouts.due_gates(now)
             figures = {}
-            for rollout_id, index in due:
-                state = self.rollouts.plan(rollout_id)
-                found = None if state is None else wave_telemetry(self.registry, state, index)
+            for gate in self.rollouts.due_gates(now):
+                found = self.registry.wave_figures(
+                    gate.devices, gate.started_at, gate.bundle, gate.previous
+                )
                 if found is not None:
-                    figures[rollout_id, index] = found
+                    figures[gate.key] = found
             self.rollouts.tick(now, figures)
 
     def command(self, rollout_id: int, verb: str, reason: str = "operator abort") -> RolloutState:
@@ -436,57 +394,3 @@ class FleetServer:
             self.publisher.reset()
         self.publisher.publish()
         self._last_publish = time.time()
-
-
-def _decode(raw: bytes) -> Any:
-    """A report's JSON, read only when it is small enough and not nested past the stack."""
-    if len(raw) > MAX_REPORT_BYTES:
-        raise MalformedReportError(f"{len(raw)} bytes, over the {MAX_REPORT_BYTES}-byte cap")
-    try:
-        return json.loads(raw)
-    except RecursionError as exc:
-        raise MalformedReportError("JSON nested too deeply") from exc
-
-
-@dataclass(frozen=True)
-class _Inbound:
-    """A device report as it came off the broker: topic, bytes, retained copy or not, when."""
-
-    topic: str
-    payload: bytes
-    retained: bool
-    received_at: float
-
-
-def _newest_states(batch: list[_Inbound]) -> list[_Inbound]:
-    """The batch without the ``state`` reports a later one of the same device replaces.
-
-    A device's state topic is retained and each report is complete, so only
-    the newest of a burst matters (the events say what happened between).
-    """
-    last = {item.topic: i for i, item in enumerate(batch) if item.topic.endswith("/state")}
-    return [
-        item
-        for i, item in enumerate(batch)
-        if not item.topic.endswith("/state") or last[item.topic] == i
-    ]
-
-
-def wave_telemetry(registry: Registry, state: RolloutState, index: int) -> WaveTelemetry | None:
-    """Wave ``index``'s figures on the new bundle since it started, and its devices' figures
-    on the previous bundle before that (each side counts only what its own bundle served);
-    None before the wave started or while its devices sent no telemetry on the new bundle."""
-    wave = state.waves[index]
-    if wave.started_at is None:
-        return None
-    bundle, previous = state.spec.bundle, state.spec.previous_bundle
-    new = registry.aggregate_telemetry(wave.devices, since=wave.started_at, bundle=bundle).overall
-    if new is None:
-        return None
-    before = registry.aggregate_telemetry(
-        wave.devices, until=wave.started_at, bundle=previous
-    ).overall
-    return WaveTelemetry(
-        new=quality_figures(new),
-        previous=quality_figures(before) if before is not None else None,
-    )

@@ -25,7 +25,13 @@ from fleet_server.registry._rows import (
 )
 from fleet_server.registry.devices import Devices
 from fleet_server.registry.telemetry import TelemetryStore
-from fleet_server.reports import StateReport, parse_event, parse_state, parse_telemetry
+from fleet_server.reports import (
+    EventReport,
+    StateReport,
+    parse_event,
+    parse_state,
+    parse_telemetry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +65,7 @@ class Ingest(Devices, TelemetryStore):
         (see ``auto_register``). The state is retained on the broker, so it
         says nothing about presence: it leaves ``last_seen`` alone.
         """
-        report = parse_state(payload, device_id)
+        report = payload if isinstance(payload, StateReport) else parse_state(payload, device_id)
         received = self._clock() if received_at is None else received_at
         self._ensure_device(device_id)
         with self._transaction(write=True) as session:
@@ -101,7 +107,7 @@ class Ingest(Devices, TelemetryStore):
         The entry belongs to the newest rollout that covers the device and
         whose bundle (or previous bundle) the event is about.
         """
-        event = parse_event(payload, device_id)
+        event = payload if isinstance(payload, EventReport) else parse_event(payload, device_id)
         self._ensure_device(device_id)
         key = event.dedupe_key(device_id)
         now = self._clock()

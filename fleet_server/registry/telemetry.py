@@ -10,6 +10,7 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session
 
 from fleet_server import db
+from fleet_server.quality_figures import WaveTelemetry
 from fleet_server.registry.timeline import MAX_TIMELINE_LIMIT
 from fleet_server.registry.unit import UnitOfWork
 from fleet_server.telemetry import (
@@ -17,6 +18,7 @@ from fleet_server.telemetry import (
     TelemetrySummary,
     combine_figures,
     device_figures,
+    quality_figures,
     read_sample,
 )
 
@@ -126,4 +128,20 @@ class TelemetryStore(UnitOfWork):
             until=until,
             devices=figures,
             overall=combine_figures(list(figures.values())),
+        )
+
+    def wave_figures(
+        self, device_ids: Iterable[str], started_at: float, bundle: str, previous: str | None
+    ) -> WaveTelemetry | None:
+        """A wave's quality-gate input: its devices' figures on ``bundle`` since ``started_at``,
+        and on ``previous`` before (each side counts only what its own bundle served); None
+        while they sent no telemetry on ``bundle``."""
+        ids = list(device_ids)
+        new = self.aggregate_telemetry(ids, since=started_at, bundle=bundle).overall
+        if new is None:
+            return None
+        before = self.aggregate_telemetry(ids, until=started_at, bundle=previous).overall
+        return WaveTelemetry(
+            new=quality_figures(new),
+            previous=quality_figures(before) if before is not None else None,
         )

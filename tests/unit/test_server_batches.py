@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fleet_server.server import _Inbound, _newest_states
+from fleet_server.inbox import Inbound, newest_states
 
 
-def inbound(topic: str, payload: bytes) -> _Inbound:
-    return _Inbound(topic, payload, retained=False, received_at=0.0)
+def inbound(topic: str, payload: bytes) -> Inbound:
+    return Inbound(topic, payload, retained=False, received_at=0.0)
 
 
 def test_only_the_newest_state_of_each_device_is_kept_and_everything_else_in_order() -> None:
@@ -20,7 +20,7 @@ def test_only_the_newest_state_of_each_device_is_kept_and_everything_else_in_ord
         inbound("edgefleet/devices/a/state", b"a3"),
         inbound("edgefleet/devices/b/availability", b"online"),
     ]
-    assert _newest_states(batch) == [
+    assert newest_states(batch) == [
         inbound("edgefleet/devices/a/events", b"e1"),
         inbound("edgefleet/devices/b/state", b"b1"),
         inbound("edgefleet/devices/a/events", b"e2"),
@@ -28,4 +28,4 @@ def test_only_the_newest_state_of_each_device_is_kept_and_everything_else_in_ord
         inbound("edgefleet/devices/a/state", b"a3"),  # after the events that explain it
         inbound("edgefleet/devices/b/availability", b"online"),
     ]
-    assert _newest_states([]) == []
+    assert newest_states([]) == []
