@@ -45,7 +45,7 @@ def free_port() -> int:
 
 def amplification(chunks: int = 10_000_000) -> dict[str, Any]:
     from edge_runtime.protocol import ChunkMeta
-    from fleet_server.delivery import ChunkServer, parse_request
+    from fleet_server.chunk_server import ChunkServer, parse_request
     from fleet_server.errors import MalformedRequestError
 
     sha = "0" * 64

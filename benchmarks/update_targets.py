@@ -41,7 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_runtime.config import parse_config
 from edge_runtime.device import DeviceRuntime
 from edge_runtime.update import UpdatePhase
-from fleet_server.delivery import ChunkServer
+from fleet_server.chunk_server import ChunkServer
 from fleet_server.publisher import publish_metadata
 from fleet_server.trust import Expiry, Repository, init_keys
 from tests.media import make_bundle

@@ -24,12 +24,12 @@ from pathlib import Path
 
 from edge_runtime import __version__
 from edge_runtime.bundle.model_bundle import Bundle, read_bundle
+from edge_runtime.chunk_download import ChunkDownload
+from edge_runtime.chunk_fetch import BundleFetcher
 from edge_runtime.classifier import Classifier
 from edge_runtime.config import DeviceConfig, UpdateConfig
-from edge_runtime.delivery import ChunkDownload
-from edge_runtime.delivery_mqtt import BundleFetcher
 from edge_runtime.errors import EdgefleetError, StoreError, TrustError, UpdateError
-from edge_runtime.mqtt import MqttLink, device_topic
+from edge_runtime.mqtt_link import MqttLink, device_topic
 from edge_runtime.outputs import PredictionSink
 from edge_runtime.pipeline import ActiveModel
 from edge_runtime.prediction import Prediction

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from edge_runtime.agent import UpdateAgent
 from edge_runtime.health import HealthState
 from edge_runtime.metrics import MetricsRegistry, RuntimeMetrics
-from edge_runtime.mqtt import MqttLink, device_topic
+from edge_runtime.mqtt_link import MqttLink, device_topic
 from edge_runtime.outputs import JsonLinesSink, MqttPredictionSink, PredictionSink, load_plugin
 from edge_runtime.pipeline import ActiveModel, Pipeline, PipelineStats
 from edge_runtime.sources import CaptureThread, LatestFrameSlot, create_source

@@ -1,10 +1,10 @@
 """Simulated devices for fleet-scale measurements: the real update protocol without a camera or a model.
 
 Each :class:`SimDevice` is what the fleet server sees of a camera box: its
-own MQTT connection (:class:`~edge_runtime.mqtt.MqttLink`, with the retained
+own MQTT connection (:class:`~edge_runtime.mqtt_link.MqttLink`, with the retained
 ``availability`` Last Will), its own TUF client that verifies every piece of
 metadata it is offered (:class:`~edge_runtime.trust.TrustClient`), the real
-receiver-driven chunk download (:class:`~edge_runtime.delivery_mqtt.BundleFetcher`),
+receiver-driven chunk download (:class:`~edge_runtime.chunk_fetch.BundleFetcher`),
 the check of the finished file against the signed length and sha256, and
 the real lifecycle state machine whose retained state and events it
 publishes exactly as :class:`~edge_runtime.agent.UpdateAgent` does.
@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime import __version__
+from edge_runtime.chunk_download import ChunkDownload
+from edge_runtime.chunk_fetch import BundleFetcher
 from edge_runtime.config import MqttConfig
-from edge_runtime.delivery import ChunkDownload
-from edge_runtime.delivery_mqtt import BundleFetcher
 from edge_runtime.errors import EdgefleetError, TrustError
-from edge_runtime.mqtt import MqttLink, device_topic
+from edge_runtime.mqtt_link import MqttLink, device_topic
 from edge_runtime.trust import Assignment, TrustClient
 from edge_runtime.update import BundleRef, Transition, UpdatePhase, UpdateState
 from edge_runtime.update.lifecycle import event_payload, reported_state

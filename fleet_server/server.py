@@ -25,8 +25,8 @@ from edge_runtime.bundle import read_bundle
 from edge_runtime.errors import EdgefleetError
 from edge_runtime.supervise import SupervisedThread, WorkerHealth
 from fleet_server.broker_auth import BrokerAuth, hash_password, new_password
+from fleet_server.chunk_server import ChunkServer
 from fleet_server.coordinator import RolloutCoordinator
-from fleet_server.delivery import ChunkServer
 from fleet_server.errors import FleetError, RolloutError
 from fleet_server.inbox import Inbound, ReportInbox, newest_states
 from fleet_server.publisher import MetadataPublisher

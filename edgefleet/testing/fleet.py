@@ -32,7 +32,7 @@ from edge_runtime.bundle import Bundle, read_bundle
 from edge_runtime.errors import EdgefleetError
 from edgefleet.testing.broker import LOOPBACK, free_port
 from edgefleet.testing.device import RunningDevice, wait_for
-from fleet_server.delivery import ChunkServer
+from fleet_server.chunk_server import ChunkServer
 from fleet_server.process import connect_client
 from fleet_server.publisher import publish_metadata
 from fleet_server.registry import Registry

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from edge_runtime.config import load_config
-from edge_runtime.mqtt import MqttLink
+from edge_runtime.mqtt_link import MqttLink
 from edgefleet.testing.broker import free_port, wait_for_port
 from fleet_server.broker_auth import SERVER_USERNAME, BrokerAuth
 from fleet_server.trust import Expiry, Repository, init_keys

@@ -15,12 +15,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_runtime.chunk_download import CHUNK_SIZE, ChunkDownload
+from edge_runtime.chunk_fetch import BundleFetcher
 from edge_runtime.config import MqttConfig
-from edge_runtime.delivery import CHUNK_SIZE, ChunkDownload
-from edge_runtime.delivery_mqtt import BundleFetcher
-from edge_runtime.mqtt import MqttLink
+from edge_runtime.mqtt_link import MqttLink
 from edgefleet.testing.broker import LocalBroker
-from fleet_server.delivery import ChunkServer, CorruptChunkOnce
+from fleet_server.chunk_server import ChunkServer, CorruptChunkOnce
 
 pytestmark = pytest.mark.broker
 

@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_runtime.update import UpdatePhase
 from edgefleet.testing import RunningDevice
 from edgefleet.testing.fleet import LocalFleet
-from fleet_server.delivery import ChunkServer
+from fleet_server.chunk_server import ChunkServer
 from fleet_server.publisher import publish_metadata
 from tests.media import make_bad_golden_bundle, make_bundle
 from tests.models import slow_onnx_model, tiny_onnx_model, tiny_tflite_model

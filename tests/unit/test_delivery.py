@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.delivery import (
+from edge_runtime.chunk_download import (
     MAX_CHUNK_SIZE,
     WINDOW,
     ChunkDownload,
@@ -21,7 +21,7 @@ from edge_runtime.delivery import (
     chunk_ranges,
 )
 from edge_runtime.errors import ChunkIntegrityError, DeliveryError
-from fleet_server.delivery import parse_request
+from fleet_server.chunk_server import parse_request
 from fleet_server.errors import MalformedRequestError
 
 CHUNK = 1024
@@ -279,7 +279,7 @@ def test_request_parsing_refuses_malformed_payloads() -> None:
 DISK_FULL_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    from edge_runtime.delivery import ChunkDownload, ChunkMeta
+    from edge_runtime.chunk_download import ChunkDownload, ChunkMeta
     from edge_runtime.errors import DeliveryError
 
     folder, reserve = sys.argv[1], sys.argv[2] == "1"

@@ -4,7 +4,7 @@ The device side of "Bundle delivery: receiver-driven chunks" in
 ``docs/protocol.md``, without any network: :class:`ChunkDownload` takes the
 meta message and chunk payloads as plain values, says which window of chunks
 to ask for next, and keeps its progress on disk so that a killed process
-resumes where it stopped. ``edge_runtime.delivery_mqtt`` drives it over MQTT.
+resumes where it stopped. ``edge_runtime.chunk_fetch`` drives it over MQTT.
 
 On disk, in the download folder:
 

@@ -17,7 +17,6 @@ queues events for it. Malformed requests are logged and counted, never fatal.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
 import queue
@@ -26,20 +25,28 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge_runtime.delivery import bundle_topic as _bundle_topic
-from edge_runtime.errors import MalformedMessageError
+from edge_runtime.chunk_download import bundle_topic as _bundle_topic
 from edge_runtime.protocol import (
     CHUNK_SIZE,
     MAX_CHUNK_SIZE,
     WINDOW,
     ChunkMeta,
-    DownloadRequest,
 )
 from edge_runtime.supervise import SupervisedThread, WorkerHealth
+from fleet_server.chunk_io import (
+    BundleDeliveryStats,
+    ChunkRequest,
+    CorruptChunkOnce,
+    DeliveryStats,
+    FaultInjector,
+    describe,
+    parse_request,
+    read_chunk,
+)
 from fleet_server.errors import DeliveryServerError, MalformedRequestError
 
 __all__ = [
@@ -53,86 +60,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ChunkRequest:
-    """A device's ``download`` request: which chunks of which bundle it still wants."""
-
-    device_id: str
-    bundle: str
-    want: tuple[tuple[int, int], ...]
-    have: int
-
-    def indices(self) -> list[int]:
-        """Every chunk index the ranges cover, in order."""
-        return [i for start, end in self.want for i in range(start, end)]
-
-
-def parse_request(topic: str, payload: bytes, prefix: str) -> ChunkRequest:
-    """Read a request from ``PREFIX/devices/<id>/download``; :class:`MalformedRequestError` if bad."""
-    head = f"{prefix}/devices/"
-    device_id = topic[len(head) : -len("/download")]
-    if not (topic.startswith(head) and topic.endswith("/download")) or not device_id:
-        raise MalformedRequestError(f"not a download topic: {topic[:200]!r}")
-    try:
-        request = DownloadRequest.parse(payload, device_id)
-    except MalformedMessageError as e:
-        raise MalformedRequestError(str(e)) from e
-    return ChunkRequest(
-        device_id, request.bundle, tuple((start, end) for start, end in request.want), request.have
-    )
-
-
-class FaultInjector(Protocol):
-    """Test hook: sees every chunk payload just before it is published and may alter it."""
-
-    def chunk_payload(self, sha256: str, index: int, data: bytes) -> bytes:
-        """The bytes to publish for chunk ``index`` of bundle ``sha256``."""
-        ...
-
-
-class CorruptChunkOnce:
-    """A :class:`FaultInjector` that flips one byte of chunk ``index`` the first time it goes out."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.fired = False
-
-    def chunk_payload(self, sha256: str, index: int, data: bytes) -> bytes:
-        """Corrupt the chosen chunk once; pass everything else through."""
-        if index != self.index or self.fired:
-            return data
-        self.fired = True
-        return bytes([data[0] ^ 0xFF]) + data[1:]
-
-
-@dataclass
-class BundleDeliveryStats:
-    """Per bundle: requests answered, chunks and bytes published, meta publishes, devices seen."""
-
-    requests: int = 0
-    chunks_published: int = 0
-    bytes_published: int = 0
-    metas_published: int = 0
-    devices: set[str] = field(default_factory=set)
-
-
-@dataclass
-class DeliveryStats:
-    """Totals, and one :class:`BundleDeliveryStats` per bundle sha256."""
-
-    requests: int = 0
-    malformed: int = 0
-    dropped: int = 0
-    errors: int = 0
-    chunks_published: int = 0
-    bytes_published: int = 0
-    bundles: dict[str, BundleDeliveryStats] = field(default_factory=dict)
-
-    def bundle(self, sha256: str) -> BundleDeliveryStats:
-        """The stats of one bundle (created empty on first use)."""
-        return self.bundles.setdefault(sha256, BundleDeliveryStats())
 
 
 @dataclass
@@ -374,7 +301,7 @@ class ChunkServer:
         if source is None:
             raise MalformedRequestError(f"unknown bundle {sha256[:12]}")
         path = Path(source)
-        meta = _describe(path, self.chunk_size)
+        meta = describe(path, self.chunk_size)
         if meta.sha256 != sha256:
             raise DeliveryServerError(
                 f"{path} does not hold bundle {sha256[:12]} (its sha256 is {meta.sha256[:12]})"
@@ -405,7 +332,7 @@ class ChunkServer:
                 index = next(iter(bundle.queue))
                 del bundle.queue[index]
                 try:
-                    data = _read_chunk(bundle.path, bundle.meta, index)
+                    data = read_chunk(bundle.path, bundle.meta, index)
                 except DeliveryServerError as e:
                     self._count_error(e)
                     bundle.queue.clear()
@@ -433,39 +360,3 @@ class ChunkServer:
 
     def _topic(self, sha256: str, leaf: str) -> str:
         return _bundle_topic(self.prefix, sha256, leaf)
-
-
-def _describe(path: Path, chunk_size: int) -> ChunkMeta:
-    """Read ``path`` once: its sha256 and each chunk's."""
-    whole = hashlib.sha256()
-    hashes: list[str] = []
-    length = 0
-    try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(chunk_size):
-                whole.update(chunk)
-                hashes.append(hashlib.sha256(chunk).hexdigest())
-                length += len(chunk)
-    except OSError as e:
-        raise DeliveryServerError(f"cannot read bundle file {path}: {e}") from e
-    if length == 0:
-        raise DeliveryServerError(f"bundle file {path} is empty")
-    return ChunkMeta(
-        sha256=whole.hexdigest(),
-        length=length,
-        chunk_size=chunk_size,
-        chunks=len(hashes),
-        chunk_sha256=hashes,
-    )
-
-
-def _read_chunk(path: Path, meta: ChunkMeta, index: int) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(index * meta.chunk_size)
-            data = handle.read(meta.chunk_length(index))
-    except OSError as e:
-        raise DeliveryServerError(f"cannot read chunk {index} of {path}: {e}") from e
-    if len(data) != meta.chunk_length(index):
-        raise DeliveryServerError(f"{path} changed size while being served")
-    return data

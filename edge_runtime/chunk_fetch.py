@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_runtime.delivery import ChunkDownload, bundle_topic
+from edge_runtime.chunk_download import ChunkDownload, bundle_topic
 from edge_runtime.errors import ChunkIntegrityError, DeliveryError
-from edge_runtime.mqtt import MqttLink, device_topic
+from edge_runtime.mqtt_link import MqttLink, device_topic
 
 __all__ = ["BundleFetcher", "FetchStats"]
 
