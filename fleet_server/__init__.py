@@ -1,4 +1,32 @@
-"""edgefleet's fleet server: registry, staged rollouts, MQTT delivery (operator side)."""
+"""edgefleet's fleet server: registry, staged rollouts, MQTT delivery (operator side).
+
+The house, one idea per module, imports pointing down the list::
+
+    process.py          the server as one process: brokers, MQTT client, uvicorn
+    api/                HTTP: app.py (auth, errors, health, metrics), models.py, routes.py
+    metrics.py          /metrics for Prometheus, read from the registry at each scrape
+    server.py           FleetServer, the broker-facing shell: reports in, assignments out
+      inbox.py            reports queued off paho's thread, read in batches
+      chunk_server.py     bundle chunks to devices (chunk_io.py: requests, files, counters)
+      publisher.py        TUF metadata, retained
+    coordinator.py      RolloutCoordinator: the followed rollouts, driven by plain values
+    rollout_plan.py     the planner, a pure state machine (rollout_rules.py: its rules;
+                        rollout_progress.py: its values; rollout_spec.py: what was asked)
+    quality_gate.py     a wave's verdict from figures (quality_figures.py: the figures)
+    registry/           the database, in rooms: unit (transactions), catalogue, devices,
+                        ingest, telemetry, rollouts (the planner state saved and projected
+                        into tables: the one writer), timeline
+    db/                 models.py (tables), engine.py (engines, sessions, migrations)
+    statuses.py         the one vocabulary of rollout, wave and device statuses
+    records.py          the plain frozen records the registry hands out
+    reports.py          device reports parsed by edge_runtime.protocol (one wire format)
+    trust/              the TUF repository and the online keys
+    errors.py           typed errors (NotFoundError is a 404)
+
+A rollout's one truth is the planner's state: the coordinator feeds it, the
+registry saves it and projects it into the rollout, wave and device rows that
+the API, the CLI and queries read.
+"""
 
 from __future__ import annotations
 
