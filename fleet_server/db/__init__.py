@@ -17,6 +17,7 @@ a read lock cannot be upgraded. Open a write transaction by acquiring the
 session's connection with :data:`WRITE_OPTIONS`.
 """
 
+from fleet_server.db.access import ApiToken, AuditEntry
 from fleet_server.db.engine import (
     DEFAULT_DATABASE_URL,
     SCHEMA_VERSION,
@@ -47,7 +48,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "SQLITE_BUSY_TIMEOUT_S",
     "WRITE_OPTIONS",
+    "ApiToken",
     "Assignment",
+    "AuditEntry",
     "Base",
     "Bundle",
     "Device",

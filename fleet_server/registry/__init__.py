@@ -15,6 +15,7 @@ same :class:`~.unit.UnitOfWork` (sessions, transactions, batches)::
     telemetry.py   stored telemetry: retention, history, figures per wave
     rollouts.py    the planner's state saved, and its projection into tables
     timeline.py    what happened, in order
+    access.py      API tokens (hashed) and the API's audit log
     _rows.py       argument checks, row lookups, rows -> records (no transactions)
 
 Unknown devices, bundles and rollouts are :class:`RegistryError` naming them;
@@ -27,22 +28,29 @@ from typing import Any
 
 from fleet_server import db
 from fleet_server.errors import RegistryError
+from fleet_server.registry.access import MAX_AUDIT_LIMIT, Access
 from fleet_server.registry.catalogue import Catalogue
 from fleet_server.registry.ingest import CLOCK_SKEW_WARN_S, Ingest
-from fleet_server.registry.retention import TelemetryRetention, TimelineRetention
+from fleet_server.registry.retention import (
+    AuditRetention,
+    TelemetryRetention,
+    TimelineRetention,
+)
 from fleet_server.registry.rollouts import Rollouts
 from fleet_server.registry.timeline import MAX_TIMELINE_LIMIT, Timeline
 
 __all__ = [
     "CLOCK_SKEW_WARN_S",
+    "MAX_AUDIT_LIMIT",
     "MAX_TIMELINE_LIMIT",
+    "AuditRetention",
     "Registry",
     "TelemetryRetention",
     "TimelineRetention",
 ]
 
 
-class Registry(Catalogue, Ingest, Rollouts, Timeline):
+class Registry(Catalogue, Ingest, Rollouts, Timeline, Access):
     """The fleet server's state, over a SQLAlchemy session factory.
 
     ``clock`` gives Unix time (tests pass a fake one). With ``auto_register``
@@ -76,5 +84,6 @@ class Registry(Catalogue, Ingest, Rollouts, Timeline):
         self.close()
 
     def prune(self, now: float | None = None) -> int:
-        """Every retention bound at once (what the server runs in the background): rows dropped."""
-        return self.prune_telemetry(now) + self.prune_timeline(now)
+        """Every retention bound at once (telemetry, timeline, audit log; what the server runs in
+        the background): rows dropped."""
+        return self.prune_telemetry(now) + self.prune_timeline(now) + self.prune_audit(now)

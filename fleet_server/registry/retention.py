@@ -1,10 +1,10 @@
-"""How much telemetry and timeline the registry keeps (applied per device and by age)."""
+"""How much telemetry, timeline and audit log the registry keeps (applied per device or in all, and by age)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TelemetryRetention", "TimelineRetention"]
+__all__ = ["AuditRetention", "TelemetryRetention", "TimelineRetention"]
 
 
 @dataclass(frozen=True)
@@ -38,3 +38,18 @@ class TimelineRetention(_Retention):
 
     max_per_device: int | None = 1_000
     max_age_s: float | None = 365 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class AuditRetention:
+    """How much of the API's audit log the registry keeps: its newest ``max_entries``, none
+    older than ``max_age_s`` seconds (``None``: no such bound)."""
+
+    max_entries: int | None = 100_000
+    max_age_s: float | None = 365 * 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.max_entries is not None and self.max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, got {self.max_entries}")
+        if self.max_age_s is not None and not self.max_age_s > 0:
+            raise ValueError(f"max_age_s must be positive, got {self.max_age_s}")
