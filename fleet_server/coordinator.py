@@ -149,15 +149,18 @@ class RolloutCoordinator:
             mine = {index: t for (rid, index), t in figures.items() if rid == rollout_id}
             self.apply(rollout_id, state.tick(now, mine))
 
-    def command(self, rollout_id: int, verb: Verb, reason: str, now: float) -> RolloutState:
-        """``pause``, ``resume``, ``approve`` or ``abort`` a followed rollout."""
+    def command(
+        self, rollout_id: int, verb: Verb, reason: str, now: float, *, by: str | None = None
+    ) -> RolloutState:
+        """``pause``, ``resume``, ``approve`` or ``abort`` a followed rollout; ``by`` names who
+        (an approval counts once per person: :mod:`fleet_server.rollout_approval`)."""
         state = self._plans.get(rollout_id)
         if state is None:
             raise RolloutError(f"rollout {rollout_id} is not running")
         commands: dict[str, Callable[[], Step]] = {
             "pause": lambda: state.pause(now),
             "resume": lambda: state.resume(now),
-            "approve": lambda: state.approve(now),
+            "approve": lambda: state.approve(now, by),
             "abort": lambda: state.abort(reason, now),
         }
         if verb not in commands:

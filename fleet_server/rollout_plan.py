@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from fleet_server import rollout_approval
 from fleet_server import rollout_rules as rules
 from fleet_server.errors import IllegalRolloutTransitionError, RolloutError
 from fleet_server.quality_gate import GateVerdict, WaveTelemetry
@@ -89,6 +90,8 @@ class RolloutState(Frozen):
     """Devices the rollout leaves alone (pinned), with why."""
     reason: str = ""
     """Why the rollout was aborted or rolled back."""
+    approved_by: tuple[str, ...] = ()
+    """Who approved the wave the rollout awaits, so far (:mod:`fleet_server.rollout_approval`)."""
     created_at: Timestamp
     started_at: Timestamp | None = None
     finished_at: Timestamp | None = None
@@ -209,18 +212,9 @@ class RolloutState(Frozen):
         message = f"rollout resumed ({self.paused_from.value})"
         return Step(state, [], [self._event(EventKind.RESUMED, now, message)])
 
-    def approve(self, now: float) -> Step:
-        """Let the next wave go after one that asked for approval."""
-        if self.status is not RolloutStatus.AWAITING_APPROVAL:
-            hint = " (resume it first)" if self.status is RolloutStatus.PAUSED else ""
-            raise IllegalRolloutTransitionError(
-                f"cannot approve a rollout that is {self.status.value}{hint}"
-            )
-        later = range(self.current_wave + 1, len(self.waves))
-        nxt = next((i for i in later if self.waves[i].devices), self.current_wave + 1)
-        event = self._event(EventKind.APPROVED, now, f"{wave_label(nxt)} approved", wave=nxt)
-        state = self._changed(now, status=RolloutStatus.RUNNING)
-        return rules.open_from(state, self.current_wave + 1, now, [], [event])
+    def approve(self, now: float, by: str | None = None) -> Step:
+        """``by`` lets the next wave go after one that asked for approval (by two people: four-eyes)."""
+        return rollout_approval.approve(self, now, by)
 
     def abort(self, reason: str, now: float, *, rollback: bool = True) -> Step:
         """Stop the rollout; with ``rollback`` re-assign the previous bundle to every device sent the new one.

@@ -30,7 +30,7 @@ import math
 import random
 import re
 from collections.abc import Collection, Mapping, Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -102,6 +102,8 @@ class WaveSpec(_Frozen):
     gate: GateThresholds = Field(default_factory=GateThresholds)
     approval_before_next: bool = False
     """After this wave passes, the next one waits for an operator's approval."""
+    approvals_required: Literal[1, 2] = 1
+    """How many different people must approve the next wave (2: four-eyes)."""
 
     @model_validator(mode="after")
     def _one_selector(self) -> WaveSpec:
@@ -120,6 +122,8 @@ class WaveSpec(_Frozen):
                 "a wave needs exactly one of percent, count, devices, tags"
                 + (f" (got {', '.join(chosen)})" if chosen else "")
             )
+        if self.approvals_required > 1 and not self.approval_before_next:
+            raise ValueError("approvals_required above 1 needs approval_before_next")
         return self
 
 

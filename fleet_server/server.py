@@ -353,10 +353,12 @@ class FleetServer:
                     figures[gate.key] = found
             self.rollouts.tick(now, figures)
 
-    def command(self, rollout_id: int, verb: str, reason: str = "operator abort") -> RolloutState:
-        """pause, resume, approve or abort a rollout."""
+    def command(
+        self, rollout_id: int, verb: str, reason: str = "operator abort", *, by: str | None = None
+    ) -> RolloutState:
+        """pause, resume, approve or abort a rollout; ``by`` names who (an API token's name)."""
         with self._lock:
-            return self.rollouts.command(rollout_id, verb, reason, time.time())
+            return self.rollouts.command(rollout_id, verb, reason, time.time(), by=by)
 
     def plan(self, rollout_id: int) -> RolloutState | None:
         """The live planner state of a rollout still followed (None once finished and settled)."""
