@@ -10,13 +10,17 @@ rollout plan, so a burst of hundreds of reports costs one commit.
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
-__all__ = ["Inbound", "ReportInbox", "newest_states"]
+__all__ = ["REPORT_KINDS", "Inbound", "ReportInbox", "newest_states"]
+
+REPORT_KINDS = ("state", "events", "telemetry", "availability")
+"""The kinds of device report (the last level of their topics) the fleet server takes in."""
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,25 @@ class ReportInbox:
         self.window_s = window_s
         """How long a batch gathers reports: bursts cost one transaction and one plan save."""
         self._queue: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
+        self._received = dict.fromkeys(REPORT_KINDS, 0)
+        self._count_lock = threading.Lock()
 
     def put(self, item: Inbound) -> None:
-        """Queue a report (any thread; never blocks)."""
+        """Queue a report (any thread; never blocks), counted by kind."""
+        kind = item.topic.rpartition("/")[2]
+        if kind in self._received:
+            with self._count_lock:
+                self._received[kind] += 1
         self._queue.put(item)
+
+    def depth(self) -> int:
+        """Reports queued now, not yet taken in a batch (approximate while reports arrive)."""
+        return self._queue.qsize()
+
+    def received(self) -> dict[str, int]:
+        """Report kind (:data:`REPORT_KINDS`) -> reports queued since this inbox was made."""
+        with self._count_lock:
+            return dict(self._received)
 
     def on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         """paho's message callback: queue the report with the time it arrived."""

@@ -29,6 +29,7 @@ from fleet_server.chunk_server import ChunkServer
 from fleet_server.coordinator import RolloutCoordinator
 from fleet_server.errors import FleetError, RolloutError
 from fleet_server.inbox import Inbound, ReportInbox, newest_states
+from fleet_server.instruments import ServerInstruments
 from fleet_server.publisher import MetadataPublisher
 from fleet_server.quality_gate import Baseline
 from fleet_server.rate_limit import ROW_ADDING_REPORTS, DeviceRateLimiter
@@ -75,6 +76,7 @@ class FleetServer:
         resign_every_s: float = 3600.0,
         prune_every_s: float = 60.0,
         broker_auth: BrokerAuth | None = None,
+        instruments: ServerInstruments | None = None,
     ) -> None:
         self.registry = registry
         self.repository = repository
@@ -97,6 +99,7 @@ class FleetServer:
         self._lock = threading.RLock()
         self.inbox = ReportInbox()
         """Device reports, queued by paho's network thread, handled by the server's own thread."""
+        self.instruments = instruments or ServerInstruments()  # report batches, for /metrics
         self._last_reason: dict[str, str] = {}
         """Device id -> the reason its newest event gave (failures, rollbacks)."""
         self._stop = threading.Event()
@@ -242,6 +245,7 @@ class FleetServer:
 
     def _handle_batch(self, batch: list[Inbound]) -> None:
         """Ingest a burst of reports in one database transaction; rollout plans are saved once."""
+        started = time.monotonic()
         try:
             with self._lock, self.rollouts.batch():
                 for item in newest_states(batch):
@@ -252,6 +256,7 @@ class FleetServer:
         except Exception:  # the database refused the whole batch: say so, keep serving
             # (the coordinator saves its states again on the next save)
             log.exception("storing a batch of %d device reports failed", len(batch))
+        self.instruments.batch_handled(batch, time.monotonic() - started)
 
     # --- device reports -----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ same :class:`~.unit.UnitOfWork` (sessions, transactions, batches)::
     rollouts.py    the planner's state saved, and its projection into tables
     timeline.py    what happened, in order
     access.py      API tokens (hashed) and the API's audit log
+    stats.py       counts for /metrics, grouped in the database
     _rows.py       argument checks, row lookups, rows -> records (no transactions)
 
 Unknown devices, bundles and rollouts are :class:`RegistryError` naming them;
@@ -37,6 +38,7 @@ from fleet_server.registry.retention import (
     TimelineRetention,
 )
 from fleet_server.registry.rollouts import Rollouts
+from fleet_server.registry.stats import FleetCounts, Stats
 from fleet_server.registry.timeline import MAX_TIMELINE_LIMIT, Timeline
 
 __all__ = [
@@ -44,13 +46,14 @@ __all__ = [
     "MAX_AUDIT_LIMIT",
     "MAX_TIMELINE_LIMIT",
     "AuditRetention",
+    "FleetCounts",
     "Registry",
     "TelemetryRetention",
     "TimelineRetention",
 ]
 
 
-class Registry(Catalogue, Ingest, Rollouts, Timeline, Access):
+class Registry(Catalogue, Ingest, Rollouts, Timeline, Stats, Access):
     """The fleet server's state, over a SQLAlchemy session factory.
 
     ``clock`` gives Unix time (tests pass a fake one). With ``auto_register``

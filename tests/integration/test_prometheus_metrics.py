@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edgefleet.testing.device import RunningDevice, wait_for
 from edgefleet.testing.fleet import LocalFleet
 from fleet_server.metrics import CONTENT_TYPE
+from fleet_server.statuses import RolloutStatus
 from tests.media import make_bundle
 
 pytestmark = [pytest.mark.broker]
@@ -163,7 +164,12 @@ def test_fleet_server_metrics_report_the_fleet_behind_the_token(site: Site) -> N
     assert found[("edgefleet_server_worker_up", (("worker", "fleet-server"),))] == 1
     assert found[("edgefleet_server_worker_restarts_total", (("worker", "fleet-server"),))] == 0
     assert ("process_resident_memory_bytes", ()) in found
-    assert not [name for name, _ in found if name == "edgefleet_server_rollouts"]
+    no_rollouts = {
+        dict(labels)["status"]: value
+        for (name, labels), value in found.items()
+        if name == "edgefleet_server_rollouts"
+    }
+    assert no_rollouts == {status.value: 0 for status in RolloutStatus}  # every one, zeros too
 
     body = (
         b'{"bundle_sha256": "%s", "target": {"kind": "devices", "values": ["cam-1"]},'
@@ -184,3 +190,4 @@ def test_fleet_server_metrics_report_the_fleet_behind_the_token(site: Site) -> N
         if name == "edgefleet_server_rollouts"
     }
     assert sum(by_status.values()) == 1
+    assert by_status.keys() == no_rollouts.keys()
