@@ -6,7 +6,9 @@ call them. Pure: no I/O, no clock.
 
 Rules the transitions keep:
 
-* a wave's devices are sent at once (one :class:`Assign`); each must commit
+* a wave's devices are sent at once (one :class:`Assign`), except those
+  outside their maintenance window, sent as their windows open
+  (:mod:`fleet_server.rollout_windows`); each must commit
   within the wave's ``device_timeout_s`` of its ``sent_at`` or it is
   ``timed-out``; the wave fails as soon as fewer than
   ``ceil(success_threshold * size)`` devices can still commit;
@@ -33,7 +35,6 @@ from typing import TYPE_CHECKING
 from fleet_server.quality_gate import GateOutcome, GateVerdict, WaveTelemetry, evaluate_gate
 from fleet_server.rollout_progress import (
     Action,
-    Assign,
     DeviceProgress,
     EventKind,
     Notify,
@@ -44,6 +45,7 @@ from fleet_server.rollout_progress import (
     with_changes,
 )
 from fleet_server.rollout_spec import wave_label
+from fleet_server.rollout_windows import send_due, send_wave
 from fleet_server.statuses import (
     UNANSWERED_DEVICE_STATUSES,
     WORKING_PHASES,
@@ -145,24 +147,8 @@ def open_from(
         )
         return Step(state, actions, events)
     devices = dict(rollout.devices)
-    ids = waves[index].devices
-    already = [d for d in ids if rollout._on_bundle(devices[d].phase, devices[d].active)]
-    for d in ids:
-        if d in already:
-            devices[d] = with_changes(
-                devices[d], status=DeviceStatus.COMMITTED, sent_at=now, finished_at=now
-            )
-        else:
-            devices[d] = with_changes(devices[d], status=DeviceStatus.SENT, sent_at=now)
     waves[index] = with_changes(waves[index], status=WaveStatus.RUNNING, started_at=now)
-    actions.append(Assign(device_ids=ids, bundle_sha=rollout.spec.bundle))
-    message = f"{wave_label(index)}: sent {rollout._sha} to {len(ids)} devices"
-    events.append(rollout._event(EventKind.WAVE_STARTED, now, message, wave=index, ids=ids))
-    if already:
-        message = f"{wave_label(index)}: {len(already)} devices already run {rollout._sha}"
-        events.append(
-            rollout._event(EventKind.DEVICE_COMMITTED, now, message, wave=index, ids=already)
-        )
+    send_wave(rollout, index, now, devices, actions=actions, events=events, starting=True)
     state = rollout._changed(now, waves=tuple(waves), devices=devices, current_wave=index)
     return Step(state, actions, events)
 
@@ -175,7 +161,9 @@ def settle(
     events: list[RolloutEvent],
     telemetry: Mapping[int, WaveTelemetry],
 ) -> Step:
-    """A running wave: fail it once too few can still commit; watch it once all are resolved."""
+    """A running wave: send devices whose maintenance window opened; fail it once too few can
+    still commit; watch it once all are sent and resolved."""
+    rollout = send_due(rollout, index, now, actions, events)
     wave, spec = rollout.waves[index], rollout.spec.waves[index]
     statuses = [rollout.devices[d] for d in wave.devices]
     size = len(statuses)

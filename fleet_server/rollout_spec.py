@@ -36,6 +36,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from fleet_server.errors import RolloutPlanError
 from fleet_server.quality_gate import Baseline, GateThresholds
+from fleet_server.windows import Schedule, WindowsNeverOpenError, WindowSpecError, parse_window
 
 __all__ = [
     "RolloutSpec",
@@ -59,6 +60,17 @@ def _check_sha256(value: str) -> str:
 Sha256 = Annotated[str, AfterValidator(_check_sha256)]
 DeviceId = Annotated[str, Field(min_length=1, max_length=128)]
 Tag = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+def _check_window(value: str) -> str:
+    try:
+        return parse_window(value).text
+    except WindowSpecError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+WindowText = Annotated[str, AfterValidator(_check_window)]
+"""A maintenance window spec (:mod:`fleet_server.windows`), kept in its canonical spelling."""
 
 
 def wave_label(index: int) -> str:
@@ -141,6 +153,12 @@ class RolloutSpec(_Frozen):
     waves: tuple[WaveSpec, ...] = Field(min_length=1, max_length=100)
     seed: int = 0
     baseline: Baseline | None = None
+    windows: dict[Tag, tuple[WindowText, ...]] = Field(default_factory=dict)
+    """The maintenance windows of the targets' tags when the rollout was created (a snapshot, so
+    every server replica decides alike): a device is sent the bundle only while each of its tags
+    that has windows is inside one (:class:`~fleet_server.windows.Schedule`)."""
+    ignore_windows: bool = False
+    """Send every wave's devices at once, windows or not (an emergency)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> RolloutSpec:
@@ -152,6 +170,35 @@ class RolloutSpec(_Frozen):
                 raise ValueError(f"device {device.device_id!r} is listed twice")
             seen.add(device.device_id)
         return self
+
+    def schedules(self) -> dict[str, Schedule]:
+        """Each device's maintenance schedule, for the devices that have one and while the
+        windows apply (none with :attr:`ignore_windows`)."""
+        if self.ignore_windows or not self.windows:
+            return {}
+        shared: dict[tuple[str, ...], Schedule] = {}
+        found = {}
+        for device in self.devices:
+            tags = tuple(sorted(t for t in set(device.tags) if self.windows.get(t)))
+            if tags:
+                if tags not in shared:
+                    shared[tags] = Schedule.of(tags, self.windows)
+                found[device.device_id] = shared[tags]
+        return found
+
+    def check_windows(self, now: float) -> None:
+        """:class:`~fleet_server.windows.WindowsNeverOpenError` when a target device's windows
+        never open together (its tags' windows never overlap): it would wait forever."""
+        by_schedule: dict[Schedule, list[str]] = {}
+        for device_id, schedule in self.schedules().items():
+            by_schedule.setdefault(schedule, []).append(device_id)
+        for schedule, ids in by_schedule.items():
+            if schedule.next_open(now) is None:
+                shown = ", ".join(sorted(ids)[:5]) + (", ..." if len(ids) > 5 else "")
+                raise WindowsNeverOpenError(
+                    f"the maintenance windows of {len(ids)} devices ({shown}) never open at the "
+                    f"same time ({schedule}): change the windows, or use --ignore-windows"
+                )
 
 
 def _wave_size(spec: WaveSpec, total: int, remaining: int) -> int:
