@@ -9,6 +9,8 @@ use to corrupt a chunk on its way out (:class:`FaultInjector`).
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +21,7 @@ from fleet_server.errors import DeliveryServerError, MalformedRequestError
 
 __all__ = [
     "BundleDeliveryStats",
+    "BundleFolder",
     "ChunkRequest",
     "CorruptChunkOnce",
     "DeliveryStats",
@@ -143,3 +146,25 @@ def read_chunk(path: Path, meta: ChunkMeta, index: int) -> bytes:
     if len(data) != meta.chunk_length(index):
         raise DeliveryServerError(f"{path} changed size while being served")
     return data
+
+
+class BundleFolder(Mapping[str, Path]):
+    """sha256 -> ``<folder>/<sha256>.efb``, read from the folder at each lookup, so a bundle one
+    server replica imported is served by every replica that shares the folder."""
+
+    _SHA = re.compile(r"^[0-9a-f]{64}$")
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __getitem__(self, sha256: str) -> Path:
+        path = self.folder / f"{sha256}.efb"
+        if not self._SHA.match(sha256) or not path.is_file():
+            raise KeyError(sha256)
+        return path
+
+    def __iter__(self) -> Iterator[str]:
+        return (p.stem for p in sorted(self.folder.glob("*.efb")) if self._SHA.match(p.stem))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

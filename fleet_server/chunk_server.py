@@ -108,6 +108,7 @@ class ChunkServer:
         coalesce_s: float = 0.05,
         max_queued_requests: int = 10_000,
         fault: FaultInjector | None = None,
+        share_group: str | None = None,
     ) -> None:
         if not 0 < chunk_size <= MAX_CHUNK_SIZE:
             raise DeliveryServerError(f"chunk_size must be 1..{MAX_CHUNK_SIZE}, got {chunk_size}")
@@ -121,6 +122,10 @@ class ChunkServer:
         self.max_queued_requests = max_queued_requests
         self.fault = fault
         self.request_filter = f"{prefix}/devices/+/download"
+        self.subscription = (
+            f"$share/{share_group}/{self.request_filter}" if share_group else self.request_filter
+        )
+        """What is subscribed: with a shared-subscription group, replicas split the requests."""
         self._sources = bundles
         self._bundles: dict[str, _Bundle] = {}
         self._mids: dict[int, str] = {}
@@ -141,7 +146,7 @@ class ChunkServer:
         self.client.on_publish = self._on_publish
         self.client.message_callback_add(self.request_filter, self._on_request)
         if self.client.is_connected():
-            self.client.subscribe(self.request_filter, qos=1)
+            self.client.subscribe(self.subscription, qos=1)
         self._worker = SupervisedThread(self._run, "chunk-server")
         self._worker.start()
 
@@ -154,7 +159,7 @@ class ChunkServer:
         self.client.on_connect = self._prev_on_connect
         self.client.on_publish = self._prev_on_publish
         if self.client.is_connected():
-            self.client.unsubscribe(self.request_filter)
+            self.client.unsubscribe(self.subscription)
 
     def announce(self, sha256: str) -> None:
         """Publish a bundle's meta (retained) ahead of the first request."""
@@ -182,7 +187,7 @@ class ChunkServer:
             self._prev_on_connect(client, userdata, flags, reason, props)
         if reason.is_failure:
             return
-        client.subscribe(self.request_filter, qos=1)
+        client.subscribe(self.subscription, qos=1)
         self._events.put(_CONNECTED)
 
     def _on_publish(

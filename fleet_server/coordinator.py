@@ -18,10 +18,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from fleet_server.errors import RolloutError
+from fleet_server.quality_figures import Baseline
 from fleet_server.quality_gate import WaveTelemetry
+from fleet_server.records import DeviceInfo, TargetSelector
 from fleet_server.registry import Registry
+from fleet_server.registry.leases import Fence
 from fleet_server.rollout_plan import Action, RolloutEvent, RolloutState, Step, recover
-from fleet_server.rollout_spec import RolloutSpec
+from fleet_server.rollout_spec import RolloutSpec, TargetDevice, WaveSpec
 from fleet_server.statuses import (
     LIVE_ROLLOUT_STATUSES,
     UNANSWERED_DEVICE_STATUSES,
@@ -63,9 +66,17 @@ class RolloutCoordinator:
     Not thread-safe: the fleet server calls it under its own lock.
     """
 
-    def __init__(self, registry: Registry, execute: Callable[[Sequence[Action]], None]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        execute: Callable[[Sequence[Action]], None],
+        fence: Fence | None = None,
+    ) -> None:
         self.registry = registry
         self._execute = execute
+        self.fence = fence
+        """The rollout leader's lease: every save and every action checks it first (None: the
+        only server, unfenced)."""
         self._plans: dict[int, RolloutState] = {}
         """Rollouts still followed: device reports (and, while live, the clock) move them."""
         self._saved: dict[int, RolloutState] = {}
@@ -99,11 +110,47 @@ class RolloutCoordinator:
                 resumed.append(rollout_id)
         return resumed
 
-    def start(self, spec: RolloutSpec, rollout_id: int, now: float) -> RolloutState:
-        """Begin following a new rollout (its row made by ``Registry.create_rollout``) and start it."""
+    def create(
+        self,
+        bundle_sha256: str,
+        target: TargetSelector,
+        waves: Sequence[WaveSpec],
+        baseline: Baseline | None,
+        now: float,
+        *,
+        previous_sha256: str | None = None,
+        seed: int = 0,
+    ) -> int:
+        """Plan a rollout of the registered devices ``target`` covers, store it, start it: its id.
+
+        Planned first: a rollout that cannot be planned (:class:`RolloutPlanError`) writes no row.
+        """
+        devices = self.registry.select_devices(target)
+        if not devices:
+            raise RolloutError(f"no device matches {target.to_json()}")
+        spec = RolloutSpec(
+            bundle=bundle_sha256,
+            previous_bundle=previous_sha256,
+            devices=tuple(
+                TargetDevice(
+                    device_id=d.id,
+                    tags=d.tags,
+                    pinned_bundle=d.pinned_bundle,
+                    phase=d.phase,
+                    active=d.active_bundle,
+                )
+                for d in devices
+            ),
+            waves=tuple(waves),
+            seed=seed,
+            baseline=baseline,
+        )
         state = RolloutState.create(spec, now)
-        self.apply(rollout_id, state.start(now))
-        return self._plans.get(rollout_id, state)
+        info = self.registry.create_rollout(
+            bundle_sha256, target, {}, previous_sha256=previous_sha256
+        )
+        self.apply(info.id, state.start(now))
+        return info.id
 
     def device_reported(
         self,
@@ -121,6 +168,19 @@ class RolloutCoordinator:
                 step = state.device_report(device_id, phase, active, reason, now, target_sha=target)
                 if step.state is not state or step.events or step.actions:
                     self.apply(rollout_id, step, save=False)
+
+    def device_stored(self, device: DeviceInfo, now: float) -> None:
+        """A device's stored state (phase, active and target bundle, its newest event's reason)
+        to every followed rollout that covers it: the same input whichever replica ingested it."""
+        if device.phase is not None:
+            self.device_reported(
+                device.id,
+                device.phase,
+                device.active_bundle,
+                now,
+                target=device.target_bundle,
+                reason=device.last_event_reason or "",
+            )
 
     def due_gates(self, now: float) -> list[GateDue]:
         """The quality gates :meth:`tick` at ``now`` would evaluate: fetch their telemetry first."""
@@ -183,6 +243,8 @@ class RolloutCoordinator:
     def apply(self, rollout_id: int, step: Step, *, save: bool = True) -> None:
         """Execute the step's actions, keep its state, save it (now, or with the batch)."""
         if step.actions:
+            if self.fence is not None:
+                self.registry.check_fence(self.fence)  # a replaced leader signs nothing
             self._execute(step.actions)
         state = step.state
         if followed(state):
@@ -195,18 +257,45 @@ class RolloutCoordinator:
             self.save()
 
     def save(self) -> None:
-        """Save every state changed since the last save, with its events, and project it."""
-        while self._unsaved:
-            rollout_id, (state, events) = next(iter(self._unsaved.items()))
-            self.registry.save_rollout(
-                rollout_id, state, before=self._saved.get(rollout_id), events=events
-            )
-            del self._unsaved[rollout_id]
-            self._written[rollout_id] = state
-            if followed(state):
-                self._saved[rollout_id] = state
-            else:
-                self._saved.pop(rollout_id, None)
+        """Save every state changed since the last save, with its events, and project it.
+
+        Fenced: the lease check and the writes share one transaction, so a
+        replica that lost the lead writes nothing (:class:`LeaseLostError`).
+        """
+        if not self._unsaved:
+            return
+        with self.registry.batch():
+            if self.fence is not None:
+                self.registry.check_fence(self.fence)
+            while self._unsaved:
+                rollout_id, (state, events) = next(iter(self._unsaved.items()))
+                self.registry.save_rollout(
+                    rollout_id, state, before=self._saved.get(rollout_id), events=events
+                )
+                del self._unsaved[rollout_id]
+                self._written[rollout_id] = state
+                if followed(state):
+                    self._saved[rollout_id] = state
+                else:
+                    self._saved.pop(rollout_id, None)
+
+    def forget_all(self) -> None:
+        """Drop every state held (this replica lost the lead; the new leader resumes from the
+        database)."""
+        self._plans.clear()
+        self._saved.clear()
+        self._unsaved.clear()
+        self._written.clear()
+
+    def catch_up(self, since: float, now: float) -> float:
+        """Feed the followed rollouts the device states stored since ``since`` (server time), the
+        reports other replicas ingested; returns the newest arrival time seen. Reports are
+        idempotent for the planner, so a state seen twice changes nothing."""
+        newest = since
+        for device in self.registry.states_since(since):
+            newest = max(newest, device.state_received_at or since)
+            self.device_stored(device, now)
+        return newest
 
     @contextmanager
     def batch(self) -> Iterator[None]:

@@ -5,13 +5,16 @@ from __future__ import annotations
 from edge_runtime.errors import EdgefleetError, MalformedMessageError
 
 __all__ = [
+    "CertificateAuthorityError",
     "DeliveryServerError",
     "FleetError",
     "IllegalRolloutTransitionError",
     "KeyManagementError",
+    "LeaseLostError",
     "MalformedReportError",
     "MalformedRequestError",
     "NotFoundError",
+    "NotLeaderError",
     "RegistryError",
     "RegistryStorageError",
     "ReleaseError",
@@ -40,6 +43,10 @@ class KeyManagementError(FleetError):
     """Keys cannot be created, loaded (wrong passphrase, bad file) or rotated as asked."""
 
 
+class CertificateAuthorityError(FleetError):
+    """The fleet CA cannot be created, opened or used as asked, or a CRL is not the fleet CA's."""
+
+
 class ReleaseError(FleetError):
     """A bundle cannot be released or assigned (unreadable, already released differently, unknown)."""
 
@@ -66,3 +73,11 @@ class RolloutPlanError(RolloutError):
 
 class IllegalRolloutTransitionError(RolloutError):
     """An operator command does not apply to the rollout's status (approve when not awaiting approval)."""
+
+
+class LeaseLostError(FleetError):
+    """This replica no longer holds the lease it wrote under: another replica took over."""
+
+
+class NotLeaderError(FleetError):
+    """Another server replica leads the rollouts: send rollout changes to it (an HTTP 503)."""

@@ -17,9 +17,9 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -30,13 +30,16 @@ from fleet_server.amqtt_auth import embedded_auth_plugins
 from fleet_server.broker_auth import SERVER_USERNAME, BrokerAuth, new_password
 from fleet_server.errors import FleetError
 from fleet_server.registry import Registry
+from fleet_server.tls import BrokerTls, ServeTls, set_client_tls
 from fleet_server.trust import ONLINE_ROLES, Repository, load_keys
 
 __all__ = [
+    "BrokerUrl",
     "EmbeddedBroker",
     "ServeOptions",
     "connect_client",
     "free_port",
+    "parse_broker_address",
     "parse_broker_url",
     "run_server",
     "server_password",
@@ -45,6 +48,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_MQTT_PORT = 1883
+DEFAULT_MQTTS_PORT = 8883
 _CONNECT_TIMEOUT_S = 15.0
 
 
@@ -55,16 +59,36 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+class BrokerUrl(NamedTuple):
+    """A broker address: ``mqtt://`` (plaintext) or ``mqtts://`` (TLS)."""
+
+    host: str
+    port: int
+    tls: bool
+
+
 def parse_broker_url(url: str) -> tuple[str, int]:
-    """``mqtt://host[:port]`` as (host, port); :class:`FleetError` for anything else."""
+    """``mqtt://host[:port]`` as (host, port), for clients without TLS; :class:`FleetError` otherwise."""
+    address = parse_broker_address(url)
+    if address.tls:
+        raise FleetError(f"broker URL {url!r}: TLS (mqtts://) is not supported here")
+    return address.host, address.port
+
+
+def parse_broker_address(url: str) -> BrokerUrl:
+    """``mqtt://host[:port]`` (port 1883) or ``mqtts://host[:port]`` (TLS, port 8883).
+
+    :class:`FleetError` for anything else.
+    """
     parts = urlsplit(url)
-    if parts.scheme != "mqtt" or not parts.hostname:
-        raise FleetError(f"broker URL {url!r} is not mqtt://host[:port]")
+    if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+        raise FleetError(f"broker URL {url!r} is not mqtt://host[:port] or mqtts://host[:port]")
+    tls = parts.scheme == "mqtts"
     try:
-        port = parts.port or DEFAULT_MQTT_PORT
+        port = parts.port or (DEFAULT_MQTTS_PORT if tls else DEFAULT_MQTT_PORT)
     except ValueError as exc:
         raise FleetError(f"broker URL {url!r} has a bad port") from exc
-    return parts.hostname, port
+    return BrokerUrl(parts.hostname, port, tls)
 
 
 @dataclass
@@ -137,13 +161,19 @@ def connect_client(
     *,
     username: str | None = None,
     password: str | None = None,
+    tls: BrokerTls | None = None,
 ) -> mqtt.Client:
-    """A paho client (MQTT 3.1.1) connected to ``host:port`` with its network loop running."""
+    """A paho client (MQTT 3.1.1) connected to ``host:port`` with its network loop running.
+
+    With ``tls`` it speaks TLS only, checking the broker's certificate and host name.
+    """
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv311,
     )
+    if tls is not None:
+        set_client_tls(client, tls)
     if username is not None:
         client.username_pw_set(username, password)
     connected = threading.Event()
@@ -163,8 +193,11 @@ def connect_client(
     client.on_disconnect = on_disconnect
     try:
         client.connect(host, port)
-    except OSError as exc:
-        raise FleetError(f"cannot connect to the MQTT broker at {host}:{port}: {exc}") from exc
+    except OSError as exc:  # ssl.SSLError too: a certificate that does not verify
+        scheme = "mqtts" if tls is not None else "mqtt"
+        raise FleetError(
+            f"cannot connect to the MQTT broker at {scheme}://{host}:{port}: {exc}"
+        ) from exc
     client.loop_start()
     if not connected.wait(_CONNECT_TIMEOUT_S):
         client.loop_stop()
@@ -204,6 +237,16 @@ class ServeOptions:
     auto_register: bool | None = None
     """Register unknown devices on first contact; None: only when the broker is open (no
     per-device credentials), so an authenticated fleet takes provisioned devices only."""
+    tls: ServeTls = field(default_factory=ServeTls)
+    """TLS towards an mqtts:// broker, for provisioned devices, and HTTPS for the API."""
+    replica_id: str | None = None
+    """This replica's name among several on one database and broker (default: the host name)."""
+    share_group: str | None = None
+    """MQTT shared-subscription group the replicas split device reports and chunk requests in
+    (``$share/<group>/...``, Mosquitto 2); None: this server takes every report."""
+    lease_ttl_s: float = 10.0
+    """How long the rollout leader's lease lasts unrenewed: the longest a dead leader's
+    rollouts wait before another replica takes them over."""
 
 
 def run_server(options: ServeOptions) -> None:
@@ -281,15 +324,25 @@ def _serve(options: ServeOptions) -> None:
                 options.embedded_broker_port,
                 passwd=None if broker_auth is None else broker_auth.passwd_path,
             )
-            host, port = broker.host, broker.port
+            broker_url = BrokerUrl(broker.host, broker.port, tls=False)
         else:
-            host, port = parse_broker_url(options.broker_url)
-        device_host, device_port = (
-            (host, port)
+            broker_url = parse_broker_address(options.broker_url)
+        device_url = (
+            broker_url
             if options.device_broker_url is None
-            else parse_broker_url(options.device_broker_url)
+            else parse_broker_address(options.device_broker_url)
         )
-        client = connect_client(host, port, username=username, password=password)
+        client_id = "edgefleet-fleet-server" + (
+            f"-{options.replica_id}" if options.replica_id else ""
+        )
+        client = connect_client(
+            broker_url.host,
+            broker_url.port,
+            client_id,
+            username=username,
+            password=password,
+            tls=options.tls.broker if broker_url.tls else None,
+        )
         server = FleetServer(
             registry,
             repository,
@@ -298,13 +351,22 @@ def _serve(options: ServeOptions) -> None:
             Path(options.state_dir) / "bundles",
             tick_s=options.tick_s,
             broker_auth=broker_auth,
+            replica_id=options.replica_id,
+            share_group=options.share_group,
+            lease_ttl_s=options.lease_ttl_s,
         )
         server.start()
         app = create_app(
             server,
             options.token,
-            device_mqtt={"host": device_host, "port": device_port, "topic_prefix": server.prefix},
+            device_mqtt={
+                "host": device_url.host,
+                "port": device_url.port,
+                "topic_prefix": server.prefix,
+                **options.tls.device_settings(device_url.tls),
+            },
             public_docs=options.public_docs,
+            fleet_ca_pem=options.tls.fleet_ca_pem(),
         )
         config = uvicorn.Config(
             app,
@@ -312,13 +374,16 @@ def _serve(options: ServeOptions) -> None:
             port=options.http_port,
             log_level="warning",
             access_log=False,
+            **options.tls.uvicorn_ssl(),
         )
         log.warning(
-            "fleet server: HTTP API on http://%s:%d (docs at /docs), MQTT broker %s:%d%s",
+            "fleet server: HTTP API on %s://%s:%d (docs at /docs), MQTT broker %s://%s:%d%s",
+            "https" if options.tls.https_cert is not None else "http",
             options.http_host,
             options.http_port,
-            host,
-            port,
+            "mqtts" if broker_url.tls else "mqtt",
+            broker_url.host,
+            broker_url.port,
             " (embedded)" if broker is not None else "",
         )
         uvicorn.Server(config).run()  # returns on SIGINT/SIGTERM, then re-raises the signal

@@ -150,6 +150,8 @@ class DeviceInfo:
     clock_skew_s: float | None = None
     """Server receive time minus device time on the latest fresh (not retained) state report:
     positive when the device's clock is behind (or the report was slow to arrive)."""
+    last_event_reason: str | None = None
+    """The reason the device's newest event gave (why it refused or rolled back)."""
 
 
 @dataclass(frozen=True)

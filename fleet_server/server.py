@@ -25,11 +25,13 @@ from edge_runtime.bundle import read_bundle
 from edge_runtime.errors import EdgefleetError
 from edge_runtime.supervise import SupervisedThread, WorkerHealth
 from fleet_server.broker_auth import BrokerAuth, hash_password, new_password
+from fleet_server.chunk_io import BundleFolder
 from fleet_server.chunk_server import ChunkServer
 from fleet_server.coordinator import RolloutCoordinator
-from fleet_server.errors import FleetError, RolloutError
+from fleet_server.errors import FleetError, LeaseLostError, NotLeaderError
 from fleet_server.inbox import Inbound, ReportInbox, newest_states
 from fleet_server.instruments import ServerInstruments
+from fleet_server.leadership import Leadership, default_replica_id
 from fleet_server.publisher import MetadataPublisher
 from fleet_server.quality_gate import Baseline
 from fleet_server.rate_limit import ROW_ADDING_REPORTS, DeviceRateLimiter
@@ -43,13 +45,10 @@ from fleet_server.reports import (
     parse_state,
 )
 from fleet_server.rollout_plan import (
-    Action,
-    Assign,
-    Notify,
-    Rollback,
     RolloutState,
 )
-from fleet_server.rollout_spec import RolloutSpec, TargetDevice, WaveSpec
+from fleet_server.rollout_spec import WaveSpec
+from fleet_server.signer import OnlineSigner
 from fleet_server.trust import KeySet, Repository
 
 __all__ = ["FleetServer"]
@@ -77,6 +76,9 @@ class FleetServer:
         prune_every_s: float = 60.0,
         broker_auth: BrokerAuth | None = None,
         instruments: ServerInstruments | None = None,
+        replica_id: str | None = None,
+        share_group: str | None = None,
+        lease_ttl_s: float = 10.0,
     ) -> None:
         self.registry = registry
         self.repository = repository
@@ -95,22 +97,26 @@ class FleetServer:
         self._last_prune = 0.0
         self.rate_limiter = DeviceRateLimiter(limited=ROW_ADDING_REPORTS)
         """Events, telemetry and availability changes per device: 120 a minute, bursts of 240."""
-        self._last_publish = 0.0
         self._lock = threading.RLock()
         self.inbox = ReportInbox()
         """Device reports, queued by paho's network thread, handled by the server's own thread."""
         self.instruments = instruments or ServerInstruments()  # report batches, for /metrics
-        self._last_reason: dict[str, str] = {}
-        """Device id -> the reason its newest event gave (failures, rollbacks)."""
         self._stop = threading.Event()
         self._thread: SupervisedThread | None = None
-        self.rollouts = RolloutCoordinator(registry, self._execute)
-        """The rollouts' planner states; this shell feeds them reports, ticks and telemetry."""
-        self._paths: dict[str, Path] = {p.stem: p for p in self.bundle_folder.glob("*.efb")}
-        self.publisher = MetadataPublisher(client, repository, prefix)
-        self._republish_all = threading.Event()
+        self.signer = OnlineSigner(
+            repository, online_keys, MetadataPublisher(client, repository, prefix)
+        )
+        """The leader's signing of assignments and publishing of metadata."""
+        self.leadership = Leadership(registry, replica_id or default_replica_id(), lease_ttl_s)
+        """Whether this replica leads the rollouts (the lease on the shared database)."""
+        self.share_group = share_group
+        """MQTT shared-subscription group: replicas split the device reports (None: all here)."""
+        self.rollouts = RolloutCoordinator(registry, self.signer.execute)
+        """The rollouts' planner states (while leading); fed reports, ticks and telemetry."""
+        self._caught_up = 0.0
+        self._paths = BundleFolder(self.bundle_folder)  # shared by replicas: any imports, all serve
         self._prev_on_connect: Any = None
-        self.chunks = ChunkServer(client, self._paths, prefix=prefix)  # reads _paths as it grows
+        self.chunks = ChunkServer(client, self._paths, prefix=prefix, share_group=share_group)
 
     # --- bundles -----------------------------------------------------------------------
 
@@ -124,7 +130,6 @@ class FleetServer:
             shutil.copyfile(path, target.with_suffix(".tmp"))
             target.with_suffix(".tmp").replace(target)
         self.registry.import_bundle(bundle)
-        self._paths[bundle.sha256] = target
         return bundle.sha256
 
     # --- devices and their broker credentials ------------------------------------------
@@ -176,9 +181,7 @@ class FleetServer:
         self.client.on_connect = self._on_connect
         if self.broker_auth is not None:
             self.broker_auth.write(self.registry.credentials_hashes())
-        with self._lock:
-            self.rollouts.resume(time.time())
-        self._publish()
+        self._lead(time.monotonic())
         self._thread = SupervisedThread(self._run, "fleet-server")
         self._thread.start()
 
@@ -189,6 +192,7 @@ class FleetServer:
             self._thread.stop(timeout=10)
         self.client.on_connect = self._prev_on_connect
         self.chunks.stop()
+        self.leadership.release()
         for leaf in _REPORT_LEAVES:
             self.client.message_callback_remove(f"{self.prefix}/devices/+/{leaf}")
             self.client.unsubscribe(f"{self.prefix}/devices/+/{leaf}")
@@ -203,7 +207,10 @@ class FleetServer:
         return {worker.name: worker for worker in (mine, self.chunks.health())}
 
     def _subscribe_reports(self) -> None:
-        self.client.subscribe([(f"{self.prefix}/devices/+/{leaf}", 1) for leaf in _REPORT_LEAVES])
+        share = f"$share/{self.share_group}/" if self.share_group else ""
+        self.client.subscribe(
+            [(f"{share}{self.prefix}/devices/+/{leaf}", 1) for leaf in _REPORT_LEAVES]
+        )
 
     def _on_connect(self, client: mqtt.Client, *args: Any) -> None:
         """A (re)connect: the session is clean, so subscribe again; the broker may have lost
@@ -214,7 +221,7 @@ class FleetServer:
         if reason is not None and getattr(reason, "is_failure", False):
             return
         self._subscribe_reports()
-        self._republish_all.set()  # by the worker: never wait for acks on paho's thread
+        self.signer.republish_all.set()  # by the worker: never wait for acks on paho's thread
 
     def _run(self) -> None:
         """The server's one worker: device reports in batches as they arrive, a tick every tick_s.
@@ -232,16 +239,56 @@ class FleetServer:
                     continue
             next_tick = time.monotonic() + self.tick_s
             try:
+                if self.leadership.due(time.monotonic()):
+                    self._lead(time.monotonic())
+                if not self.leadership.leading:
+                    continue
                 now = time.time()
-                self.tick(now)
-                if now - self._last_publish >= self.resign_every_s or self._republish_all.is_set():
+                if self.share_group:  # reports other replicas ingested (idempotent: overlap)
                     with self._lock:
-                        self._publish()
+                        self._caught_up = self.rollouts.catch_up(self._caught_up - 5.0, now)
+                self.tick(now)
+                if (
+                    now - self.signer.last_publish >= self.resign_every_s
+                    or self.signer.republish_all.is_set()
+                ):
+                    with self._lock:
+                        self.signer.publish()
                 if now - self._last_prune >= self.prune_every_s:
                     self._last_prune = now
                     self.registry.prune(now)
+            except LeaseLostError as exc:  # another replica took over: its turn
+                self._step_down(str(exc))
             except Exception:  # logged; the next tick retries from the saved state
                 log.exception("rollout tick failed")
+
+    def _lead(self, monotonic_now: float) -> None:
+        """Renew the leader lease; on gaining it resume the rollouts from the database and
+        publish the metadata, on losing it drop every plan (the new leader has them)."""
+        turn = self.leadership.renew(monotonic_now)
+        with self._lock:
+            if turn.lost:
+                self.rollouts.forget_all()
+            if turn.gained:
+                self.rollouts = RolloutCoordinator(
+                    self.registry, self.signer.execute, self.leadership.fence
+                )
+                now = time.time()
+                self.rollouts.resume(now)
+                self._caught_up = self.rollouts.catch_up(0.0, now)
+                self.signer.publish()
+
+    def _step_down(self, why: str) -> None:
+        with self._lock:
+            self.leadership.lose(why)
+            self.rollouts.forget_all()
+
+    def _require_lead(self) -> None:
+        if not self.leadership.leading:
+            leader = self.leadership.leader() or "no replica yet"
+            raise NotLeaderError(
+                f"replica {self.leadership.replica_id} does not lead the rollouts; {leader} does: send rollout changes there"
+            )
 
     def _handle_batch(self, batch: list[Inbound]) -> None:
         """Ingest a burst of reports in one database transaction; rollout plans are saved once."""
@@ -276,30 +323,21 @@ class FleetServer:
             elif leaf == "state":
                 self._state(device_id, parse_state(item.payload, device_id), item)
             elif leaf == "events":
-                event = parse_event(item.payload, device_id)
-                self.registry.record_event(device_id, event)
-                if event.reason:
-                    # the state report that follows says where the device is, its events why
-                    self._last_reason[device_id] = event.reason[:500]
+                self.registry.record_event(device_id, parse_event(item.payload, device_id))
             elif leaf == "telemetry":
                 self.registry.record_telemetry(device_id, item.payload)
         except (ValueError, EdgefleetError) as exc:
             log.warning("ignored %s from %s: %s", leaf, device_id, exc)
 
     def _state(self, device_id: str, report: StateReport, item: Inbound) -> None:
-        """Store a reported state; a newer one moves the rollouts that cover the device."""
+        """Store a reported state; a newer one moves the rollouts that cover the device (here when
+        this replica leads; the leader catches up with the others' from the database)."""
         fresh = not item.retained
-        if self.registry.record_state(device_id, report, received_at=item.received_at, fresh=fresh):
-            self.rollouts.device_reported(
-                device_id,
-                report.state.value,
-                report.active.bundle if report.active else None,
-                time.time(),
-                target=report.target.bundle if report.target else None,
-                reason=self._last_reason.get(device_id, ""),
-            )
-
-    # --- rollouts ------------------------------------------------------------------------
+        stored = self.registry.record_state(
+            device_id, report, received_at=item.received_at, fresh=fresh
+        )
+        if stored is not None:
+            self.rollouts.device_stored(stored, time.time())
 
     def create_rollout(
         self,
@@ -310,37 +348,19 @@ class FleetServer:
         previous_sha256: str | None = None,
         seed: int = 0,
     ) -> int:
-        """Plan and start a rollout; returns its id."""
-        devices = self.registry.select_devices(target)
-        if not devices:
-            raise RolloutError(f"no device matches {target.to_json()}")
+        """Plan and start a rollout (on the leading replica); returns its id."""
         bundle = read_bundle(self.bundle_folder / f"{bundle_sha256}.efb")
-        spec = RolloutSpec(
-            bundle=bundle_sha256,
-            previous_bundle=previous_sha256,
-            devices=tuple(
-                TargetDevice(
-                    device_id=d.id,
-                    tags=d.tags,
-                    pinned_bundle=d.pinned_bundle,
-                    phase=d.phase,
-                    active=d.active_bundle,
-                )
-                for d in devices
-            ),
-            waves=tuple(waves),
-            seed=seed,
-            baseline=Baseline.from_manifest(bundle.manifest),
-        )
-        now = time.time()
-        # plan first: a rollout that cannot be planned (RolloutPlanError, a 400) writes no row
-        RolloutState.create(spec, now)
-        info = self.registry.create_rollout(
-            bundle_sha256, target, {}, previous_sha256=previous_sha256
-        )
         with self._lock:
-            self.rollouts.start(spec, info.id, now)
-        return info.id
+            self._require_lead()
+            return self.rollouts.create(
+                bundle_sha256,
+                target,
+                waves,
+                Baseline.from_manifest(bundle.manifest),
+                time.time(),
+                previous_sha256=previous_sha256,
+                seed=seed,
+            )
 
     def tick(self, now: float) -> None:
         """Advance every rollout: timeouts, health windows, quality gates, next waves.
@@ -363,41 +383,10 @@ class FleetServer:
     ) -> RolloutState:
         """pause, resume, approve or abort a rollout; ``by`` names who (an API token's name)."""
         with self._lock:
+            self._require_lead()
             return self.rollouts.command(rollout_id, verb, reason, time.time(), by=by)
 
     def plan(self, rollout_id: int) -> RolloutState | None:
         """The live planner state of a rollout still followed (None once finished and settled)."""
         with self._lock:
             return self.rollouts.plan(rollout_id)
-
-    def _execute(self, actions: Sequence[Action]) -> None:
-        signers = self.keys.role("assignments")
-        changed = False
-        for action in actions:
-            if isinstance(action, Assign):
-                self.repository.assign_many(
-                    "devices", action.device_ids, action.bundle_sha, signers
-                )
-                changed = True
-            elif isinstance(action, Rollback):
-                if action.to_sha is None:
-                    self.repository.unassign_many("devices", action.device_ids, signers)
-                else:
-                    self.repository.assign_many(
-                        "devices", action.device_ids, action.to_sha, signers
-                    )
-                changed = True
-            elif isinstance(action, Notify):
-                log.info("%s", action.message)
-        if changed:
-            self._publish()
-
-    def _publish(self) -> None:
-        self.repository.snapshot_and_timestamp(
-            self.keys.role("snapshot"), self.keys.role("timestamp")
-        )
-        if self._republish_all.is_set():
-            self._republish_all.clear()
-            self.publisher.reset()
-        self.publisher.publish()
-        self._last_publish = time.time()

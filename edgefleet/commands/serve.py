@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+if TYPE_CHECKING:
+    from fleet_server.tls import ServeTls
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 __all__ = ["serve"]
+
+
+def _file_option(name: str, help: str) -> Callable[[_F], _F]:
+    """An option naming a file that must exist."""
+    return click.option(
+        name,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help=help,
+    )
 
 
 @click.command()
@@ -41,8 +58,9 @@ __all__ = ["serve"]
 @click.option(
     "--broker",
     "broker_url",
-    metavar="mqtt://HOST:PORT",
-    help="MQTT broker to use; without it an embedded broker runs in this process.",
+    metavar="mqtt[s]://HOST:PORT",
+    help="MQTT broker to use (mqtts:// speaks TLS only, port 8883 by default); without it an "
+    "embedded broker runs in this process.",
 )
 @click.option(
     "--broker-port",
@@ -93,11 +111,54 @@ __all__ = ["serve"]
 @click.option(
     "--device-broker",
     "device_broker_url",
-    metavar="mqtt://HOST:PORT",
+    metavar="mqtt[s]://HOST:PORT",
     help="The broker address written into provisioned device configs, when devices reach the "
     "broker elsewhere than the server does (with --broker-auth-dir: Mosquitto's device "
     "listener, while the server uses its own; see docs/operations.md). Default: --broker.",
 )
+@click.option(
+    "--replica-id",
+    help="This server's name among several replicas on one database (PostgreSQL) and one "
+    "broker; each needs its own. Default: the host name.",
+)
+@click.option(
+    "--shared-subscriptions",
+    "share_group",
+    metavar="GROUP",
+    help="Split device reports and chunk requests among the replicas through MQTT shared "
+    "subscriptions ($share/GROUP/..., Mosquitto 2): every report is handled by exactly one.",
+)
+@click.option(
+    "--lease-ttl",
+    "lease_ttl_s",
+    type=click.FloatRange(min=1.0),
+    default=10.0,
+    show_default=True,
+    help="Seconds the rollout leader's lease lasts unrenewed: how long a dead leader's "
+    "rollouts wait before another replica takes them over.",
+)
+@_file_option(
+    "--broker-ca",
+    help="CA certificate that signed the broker's (mqtts://). Default: the system's CAs.",
+)
+@_file_option(
+    "--broker-cert",
+    help="Client certificate to show an mqtts:// broker that asks for one (with --broker-key).",
+)
+@_file_option("--broker-key", help="The private key of --broker-cert.")
+@_file_option(
+    "--device-ca",
+    help="CA certificate provisioned devices trust for an mqtts:// device broker; `fleet "
+    "provision --out` writes it beside their config. Default: --broker-ca.",
+)
+@_file_option(
+    "--fleet-ca",
+    help="The fleet CA's certificate (`fleet ca init`; never its key): revocation lists that "
+    "`fleet ca revoke` sends must be signed by it before the broker gets them "
+    "(with --broker-auth-dir).",
+)
+@_file_option("--https-cert", help="Serve the HTTP API over HTTPS with this certificate.")
+@_file_option("--https-key", help="The private key of --https-cert.")
 def serve(
     state_dir: Path,
     repo_dir: Path,
@@ -114,6 +175,16 @@ def serve(
     public_docs: bool,
     auto_register: bool | None,
     device_broker_url: str | None,
+    replica_id: str | None,
+    share_group: str | None,
+    lease_ttl_s: float,
+    broker_ca: Path | None,
+    broker_cert: Path | None,
+    broker_key: Path | None,
+    device_ca: Path | None,
+    fleet_ca: Path | None,
+    https_cert: Path | None,
+    https_key: Path | None,
 ) -> None:
     """Run the fleet server until Ctrl-C or SIGTERM.
 
@@ -134,8 +205,23 @@ def serve(
     With per-device credentials (Mosquitto reads the generated files):
       edgefleet serve --state state --repo repo --keys keys --broker mqtt://broker:1883 \\
         --broker-auth-dir /etc/mosquitto/edgefleet --broker-reload 'systemctl reload mosquitto'
+
+    \b
+    Two replicas on PostgreSQL (one leads the rollouts; either takes over within --lease-ttl):
+      edgefleet serve ... --db postgresql://fleet@db/fleet --broker mqtt://broker:1883 \\
+        --replica-id a --shared-subscriptions edgefleet --http-port 8080
     """
     from fleet_server.process import ServeOptions, run_server
+    from fleet_server.tls import BrokerTls, ServeTls
+
+    tls = ServeTls(
+        broker=BrokerTls(ca_file=broker_ca, cert_file=broker_cert, key_file=broker_key),
+        device_ca_file=device_ca,
+        fleet_ca_file=fleet_ca,
+        https_cert=https_cert,
+        https_key=https_key,
+    )
+    _check_tls_options(broker_url, device_broker_url, tls)
 
     token = os.environ.get(token_env, "")
     if not token:
@@ -161,5 +247,26 @@ def serve(
             public_docs=public_docs,
             auto_register=auto_register,
             device_broker_url=device_broker_url,
+            replica_id=replica_id,
+            share_group=share_group,
+            lease_ttl_s=lease_ttl_s,
+            tls=tls,
         )
     )
+
+
+def _check_tls_options(broker_url: str | None, device_url: str | None, tls: ServeTls) -> None:
+    """Refuse TLS options that would be silently ignored."""
+    broker_tls = tls.broker
+    if not (broker_url or "").startswith("mqtts://") and (
+        broker_tls.ca_file or broker_tls.cert_file or broker_tls.key_file
+    ):
+        raise click.UsageError("--broker-ca, --broker-cert and --broker-key need --broker mqtts://")
+    if (broker_tls.cert_file is None) != (broker_tls.key_file is None):
+        raise click.UsageError("give --broker-cert and --broker-key together")
+    if (tls.https_cert is None) != (tls.https_key is None):
+        raise click.UsageError("give --https-cert and --https-key together")
+    if tls.device_ca_file is not None and not (device_url or broker_url or "").startswith(
+        "mqtts://"
+    ):
+        raise click.UsageError("--device-ca needs an mqtts:// device broker (--device-broker)")

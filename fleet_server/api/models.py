@@ -26,6 +26,8 @@ from fleet_server.statuses import (
 __all__ = [
     "BundleView",
     "CommandRequest",
+    "CrlRequest",
+    "CrlView",
     "DeviceView",
     "ImportRequest",
     "MqttSettings",
@@ -89,6 +91,12 @@ class RolloutRequest(_Request):
     seed: int = 0
 
 
+class CrlRequest(_Request):
+    """The fleet CA's certificate revocation list, PEM, for the broker (``fleet ca revoke``)."""
+
+    crl_pem: str = Field(min_length=1, max_length=900_000)
+
+
 class CommandRequest(_Request):
     """Why an operator aborts (ignored by the other commands)."""
 
@@ -125,6 +133,7 @@ class DeviceView(_Reply):
     has_credentials: bool
     state_received_at: float | None
     clock_skew_s: float | None
+    last_event_reason: str | None
 
 
 class MqttSettings(BaseModel):
@@ -137,6 +146,20 @@ class MqttSettings(BaseModel):
     port: int | None = None
     username: str | None = None
     password: str | None = None
+    tls: bool = False
+    """The device broker speaks TLS only (``mqtts://``)."""
+    ca_pem: str | None = None
+    """The CA certificate(s) the device trusts for the broker, PEM (None: the system's)."""
+
+
+class CrlView(BaseModel):
+    """The revocation list now in the broker's hands."""
+
+    crl_number: int
+    revoked: int
+    """How many certificates it revokes."""
+    next_update: float | None
+    """When it expires (Unix time): the broker refuses every client certificate after that."""
 
 
 class ProvisionReply(BaseModel):

@@ -28,6 +28,7 @@ from fleet_server.db.engine import (
     session_factory,
     sqlite_url,
 )
+from fleet_server.db.leases import Lease
 from fleet_server.db.models import (
     Assignment,
     Base,
@@ -42,6 +43,7 @@ from fleet_server.db.models import (
     Wave,
     WaveDevice,
 )
+from fleet_server.db.windows import MaintenanceWindowRow
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -55,6 +57,8 @@ __all__ = [
     "Bundle",
     "Device",
     "DeviceTag",
+    "Lease",
+    "MaintenanceWindowRow",
     "Rollout",
     "RolloutPlan",
     "SchemaInfo",

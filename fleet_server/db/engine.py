@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DATABASE_URL = "sqlite:///edgefleet.db"
 """The database ``edgefleet serve`` uses when no ``--db`` is given (a file in the working folder)."""
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Each step takes a database from version N - 1 to N in the same transaction as the check.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (  # state reports ordered by the device's (epoch, sequence); clock skew measured
@@ -43,6 +43,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: (  # one status vocabulary, the rollout planner's (fleet_server.statuses)
         "UPDATE waves SET status = 'passed' WHERE status = 'succeeded'",
         "UPDATE wave_devices SET status = 'in-progress' WHERE status = 'downloading'",
+    ),
+    4: (  # replicas: a device's newest event reason is stored, not kept in one process's memory
+        "ALTER TABLE devices ADD COLUMN last_event_reason TEXT",
     ),
 }
 """The schema these models describe; a database holding another version is refused."""

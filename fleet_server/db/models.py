@@ -102,6 +102,8 @@ class Device(Base):
     state_epoch: Mapped[str | None] = mapped_column(String(32), nullable=True)
     state_received_at: Mapped[float | None] = mapped_column(Double, nullable=True)
     clock_skew_s: Mapped[float | None] = mapped_column(Double, nullable=True)
+    last_event_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The reason the device's newest event gave (a refusal, a rollback): read with its state."""
     """The server's receive time minus the device's clock, on its latest fresh state report."""
     credentials_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
     tags: Mapped[list[DeviceTag]] = relationship(

@@ -17,6 +17,8 @@ same :class:`~.unit.UnitOfWork` (sessions, transactions, batches)::
     timeline.py    what happened, in order
     access.py      API tokens (hashed) and the API's audit log
     stats.py       counts for /metrics, grouped in the database
+    leases.py      one holder at a time for a job (the rollout leader), fenced by epoch
+    windows.py     maintenance windows per tag (when a group may change models)
     _rows.py       argument checks, row lookups, rows -> records (no transactions)
 
 Unknown devices, bundles and rollouts are :class:`RegistryError` naming them;
@@ -32,6 +34,7 @@ from fleet_server.errors import RegistryError
 from fleet_server.registry.access import MAX_AUDIT_LIMIT, Access
 from fleet_server.registry.catalogue import Catalogue
 from fleet_server.registry.ingest import CLOCK_SKEW_WARN_S, Ingest
+from fleet_server.registry.leases import Leases
 from fleet_server.registry.retention import (
     AuditRetention,
     TelemetryRetention,
@@ -40,6 +43,7 @@ from fleet_server.registry.retention import (
 from fleet_server.registry.rollouts import Rollouts
 from fleet_server.registry.stats import FleetCounts, Stats
 from fleet_server.registry.timeline import MAX_TIMELINE_LIMIT, Timeline
+from fleet_server.registry.windows import TagWindows, Windows
 
 __all__ = [
     "CLOCK_SKEW_WARN_S",
@@ -48,12 +52,13 @@ __all__ = [
     "AuditRetention",
     "FleetCounts",
     "Registry",
+    "TagWindows",
     "TelemetryRetention",
     "TimelineRetention",
 ]
 
 
-class Registry(Catalogue, Ingest, Rollouts, Timeline, Stats, Access):
+class Registry(Catalogue, Ingest, Rollouts, Timeline, Leases, Stats, Access, Windows):
     """The fleet server's state, over a SQLAlchemy session factory.
 
     ``clock`` gives Unix time (tests pass a fake one). With ``auto_register``

@@ -197,6 +197,7 @@ def device_info(row: db.Device) -> DeviceInfo:
         has_credentials=row.credentials_hash is not None,
         state_received_at=row.state_received_at,
         clock_skew_s=row.clock_skew_s,
+        last_event_reason=row.last_event_reason,
     )
 
 

@@ -222,3 +222,12 @@ class Devices(UnitOfWork):
                 )
             session.flush()
             return device_info(row)
+
+    def states_since(self, since: float) -> list[DeviceInfo]:
+        """Devices whose reported state arrived at or after ``since`` (server time), by id: what a
+        rollout leader reads of the reports other replicas ingested."""
+        with self._transaction() as session:
+            rows = session.scalars(
+                select(db.Device).where(db.Device.state_received_at >= since).order_by(db.Device.id)
+            )
+            return [device_info(row) for row in rows]

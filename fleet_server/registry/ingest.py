@@ -17,9 +17,11 @@ from sqlalchemy.orm import Session
 from fleet_server import db
 from fleet_server.records import (
     Availability,
+    DeviceInfo,
     TimelineItem,
 )
 from fleet_server.registry._rows import (
+    device_info,
     timeline_entry,
     timeline_item,
 )
@@ -52,8 +54,9 @@ class Ingest(Devices, TelemetryStore):
 
     def record_state(
         self, device_id: str, payload: Any, *, received_at: float | None = None, fresh: bool = False
-    ) -> StateReport | None:
-        """Store a device's reported state, parsed; None when it is older than the one stored.
+    ) -> DeviceInfo | None:
+        """Store a device's reported state; the device as stored, or None when the report is older
+        than the one stored.
 
         Reports are ordered by the device's ``(epoch, sequence)`` (arrival
         order for devices that send none), never by the device's clock: a
@@ -99,7 +102,8 @@ class Ingest(Devices, TelemetryStore):
                         device_id,
                         -row.clock_skew_s,
                     )
-            return report
+            session.flush()
+            return device_info(row)
 
     def record_event(self, device_id: str, payload: Any) -> TimelineItem | None:
         """Add a device's update event or refusal to the timeline; None for a repeat.
@@ -132,6 +136,8 @@ class Ingest(Devices, TelemetryStore):
                     at=now,  # the server's clock: a device's own time stays in data["at"]
                 )
                 entry.dedupe_key = key
+                if event.reason:  # read with the device's next state report, by any replica
+                    row.last_event_reason = event.reason[:1024]
                 session.add(entry)
                 session.flush()
                 item = timeline_item(entry)

@@ -757,8 +757,14 @@ def test_a_schema_v1_database_is_migrated_in_place(
     first.record_state("cam-1", state("cam-1", "committed", 10.0))
     first.close()
     engine = db.make_engine(database_url)
-    with engine.begin() as connection:  # what a v1 server left: no ordering or skew columns
-        for column in ("state_sequence", "state_epoch", "state_received_at", "clock_skew_s"):
+    with engine.begin() as connection:  # what a v1 server left: no ordering, skew or reason
+        for column in (
+            "state_sequence",
+            "state_epoch",
+            "state_received_at",
+            "clock_skew_s",
+            "last_event_reason",
+        ):
             connection.exec_driver_sql(f"ALTER TABLE devices DROP COLUMN {column}")
         connection.execute(update(db.SchemaInfo).values(version=1))
     engine.dispose()
@@ -768,7 +774,7 @@ def test_a_schema_v1_database_is_migrated_in_place(
     assert migrated.record_state("cam-1", state("cam-1", "idle", 11.0, sequence=1, epoch="e"))
     engine = db.make_engine(database_url)
     with engine.connect() as connection:
-        assert connection.execute(select(db.SchemaInfo.version)).scalar() == db.SCHEMA_VERSION == 3
+        assert connection.execute(select(db.SchemaInfo.version)).scalar() == db.SCHEMA_VERSION == 4
     engine.dispose()
 
 

@@ -1,0 +1,96 @@
+"""Which server replica leads the rollouts: a lease on the shared database, renewed as it ticks.
+
+Every replica ingests device reports (MQTT shared subscriptions spread them)
+and serves chunks; only the holder of the ``rollouts`` lease drives the
+rollout planner, signs assignments and publishes TUF metadata. The holder
+renews the lease every third of its time to live; a replica that stops
+renewing (killed, paused, cut off) loses it when it expires and another
+takes over, with the next epoch: every write the old one might still try
+is fenced by its stale epoch (:class:`~fleet_server.registry.leases.Fence`).
+A lone server is simply a replica that always wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+from fleet_server.registry import Registry
+from fleet_server.registry.leases import Fence, LeaseInfo
+
+__all__ = ["LEADER_LEASE", "Leadership", "Turn", "default_replica_id"]
+
+log = logging.getLogger(__name__)
+
+LEADER_LEASE = "rollouts"
+"""The lease whose holder drives rollouts and publishes TUF metadata."""
+
+
+def default_replica_id() -> str:
+    """This host's name: a lone server keeps the lead across its own restarts."""
+    return socket.gethostname()[:100] or "edgefleet-serve"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one renewal changed: this replica ``gained`` or ``lost`` the lead (or neither)."""
+
+    leading: bool
+    gained: bool = False
+    lost: bool = False
+
+
+class Leadership:
+    """This replica's hold on the leader lease."""
+
+    def __init__(self, registry: Registry, replica_id: str, ttl_s: float = 10.0) -> None:
+        if not ttl_s > 0:
+            raise ValueError(f"the lease's time to live must be positive, got {ttl_s}")
+        self.registry = registry
+        self.replica_id = replica_id
+        self.ttl_s = ttl_s
+        self.fence: Fence | None = None
+        """The lease this replica holds now (None: it does not lead)."""
+        self._renewed_at: float | None = None
+
+    @property
+    def leading(self) -> bool:
+        return self.fence is not None
+
+    def due(self, monotonic_now: float) -> bool:
+        """Whether it is time to renew (every third of the time to live)."""
+        return self._renewed_at is None or monotonic_now - self._renewed_at >= self.ttl_s / 3
+
+    def renew(self, monotonic_now: float) -> Turn:
+        """Take or keep the lease; say whether the lead changed hands here."""
+        self._renewed_at = monotonic_now
+        held: LeaseInfo | None = self.registry.acquire_lease(
+            LEADER_LEASE, self.replica_id, self.ttl_s
+        )
+        was = self.fence
+        self.fence = None if held is None else held.fence
+        if held is not None and (was is None or was.epoch != held.epoch):
+            log.info("replica %s leads the rollouts (epoch %d)", self.replica_id, held.epoch)
+            return Turn(True, gained=True, lost=was is not None)
+        if held is None and was is not None:
+            log.warning("replica %s lost the lead of the rollouts", self.replica_id)
+            return Turn(False, lost=True)
+        return Turn(self.leading)
+
+    def lose(self, why: str) -> None:
+        """Stop leading now (a fenced write was refused: another replica took over)."""
+        if self.fence is not None:
+            log.warning("replica %s stops leading: %s", self.replica_id, why)
+        self.fence = None
+
+    def release(self) -> None:
+        """Give the lease up (a clean stop), so another replica takes over at once."""
+        if self.fence is not None:
+            self.registry.release_lease(self.fence)
+            self.fence = None
+
+    def leader(self) -> str | None:
+        """The replica that holds the lease now, as stored (None: nobody, or it expired)."""
+        info = self.registry.lease(LEADER_LEASE)
+        return None if info is None else info.holder
