@@ -27,6 +27,7 @@ from rich.table import Table
 from edge_runtime.atomic import atomic_write_bytes, atomic_write_text
 from edge_runtime.config import parse_config
 from edgefleet.commands._console import make_console
+from edgefleet.commands.fleet_access import audit, tokens
 from fleet_server.errors import FleetError
 from fleet_server.statuses import DeviceStatus
 
@@ -147,6 +148,8 @@ def fleet(ctx: click.Context, server: str, token_env: str) -> None:
       edgefleet fleet devices
       edgefleet fleet rollout create SHA --tags line1 --canary 1 --waves 50,100 --previous OLD
       edgefleet fleet rollout status 3 --watch
+      edgefleet fleet tokens create alice --role operator
+      edgefleet fleet audit --since 1d
     """
     ctx.obj = FleetApi(server, token_env)
 
@@ -423,6 +426,11 @@ def rollouts(api: FleetApi, as_json: bool) -> None:
 @click.option("--device-timeout", type=float, default=3600.0, show_default=True, help="Seconds.")
 @click.option("--health-window", type=float, default=600.0, show_default=True, help="Seconds.")
 @click.option("--approve-waves", is_flag=True, help="Wait for `approve` after every wave.")
+@click.option(
+    "--four-eyes",
+    is_flag=True,
+    help="Every approval needs two different people's tokens (implies --approve-waves).",
+)
 @_json_option
 @click.pass_obj
 def rollout_create(
@@ -436,6 +444,7 @@ def rollout_create(
     device_timeout: float,
     health_window: float,
     approve_waves: bool,
+    four_eyes: bool,
     as_json: bool,
 ) -> None:
     """Start a staged rollout of BUNDLE_SHA (all devices unless --tags or --devices)."""
@@ -450,7 +459,8 @@ def rollout_create(
     common = {
         "device_timeout_s": device_timeout,
         "health_window_s": health_window,
-        "approval_before_next": approve_waves,
+        "approval_before_next": approve_waves or four_eyes,
+        "approvals_required": 2 if four_eyes else 1,
     }
     try:
         percents = [float(p) for p in _csv((waves,))]
@@ -472,6 +482,14 @@ def rollout_create(
     console.print(_status_view(created))
 
 
+def _approvals(planner: dict[str, Any]) -> str:
+    """Who approved the next wave so far, and how many more must (four-eyes: two people)."""
+    needed, done = planner.get("approvals_required", 1), planner.get("approved_by") or []
+    if not done:
+        return f"waits for approval ({needed} {'person' if needed == 1 else 'different people'})"
+    return f"approved by {', '.join(done)}; waits for {needed - len(done)} more person's approval"
+
+
 def _status_view(view: dict[str, Any]) -> Group:
     planner = view.get("planner") or {}
     head = (
@@ -482,6 +500,8 @@ def _status_view(view: dict[str, Any]) -> Group:
         head += f"\nreason: {view['reason']}"
     if planner.get("skipped"):
         head += f"\nskipped: {', '.join(sorted(planner['skipped']))}"
+    if view["status"] == "awaiting-approval":
+        head += f"\n{_approvals(planner)}"
     table = Table("wave", "status", "devices", *_STATUS_ORDER)
     for wave in view["waves"]:
         counts = wave["counts"]
@@ -538,14 +558,23 @@ def _command(verb: str, summary: str) -> click.Command:
         if as_json:
             _print_json(view)
             return
-        make_console().print(f"rollout {rollout_id}: {view['status']}")
+        line = f"rollout {rollout_id}: {view['status']}"
+        if view["status"] == "awaiting-approval":
+            line += f" ({_approvals(view.get('planner') or {})})"
+        make_console().print(line)
 
     return command
 
 
 rollout.add_command(_command("pause", "Pause a running rollout: no new wave starts."))
 rollout.add_command(_command("resume", "Resume a paused rollout."))
-rollout.add_command(_command("approve", "Let a rollout awaiting approval start its next wave."))
+rollout.add_command(
+    _command(
+        "approve",
+        "Let a rollout awaiting approval start its next wave. A four-eyes rollout needs the "
+        "approval of two different tokens: the second one releases the wave.",
+    )
+)
 rollout.add_command(_command("abort", "Stop a rollout and roll its devices back."))
 
 
@@ -565,3 +594,7 @@ def rollout_timeline(api: FleetApi, rollout_id: int, limit: int, as_json: bool) 
         at = time.strftime("%H:%M:%S", time.localtime(t["at"]))
         table.add_row(at, t["kind"], t.get("device_id") or "", t["message"])
     make_console().print(table)
+
+
+fleet.add_command(tokens)
+fleet.add_command(audit)

@@ -1,17 +1,19 @@
-"""The fleet server's FastAPI app: bearer auth, the fleet's errors as JSON, health and metrics."""
+"""The fleet server's FastAPI app: bearer auth and roles, the audit trail, the fleet's errors as JSON,
+health and metrics."""
 
 from __future__ import annotations
 
-import hmac
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from edge_runtime import __version__
 from edge_runtime.errors import EdgefleetError
+from fleet_server.api.access_routes import access_routes
+from fleet_server.api.audit import AuditTrail
+from fleet_server.api.auth import Authenticator, ForbiddenError, Guards, UnauthorisedError
 from fleet_server.api.routes import bundle_routes, device_routes, rollout_routes
 from fleet_server.errors import (
     NotFoundError,
@@ -28,13 +30,6 @@ from fleet_server.server import FleetServer
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
-
-_bearer = HTTPBearer(auto_error=False)
-_Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-
-
-class _UnauthorisedError(Exception):
-    """Raised by the auth dependency; answered with a 401."""
 
 
 def _status_for(exc: EdgefleetError) -> int:
@@ -57,20 +52,17 @@ def create_app(
     public_docs: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
-    """The HTTP API over ``server``, guarded by the bearer ``token``.
+    """The HTTP API over ``server``, guarded by bearer tokens with roles.
 
+    ``token`` is the bootstrap token (an admin, named ``bootstrap`` in the
+    audit log); the tokens made with ``POST /tokens`` are valid too
+    (:mod:`fleet_server.api.auth`). Every request that is not a read is
+    recorded in the audit log (:mod:`fleet_server.api.audit`).
     ``device_mqtt`` (host, port, topic_prefix) is what a newly provisioned
     device should connect to; it is returned by ``POST /devices`` for its config.
     """
-    if not token:
-        raise ValueError("the API token must not be empty")
-    expected = token.encode("utf-8")
+    authenticate = Authenticator(server.registry, token)
     mqtt_settings = dict(device_mqtt or {"topic_prefix": server.prefix})
-
-    def authorised(credentials: _Credentials) -> None:
-        given = b"" if credentials is None else credentials.credentials.encode("utf-8")
-        if credentials is None or not hmac.compare_digest(given, expected):
-            raise _UnauthorisedError
 
     app = FastAPI(
         title="edgefleet fleet server",
@@ -79,16 +71,24 @@ def create_app(
     )
     public = {"/healthz", *(DOCS_PATHS if public_docs else ())}
     app.add_middleware(
-        RequestGuard, token=token, public_paths=public, max_body_bytes=max_body_bytes
+        RequestGuard,
+        authenticate=authenticate,
+        public_paths=public,
+        max_body_bytes=max_body_bytes,
     )
+    app.add_middleware(AuditTrail, record=server.registry.add_audit)  # outermost: sees 401s too
 
-    @app.exception_handler(_UnauthorisedError)
-    def _unauthorised(_request: Request, _exc: _UnauthorisedError) -> JSONResponse:
+    @app.exception_handler(UnauthorisedError)
+    def _unauthorised(_request: Request, _exc: UnauthorisedError) -> JSONResponse:
         return JSONResponse(
             {"error": "missing or wrong bearer token"},
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+    @app.exception_handler(ForbiddenError)
+    def _forbidden(_request: Request, exc: ForbiddenError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=403)
 
     @app.exception_handler(EdgefleetError)
     def _fleet_error(_request: Request, exc: EdgefleetError) -> JSONResponse:
@@ -115,20 +115,21 @@ def create_app(
             )
         return JSONResponse(body, status_code=503 if dead else 200)
 
-    guarded: list[Any] = [Depends(authorised)]
+    guards = Guards()
     fleet_metrics = FleetMetrics(server)
 
     @app.get(
         "/metrics",
         tags=["server"],
-        dependencies=guarded,
+        dependencies=guards.viewer,
         response_class=PlainTextResponse,
     )
     def metrics() -> Response:
-        """The fleet's state for Prometheus (text format), behind the token like every route."""
+        """The fleet's state for Prometheus (text format), for any token (a viewer's is enough)."""
         return Response(fleet_metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-    device_routes(app, server, guarded, mqtt_settings)
-    bundle_routes(app, server, guarded)
-    rollout_routes(app, server, guarded)
+    device_routes(app, server, guards, mqtt_settings)
+    bundle_routes(app, server, guards)
+    rollout_routes(app, server, guards)
+    access_routes(app, server.registry, guards)
     return app

@@ -14,6 +14,7 @@ from fleet_server.records import (
     RolloutInfo,
     check_name,
 )
+from fleet_server.rollout_approval import approvals_required
 from fleet_server.rollout_plan import RolloutState
 from fleet_server.rollout_spec import Sha256, WaveSpec
 from fleet_server.statuses import (
@@ -237,6 +238,10 @@ class PlannerView(BaseModel):
     devices: int
     skipped: dict[str, str]
     counts: dict[DeviceStatus, int]
+    approvals_required: int
+    """How many different people must approve the next wave, when it waits (2: four-eyes)."""
+    approved_by: list[str]
+    """Who approved the wave the rollout awaits, so far."""
 
     @classmethod
     def of(cls, plan: RolloutState) -> PlannerView:
@@ -247,6 +252,8 @@ class PlannerView(BaseModel):
             devices=len(plan.devices),
             skipped=dict(plan.skipped),
             counts={k: v for k, v in plan.device_counts().items() if v},
+            approvals_required=approvals_required(plan),
+            approved_by=list(plan.approved_by),
         )
 
 

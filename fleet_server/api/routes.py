@@ -7,10 +7,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from fastapi import Path as FastApiPath
 from fastapi.responses import Response
 
+from fleet_server.api.auth import Guards, principal_of
 from fleet_server.api.models import (
     BundleView,
     CommandRequest,
@@ -47,17 +48,18 @@ _TUF_ROOT = {
 
 
 def device_routes(
-    app: FastAPI, server: FleetServer, guarded: list[Any], mqtt_settings: dict[str, Any]
+    app: FastAPI, server: FleetServer, guards: Guards, mqtt_settings: dict[str, Any]
 ) -> None:
-    """Devices: list, provision, credentials, pins, and the root a new device trusts."""
+    """Devices: list and read (viewer), provision and pin (operator), credentials (admin), and
+    the root a new device trusts (viewer)."""
     registry = server.registry
 
-    @app.get("/devices", tags=["devices"], dependencies=guarded)
+    @app.get("/devices", tags=["devices"], dependencies=guards.viewer)
     def list_devices(tag: Annotated[list[str] | None, Query()] = None) -> list[DeviceView]:
         """Every device, or those carrying every ``tag`` given."""
         return [DeviceView.model_validate(d) for d in registry.devices(tag)]
 
-    @app.get("/devices/{device_id}", tags=["devices"], dependencies=guarded)
+    @app.get("/devices/{device_id}", tags=["devices"], dependencies=guards.viewer)
     def get_device(device_id: str) -> DeviceView:
         """One device."""
         return DeviceView.model_validate(registry.device(device_id))
@@ -68,7 +70,7 @@ def device_routes(
             settings |= {"username": device_id, "password": password}
         return MqttSettings.model_validate(settings)
 
-    @app.post("/devices", status_code=201, tags=["devices"], dependencies=guarded)
+    @app.post("/devices", status_code=201, tags=["devices"], dependencies=guards.operator)
     def provision(body: ProvisionRequest) -> ProvisionReply:
         """Provision a device; the reply holds the MQTT settings for its config.
 
@@ -82,7 +84,7 @@ def device_routes(
             device=DeviceView.model_validate(info), mqtt=with_credentials(body.id, password)
         )
 
-    @app.post("/devices/{device_id}/credentials", tags=["devices"], dependencies=guarded)
+    @app.post("/devices/{device_id}/credentials", tags=["devices"], dependencies=guards.admin)
     def rotate(device_id: str) -> ProvisionReply:
         """Issue a new broker password for a device (the old one stops at the broker's reload)."""
         password = server.rotate_credentials(device_id)
@@ -92,7 +94,7 @@ def device_routes(
             mqtt=with_credentials(device_id, password),
         )
 
-    @app.delete("/devices/{device_id}/credentials", tags=["devices"], dependencies=guarded)
+    @app.delete("/devices/{device_id}/credentials", tags=["devices"], dependencies=guards.admin)
     def revoke(device_id: str) -> DeviceView:
         """Remove a device's broker credentials: it can no longer connect."""
         server.revoke_credentials(device_id)
@@ -102,7 +104,7 @@ def device_routes(
     @app.get(
         "/trust/root",
         tags=["devices"],
-        dependencies=guarded,
+        dependencies=guards.viewer,
         response_class=Response,
         responses={200: {"content": {"application/json": {"schema": _TUF_ROOT}}}},
     )
@@ -110,22 +112,22 @@ def device_routes(
         """The newest TUF root metadata: what a newly provisioned device is given to trust."""
         return Response(server.repository.root_bytes(), media_type="application/json")
 
-    @app.put("/devices/{device_id}/pin", tags=["devices"], dependencies=guarded)
+    @app.put("/devices/{device_id}/pin", tags=["devices"], dependencies=guards.operator)
     def pin(device_id: str, body: PinRequest) -> DeviceView:
         """Keep a device on a bundle whatever rollouts say (``null`` unpins)."""
         return DeviceView.model_validate(registry.pin(device_id, body.sha256))
 
 
-def bundle_routes(app: FastAPI, server: FleetServer, guarded: list[Any]) -> None:
-    """Bundles: list and import."""
+def bundle_routes(app: FastAPI, server: FleetServer, guards: Guards) -> None:
+    """Bundles: list (viewer) and import (operator)."""
     registry = server.registry
 
-    @app.get("/bundles", tags=["bundles"], dependencies=guarded)
+    @app.get("/bundles", tags=["bundles"], dependencies=guards.viewer)
     def list_bundles() -> list[BundleView]:
         """Every imported bundle, oldest first."""
         return [BundleView.of(b) for b in registry.bundles()]
 
-    @app.post("/bundles/import", status_code=201, tags=["bundles"], dependencies=guarded)
+    @app.post("/bundles/import", status_code=201, tags=["bundles"], dependencies=guards.operator)
     def import_bundle(body: ImportRequest) -> BundleView:
         """Import a released bundle file from the server's disk."""
         path = Path(body.path)
@@ -157,24 +159,24 @@ def _rollout_view(server: FleetServer, rollout_id: int) -> RolloutView:
     return RolloutView.build(info, waves, totals, server.plan(rollout_id))
 
 
-def rollout_routes(app: FastAPI, server: FleetServer, guarded: list[Any]) -> None:
-    """Rollouts: list, plan and start, view, command, timeline."""
+def rollout_routes(app: FastAPI, server: FleetServer, guards: Guards) -> None:
+    """Rollouts: list, view and timeline (viewer); plan and start, command (operator)."""
     registry = server.registry
 
     def rollout_view(rollout_id: RolloutId) -> RolloutView:
         return _rollout_view(server, rollout_id)
 
-    @app.get("/rollouts", tags=["rollouts"], dependencies=guarded)
+    @app.get("/rollouts", tags=["rollouts"], dependencies=guards.viewer)
     def list_rollouts() -> list[RolloutSummary]:
         """Every rollout, oldest first."""
         return [RolloutSummary.of(r) for r in registry.rollouts()]
 
-    @app.get("/rollouts/{rollout_id}", tags=["rollouts"], dependencies=guarded)
+    @app.get("/rollouts/{rollout_id}", tags=["rollouts"], dependencies=guards.viewer)
     def get_rollout(rollout_id: RolloutId) -> RolloutView:
         """A rollout's status, its waves with device counts per status, and the planner's summary."""
         return rollout_view(rollout_id)
 
-    @app.post("/rollouts", status_code=201, tags=["rollouts"], dependencies=guarded)
+    @app.post("/rollouts", status_code=201, tags=["rollouts"], dependencies=guards.operator)
     def create_rollout(body: RolloutRequest) -> RolloutView:
         """Plan and start a staged rollout."""
         target = TargetSelector(body.target.kind, tuple(sorted(set(body.target.values))))
@@ -188,18 +190,23 @@ def rollout_routes(app: FastAPI, server: FleetServer, guarded: list[Any]) -> Non
         )
         return rollout_view(rollout_id)
 
-    @app.post("/rollouts/{rollout_id}/{verb}", tags=["rollouts"], dependencies=guarded)
+    @app.post("/rollouts/{rollout_id}/{verb}", tags=["rollouts"], dependencies=guards.operator)
     def command(
-        rollout_id: RolloutId, verb: Verb, body: CommandRequest | None = None
+        rollout_id: RolloutId, verb: Verb, request: Request, body: CommandRequest | None = None
     ) -> RolloutView:
-        """Pause, resume, approve or abort a running rollout."""
+        """Pause, resume, approve or abort a running rollout.
+
+        An approval counts once per token: a wave with ``approvals_required: 2``
+        (four-eyes) goes on at the second approval by a different token.
+        """
         registry.rollout(rollout_id)  # 404 for an unknown rollout
         reason = body.reason if body is not None else "operator abort"
-        server.command(rollout_id, verb, reason)
-        log.info("rollout %d: %s by the operator", rollout_id, verb)
+        who = principal_of(request).name
+        server.command(rollout_id, verb, reason, by=who)
+        log.info("rollout %d: %s by %s", rollout_id, verb, who)
         return rollout_view(rollout_id)
 
-    @app.get("/rollouts/{rollout_id}/timeline", tags=["rollouts"], dependencies=guarded)
+    @app.get("/rollouts/{rollout_id}/timeline", tags=["rollouts"], dependencies=guards.viewer)
     def timeline(
         rollout_id: RolloutId,
         limit: Annotated[int, Query(ge=1, le=MAX_TIMELINE_LIMIT)] = 100,
