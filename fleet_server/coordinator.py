@@ -120,10 +120,14 @@ class RolloutCoordinator:
         *,
         previous_sha256: str | None = None,
         seed: int = 0,
+        ignore_windows: bool = False,
     ) -> int:
         """Plan a rollout of the registered devices ``target`` covers, store it, start it: its id.
 
-        Planned first: a rollout that cannot be planned (:class:`RolloutPlanError`) writes no row.
+        The targets' maintenance windows are snapshotted into its spec;
+        ``ignore_windows`` sends every wave whole regardless (an emergency). Planned
+        first: a rollout that cannot be planned (:class:`RolloutPlanError`, or windows
+        that never open together) writes no row.
         """
         devices = self.registry.select_devices(target)
         if not devices:
@@ -144,8 +148,11 @@ class RolloutCoordinator:
             waves=tuple(waves),
             seed=seed,
             baseline=baseline,
+            windows=self.registry.tag_windows(t for d in devices for t in d.tags),
+            ignore_windows=ignore_windows,
         )
         state = RolloutState.create(spec, now)
+        spec.check_windows(now)
         info = self.registry.create_rollout(
             bundle_sha256, target, {}, previous_sha256=previous_sha256
         )

@@ -161,14 +161,14 @@ def settle(
     events: list[RolloutEvent],
     telemetry: Mapping[int, WaveTelemetry],
 ) -> Step:
-    """A running wave: send devices whose maintenance window opened; fail it once too few can
-    still commit; watch it once all are sent and resolved."""
-    rollout = send_due(rollout, index, now, actions, events)
+    """A running wave: fail it once too few can still commit; send the devices whose
+    maintenance window opened; watch it once all were sent and are resolved."""
     wave, spec = rollout.waves[index], rollout.spec.waves[index]
-    statuses = [rollout.devices[d] for d in wave.devices]
-    size = len(statuses)
-    committed = [p for p in statuses if p.status is DeviceStatus.COMMITTED]
-    lost = sum(p.status in (DeviceStatus.FAILED, DeviceStatus.TIMED_OUT) for p in statuses)
+    size = len(wave.devices)
+    lost = sum(
+        rollout.devices[d].status in (DeviceStatus.FAILED, DeviceStatus.TIMED_OUT)
+        for d in wave.devices
+    )
     need = math.ceil(round(spec.success_threshold * size, 9))
     label = wave_label(index)
     if size - lost < need:
@@ -177,6 +177,9 @@ def settle(
             f"{size - lost} can commit, {need} needed (threshold {spec.success_threshold:.0%})"
         )
         return fail_wave(rollout, index, reason, now, actions, events)
+    rollout = send_due(rollout, index, now, actions, events)
+    statuses = [rollout.devices[d] for d in wave.devices]
+    committed = [p for p in statuses if p.status is DeviceStatus.COMMITTED]
     if len(committed) + lost < size:
         return Step(rollout, actions, events)
     watch_until = max(p.finished_at or now for p in committed) + spec.health_window_s

@@ -122,6 +122,8 @@ def send_wave(
     waiting = _wait(closed, schedules, now)
     if starting:
         sent = f"sent {sha} to {len(due)} devices" if due else "started"
+        if state.spec.ignore_windows and state.spec.windows:
+            sent += " (their maintenance windows ignored)"
         events.append(
             state._event(EventKind.WAVE_STARTED, now, f"{label}: {sent}", wave=index, ids=due)
         )

@@ -347,6 +347,7 @@ class FleetServer:
         *,
         previous_sha256: str | None = None,
         seed: int = 0,
+        ignore_windows: bool = False,
     ) -> int:
         """Plan and start a rollout (on the leading replica); returns its id."""
         bundle = read_bundle(self.bundle_folder / f"{bundle_sha256}.efb")
@@ -360,6 +361,7 @@ class FleetServer:
                 time.time(),
                 previous_sha256=previous_sha256,
                 seed=seed,
+                ignore_windows=ignore_windows,
             )
 
     def tick(self, now: float) -> None:

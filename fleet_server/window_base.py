@@ -68,10 +68,14 @@ class Opening:
     end: float
 
 
+_NOT_ZONES = frozenset({"localtime", "factory", "posixrules"})
+"""Files of some tz databases that are no place's zone (localtime is the server machine's)."""
+
+
 @functools.lru_cache(maxsize=1)
 def _zone_names() -> dict[str, str]:
     """Every IANA zone name, keyed by its lower-case spelling."""
-    return {name.lower(): name for name in available_timezones()}
+    return {n.lower(): n for n in available_timezones() if n.lower() not in _NOT_ZONES}
 
 
 def checked_zone(name: str) -> str:
