@@ -8,6 +8,7 @@ opened (one Assign per tick), timeouts count from each device's own
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -56,8 +57,8 @@ def wave(**fields: Any) -> WaveSpec:
 
 
 def make(
-    tags: dict[str, tuple[str, ...]],
-    windows: dict[str, tuple[str, ...]] | None = None,
+    tags: Mapping[str, tuple[str, ...]],
+    windows: Mapping[str, tuple[str, ...]] | None = None,
     waves: tuple[WaveSpec, ...] = (wave(percent=100),),
     active: dict[str, str] | None = None,
     **fields: Any,
@@ -76,7 +77,7 @@ def make(
         previous_bundle=OLD,
         devices=devices,
         waves=waves,
-        windows=windows if windows is not None else LINE3,
+        windows=dict(windows if windows is not None else LINE3),
         **fields,
     )
     return RolloutState.create(spec, now=SAT_NOON - 60)

@@ -127,7 +127,7 @@ def test_bad_specs_raise_typed_errors_naming_the_part(
 
 def test_not_a_string_is_a_syntax_error() -> None:
     with pytest.raises(WindowSyntaxError, match="is text such as"):
-        parse_window(42)  # type: ignore[arg-type]
+        parse_window(42)
 
 
 def test_feb_30_with_a_weekday_opens_on_the_weekday_as_cron_does() -> None:
