@@ -5,11 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefleet-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint fmt venv mosquitto postgresql promtool clean help lock lock-upgrade test-latest audit sbom wheel
+.PHONY: demo test lint fmt venv mosquitto postgresql prometheus clean help lock lock-upgrade test-latest audit sbom wheel
 
 help:
 	@echo "make demo         set up .venv from locks/dev.lock.txt and run the end-to-end demo on embedded defaults"
-	@echo "make test         set up .venv (+ Mosquitto, PostgreSQL and promtool when root), lint, and run the whole test suite"
+	@echo "make test         set up .venv (+ Mosquitto, PostgreSQL and Prometheus when root), lint, and run the whole test suite"
 	@echo "make lint         ruff (lint + format check) and mypy"
 	@echo "make fmt          apply ruff formatting and safe fixes"
 	@echo "make lock         regenerate every lock in locks/ (keeps current pins where the ranges allow)"
@@ -61,7 +61,7 @@ lock-upgrade:
 # The same suite on the newest releases the ranges in pyproject.toml allow, in a
 # throw-away venv: breakage from new releases shows up here, on purpose.
 LATEST_VENV ?= $(or $(TMPDIR),/tmp)/edgefleet-latest-venv
-test-latest: mosquitto postgresql promtool
+test-latest: mosquitto postgresql prometheus
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install --quiet --progress-bar off --upgrade pip
@@ -102,14 +102,16 @@ postgresql:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
 	else echo "warning: PostgreSQL is not installed and this is not root; PostgreSQL tests will skip"; fi
 
-# The metrics tests check the device's and the server's /metrics with promtool (Debian's
-# prometheus package); install it when we can, otherwise those checks skip.
-promtool:
-	@if command -v promtool >/dev/null 2>&1; then :; \
+# The metrics tests check both /metrics with promtool, a real Prometheus scrapes the fleet
+# server and a device, and promtool checks and unit-tests the example alert rules
+# (devices/prometheus/): Debian's prometheus package ships both programs. Install it when
+# we can, otherwise those tests skip.
+prometheus:
+	@if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing promtool (the prometheus package) with apt-get"; \
+	  echo "installing prometheus and promtool (the prometheus package) with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
-	else echo "warning: promtool is not installed and this is not root; the promtool checks of /metrics will skip (sudo apt-get install prometheus)"; fi
+	else echo "warning: prometheus is not installed and this is not root; the Prometheus tests will skip (sudo apt-get install prometheus)"; fi
 
 lint: venv
 	$(BIN)/ruff check .
@@ -122,7 +124,7 @@ fmt: venv
 
 # As root the targets above install Mosquitto and PostgreSQL, so the tests must find them:
 # A missing Mosquitto or PostgreSQL fails the tests that need it (tests/services.py).
-test: venv mosquitto postgresql promtool lint
+test: venv mosquitto postgresql prometheus lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # DEMO_ARGS: e.g. --fast (about 75 s), --data ../shared/datasets/trashnet, --workdir DIR
