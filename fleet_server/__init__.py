@@ -4,8 +4,10 @@ The house, one idea per module, imports pointing down the list::
 
     process.py          the server as one process: brokers, MQTT client, uvicorn
     api/                HTTP: app.py (auth, errors, health, metrics), models.py, routes.py
-    metrics.py          /metrics for Prometheus, read from the registry at each scrape
+    metrics.py          /metrics for Prometheus: the registry's counts at each scrape, and
+                        the server's own work (queue, reports, chunks, batch histograms)
     server.py           FleetServer, the broker-facing shell: reports in, assignments out
+      instruments.py      the report batches' histograms, for /metrics
       inbox.py            reports queued off paho's thread, read in batches
       chunk_server.py     bundle chunks to devices (chunk_io.py: requests, files, counters)
       publisher.py        TUF metadata, retained
@@ -15,7 +17,7 @@ The house, one idea per module, imports pointing down the list::
     quality_gate.py     a wave's verdict from figures (quality_figures.py: the figures)
     registry/           the database, in rooms: unit (transactions), catalogue, devices,
                         ingest, telemetry, rollouts (the planner state saved and projected
-                        into tables: the one writer), timeline
+                        into tables: the one writer), timeline, stats (counts for /metrics)
     db/                 models.py (tables), engine.py (engines, sessions, migrations)
     statuses.py         the one vocabulary of rollout, wave and device statuses
     records.py          the plain frozen records the registry hands out
