@@ -70,17 +70,28 @@ class Stats(UnitOfWork):
                 select(db.Rollout.status, func.count()).group_by(db.Rollout.status)
             ).all()
             bundles = session.scalar(select(func.count()).select_from(db.Bundle)) or 0
+            per_bundle = (  # devices grouped once, then joined to the (small) catalogue
+                select(device.active_bundle.label("sha256"), func.count().label("devices"))
+                .where(device.active_bundle.is_not(None))
+                .group_by(device.active_bundle)
+                .subquery()
+            )
             running = session.execute(
-                select(db.Bundle.name, db.Bundle.version, func.count(device.id))
-                .select_from(db.Bundle)
-                .outerjoin(device, device.active_bundle == db.Bundle.sha256)
+                select(
+                    db.Bundle.name,
+                    db.Bundle.version,
+                    func.coalesce(func.sum(per_bundle.c.devices), 0),
+                )
+                .outerjoin(per_bundle, per_bundle.c.sha256 == db.Bundle.sha256)
                 .group_by(db.Bundle.name, db.Bundle.version)
             ).all()
+            # a wave's entries name no device (they are the rollout's own), so the index on
+            # device_id finds them among the far more numerous device entries
             entry = db.TimelineEntry
             outcome = entry.data[("verdict", "outcome")].as_string()
             verdicts = session.execute(
                 select(entry.kind, outcome, func.count())
-                .where(entry.rollout_id.is_not(None), entry.kind.in_(_GATE_KINDS))
+                .where(entry.device_id.is_(None), entry.kind.in_(_GATE_KINDS))
                 .group_by(entry.kind, outcome)
             ).all()
         return FleetCounts(
