@@ -15,6 +15,7 @@ from fleet_server.api.access_routes import access_routes
 from fleet_server.api.audit import AuditTrail
 from fleet_server.api.auth import Authenticator, ForbiddenError, Guards, UnauthorisedError
 from fleet_server.api.routes import bundle_routes, device_routes, rollout_routes
+from fleet_server.api.window_routes import window_routes
 from fleet_server.errors import (
     NotFoundError,
     RegistryError,
@@ -132,4 +133,5 @@ def create_app(
     bundle_routes(app, server, guards)
     rollout_routes(app, server, guards)
     access_routes(app, server.registry, guards)
+    window_routes(app, server.registry, guards)
     return app

@@ -3,6 +3,7 @@ describes real schemas, and a reply that strays from them is a server error, not
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -17,12 +18,14 @@ from fleet_server.records import (
 from fleet_server.rollout_approval import approvals_required
 from fleet_server.rollout_plan import RolloutState
 from fleet_server.rollout_spec import Sha256, WaveSpec
+from fleet_server.rollout_windows import window_wait
 from fleet_server.statuses import (
     TERMINAL_ROLLOUT_STATUSES,
     DeviceStatus,
     RolloutStatus,
     WaveStatus,
 )
+from fleet_server.windows import describe_time
 
 __all__ = [
     "BundleView",
@@ -90,6 +93,9 @@ class RolloutRequest(_Request):
     previous_sha256: Sha256 | None = None
     waves: list[WaveSpec] = Field(min_length=1, max_length=100)
     seed: int = 0
+    ignore_windows: bool = False
+    """Send every wave at once, whatever the devices' maintenance windows (an emergency; the
+    rollout's timeline and the audit log record it)."""
 
 
 class CrlRequest(_Request):
@@ -242,9 +248,19 @@ class PlannerView(BaseModel):
     """How many different people must approve the next wave, when it waits (2: four-eyes)."""
     approved_by: list[str]
     """Who approved the wave the rollout awaits, so far."""
+    ignore_windows: bool
+    """Created with ``ignore_windows``: every wave is sent whole, maintenance windows or not."""
+    waiting_for_window: list[str]
+    """Devices of a running wave not sent yet: outside their maintenance windows."""
+    next_window_opens_at: float | None
+    next_window_opens: str | None
+    """When the first of them may be sent, in its window's zone (``Sun 02:00 Europe/Paris``)."""
 
     @classmethod
     def of(cls, plan: RolloutState) -> PlannerView:
+        now = time.time()
+        wait = window_wait(plan, now)
+        opens = None if wait is None else wait.next_open
         return cls(
             status=plan.status,
             current_wave=plan.current_wave,
@@ -254,6 +270,12 @@ class PlannerView(BaseModel):
             counts={k: v for k, v in plan.device_counts().items() if v},
             approvals_required=approvals_required(plan),
             approved_by=list(plan.approved_by),
+            ignore_windows=plan.spec.ignore_windows,
+            waiting_for_window=[] if wait is None else list(wait.devices),
+            next_window_opens_at=opens,
+            next_window_opens=(
+                None if wait is None or opens is None else describe_time(opens, wait.zone_name, now)
+            ),
         )
 
 

@@ -177,8 +177,8 @@ def rollout_routes(app: FastAPI, server: FleetServer, guards: Guards) -> None:
         return rollout_view(rollout_id)
 
     @app.post("/rollouts", status_code=201, tags=["rollouts"], dependencies=guards.operator)
-    def create_rollout(body: RolloutRequest) -> RolloutView:
-        """Plan and start a staged rollout."""
+    def create_rollout(body: RolloutRequest, request: Request) -> RolloutView:
+        """Plan and start a staged rollout (``ignore_windows``: sent at once, windows or not)."""
         target = TargetSelector(body.target.kind, tuple(sorted(set(body.target.values))))
         registry.bundle(body.bundle_sha256)  # 404 for an unknown bundle before planning
         rollout_id = server.create_rollout(
@@ -187,7 +187,14 @@ def rollout_routes(app: FastAPI, server: FleetServer, guards: Guards) -> None:
             body.waves,
             previous_sha256=body.previous_sha256,
             seed=body.seed,
+            ignore_windows=body.ignore_windows,
         )
+        if body.ignore_windows:
+            who = principal_of(request).name
+            message = f"maintenance windows ignored (created by {who} with ignore_windows)"
+            registry.add_timeline(
+                "windows-ignored", message, rollout_id=rollout_id, data={"by": who}
+            )
         return rollout_view(rollout_id)
 
     @app.post("/rollouts/{rollout_id}/{verb}", tags=["rollouts"], dependencies=guards.operator)
