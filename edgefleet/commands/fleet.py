@@ -28,6 +28,7 @@ from edge_runtime.atomic import atomic_write_bytes, atomic_write_text
 from edge_runtime.config import parse_config
 from edgefleet.commands._console import make_console
 from edgefleet.commands.fleet_access import audit, tokens
+from edgefleet.commands.fleet_windows import waiting_line, windows
 from fleet_server.errors import FleetError
 from fleet_server.statuses import DeviceStatus
 
@@ -431,6 +432,12 @@ def rollouts(api: FleetApi, as_json: bool) -> None:
     is_flag=True,
     help="Every approval needs two different people's tokens (implies --approve-waves).",
 )
+@click.option(
+    "--ignore-windows",
+    is_flag=True,
+    help="Send every wave at once, whatever the devices' maintenance windows (an emergency: "
+    "recorded in the rollout's timeline and the audit log).",
+)
 @_json_option
 @click.pass_obj
 def rollout_create(
@@ -445,6 +452,7 @@ def rollout_create(
     health_window: float,
     approve_waves: bool,
     four_eyes: bool,
+    ignore_windows: bool,
     as_json: bool,
 ) -> None:
     """Start a staged rollout of BUNDLE_SHA (all devices unless --tags or --devices)."""
@@ -470,9 +478,11 @@ def rollout_create(
         ) from exc
     spec = [{"count": canary, **common}] if canary else []
     spec += [{"percent": p, **common} for p in percents]
-    body = {"bundle_sha256": bundle_sha, "target": target, "waves": spec}
+    body: dict[str, Any] = {"bundle_sha256": bundle_sha, "target": target, "waves": spec}
     if previous_sha:
         body["previous_sha256"] = previous_sha
+    if ignore_windows:
+        body["ignore_windows"] = True
     created = api.request("POST", "/rollouts", body)
     if as_json:
         _print_json(created)
@@ -502,6 +512,10 @@ def _status_view(view: dict[str, Any]) -> Group:
         head += f"\nskipped: {', '.join(sorted(planner['skipped']))}"
     if view["status"] == "awaiting-approval":
         head += f"\n{_approvals(planner)}"
+    if planner.get("waiting_for_window"):
+        head += f"\n{waiting_line(planner)}"
+    if planner.get("ignore_windows"):
+        head += "\nmaintenance windows ignored (--ignore-windows)"
     table = Table("wave", "status", "devices", *_STATUS_ORDER)
     for wave in view["waves"]:
         counts = wave["counts"]
@@ -598,3 +612,4 @@ def rollout_timeline(api: FleetApi, rollout_id: int, limit: int, as_json: bool) 
 
 fleet.add_command(tokens)
 fleet.add_command(audit)
+fleet.add_command(windows)
