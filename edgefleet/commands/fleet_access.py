@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.commands._console import make_console
@@ -197,12 +198,16 @@ def audit(api: FleetApi, since: str | None, actor: str | None, limit: int, as_js
     for e in rows:
         who = "-" if e["actor"] is None else f"{e['actor']} ({e['role']})"
         outcome = str(e["status"]) + (f" {e['error']}" if e.get("error") else "")
+        request = f"{e['method']} {e['path']}"
+        if e.get("body"):
+            body = " ".join(str(e["body"]).split())
+            request += f"\n[dim]{escape(body if len(body) <= 48 else body[:45] + '...')}[/]"
         table.add_row(
             _when(e["at"]),
             who,
             e.get("client") or "-",
-            f"{e['method']} {e['path']}",
-            outcome,
+            request,
+            escape(outcome),
             style="red" if e["status"] >= 400 else None,
         )
     console = make_console()
