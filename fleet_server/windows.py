@@ -272,10 +272,12 @@ class Schedule:
 
     def next_open(self, at: float) -> float | None:
         """``at`` when open then, else the first time after it when every group is open (None:
-        they never are within the windows' search horizon, years for rare cron dates)."""
+        they never are within a year, or within the cron windows' eight years)."""
         if not self.groups:
             return at
-        horizon = at + 86400.0 * max(w.search_days for _, ws in self.groups for w in ws)
+        days = max(w.search_days for _, ws in self.groups for w in ws)
+        # groups in zones with different daylight-saving dates may meet only some weeks a year
+        horizon = at + 86400.0 * (max(days, 366) if len(self.groups) > 1 else days)
         t = at
         for _ in range(10_000):
             waits = [_group_next(windows, t) for _, windows in self.groups]

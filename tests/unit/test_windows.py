@@ -313,6 +313,19 @@ def test_zones_apart_meet_where_they_overlap() -> None:
     assert schedule.next_open(utc(2026, 3, 15, 12)) == utc(2026, 3, 16, 0, 0)
 
 
+def test_zones_that_meet_only_between_their_daylight_saving_dates_are_found() -> None:
+    """Paris at midnight and New York at 19:00 are the same instant only in the weeks when New
+    York already keeps summer time and Paris does not (14 to 28 March 2027)."""
+    schedule = Schedule.of(
+        ["eu", "us"],
+        {"eu": ("daily 00:00-00:30 Europe/Paris",), "us": ("daily 19:00-19:30 America/New_York",)},
+    )
+    assert (
+        schedule.next_open(utc(2026, 12, 1))
+        == datetime(2027, 3, 14, 23, 0, tzinfo=timezone.utc).timestamp()
+    )
+
+
 def test_an_unconstrained_schedule_is_always_open() -> None:
     schedule = Schedule.of(["line-1"], {"line-2": ("Sun 02:00-04:00 UTC",)})
     assert schedule.groups == () and schedule.is_open(0.0) and schedule.next_open(5.0) == 5.0
