@@ -13,11 +13,15 @@ The house, one idea per module, imports pointing down the list::
       publisher.py        TUF metadata, retained
     coordinator.py      RolloutCoordinator: the followed rollouts, driven by plain values
     rollout_plan.py     the planner, a pure state machine (rollout_rules.py: its rules;
-                        rollout_progress.py: its values; rollout_spec.py: what was asked)
+                        rollout_progress.py: its values; rollout_spec.py: what was asked;
+                        rollout_windows.py: sending as maintenance windows allow)
+    windows.py          maintenance window specs parsed and evaluated (window_base.py: what
+                        every window is; window_cron.py: cron-like windows)
     quality_gate.py     a wave's verdict from figures (quality_figures.py: the figures)
     registry/           the database, in rooms: unit (transactions), catalogue, devices,
                         ingest, telemetry, rollouts (the planner state saved and projected
-                        into tables: the one writer), timeline, stats (counts for /metrics)
+                        into tables: the one writer), timeline, stats (counts for /metrics),
+                        windows (maintenance windows per tag)
     db/                 models.py (tables), engine.py (engines, sessions, migrations)
     statuses.py         the one vocabulary of rollout, wave and device statuses
     records.py          the plain frozen records the registry hands out
