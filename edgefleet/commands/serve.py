@@ -75,7 +75,8 @@ def _file_option(name: str, help: str) -> Callable[[_F], _F]:
     "--token-env",
     default="EDGEFLEET_TOKEN",
     show_default=True,
-    help="Environment variable holding the API's bearer token.",
+    help="Environment variable holding the API's bootstrap token: an admin (named 'bootstrap' "
+    "in the audit log) that makes everyone's own tokens with `edgefleet fleet tokens create`.",
 )
 @click.option(
     "--broker-auth-dir",
@@ -193,8 +194,10 @@ def serve(
     signs assignments, snapshot and timestamp with the online keys (never
     the release key), serves bundle chunks and drives staged rollouts over
     MQTT, and answers the operator's `edgefleet fleet` commands on its HTTP
-    API (bearer token on every route but /healthz, checked before a body is
-    read; bodies over 1 MiB refused; OpenAPI docs at /docs).
+    API (bearer tokens with roles, viewer, operator and admin, on every
+    route but /healthz, checked before a body is read; every change recorded
+    in the audit log, `edgefleet fleet audit`; bodies over 1 MiB refused;
+    OpenAPI docs at /docs).
 
     \b
     Example:
