@@ -3,7 +3,9 @@
 The house, one idea per module, imports pointing down the list::
 
     process.py          the server as one process: brokers, MQTT client, uvicorn
-    api/                HTTP: app.py (auth, errors, health, metrics), models.py, routes.py
+    api/                HTTP: app.py (errors, health, metrics), models.py, routes.py; auth.py
+                        (tokens and each route's role), audit.py (the audit trail),
+                        access_routes.py (/tokens, /audit)
     metrics.py          /metrics for Prometheus: the registry's counts at each scrape, and
                         the server's own work (queue, reports, chunks, batch histograms)
     server.py           FleetServer, the broker-facing shell: reports in, assignments out
@@ -14,17 +16,20 @@ The house, one idea per module, imports pointing down the list::
     coordinator.py      RolloutCoordinator: the followed rollouts, driven by plain values
     rollout_plan.py     the planner, a pure state machine (rollout_rules.py: its rules;
                         rollout_progress.py: its values; rollout_spec.py: what was asked;
-                        rollout_windows.py: sending as maintenance windows allow)
+                        rollout_windows.py: sending as maintenance windows allow;
+                        rollout_approval.py: one approval, or two people's: four-eyes)
     windows.py          maintenance window specs parsed and evaluated (window_base.py: what
                         every window is; window_cron.py: cron-like windows)
     quality_gate.py     a wave's verdict from figures (quality_figures.py: the figures)
     registry/           the database, in rooms: unit (transactions), catalogue, devices,
                         ingest, telemetry, rollouts (the planner state saved and projected
                         into tables: the one writer), timeline, stats (counts for /metrics),
-                        windows (maintenance windows per tag)
+                        windows (maintenance windows per tag), access (API tokens, the
+                        audit log)
     db/                 models.py (tables), engine.py (engines, sessions, migrations)
     statuses.py         the one vocabulary of rollout, wave and device statuses
     records.py          the plain frozen records the registry hands out
+    access.py           roles, token secrets and their hashes, audit records (pure)
     reports.py          device reports parsed by edge_runtime.protocol (one wire format)
     trust/              the TUF repository and the online keys
     errors.py           typed errors (NotFoundError is a 404)
