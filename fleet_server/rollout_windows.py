@@ -16,7 +16,7 @@ clock; the caller passes ``now``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -102,11 +102,14 @@ def send_wave(
     and appends the :class:`Assign` and the events; ``starting`` is the
     wave's start (which always says so). Whether anything was sent.
     """
-    schedules = state.spec.schedules()
     pending = [d for d in state.waves[index].devices if devices[d].status is DeviceStatus.PENDING]
+    schedules = state.spec.schedules() if pending else {}
     already = {d for d in pending if state._on_bundle(devices[d].phase, devices[d].active)}
+    open_now: dict[Schedule, bool] = {}  # devices share schedules: each is evaluated once
+    for schedule in {schedules[d] for d in pending if d in schedules and d not in already}:
+        open_now[schedule] = schedule.is_open(now)
     closed = {
-        d for d in pending if d not in already and d in schedules and not schedules[d].is_open(now)
+        d for d in pending if d in schedules and d not in already and not open_now[schedules[d]]
     }
     due = tuple(d for d in pending if d not in closed)
     for d in due:
@@ -148,7 +151,8 @@ def send_due(
 ) -> RolloutState:
     """A tick of running wave ``index``: send the devices whose windows opened (the state as is
     when none did, or when the rollout has no windows)."""
-    if not state.spec.schedules() or not _has_pending(state, state.waves[index].devices):
+    spec = state.spec
+    if not spec.windows or spec.ignore_windows or not _has_pending(state, index):
         return state
     devices = dict(state.devices)
     if not send_wave(state, index, now, devices, actions=actions, events=events, starting=False):
@@ -156,5 +160,5 @@ def send_due(
     return state._changed(now, devices=devices)
 
 
-def _has_pending(state: RolloutState, ids: Sequence[str]) -> bool:
-    return any(state.devices[d].status is DeviceStatus.PENDING for d in ids)
+def _has_pending(state: RolloutState, index: int) -> bool:
+    return any(state.devices[d].status is DeviceStatus.PENDING for d in state.waves[index].devices)
