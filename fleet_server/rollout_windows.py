@@ -74,9 +74,8 @@ def _wait(ids: Iterable[str], schedules: dict[str, Schedule], now: float) -> Win
     waiting = tuple(sorted(d for d in ids if d in schedules))
     if not waiting:
         return None
-    opens = {schedules[d]: 0.0 for d in waiting}
     known = []
-    for schedule in opens:
+    for schedule in dict.fromkeys(schedules[d] for d in waiting):  # each schedule once
         at = schedule.next_open(now)
         if at is not None:
             known.append((at, schedule.zone_name))
@@ -132,8 +131,11 @@ def send_wave(
         )
         if waiting is not None:
             message = f"{label}: {waiting.describe(now)}"
-            ids = tuple(sorted(closed))
-            events.append(state._event(EventKind.WINDOW_WAITING, now, message, wave=index, ids=ids))
+            events.append(
+                state._event(
+                    EventKind.WINDOW_WAITING, now, message, wave=index, ids=waiting.devices
+                )
+            )
     elif due:
         message = f"{label}: sent {sha} to {len(due)} devices as their maintenance window opened"
         if waiting is not None:
