@@ -121,6 +121,8 @@ class SimDevice:
         if self.state.phase is not UpdatePhase.DOWNLOADING:
             return  # already running it: the lifecycle says so
         if self._fetcher is not None:
+            if self._fetcher.download.sha256 == ref.sha256:
+                return  # a newer assignment of the bundle being fetched: keep fetching it
             self._fetcher.stop()
         download = ChunkDownload(
             self.folder / "downloads", ref.sha256, assignment.length, window_timeout=10.0
@@ -134,15 +136,17 @@ class SimDevice:
         self._fetcher.start()
 
     def _fetched(self) -> None:
-        fetcher, self._fetcher = self._fetcher, None
+        fetcher = self._fetcher
+        if fetcher is None or not fetcher.done.is_set():
+            return  # from a fetcher replaced since (another bundle), or already handled
+        self._fetcher = None
         target, assignment = self.state.target, self._assignment
-        if fetcher is None or target is None or assignment is None:
-            return
-        if fetcher.error is not None:
-            self._apply(self.state.failed(str(fetcher.error), time.time()))
+        if target is None or assignment is None or self.state.phase is not UpdatePhase.DOWNLOADING:
             return
         path = fetcher.path
-        assert path is not None
+        if fetcher.error is not None or path is None:
+            self._apply(self.state.failed(str(fetcher.error or "no file"), time.time()))
+            return
         self._apply(self.state.download_complete(time.time()))
         try:
             self.trust.verify_file(path, self.trust.bundle_target(target.bundle.sha256))
@@ -276,7 +280,11 @@ class SimFleet:
             if event == "metadata":
                 with self._lock:
                     device._queued = False
-            device.handle(event)
+            try:
+                device.handle(event)
+            except Exception as exc:  # boundary: one device's bug must not stop the shared workers
+                device.errors.append(f"simulator: {exc!r}")
+                log.exception("%s: handling %s failed", device.device_id, event)
 
 
 @dataclass(frozen=True)
