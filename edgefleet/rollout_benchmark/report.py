@@ -68,7 +68,7 @@ def build_report(m: Measured) -> dict[str, Any]:
         "device_counts": m.view.get("counts") or {},
         "committed": committed,
         "wall_s": round(m.elapsed, 2),
-        "floor_s": None if floor_s is None else round(floor_s, 3),
+        "floor_s": None if floor_s is None else round(floor_s, 4),
         "floor_ratio": ratio,
         "target_s": TARGET_S,
         "met": bool(
