@@ -3,20 +3,27 @@
 A simulated fleet server drives the real :class:`RolloutState` of a small
 random fleet (3-12 cameras, 1-3 waves with short device timeouts, health
 windows and gate timeouts, random pins, tags, named and counted waves, seeds,
-devices that already run the new bundle): device reports of every lifecycle
-phase with the new, the previous, another or no bundle active and any target,
-ticks with the clock moving on by random amounts (past device timeouts,
-health windows and gate timeouts) with healthy, bad, thin or missing
-telemetry for the gate :meth:`RolloutState.gate_due` names, the operator's
-commands whether or not they apply, and server restarts (the state through
-JSON and back, then :func:`recover`). The rules and the tables below are
-written from the planner's docstrings, not from its code, and checked after
-every step:
+devices that already run the new bundle, maintenance windows around the start
+time, one or two approvers): device reports of every lifecycle phase with the
+new, the previous, another or no bundle active and any target, ticks with the
+clock moving on by random amounts or to just before, on and just after the
+next deadline (device timeout, end of the health window, gate timeout, a
+window opening) with healthy, bad, thin or missing telemetry for the gate
+:meth:`RolloutState.gate_due` names, the operator's commands (any approver)
+whether or not they apply, and server restarts (the state through JSON and
+back, then :func:`recover`). Calm runs (nobody fails, aborts or misses a
+deadline) get through every wave; the others explore failures. Besides the
+input it applies, each step also judges what-if inputs it does not apply:
+every telling report from one device of each status, a tick at each coming
+deadline, every approver while an approval is due. The rules and the tables
+below are written from the planner's docstrings, not from its code, and
+checked after every step:
 
 * every input leaves the state it was given untouched; an illegal command
-  raises :class:`IllegalRolloutTransitionError`; a state that changes gets a
-  higher ``sequence`` and ``updated_at`` now, one that does not comes with no
-  action and no event; every event is dated now;
+  raises :class:`IllegalRolloutTransitionError` (approving twice as the same
+  person, or unnamed where two people must approve, too); a state that
+  changes gets a higher ``sequence`` and ``updated_at`` now, one that does
+  not comes with no action and no event; every event is dated now;
 * the state round-trips through JSON exactly; every planned device is in
   exactly one wave (sorted, with its own wave number) and the pinned ones in
   none;
@@ -30,15 +37,20 @@ every step:
   change it; ``finished_at`` is set iff it is finished; ``paused_from`` iff
   it is paused; waves before the current one passed or were skipped, waves
   after it never started, at most one (the current) runs or is watched, and
-  a decided wave never changes again;
-* every ``Assign`` sends the new bundle to exactly the wave being opened
-  (from :func:`recover`: to the devices sent it and unfinished); every
+  a decided wave never changes again; approvals are by different people, and
+  a live rollout keeps a partial approval only while that approval is due;
+* every ``Assign`` sends the new bundle to exactly the devices of the wave
+  being opened, or (a tick) of the running wave, that may go: outside any
+  maintenance window, inside their windows, or already on the bundle (from
+  :func:`recover`: to the devices sent it and unfinished); every
   ``Rollback`` sends the previous bundle to exactly the devices that were sent
-  the new one; a rollout ends ``rolled-back`` only with one;
-* after a tick no device of a running wave is past its deadline, a running
-  wave can still reach its threshold, a watched wave is inside its health
-  window or waits for telemetry inside its gate timeout; a wave passes only
-  after its health window, which counts from its last commit;
+  the new one; a rollout ends ``rolled-back`` only with one; no step both
+  sends the bundle and rolls it back;
+* after a tick no device of a running wave is past its deadline or may go
+  but waits, a running wave can still reach its threshold, a watched wave is
+  inside its health window or waits for telemetry inside its gate timeout; a
+  wave is watched only once every device was sent and answered, and passes
+  only after its health window, which counts from its last commit;
 * :meth:`RolloutState.gate_due` agrees with :meth:`RolloutState.tick`: when
   it says None, no telemetry changes what a tick does; when it names a wave,
   healthy telemetry for it passes that wave, bad telemetry fails it, and
@@ -143,7 +155,37 @@ def _need(spec: WaveSpec, size: int) -> int:
     return math.ceil(round(spec.success_threshold * size, 9))
 
 
+def _on(phase: str | None, active: str | None) -> bool:
+    return phase in RESTING and active == NEW
+
+
+def _may_go(state: RolloutState, index: int, now: float) -> tuple[str, ...]:
+    """Wave ``index``'s pending devices that may be sent at ``now``: outside any maintenance
+    window, inside their windows, or already on the bundle (they commit, window or not)."""
+    schedules = state.spec.schedules()
+    return tuple(
+        d
+        for d in state.waves[index].devices
+        if state.devices[d].status is D.PENDING
+        and (
+            _on(state.devices[d].phase, state.devices[d].active)
+            or d not in schedules
+            or schedules[d].is_open(now)
+        )
+    )
+
+
 # --- the fleet ----------------------------------------------------------------------------
+
+WINDOWS: list[dict[str, tuple[str, ...]]] = [
+    {},
+    {},
+    {"dock": ("08:01-08:03 UTC",)},  # T0 is Fri 08:00 UTC: opens in a minute, for two
+    {"dock": ("07:00-08:02 UTC",)},  # open, closes in two minutes until tomorrow 07:00
+    {"dock": ("08:01-08:03 UTC",), "line": ("08:02-09:00 UTC",)},  # both: 08:02-08:03
+    {"line": ("Fri 08:00-08:01 UTC", "Sat 00:00-00:30 UTC")},
+]
+"""Maintenance windows of the tags around T0 (a device with both tags needs both open)."""
 
 
 @st.composite
@@ -193,7 +235,15 @@ def rollout_specs(draw: st.DrawFn) -> RolloutSpec:
                 device_timeout_s=draw(st.sampled_from([5.0, 20.0, 60.0])),
                 health_window_s=draw(st.sampled_from([0.0, 3.0, 15.0])),
                 gate_timeout_s=draw(st.sampled_from([None, 5.0, 30.0])),
-                approval_before_next=draw(st.booleans()),
+                **draw(
+                    st.sampled_from(
+                        [
+                            {"approval_before_next": False},
+                            {"approval_before_next": True},
+                            {"approval_before_next": True, "approvals_required": 2},
+                        ]
+                    )
+                ),
             )
         )
     baseline = draw(
@@ -211,6 +261,8 @@ def rollout_specs(draw: st.DrawFn) -> RolloutSpec:
         waves=tuple(waves),
         seed=draw(st.integers(0, 2**16)),
         baseline=baseline,
+        windows=draw(st.sampled_from(WINDOWS)),
+        ignore_windows=draw(st.sampled_from([False, False, False, True])),
     )
 
 
@@ -259,6 +311,7 @@ nudges = st.sampled_from([-0.001, 0.0, 0.0, 0.001])
 """Where a tick lands around a deadline: just before, exactly on it, just after."""
 qualities = st.sampled_from(["healthy", "bad", "thin", "missing"])
 commands = st.sampled_from(["start", "pause", "resume", "approve", "abort"])
+approvers = st.sampled_from([None, "alice", "bob"])
 ANSWERS = {R.PENDING: "start", R.AWAITING_APPROVAL: "approve", R.PAUSED: "resume"}
 
 
@@ -301,19 +354,22 @@ class RolloutPlanner(RuleBasedStateMachine):
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def _run(self, call: Callable[[], Step], now: float, kind: str) -> Step:
-        """Apply one input: the old state stays as it was, the step keeps every rule."""
-        step = self._checked(self.state, call, now, kind)
-        self.state = step.state
-        self.now = now
-        self.steps += 1
-        return step
-
-    def _checked(self, old: RolloutState, call: Callable[[], Step], now: float, kind: str) -> Step:
-        """One input's step, checked (also for what-if probes that are not applied)."""
-        frozen = old.model_dump()
+    def _checked(
+        self,
+        old: RolloutState,
+        call: Callable[[], Step],
+        now: float,
+        kind: str,
+        *,
+        guard: bool = True,
+    ) -> Step:
+        """One input's step: the old state stays as it was (``guard``: checked here, else
+        around a batch of what-if probes, whose steps are not applied), the step keeps every
+        rule."""
+        frozen = old.model_dump() if guard else None
         step = call()
-        assert old.model_dump() == frozen, "an input changed the state it was given"
+        if frozen is not None:
+            assert old.model_dump() == frozen, "an input changed the state it was given"
         new = step.state
         assert isinstance(new, RolloutState)
         self._check_history(old, step, now, kind)
@@ -322,14 +378,13 @@ class RolloutPlanner(RuleBasedStateMachine):
         self._check_actions(old, step, now, kind)
         return step
 
-    def _refused(self, call: Callable[[], Step], now: float) -> None:
+    @staticmethod
+    def _refused(old: RolloutState, call: Callable[[], Step]) -> None:
         """An operator command that does not apply: a typed error and nothing changes."""
-        old = self.state
         frozen = old.model_dump()
         with pytest.raises(IllegalRolloutTransitionError):
             call()
         assert old.model_dump() == frozen
-        self.now = now
 
     def _sent(self, statuses: set[DeviceStatus]) -> list[str]:
         return sorted(d for d, p in self.state.devices.items() if p.status in statuses)
@@ -418,16 +473,18 @@ class RolloutPlanner(RuleBasedStateMachine):
         for a in assigns:
             assert kind in OPENS_WAVES
             assert a.bundle_sha == NEW
-            opened = new.current_wave
+            index = new.current_wave
             assert a.device_ids
-            assert a.device_ids == new.waves[opened].devices
-            assert old.waves[opened].status is W.PENDING
-            assert new.waves[opened].status is W.RUNNING
-            assert opened > old.current_wave or old.status is R.PENDING
-            assert new.status is R.RUNNING
+            # the wave opened now, or (a tick) the running wave's devices whose windows opened
+            assert a.device_ids == _may_go(old, index, now)
+            if old.waves[index].status is W.PENDING:
+                assert index > old.current_wave or old.status is R.PENDING
+            else:
+                assert kind == "tick"
+                assert index == old.current_wave
+                assert old.waves[index].status is W.RUNNING
             for d in a.device_ids:
                 assert old.devices[d].status is D.PENDING
-                assert new.devices[d].status in (D.SENT, D.COMMITTED)
                 assert new.devices[d].sent_at == now
         newly_sent = {
             d
@@ -435,6 +492,9 @@ class RolloutPlanner(RuleBasedStateMachine):
             if old.devices[d].sent_at is None and p.sent_at is not None
         }
         assert newly_sent == {d for a in assigns for d in a.device_ids}
+        for i, (w, v) in enumerate(zip(new.waves, old.waves, strict=True)):
+            if v.status is W.PENDING and w.status is W.RUNNING:  # opened: who may go went
+                assert {a.device_ids for a in assigns} == ({_may_go(old, i, now)} - {()})
         for r in rollbacks:
             assert kind in STOPS
             assert r.to_sha == new.spec.previous_bundle
@@ -464,9 +524,11 @@ class RolloutPlanner(RuleBasedStateMachine):
         # what-ifs first: every telling report from one device of each status
         probed = {p.status: d for d, p in sorted(old.devices.items(), reverse=True)}
         probed[old.devices[device].status if device in old.devices else D.PENDING] = device
+        frozen = old.model_dump()
         for d in probed.values():
             for probe in MEANINGFUL_REPORTS:
-                self._report_step(old, d, *probe, reason=reason, now=now)
+                self._report_step(old, d, *probe, reason=reason, now=now, guard=False)
+        assert old.model_dump() == frozen, "a report changed the state it was given"
         step = self._report_step(
             old, device, phase, active, target, reason=reason, now=now, as_enum=as_enum
         )
@@ -486,6 +548,7 @@ class RolloutPlanner(RuleBasedStateMachine):
         reason: str,
         now: float,
         as_enum: bool = False,
+        guard: bool = True,
     ) -> Step:
         """A report's step, checked against the docstring's rules."""
         before = old.devices.get(device)
@@ -494,7 +557,7 @@ class RolloutPlanner(RuleBasedStateMachine):
             name: Any = phase if as_enum else phase.value
             return old.device_report(device, name, active, reason, now, target_sha=target)
 
-        step = self._checked(old, call, now, "report")
+        step = self._checked(old, call, now, "report", guard=guard)
         new = step.state
         assert all(isinstance(a, Notify) for a in step.actions)
         if before is None:  # outside the rollout or skipped: ignored
@@ -504,8 +567,7 @@ class RolloutPlanner(RuleBasedStateMachine):
         assert p.phase == phase.value
         assert p.active == active
         # a report touches its own device only (and may complete the rollback)
-        assert {**new.devices, device: before} == old.devices
-        assert _without(new) == _without(old)
+        assert _with_device(new, device, before, old) == old
         assert p.status is _expected_status(before, phase, active, target), (before, p)
         if p.status is D.FAILED and before.status is not D.FAILED:
             assert p.reason
@@ -653,7 +715,7 @@ class RolloutPlanner(RuleBasedStateMachine):
             if state.finished or state.current_wave != wave:
                 return
             if state.status in ANSWERS:
-                self._command(ANSWERS[state.status], self.now + gap)
+                self.operator_moves_it_on(gap)
             elif any(state.devices[d].status in UNFINISHED for d in state.waves[wave].devices):
                 self.wave_commits(gap)
             else:
@@ -688,6 +750,7 @@ class RolloutPlanner(RuleBasedStateMachine):
             deadlines.append(wave.watch_until)
             if spec.gate_timeout_s is not None:
                 deadlines.append(wave.watch_until + spec.gate_timeout_s)
+        deadlines.extend(self._window_openings())
         later = [t + nudge for t in deadlines if t + nudge >= self.now]
         self._tick(min(later, default=self.now), quality, other_waves)
 
@@ -696,8 +759,10 @@ class RolloutPlanner(RuleBasedStateMachine):
         if self.calm and old.status is R.RUNNING:  # stop short of every device deadline
             now = max(self.now, min([now, *(t - 0.01 for t in self._device_deadlines())]))
             quality = "healthy" if quality == "bad" else quality
+        frozen = old.model_dump()
         for probe in self._upcoming(old):  # what-ifs first: a tick on each next deadline
-            self._tick_step(old, probe, "missing", other_waves=False)
+            self._tick_step(old, probe, "missing", other_waves=False, guard=False)
+        assert old.model_dump() == frozen, "a tick changed the state it was given"
         due = old.gate_due(now)
         self._check_gate_due(old, due, now)
         step = self._tick_step(old, now, quality, other_waves=other_waves)
@@ -709,19 +774,36 @@ class RolloutPlanner(RuleBasedStateMachine):
         """The next moments a tick should act: deadlines, end of window, gate timeout."""
         if state.status is not R.RUNNING:
             return [self.now + 10_000.0]  # nothing may move however late
+        times = {self.now}
         wave, spec = state.waves[state.current_wave], state.spec.waves[state.current_wave]
-        times = {
+        times.update(
             p.sent_at + spec.device_timeout_s
             for p in (state.devices[d] for d in wave.devices)
             if p.status in UNFINISHED and p.sent_at is not None
-        }
+        )
         if wave.watch_until is not None:
             times.add(wave.watch_until)
             if spec.gate_timeout_s is not None:
                 times.add(wave.watch_until + spec.gate_timeout_s)
+        times.update(self._window_openings())
         return sorted(t for t in times if t >= self.now)
 
-    def _tick_step(self, old: RolloutState, now: float, quality: str, *, other_waves: bool) -> Step:
+    def _window_openings(self) -> set[float]:
+        """When the maintenance windows of the running wave's waiting devices open next."""
+        state = self.state
+        schedules = state.spec.schedules()
+        if state.waves[state.current_wave].status is not W.RUNNING:
+            return set()
+        opens = (
+            schedules[d].next_open(self.now)
+            for d in state.waves[state.current_wave].devices
+            if state.devices[d].status is D.PENDING and d in schedules
+        )
+        return {t for t in opens if t is not None}
+
+    def _tick_step(
+        self, old: RolloutState, now: float, quality: str, *, other_waves: bool, guard: bool = True
+    ) -> Step:
         """A tick's step with the telemetry ``quality`` for the gate due, checked."""
         due = old.gate_due(now)
         telemetry: dict[int, WaveTelemetry] = {}
@@ -729,7 +811,7 @@ class RolloutPlanner(RuleBasedStateMachine):
             telemetry = {i: TELEMETRY["bad"] for i in range(len(old.waves)) if i != due}
         if due is not None and quality != "missing":
             telemetry[due] = TELEMETRY[quality]
-        step = self._checked(old, lambda: old.tick(now, telemetry), now, "tick")
+        step = self._checked(old, lambda: old.tick(now, telemetry), now, "tick", guard=guard)
         if old.status is not R.RUNNING:
             assert step == Step(old, [], [])
             return step
@@ -768,6 +850,7 @@ class RolloutPlanner(RuleBasedStateMachine):
                 if p.status in UNFINISHED:
                     assert p.sent_at is not None
                     assert now < p.sent_at + spec.device_timeout_s
+            assert _may_go(new, index, now) == ()  # nobody who may go still waits
             lost = sum(p.status in (D.FAILED, D.TIMED_OUT) for p in members)
             committed = sum(p.status is D.COMMITTED for p in members)
             assert len(members) - lost >= _need(spec, len(members))  # it can still pass
@@ -842,29 +925,53 @@ class RolloutPlanner(RuleBasedStateMachine):
 
     # --- the operator ----------------------------------------------------------------------
 
-    @rule(command=commands, gap=report_gaps, reason=reasons, rollback=st.booleans())
-    def operator(self, command: str, gap: float, reason: str, rollback: bool) -> None:
-        """Any command at any time: it applies, or it is refused and nothing changes.
-
-        Nobody aborts a calm run."""
+    @rule(command=commands, gap=report_gaps, reason=reasons, rollback=st.booleans(), by=approvers)
+    def operator(
+        self, command: str, gap: float, reason: str, rollback: bool, by: str | None
+    ) -> None:
+        """Any command at any time (``by``: the approver): it applies, or it is refused and
+        nothing changes. Nobody aborts a calm run."""
         if not (self.calm and command == "abort"):
-            self._command(command, self.now + gap, reason=reason, rollback=rollback)
+            self._command(command, self.now + gap, reason=reason, rollback=rollback, by=by)
 
     @precondition(lambda self: self.state.status in ANSWERS)
     @rule(gap=report_gaps)
     def operator_moves_it_on(self, gap: float) -> None:
-        """Start a pending rollout, approve an awaiting one, resume a paused one."""
-        self._command(ANSWERS[self.state.status], self.now + gap)
+        """Start a pending rollout, approve an awaiting one (someone new), resume a paused one."""
+        by = next(name for name in ("alice", "bob", "carol") if name not in self.state.approved_by)
+        self._command(ANSWERS[self.state.status], self.now + gap, by=by)
 
     def _command(
-        self, command: str, now: float, *, reason: str = "", rollback: bool = True
+        self,
+        command: str,
+        now: float,
+        *,
+        reason: str = "",
+        rollback: bool = True,
+        by: str | None = None,
     ) -> None:
-        old = self.state
+        step = self._command_step(self.state, command, now, reason=reason, rollback=rollback, by=by)
+        if step is not None:
+            self.state = step.state
+            self.steps += 1
+        self.now = now
+
+    def _command_step(
+        self,
+        old: RolloutState,
+        command: str,
+        now: float,
+        *,
+        reason: str = "",
+        rollback: bool = True,
+        by: str | None = None,
+    ) -> Step | None:
+        """An operator command's step, checked; None when it is (rightly) refused."""
         calls: dict[str, Callable[[], Step]] = {
             "start": lambda: old.start(now),
             "pause": lambda: old.pause(now),
             "resume": lambda: old.resume(now),
-            "approve": lambda: old.approve(now),
+            "approve": lambda: old.approve(now, by),
             "abort": lambda: old.abort(reason, now, rollback=rollback),
         }
         applies = {
@@ -874,10 +981,14 @@ class RolloutPlanner(RuleBasedStateMachine):
             "approve": {R.AWAITING_APPROVAL},
             "abort": set(R) - {R.COMPLETED},
         }
-        if old.status not in applies[command]:
-            self._refused(calls[command], now)
-            return
-        step = self._run(calls[command], now, command)
+        needed = old.spec.waves[old.current_wave].approvals_required
+        four_eyes_refuses = command == "approve" and (
+            (needed > 1 and by is None) or (by is not None and by in old.approved_by)
+        )
+        if old.status not in applies[command] or four_eyes_refuses:
+            self._refused(old, calls[command])
+            return None
+        step = self._checked(old, calls[command], now, command)
         new = step.state
         if (command, old.status) in {
             ("pause", R.PAUSED),
@@ -900,11 +1011,18 @@ class RolloutPlanner(RuleBasedStateMachine):
         elif command == "resume":
             assert new.status is old.paused_from
             assert step.actions == []
+        elif command == "approve" and len(old.approved_by) + 1 < needed:
+            assert new.status is R.AWAITING_APPROVAL  # one more person must approve
+            assert new.approved_by == (*old.approved_by, by)
+            assert step.actions == []
+            assert [e.kind for e in step.events] == [EventKind.APPROVED]
         elif command == "approve":
             assert new.status is R.RUNNING
             assert new.current_wave > old.current_wave
+            assert new.approved_by == ()
         else:
             self._check_abort(old, new, rollback=rollback)
+        return step
 
     @staticmethod
     def _check_abort(old: RolloutState, new: RolloutState, *, rollback: bool) -> None:
@@ -961,7 +1079,6 @@ class RolloutPlanner(RuleBasedStateMachine):
         state = self.state
         data = json.loads(json.dumps(state.model_dump(mode="json")))
         assert RolloutState.model_validate(data) == state
-        assert RolloutState.model_validate_json(state.model_dump_json()) == state
 
     @invariant()
     def every_device_in_exactly_one_wave(self) -> None:
@@ -996,6 +1113,19 @@ class RolloutPlanner(RuleBasedStateMachine):
             assert state.status is R.ROLLED_BACK
         if state.status is not R.RUNNING:
             assert state.gate_due(self.now) is None
+
+    @invariant()
+    def approvals_count_different_people(self) -> None:
+        state = self.state
+        if R.AWAITING_APPROVAL in (state.status, state.paused_from):
+            for by in (None, "alice", "bob"):  # what-ifs: each approver, judged, not applied
+                self._command_step(state, "approve", self.now, by=by)
+        assert len(set(state.approved_by)) == len(state.approved_by)
+        assert None not in state.approved_by
+        if state.approved_by and not state.finished:  # a partial four-eyes approval
+            assert R.AWAITING_APPROVAL in (state.status, state.paused_from)
+            needed = state.spec.waves[state.current_wave].approvals_required
+            assert len(state.approved_by) < needed
 
     @invariant()
     def rollback_reaches_every_device_sent_the_bundle(self) -> None:
@@ -1049,7 +1179,12 @@ class RolloutPlanner(RuleBasedStateMachine):
             assert (w.status is W.SKIPPED) <= (not w.devices)
             assert (w.started_at is None) == (w.status in (W.PENDING, W.SKIPPED))
             assert (w.finished_at is not None) == (w.status in DECIDED_WAVES)
-            assert all((p.status is D.PENDING) == (w.status is W.PENDING) for p in members)
+            waiting = [d for d in w.devices if state.devices[d].status is D.PENDING]
+            if w.status is W.PENDING:
+                assert len(waiting) == len(members)
+            elif waiting:  # sent as their maintenance windows open
+                assert w.status in (W.RUNNING, W.FAILED, W.ABORTED)
+                assert set(waiting) <= set(state.spec.schedules())
             if w.status is W.RUNNING:
                 assert w.settled_at is None
                 assert w.watch_until is None
@@ -1062,7 +1197,7 @@ class RolloutPlanner(RuleBasedStateMachine):
                 assert w.watch_until is not None
                 assert w.finished_at is not None
                 assert w.finished_at >= w.watch_until
-            if w.status in (W.WATCHING, W.PASSED):
+            if w.status in (W.WATCHING, W.PASSED):  # every device sent and answered
                 assert all(p.status in OUTCOMES for p in members)
                 if not rolled_back:
                     committed = sum(p.status is D.COMMITTED for p in members)
@@ -1116,9 +1251,16 @@ def _expected_status(
     return before.status
 
 
-def _without(state: RolloutState) -> dict[str, Any]:
-    """The state less what a device report may change besides its device."""
-    data = state.model_dump()
-    for key in ("devices", "sequence", "updated_at", "rollback_completed_at"):
-        data.pop(key)
-    return data
+def _with_device(
+    state: RolloutState, device: str, progress: DeviceProgress, before: RolloutState
+) -> RolloutState:
+    """``state`` with ``device`` as ``progress`` again, and what a report may also change
+    (sequence, updated_at, the rollback's completion) as in ``before``."""
+    return state.model_copy(
+        update={
+            "devices": {**state.devices, device: progress},
+            "sequence": before.sequence,
+            "updated_at": before.updated_at,
+            "rollback_completed_at": before.rollback_completed_at,
+        }
+    )
