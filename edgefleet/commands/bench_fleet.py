@@ -170,3 +170,9 @@ def fleet_bench(
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"report written to {json_path}")
+    if report["timed_out"]:
+        console.print(
+            f"[red]the rollout did not finish within {timeout_s:.0f} s"
+            f" ({report['committed']}/{devices} devices committed)[/]"
+        )
+        raise SystemExit(1)

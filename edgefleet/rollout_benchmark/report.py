@@ -39,6 +39,7 @@ def build_report(m: Measured) -> dict[str, Any]:
     counters: list[Counters | None] = [*m.counters] or [None] * len(m.replicas)
     replicas = [
         _replica(replica.replica_id, sampler.window(*window), sampler.peak_rss, counted)
+        | dict(zip(("log_errors", "first_log_error"), replica.log_errors(), strict=True))
         for replica, sampler, counted in zip(m.replicas, m.servers, counters, strict=True)
     ]
     _shares(replicas)
@@ -65,6 +66,7 @@ def build_report(m: Measured) -> dict[str, Any]:
         "bundle": "synthetic payload" if options.bundle is None else str(options.bundle),
         "bundle_sha256": m.bundle_sha256,
         "rollout_status": status,
+        "timed_out": m.timed_out,
         "device_counts": m.view.get("counts") or {},
         "committed": committed,
         "wall_s": round(m.elapsed, 2),
@@ -75,6 +77,7 @@ def build_report(m: Measured) -> dict[str, Any]:
             status == "completed" and committed == options.devices and m.elapsed <= TARGET_S
         ),
         "device_commit_s": _spread(m.commit_times),
+        "finish_lag_s": round(m.elapsed - m.commit_times[-1], 2) if m.commit_times else None,
         "delivered_mb": round(committed * bundle_bytes / 1e6, 1),
         "server": {
             "cpu_s": server_cpu,
@@ -158,7 +161,12 @@ def render_report(report: dict[str, Any], console: Any) -> None:
         "servers", f"{replicas} edgefleet serve{'s' if replicas > 1 else ''}, {report['database']}"
     )
     table.add_row("rollout", f"{report['rollout_status']}, {report['committed']} committed")
-    table.add_row("start -> all committed", f"{report['wall_s']:.1f} s (target <= 60 s)")
+    if report["timed_out"]:
+        table.add_row(
+            "start -> all committed", f"[red]not finished after {report['wall_s']:.0f} s[/]"
+        )
+    else:
+        table.add_row("start -> all committed", f"{report['wall_s']:.1f} s (target <= 60 s)")
     for floor in report["floor"]["runs"]:
         wall = "incomplete" if floor["wall_s"] is None else _seconds(floor["wall_s"])
         table.add_row(
@@ -174,6 +182,8 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     table.add_row(
         "device commit p50 / p90 / max", f"{commit['p50']} / {commit['p90']} / {commit['max']} s"
     )
+    if report["finish_lag_s"] is not None:
+        table.add_row("last commit -> rollout finished", f"{report['finish_lag_s']} s")
     table.add_row("delivered", f"{report['delivered_mb']} MB")
     table.add_row(
         "server CPU / per committed device",
@@ -222,6 +232,7 @@ def _replicas_table(report: dict[str, Any]) -> Any:
         "by kind",
         "chunk requests (share)",
         "chunks served",
+        "errors logged",
         title="Each server over the rollout",
     )
     for r in report["server_replicas"]:
@@ -236,5 +247,6 @@ def _replicas_table(report: dict[str, Any]) -> Any:
             "-"
             if r["chunks_served"] is None
             else f"{r['chunks_served']} ({r['chunk_mb_served']} MB)",
+            f"[red]{r['log_errors']}[/]" if r["log_errors"] else "0",
         )
     return table

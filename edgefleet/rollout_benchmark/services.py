@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 TOKEN = "fleet-bench"  # noqa: S105 (loopback servers started and stopped by the benchmark)
+_ERROR_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+ ERROR ")
+"""A line ``edgefleet serve`` logs at ERROR (its log lines start with the date and time)."""
 SHARED_GROUP = "edgefleet"
 """The shared-subscription group the replicas join (``edgefleet serve``'s default)."""
 
@@ -94,6 +96,16 @@ class ServerReplica:
     http_url: str
     log_path: Path
     log_file: Any
+
+    def log_errors(self) -> tuple[int, str | None]:
+        """How many ERROR lines this replica has logged so far, and the first of them."""
+        self.log_file.flush()
+        errors = [
+            line
+            for line in self.log_path.read_text(errors="replace").splitlines()
+            if _ERROR_LINE.match(line)
+        ]
+        return len(errors), (errors[0][:300] if errors else None)
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -82,7 +82,7 @@ def test_fleet_bench_rolls_out_to_every_simulated_device_and_measures_the_server
     # the server's own counters over the rollout: every device's reports and chunk requests
     (server,) = report["server_replicas"]
     assert server["reports_by_kind"]["state"] >= 12 and server["reports_by_kind"]["events"] >= 12
-    assert server["reports_share"] == 1.0
+    assert server["reports_share"] == 1.0 and server["log_errors"] == 0
     assert server["chunk_requests"] >= 12 and server["chunks_served"] >= 3  # 0.6 MB: 3 chunks
     # the server's own record of the rollout: two waves, everyone committed
     from fleet_server.registry import Registry
@@ -135,6 +135,7 @@ def test_fleet_bench_with_two_replicas_splits_the_devices_between_them(
     assert one["reports"] > 0 and two["reports"] > 0
     assert one["reports_share"] + two["reports_share"] == pytest.approx(1.0, abs=0.002)
     assert one["cpu_s"] > 0 and two["cpu_s"] > 0
+    assert one["log_errors"] == two["log_errors"] == 0, (one, two)
     assert report["server"]["cpu_s"] == pytest.approx(one["cpu_s"] + two["cpu_s"], abs=0.02)
     if not db_args:
         assert report["database_process"]["cpu_s"] > 0  # PostgreSQL, all its processes
