@@ -40,12 +40,28 @@ class _Strict(BaseModel):
 
 
 class TlsConfig(_Strict):
-    """TLS towards the broker: CA bundle, optional client certificate for mutual TLS."""
+    """TLS towards the broker: the CA that signed its certificate, a client certificate for mutual TLS.
 
-    ca_file: Path | None = None
+    An empty section (``tls: {}``) trusts the system's CAs. ``cert_file`` and
+    ``key_file`` are the device's certificate and key (``edgefleet fleet
+    provision --client-cert`` writes both); the key may instead sit in the
+    certificate file. ``insecure_skip_verify`` checks neither the broker's
+    certificate nor its name: for a test bench only, never on a line.
+    """
+
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA certificate(s) that signed the broker's; default: the system's",
+    )
     cert_file: Path | None = None
     key_file: Path | None = None
     insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _key_needs_certificate(self) -> TlsConfig:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the certificate it belongs to)")
+        return self
 
 
 class MqttConfig(_Strict):

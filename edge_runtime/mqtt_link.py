@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_runtime.config import MqttConfig
+from edge_runtime.config import MqttConfig, TlsConfig
+from edge_runtime.errors import ConfigError
 from edge_runtime.protocol import Availability
 
 __all__ = ["ConnectListener", "MessageHandler", "MqttLink", "device_topic"]
@@ -67,19 +69,18 @@ class MqttLink:
         if config.username is not None:
             self._client.username_pw_set(config.username, config.password)
         if config.tls is not None:
-            tls = config.tls
-            self._client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
-            )
-            self._client.tls_insecure_set(tls.insecure_skip_verify)
+            _set_tls(self._client, config.tls)
         self._client.will_set(
             self.availability_topic, Availability.OFFLINE.encode(), qos=1, retain=True
         )
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._last_failure: str | None = None
+        """Why the last connection attempt failed (logged once per new reason)."""
+        self._socket_error: str | None = None
+        """paho's last socket error, for the next disconnect's warning."""
+        self._client.on_log = self._on_log
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
 
@@ -92,6 +93,7 @@ class MqttLink:
             )
             return
         log.info("connected to MQTT broker %s:%s", self.config.host, self.config.port)
+        self._last_failure = None
         client.publish(self.availability_topic, Availability.ONLINE.encode(), qos=1, retain=True)
         with self._lock:
             listeners = list(self._connect_listeners)
@@ -102,16 +104,46 @@ class MqttLink:
             if self._subscriptions:
                 self._send_subscribe(list(self._subscriptions))
 
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        """A (re)connect failed before MQTT spoke: refused, unreachable, or TLS (a wrong CA).
+
+        paho calls this inside its ``except OSError`` around the attempt, so the
+        exception is the current one; a reason seen last time is logged at debug
+        level only (paho retries with backoff, up to every 30 s).
+        """
+        exc = sys.exc_info()[1]
+        reason = str(exc) if exc is not None else "no reason given"
+        level = logging.DEBUG if reason == self._last_failure else logging.WARNING
+        self._last_failure = reason
+        log.log(
+            level,
+            "cannot connect to MQTT broker %s:%s: %s; retrying",
+            self.config.host,
+            self.config.port,
+            reason,
+        )
+
+    def _on_log(self, _client: mqtt.Client, _userdata: Any, level: int, text: str) -> None:
+        """Keep paho's socket error: a broker that refuses the device's certificate says so in a
+        TLS alert ("certificate revoked") that paho reports only here."""
+        if level == mqtt.MQTT_LOG_ERR and text.startswith("failed to receive on socket"):
+            self._socket_error = text.removeprefix("failed to receive on socket: ")
+
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
         with self._lock:
             self.connected.clear()
             self._pending_subacks.clear()
+        why, self._socket_error = self._socket_error, None
         if self._stopping:
             log.info("disconnected from MQTT broker (stopping)")
         else:
-            log.warning("disconnected from MQTT broker (%s); reconnecting", reason)
+            log.warning(
+                "disconnected from MQTT broker (%s%s); reconnecting",
+                reason,
+                f": {why}" if why else "",
+            )
 
     def _on_subscribe(
         self, _client: mqtt.Client, _userdata: Any, mid: int, reasons: Any, _props: Any
@@ -206,6 +238,29 @@ class MqttLink:
             info.wait_for_publish(timeout=2.0)
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def _set_tls(client: mqtt.Client, tls: TlsConfig) -> None:
+    """TLS on ``client`` as ``tls`` says; :class:`ConfigError` naming the file that cannot be used."""
+    try:
+        client.tls_set(
+            ca_certs=str(tls.ca_file) if tls.ca_file else None,
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls.key_file else None,
+            cert_reqs=ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
+        )
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        files = ", ".join(
+            f"{name} {path}"
+            for name, path in (
+                ("ca_file", tls.ca_file),
+                ("cert_file", tls.cert_file),
+                ("key_file", tls.key_file),
+            )
+            if path is not None
+        )
+        raise ConfigError(f"mqtt.tls: cannot use {files or 'the system CAs'}: {exc}") from exc
+    client.tls_insecure_set(tls.insecure_skip_verify)
 
 
 def _dispatcher(handler: MessageHandler) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:

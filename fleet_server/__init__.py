@@ -32,6 +32,9 @@ The house, one idea per module, imports pointing down the list::
     access.py           roles, token secrets and their hashes, audit records (pure)
     reports.py          device reports parsed by edge_runtime.protocol (one wire format)
     trust/              the TUF repository and the online keys
+    tls.py              TLS settings: towards an mqtts:// broker, for devices, for HTTPS
+    fleet_ca.py         the fleet CA's folder, on the operator's machine: issue, revoke
+      certificates.py     X.509 keys, certificates, revocation lists and their checks (pure)
     errors.py           typed errors (NotFoundError is a 404)
 
 A rollout's one truth is the planner's state: the coordinator feeds it, the

@@ -11,6 +11,12 @@ under ``PREFIX/``. Nobody else (including anonymous clients) may do anything.
 Files are replaced atomically, then an optional reload command runs (for
 example ``systemctl reload mosquitto`` or ``kill -HUP <pid>``): Mosquitto
 re-reads both files on SIGHUP without dropping connections.
+
+With TLS (:class:`MosquittoTls`) every listener is TLS-only; devices may log
+in with a client certificate from the fleet CA (its common name is their
+username, ``use_identity_as_username``), and the CA's revocation list
+(``crl.pem`` here, replaced by :meth:`BrokerAuth.write_crl`) is re-read on
+the same reload.
 """
 
 from __future__ import annotations
@@ -28,11 +34,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_runtime.atomic import atomic_write_text
+from edge_runtime.atomic import atomic_write_bytes, atomic_write_text
 from fleet_server.errors import FleetError
 
 __all__ = [
     "BrokerAuth",
+    "MosquittoTls",
     "hash_password",
     "mosquitto_binary",
     "new_password",
@@ -119,6 +126,22 @@ def render_acl(prefix: str, server_username: str = SERVER_USERNAME) -> str:
     )
 
 
+@dataclass(frozen=True)
+class MosquittoTls:
+    """TLS for the generated Mosquitto listeners (paths as the broker's host sees them)."""
+
+    certfile: Path
+    """The broker's certificate (``edgefleet fleet ca server-cert``)."""
+    keyfile: Path
+    """Its private key."""
+    cafile: Path | None = None
+    """The fleet CA's certificate: with it, devices log in with client certificates it issued
+    (the certificate's common name is the username; passwords are not used on that listener)
+    and the revocation list is checked. Without it, TLS with passwords."""
+    crlfile: Path | None = None
+    """The CA's revocation list (default: ``crl.pem`` in the credentials folder)."""
+
+
 @dataclass
 class BrokerAuth:
     """Writes ``passwd`` and ``acl`` for Mosquitto into ``folder`` and asks the broker to reload.
@@ -146,6 +169,22 @@ class BrokerAuth:
     def acl_path(self) -> Path:
         """The generated Mosquitto ``acl_file``."""
         return self.folder / "acl"
+
+    @property
+    def crl_path(self) -> Path:
+        """The fleet CA's revocation list as the broker reads it (``crlfile``)."""
+        return self.folder / "crl.pem"
+
+    def write_crl(self, crl_pem: bytes) -> None:
+        """Replace the revocation list atomically (``file_mode``), then reload the broker.
+
+        The caller has checked that the fleet CA signed it and that it is newer
+        than the one in place (:func:`fleet_server.certificates.check_crl_update`).
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.crl_path, crl_pem, mode=self.file_mode)
+        log.info("wrote the fleet CA's revocation list to %s", self.crl_path)
+        self.reload()
 
     def write(self, device_hashes: Mapping[str, str]) -> None:
         """Replace both files atomically (``file_mode``) from the devices' hashes, then reload."""
@@ -194,6 +233,7 @@ class BrokerAuth:
         *,
         server_port: int | None = 1884,
         server_host: str = "127.0.0.1",
+        tls: MosquittoTls | None = None,
     ) -> str:
         """A Mosquitto configuration that uses the generated files.
 
@@ -203,13 +243,28 @@ class BrokerAuth:
         The fleet server (and each replica, and operator tools with its user)
         connects to ``server_port`` on ``server_host`` (loopback by default;
         None: no such listener), where client ids are the client's own.
+
+        With ``tls`` both listeners speak TLS only (there is no plaintext
+        listener); with ``tls.cafile`` the device listener requires a client
+        certificate from the fleet CA, takes its common name as the username
+        and checks the revocation list. The server's listener keeps its
+        password login (over TLS).
         """
-        lines = [
-            f"listener {port}" + (f" {host}" if host else ""),
-            "use_username_as_clientid true",
-        ]
+        lines = [f"listener {port}" + (f" {host}" if host else "")]
+        if tls is not None:
+            lines += [f"certfile {tls.certfile}", f"keyfile {tls.keyfile}"]
+            if tls.cafile is not None:
+                lines += [
+                    f"cafile {tls.cafile}",
+                    "require_certificate true",
+                    "use_identity_as_username true",
+                    f"crlfile {tls.crlfile or self.crl_path}",
+                ]
+        lines.append("use_username_as_clientid true")
         if server_port is not None:
             lines.append(f"listener {server_port} {server_host}")
+            if tls is not None:
+                lines += [f"certfile {tls.certfile}", f"keyfile {tls.keyfile}"]
         lines += [
             "allow_anonymous false",
             f"password_file {self.passwd_path}",

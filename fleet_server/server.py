@@ -24,18 +24,19 @@ import paho.mqtt.client as mqtt
 from edge_runtime.bundle import read_bundle
 from edge_runtime.errors import EdgefleetError
 from edge_runtime.supervise import SupervisedThread, WorkerHealth
-from fleet_server.broker_auth import BrokerAuth, hash_password, new_password
+from fleet_server.broker_auth import BrokerAuth
 from fleet_server.chunk_io import BundleFolder
 from fleet_server.chunk_server import ChunkServer
 from fleet_server.coordinator import RolloutCoordinator
-from fleet_server.errors import FleetError, LeaseLostError, NotLeaderError
-from fleet_server.inbox import Inbound, ReportInbox, newest_states
+from fleet_server.credentials import DeviceCredentials
+from fleet_server.errors import FleetError, LeaseLostError, NotLeaderError, RegistryStorageError
+from fleet_server.inbox import REPORT_KINDS, Inbound, ReportInbox, newest_states
 from fleet_server.instruments import ServerInstruments
 from fleet_server.leadership import Leadership, default_replica_id
 from fleet_server.publisher import MetadataPublisher
 from fleet_server.quality_gate import Baseline
 from fleet_server.rate_limit import ROW_ADDING_REPORTS, DeviceRateLimiter
-from fleet_server.records import DeviceInfo, TargetSelector
+from fleet_server.records import TargetSelector
 from fleet_server.registry import Registry
 from fleet_server.reports import (
     Availability,
@@ -56,7 +57,7 @@ __all__ = ["FleetServer"]
 
 log = logging.getLogger(__name__)
 
-_REPORT_LEAVES = ("state", "events", "telemetry", "availability")
+_BATCH_ATTEMPTS = 3
 
 
 class FleetServer:
@@ -98,6 +99,7 @@ class FleetServer:
         self.rate_limiter = DeviceRateLimiter(limited=ROW_ADDING_REPORTS)
         """Events, telemetry and availability changes per device: 120 a minute, bursts of 240."""
         self._lock = threading.RLock()
+        self.credentials = DeviceCredentials(registry, broker_auth, self._lock)
         self.inbox = ReportInbox()
         """Device reports, queued by paho's network thread, handled by the server's own thread."""
         self.instruments = instruments or ServerInstruments()  # report batches, for /metrics
@@ -132,46 +134,11 @@ class FleetServer:
         self.registry.import_bundle(bundle)
         return bundle.sha256
 
-    # --- devices and their broker credentials ------------------------------------------
-
-    def provision_device(
-        self, device_id: str, tags: Sequence[str] = (), profile: str | None = None
-    ) -> tuple[DeviceInfo, str | None]:
-        """Register a device; with broker auth, also its broker password (returned once, never kept)."""
-        if self.broker_auth is None:
-            return self.registry.provision_device(device_id, tags, profile), None
-        password = new_password()
-        with self._lock:
-            info = self.registry.provision_device(
-                device_id, tags, profile, credentials_hash=hash_password(password)
-            )
-            self.broker_auth.write(self.registry.credentials_hashes())
-        return info, password
-
-    def rotate_credentials(self, device_id: str) -> str:
-        """A new broker password for a device; the old one stops working at the broker's reload."""
-        password = new_password()
-        self._set_credentials(device_id, hash_password(password))
-        return password
-
-    def revoke_credentials(self, device_id: str) -> None:
-        """Remove a device's broker credentials: it cannot connect after the broker's reload."""
-        self._set_credentials(device_id, None)
-
-    def _set_credentials(self, device_id: str, hashed: str | None) -> None:
-        if self.broker_auth is None:
-            raise FleetError(
-                "this server does not manage broker credentials (no --broker-auth-dir)"
-            )
-        with self._lock:
-            self.registry.set_credentials_hash(device_id, hashed)
-            self.broker_auth.write(self.registry.credentials_hashes())
-
     # --- running -----------------------------------------------------------------------
 
     def start(self) -> None:
         """Subscribe to device reports, resume running rollouts, publish metadata, start ticking."""
-        for leaf in _REPORT_LEAVES:
+        for leaf in REPORT_KINDS:
             self.client.message_callback_add(
                 f"{self.prefix}/devices/+/{leaf}", self.inbox.on_message
             )
@@ -179,8 +146,7 @@ class FleetServer:
         self.chunks.start()  # chains the client's on_connect, like we do next
         self._prev_on_connect = self.client.on_connect
         self.client.on_connect = self._on_connect
-        if self.broker_auth is not None:
-            self.broker_auth.write(self.registry.credentials_hashes())
+        self.credentials.write_broker_files()
         self._lead(time.monotonic())
         self._thread = SupervisedThread(self._run, "fleet-server")
         self._thread.start()
@@ -193,7 +159,7 @@ class FleetServer:
         self.client.on_connect = self._prev_on_connect
         self.chunks.stop()
         self.leadership.release()
-        for leaf in _REPORT_LEAVES:
+        for leaf in REPORT_KINDS:
             self.client.message_callback_remove(f"{self.prefix}/devices/+/{leaf}")
             self.client.unsubscribe(f"{self.prefix}/devices/+/{leaf}")
 
@@ -209,7 +175,7 @@ class FleetServer:
     def _subscribe_reports(self) -> None:
         share = f"$share/{self.share_group}/" if self.share_group else ""
         self.client.subscribe(
-            [(f"{share}{self.prefix}/devices/+/{leaf}", 1) for leaf in _REPORT_LEAVES]
+            [(f"{share}{self.prefix}/devices/+/{leaf}", 1) for leaf in REPORT_KINDS]
         )
 
     def _on_connect(self, client: mqtt.Client, *args: Any) -> None:
@@ -232,15 +198,15 @@ class FleetServer:
         """
         next_tick = time.monotonic() + self.tick_s
         while not self._stop.is_set():
-            batch = self.inbox.gather(next_tick - time.monotonic())
+            if self.leadership.due(time.monotonic()):  # also between batches: a busy leader
+                self._renew()  # must not let its lease lapse
+            batch = self.inbox.gather(min(next_tick, self.leadership.next_due) - time.monotonic())
             if batch:
                 self._handle_batch(batch)
                 if time.monotonic() < next_tick:
                     continue
             next_tick = time.monotonic() + self.tick_s
             try:
-                if self.leadership.due(time.monotonic()):
-                    self._lead(time.monotonic())
                 if not self.leadership.leading:
                     continue
                 now = time.time()
@@ -273,10 +239,21 @@ class FleetServer:
                 self.rollouts = RolloutCoordinator(
                     self.registry, self.signer.execute, self.leadership.fence
                 )
-                now = time.time()
-                self.rollouts.resume(now)
-                self._caught_up = self.rollouts.catch_up(0.0, now)
-                self.signer.publish()
+                try:
+                    now = time.time()
+                    self.rollouts.resume(now)
+                    self._caught_up = self.rollouts.catch_up(0.0, now)
+                    self.signer.republish_all.set()  # another leader's may be newer
+                    self.signer.publish()
+                except BaseException:  # lead half taken: let go, the next renewal retakes it
+                    self._step_down("taking over the rollouts failed")
+                    raise
+
+    def _renew(self) -> None:
+        try:
+            self._lead(time.monotonic())
+        except Exception:  # the database is away: keep trying; the fence guards every write
+            log.exception("renewing the leader lease failed")
 
     def _step_down(self, why: str) -> None:
         with self._lock:
@@ -291,18 +268,32 @@ class FleetServer:
             )
 
     def _handle_batch(self, batch: list[Inbound]) -> None:
-        """Ingest a burst of reports in one database transaction; rollout plans are saved once."""
+        """Ingest a burst of reports in one database transaction; rollout plans are saved once.
+
+        Reports are taken device by device in id order, so replicas lock rows in one order
+        (no deadlock). A refused transaction is tried again (after a lost lead, as a
+        follower): the reports were acknowledged to the broker, so dropping them loses them.
+        """
         started = time.monotonic()
-        try:
-            with self._lock, self.rollouts.batch():
-                for item in newest_states(batch):
-                    try:
-                        self._handle_report(item)
-                    except Exception:  # one bad report must never stop the others
-                        log.exception("handling a report on %s failed", item.topic[:200])
-        except Exception:  # the database refused the whole batch: say so, keep serving
-            # (the coordinator saves its states again on the next save)
-            log.exception("storing a batch of %d device reports failed", len(batch))
+        reports = sorted(newest_states(batch), key=lambda item: item.topic.rsplit("/", 2)[-2])
+        for attempt in range(1, _BATCH_ATTEMPTS + 1):
+            try:
+                with self._lock, self.rollouts.batch():
+                    for item in reports:
+                        try:
+                            self._handle_report(item)
+                        except (RegistryStorageError, LeaseLostError):
+                            raise
+                        except Exception:  # one bad report must never stop the others
+                            log.exception("handling a report on %s failed", item.topic[:200])
+                break
+            except LeaseLostError as exc:  # another replica leads: store them as a follower
+                self._step_down(str(exc))
+            except Exception:  # the database refused the batch: say so, try again
+                log.exception(
+                    "storing a batch of %d device reports failed (try %d)", len(batch), attempt
+                )
+                time.sleep(0.2 * attempt)
         self.instruments.batch_handled(batch, time.monotonic() - started)
 
     # --- device reports -----------------------------------------------------------------
@@ -326,6 +317,8 @@ class FleetServer:
                 self.registry.record_event(device_id, parse_event(item.payload, device_id))
             elif leaf == "telemetry":
                 self.registry.record_telemetry(device_id, item.payload)
+        except (RegistryStorageError, LeaseLostError):
+            raise  # the batch is tried again: a report the database refused is not bad
         except (ValueError, EdgefleetError) as exc:
             log.warning("ignored %s from %s: %s", leaf, device_id, exc)
 

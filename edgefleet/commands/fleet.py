@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +29,7 @@ from edge_runtime.atomic import atomic_write_bytes, atomic_write_text
 from edge_runtime.config import parse_config
 from edgefleet.commands._console import make_console
 from edgefleet.commands.fleet_access import audit, tokens
+from edgefleet.commands.fleet_ca import ca, ca_dir_option, open_ca, passphrase_option
 from edgefleet.commands.fleet_windows import waiting_line, windows
 from fleet_server.errors import FleetError
 from fleet_server.statuses import DeviceStatus
@@ -37,6 +39,9 @@ __all__ = ["fleet"]
 _F = TypeVar("_F", bound=Callable[..., Any])
 _TIMEOUT_S = 30.0
 _STATUS_ORDER = tuple(status.value for status in DeviceStatus)
+DEVICE_CA_FILE = "ca.crt"
+"""The CA certificate a device trusts for the broker, beside its config."""
+CLIENT_CERT_FILE, CLIENT_KEY_FILE = "client.crt", "client.key"
 
 
 class FleetApiError(FleetError):
@@ -51,6 +56,8 @@ class FleetApi:
     token_env: str
     """The environment variable holding the bearer token, read at each request (so that
     ``--help`` works without it)."""
+    ca_file: Path | None = None
+    """The CA certificate that signed an https:// server's certificate (None: the system's)."""
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """The decoded JSON reply; :class:`FleetApiError` with the server's message otherwise."""
@@ -70,7 +77,9 @@ class FleetApi:
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
         try:
-            with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as reply:  # noqa: S310
+            with urllib.request.urlopen(  # noqa: S310
+                request, timeout=_TIMEOUT_S, context=self._tls_context(url)
+            ) as reply:
                 return bytes(reply.read())
         except urllib.error.HTTPError as exc:
             raise FleetApiError(f"{exc.code} {_error_message(exc.read())}") from exc
@@ -79,6 +88,19 @@ class FleetApi:
             raise FleetApiError(
                 f"cannot reach the fleet server at {self.server}: {reason}"
             ) from exc
+
+    def _tls_context(self, url: str) -> ssl.SSLContext | None:
+        """For https://: the system's CAs, or only ``ca_file``; certificate and host name checked."""
+        if not url.startswith("https://"):
+            if self.ca_file is not None:
+                raise click.UsageError("--ca-file needs an https:// --server")
+            return None
+        try:
+            return ssl.create_default_context(
+                cafile=None if self.ca_file is None else str(self.ca_file)
+            )
+        except (OSError, ValueError) as exc:
+            raise FleetApiError(f"cannot load the CA certificate {self.ca_file}: {exc}") from exc
 
 
 def _error_message(raw: bytes) -> str:
@@ -140,8 +162,15 @@ def _csv(values: tuple[str, ...]) -> list[str]:
     show_default=True,
     help="Environment variable holding the API's bearer token.",
 )
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="EDGEFLEET_CA_FILE",
+    help="CA certificate that signed an https:// server's certificate (env EDGEFLEET_CA_FILE). "
+    "Default: the system's CAs.",
+)
 @click.pass_context
-def fleet(ctx: click.Context, server: str, token_env: str) -> None:
+def fleet(ctx: click.Context, server: str, token_env: str, ca_file: Path | None) -> None:
     """Devices, bundles, staged rollouts and provisioning, on a running `edgefleet serve`.
 
     \b
@@ -152,7 +181,7 @@ def fleet(ctx: click.Context, server: str, token_env: str) -> None:
       edgefleet fleet tokens create alice --role operator
       edgefleet fleet audit --since 1d
     """
-    ctx.obj = FleetApi(server, token_env)
+    ctx.obj = FleetApi(server, token_env, ca_file)
 
 
 # --- devices and bundles -------------------------------------------------------------
@@ -246,6 +275,15 @@ def import_bundle(api: FleetApi, path: str, as_json: bool) -> None:
     show_default=True,
     help="The device's camera: index, file, rtsp:// URL or GStreamer pipeline.",
 )
+@click.option(
+    "--client-cert",
+    is_flag=True,
+    help="Issue the device a client certificate from the fleet CA (--ca-dir; its common name "
+    "is the device id) and write it, with its key (0600), beside the config: for a broker "
+    "that logs devices in by certificate. Needs --out.",
+)
+@ca_dir_option
+@passphrase_option
 @_json_option
 @click.pass_obj
 def provision(
@@ -256,6 +294,9 @@ def provision(
     out: Path | None,
     device_dir: str,
     source_uri: str,
+    client_cert: bool,
+    ca_dir: Path | None,
+    ca_passphrase_env: str | None,
     as_json: bool,
 ) -> None:
     """Register DEVICE_ID ahead of its first contact and give it what it needs to connect.
@@ -265,8 +306,15 @@ def provision(
     prints the config. When the server manages broker credentials
     (`serve --broker-auth-dir`), the device's broker password is in that
     config: it is shown this once (the server keeps only its hash;
-    `fleet credentials rotate` issues a new one).
+    `fleet credentials rotate` issues a new one). With an mqtts:// device
+    broker the config speaks TLS, trusting the CA certificate the server
+    names (written as ca.crt); --client-cert adds client.crt and client.key.
     """
+    fleet_ca = None
+    if client_cert:
+        if out is None:
+            raise click.UsageError("--client-cert needs --out (the device's key goes to a file)")
+        fleet_ca = open_ca(ca_dir, ca_passphrase_env)  # before anything is registered
     reply = api.request(
         "POST", "/devices", {"id": device_id, "tags": _csv(tags), "profile": profile}
     )
@@ -276,12 +324,32 @@ def provision(
             _print_json(reply)
             return
         click.echo(f"# provisioned {device['id']} with tags {list(device['tags'])}", err=True)
+        if mqtt.get("ca_pem"):
+            click.echo(
+                f"# the device needs the broker's CA certificate at {device_dir}/ca.crt "
+                "(--out writes it)",
+                err=True,
+            )
         click.echo(
             yaml.safe_dump(device_config(device, mqtt, device_dir, source_uri), sort_keys=False)
         )
         return
     root = api.request_bytes("GET", "/trust/root")
-    written = write_device_files(out, device_config(device, mqtt, device_dir, source_uri), root)
+    files: dict[str, tuple[bytes, int]] = {}
+    if mqtt.get("ca_pem"):
+        files[DEVICE_CA_FILE] = (str(mqtt["ca_pem"]).encode("ascii"), 0o644)
+    if fleet_ca is not None:
+        if not mqtt.get("tls"):
+            click.echo(
+                "warning: the server's device broker is not mqtts://; the config speaks TLS "
+                "anyway (a client certificate needs it): check its port",
+                err=True,
+            )
+        pair = fleet_ca.issue_client(device["id"])
+        files[CLIENT_CERT_FILE] = (pair.cert_pem, 0o644)
+        files[CLIENT_KEY_FILE] = (pair.key_pem, 0o600)
+    config = device_config(device, mqtt, device_dir, source_uri, client_cert=fleet_ca is not None)
+    written = write_device_files(out, config, root, files)
     if as_json:
         _print_json(
             {
@@ -298,6 +366,9 @@ def provision(
         f"copy them to {device_dir}/ on the device, then: edgefleet device run --config "
         f"{device_dir}/device.yaml"
     )
+
+
+fleet.add_command(ca)
 
 
 @fleet.group("credentials")
@@ -342,9 +413,19 @@ def revoke(api: FleetApi, device_id: str) -> None:
 
 
 def device_config(
-    device: dict[str, Any], mqtt: dict[str, Any], device_dir: str, source_uri: str
+    device: dict[str, Any],
+    mqtt: dict[str, Any],
+    device_dir: str,
+    source_uri: str,
+    *,
+    client_cert: bool = False,
 ) -> dict[str, Any]:
-    """A complete device config for a provisioned device (valid for ``edgefleet device run``)."""
+    """A complete device config for a provisioned device (valid for ``edgefleet device run``).
+
+    TLS when the server's device broker is ``mqtts://`` (or with ``client_cert``):
+    the CA file the server gave and the client certificate are expected in
+    ``device_dir`` under the names :func:`write_device_files` gives them.
+    """
     broker: dict[str, Any] = {
         "host": mqtt.get("host", "127.0.0.1"),
         "port": mqtt.get("port", 1883),
@@ -352,6 +433,17 @@ def device_config(
     }
     if mqtt.get("username"):
         broker |= {"username": mqtt["username"], "password": mqtt["password"]}
+    folder = device_dir.rstrip("/")
+    if mqtt.get("tls") or client_cert:
+        tls: dict[str, str] = {}
+        if mqtt.get("ca_pem"):
+            tls["ca_file"] = f"{folder}/{DEVICE_CA_FILE}"
+        if client_cert:
+            tls |= {
+                "cert_file": f"{folder}/{CLIENT_CERT_FILE}",
+                "key_file": f"{folder}/{CLIENT_KEY_FILE}",
+            }
+        broker["tls"] = tls
     uri: str | int = int(source_uri) if source_uri.isdigit() else source_uri
     return {
         "device_id": device["id"],
@@ -359,21 +451,31 @@ def device_config(
         "store": "/var/lib/edgefleet",
         "mqtt": broker,
         "update": {
-            "trusted_root": f"{device_dir.rstrip('/')}/root.json",
+            "trusted_root": f"{folder}/root.json",
             "groups": list(device["tags"]),
         },
     }
 
 
-def write_device_files(out: Path, config: dict[str, Any], root: bytes) -> list[Path]:
-    """Write device.yaml (0600: it holds the broker password) and root.json, each atomically."""
+def write_device_files(
+    out: Path,
+    config: dict[str, Any],
+    root: bytes,
+    files: dict[str, tuple[bytes, int]] | None = None,
+) -> list[Path]:
+    """Write device.yaml (0600: it holds the broker password), root.json and ``files``
+    (name: bytes and mode; a private key 0600), each atomically, the config last."""
     text = yaml.safe_dump(config, sort_keys=False)
     parse_config(text, "the generated device.yaml")  # never hand out a config the device refuses
     out.mkdir(parents=True, exist_ok=True)
     config_path, root_path = out / "device.yaml", out / "root.json"
+    written = [config_path, root_path]
+    for name, (data, mode) in (files or {}).items():
+        atomic_write_bytes(out / name, data, mode=mode)
+        written.append(out / name)
     atomic_write_bytes(root_path, root)
     atomic_write_text(config_path, text, mode=0o600)
-    return [config_path, root_path]
+    return written
 
 
 # --- rollouts ------------------------------------------------------------------------

@@ -210,6 +210,12 @@ def serve(
         --broker-auth-dir /etc/mosquitto/edgefleet --broker-reload 'systemctl reload mosquitto'
 
     \b
+    TLS everywhere (certificates from `edgefleet fleet ca`; docs/operations.md):
+      edgefleet serve ... --broker mqtts://localhost:8884 --broker-ca ca.crt \\
+        --device-broker mqtts://broker.plant:8883 --fleet-ca ca.crt \\
+        --https-cert api.crt --https-key api.key
+
+    \b
     Two replicas on PostgreSQL (one leads the rollouts; either takes over within --lease-ttl):
       edgefleet serve ... --db postgresql://fleet@db/fleet --broker mqtt://broker:1883 \\
         --replica-id a --shared-subscriptions edgefleet --http-port 8080

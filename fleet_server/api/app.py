@@ -14,10 +14,12 @@ from edge_runtime.errors import EdgefleetError
 from fleet_server.api.access_routes import access_routes
 from fleet_server.api.audit import AuditTrail
 from fleet_server.api.auth import Authenticator, ForbiddenError, Guards, UnauthorisedError
-from fleet_server.api.routes import bundle_routes, device_routes, rollout_routes
+from fleet_server.api.routes import broker_routes, bundle_routes, device_routes, rollout_routes
 from fleet_server.api.window_routes import window_routes
 from fleet_server.errors import (
+    LeaseLostError,
     NotFoundError,
+    NotLeaderError,
     RegistryError,
     RegistryStorageError,
     RolloutError,
@@ -34,8 +36,8 @@ log = logging.getLogger(__name__)
 
 
 def _status_for(exc: EdgefleetError) -> int:
-    if isinstance(exc, RegistryStorageError):
-        return 503
+    if isinstance(exc, RegistryStorageError | NotLeaderError | LeaseLostError):
+        return 503  # the database is down, or another replica leads the rollouts
     if isinstance(exc, NotFoundError):
         return 404
     if isinstance(exc, RolloutPlanError):
@@ -52,6 +54,7 @@ def create_app(
     device_mqtt: dict[str, Any] | None = None,
     public_docs: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    fleet_ca_pem: bytes | None = None,
 ) -> FastAPI:
     """The HTTP API over ``server``, guarded by bearer tokens with roles.
 
@@ -59,8 +62,11 @@ def create_app(
     audit log); the tokens made with ``POST /tokens`` are valid too
     (:mod:`fleet_server.api.auth`). Every request that is not a read is
     recorded in the audit log (:mod:`fleet_server.api.audit`).
-    ``device_mqtt`` (host, port, topic_prefix) is what a newly provisioned
-    device should connect to; it is returned by ``POST /devices`` for its config.
+    ``device_mqtt`` (host, port, topic_prefix; tls and ca_pem for an mqtts://
+    broker) is what a newly provisioned device should connect to; it is
+    returned by ``POST /devices`` for its config.
+    ``fleet_ca_pem`` (the fleet CA's certificate) checks the revocation lists
+    ``PUT /broker/crl`` installs.
     """
     authenticate = Authenticator(server.registry, token)
     mqtt_settings = dict(device_mqtt or {"topic_prefix": server.prefix})
@@ -132,6 +138,7 @@ def create_app(
     device_routes(app, server, guards, mqtt_settings)
     bundle_routes(app, server, guards)
     rollout_routes(app, server, guards)
+    broker_routes(app, server, guards.admin, fleet_ca_pem)
     access_routes(app, server.registry, guards)
     window_routes(app, server.registry, guards)
     return app

@@ -15,6 +15,8 @@ from fleet_server.api.auth import Guards, principal_of
 from fleet_server.api.models import (
     BundleView,
     CommandRequest,
+    CrlRequest,
+    CrlView,
     DeviceView,
     ImportRequest,
     MqttSettings,
@@ -28,12 +30,13 @@ from fleet_server.api.models import (
     Verb,
     WaveView,
 )
-from fleet_server.errors import NotFoundError
+from fleet_server.certificates import check_crl_update, crl_number
+from fleet_server.errors import FleetError, NotFoundError
 from fleet_server.records import TargetSelector
 from fleet_server.registry import MAX_TIMELINE_LIMIT
 from fleet_server.server import FleetServer
 
-__all__ = ["bundle_routes", "device_routes", "rollout_routes"]
+__all__ = ["broker_routes", "bundle_routes", "device_routes", "rollout_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,7 @@ def device_routes(
         device's broker username and password: this is the only time the
         password is shown (the server keeps only its hash).
         """
-        info, password = server.provision_device(body.id, body.tags, body.profile)
+        info, password = server.credentials.provision(body.id, body.tags, body.profile)
         log.info("provisioned device %s via the API", body.id)
         return ProvisionReply(
             device=DeviceView.model_validate(info), mqtt=with_credentials(body.id, password)
@@ -87,7 +90,7 @@ def device_routes(
     @app.post("/devices/{device_id}/credentials", tags=["devices"], dependencies=guards.admin)
     def rotate(device_id: str) -> ProvisionReply:
         """Issue a new broker password for a device (the old one stops at the broker's reload)."""
-        password = server.rotate_credentials(device_id)
+        password = server.credentials.rotate(device_id)
         log.info("rotated the broker credentials of %s via the API", device_id)
         return ProvisionReply(
             device=DeviceView.model_validate(registry.device(device_id)),
@@ -97,7 +100,7 @@ def device_routes(
     @app.delete("/devices/{device_id}/credentials", tags=["devices"], dependencies=guards.admin)
     def revoke(device_id: str) -> DeviceView:
         """Remove a device's broker credentials: it can no longer connect."""
-        server.revoke_credentials(device_id)
+        server.credentials.revoke(device_id)
         log.info("revoked the broker credentials of %s via the API", device_id)
         return DeviceView.model_validate(registry.device(device_id))
 
@@ -116,6 +119,47 @@ def device_routes(
     def pin(device_id: str, body: PinRequest) -> DeviceView:
         """Keep a device on a bundle whatever rollouts say (``null`` unpins)."""
         return DeviceView.model_validate(registry.pin(device_id, body.sha256))
+
+
+def broker_routes(
+    app: FastAPI, server: FleetServer, guarded: list[Any], fleet_ca_pem: bytes | None
+) -> None:
+    """The broker's TLS files the server manages: the fleet CA's revocation list."""
+
+    @app.put("/broker/crl", tags=["broker"], dependencies=guarded)
+    def install_crl(body: CrlRequest) -> CrlView:
+        """Give the broker a new revocation list (``edgefleet fleet ca revoke`` sends it).
+
+        It must be signed by the fleet CA (``serve --fleet-ca``, its certificate
+        only) and not older than the list in place; the server writes it beside
+        the broker's password file and reloads the broker, which checks it at
+        every TLS connection from then on.
+        """
+        broker_auth = server.broker_auth
+        if broker_auth is None:
+            raise FleetError(
+                "this server does not manage the broker's files (no --broker-auth-dir)"
+            )
+        if fleet_ca_pem is None:
+            raise FleetError(
+                "this server was not given the fleet CA certificate (serve --fleet-ca) to check "
+                "revocation lists with"
+            )
+        current = broker_auth.crl_path.read_bytes() if broker_auth.crl_path.exists() else None
+        pem = body.crl_pem.encode("ascii", "replace")
+        crl = check_crl_update(pem, fleet_ca_pem, current)
+        broker_auth.write_crl(pem)
+        log.warning(
+            "installed the fleet CA's revocation list number %d (%d revoked) via the API",
+            crl_number(crl),
+            len(crl),
+        )
+        next_update = crl.next_update_utc
+        return CrlView(
+            crl_number=crl_number(crl),
+            revoked=len(crl),
+            next_update=None if next_update is None else next_update.timestamp(),
+        )
 
 
 def bundle_routes(app: FastAPI, server: FleetServer, guards: Guards) -> None:

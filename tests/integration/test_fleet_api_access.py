@@ -74,9 +74,7 @@ def test_every_route_names_the_role_it_needs(api: Api) -> None:
         if not isinstance(route, APIRoute):
             continue
         roles = [
-            d.dependency.role
-            for d in route.dependencies
-            if isinstance(d.dependency, RoleCheck)
+            d.dependency.role for d in route.dependencies if isinstance(d.dependency, RoleCheck)
         ]
         for method in route.methods:
             key = (method, route.path)
