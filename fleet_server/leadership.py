@@ -58,9 +58,14 @@ class Leadership:
     def leading(self) -> bool:
         return self.fence is not None
 
+    @property
+    def next_due(self) -> float:
+        """When (monotonic) the next renewal is due: every third of the time to live."""
+        return float("-inf") if self._renewed_at is None else self._renewed_at + self.ttl_s / 3
+
     def due(self, monotonic_now: float) -> bool:
-        """Whether it is time to renew (every third of the time to live)."""
-        return self._renewed_at is None or monotonic_now - self._renewed_at >= self.ttl_s / 3
+        """Whether it is time to renew."""
+        return monotonic_now >= self.next_due
 
     def renew(self, monotonic_now: float) -> Turn:
         """Take or keep the lease; say whether the lead changed hands here."""

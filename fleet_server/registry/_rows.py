@@ -100,14 +100,19 @@ def get_device(
 ) -> db.Device:
     """The device row; ``tags=False`` loads its tags only if they are read (reports never do)."""
     options = [] if tags else [lazyload(db.Device.tags)]
-    row = session.get(db.Device, device_id, with_for_update=lock, options=options)
+    # FOR NO KEY UPDATE: it never blocks the key-share locks that inserting a row which refers
+    # to the device takes (timeline entries), so replicas' writers cannot deadlock on them
+    locking = {"key_share": True} if lock else False
+    row = session.get(db.Device, device_id, with_for_update=locking, options=options)
     if row is None:
         raise NotFoundError(f"unknown device {device_id!r}")
     return row
 
 
 def get_rollout(session: Session, rollout_id: int, *, lock: bool = False) -> db.Rollout:
-    row = session.get(db.Rollout, rollout_id, with_for_update=lock)
+    row = session.get(
+        db.Rollout, rollout_id, with_for_update={"key_share": True} if lock else False
+    )
     if row is None:
         raise NotFoundError(f"unknown rollout {rollout_id!r}")
     return row

@@ -100,6 +100,9 @@ class UnitOfWork:
             try:
                 with outer.begin_nested():
                     yield outer
+            except OperationalError as exc:  # a deadlock, a lost connection: the batch is lost
+                self._local.locked = set()
+                raise RegistryStorageError(f"database failed: {exc.orig}") from exc
             except BaseException:
                 self._local.locked = set()  # a rolled-back savepoint may release its row locks
                 raise
