@@ -2,7 +2,8 @@
 
 The house, one idea per module, imports pointing down the list::
 
-    process.py          the server as one process: brokers, MQTT client, uvicorn
+    process.py          the server as one process: options, database, keys, uvicorn
+      mqtt_client.py      broker URLs, the embedded amqtt broker, the server's paho client
     api/                HTTP: app.py (errors, health, metrics), models.py, routes.py; auth.py
                         (tokens and each route's role), audit.py (the audit trail),
                         access_routes.py (/tokens, /audit)
@@ -13,6 +14,12 @@ The house, one idea per module, imports pointing down the list::
       inbox.py            reports queued off paho's thread, read in batches
       chunk_server.py     bundle chunks to devices (chunk_io.py: requests, files, counters)
       publisher.py        TUF metadata, retained
+      signer.py           the leader's signing: planner actions -> assignments, published
+      credentials.py      devices' broker credentials (broker_auth.py: Mosquitto's files;
+                          amqtt_auth.py: the embedded broker's)
+      leadership.py       which replica leads the rollouts: the lease, renewed and fenced
+      rate_limit.py       per-device token buckets for reports that add rows
+      http_guard.py       the HTTP API's checks before a body is read
     coordinator.py      RolloutCoordinator: the followed rollouts, driven by plain values
     rollout_plan.py     the planner, a pure state machine (rollout_rules.py: its rules;
                         rollout_progress.py: its values; rollout_spec.py: what was asked;
@@ -25,12 +32,14 @@ The house, one idea per module, imports pointing down the list::
                         ingest, telemetry, rollouts (the planner state saved and projected
                         into tables: the one writer), timeline, stats (counts for /metrics),
                         windows (maintenance windows per tag), access (API tokens, the
-                        audit log)
-    db/                 models.py (tables), engine.py (engines, sessions, migrations)
+                        audit log), leases (the leader lease and its epoch)
+    db/                 models.py (tables), engine.py (engines, sessions, migrations),
+                        and one module per room's own tables (leases, windows, access)
     statuses.py         the one vocabulary of rollout, wave and device statuses
     records.py          the plain frozen records the registry hands out
     access.py           roles, token secrets and their hashes, audit records (pure)
     reports.py          device reports parsed by edge_runtime.protocol (one wire format)
+    telemetry.py        device telemetry snapshots read into figures
     trust/              the TUF repository and the online keys
     tls.py              TLS settings: towards an mqtts:// broker, for devices, for HTTPS
     fleet_ca.py         the fleet CA's folder, on the operator's machine: issue, revoke
