@@ -113,6 +113,7 @@ class DeviceRuntime:
                 info=self._info,
                 interval_s=self.mqtt.config.telemetry_interval_s,
             )
+            self.health.add_check(self.telemetry.worker_problem)
         self.sinks = self._sinks()
         self.status_server = None
         if config.metrics.enabled:

@@ -28,6 +28,7 @@ from edge_runtime.metrics import RuntimeMetrics
 from edge_runtime.outputs import PredictionSink, Publisher
 from edge_runtime.prediction import Prediction
 from edge_runtime.protocol import TelemetryHealth, TelemetryQuality, TelemetryReport
+from edge_runtime.supervise import SupervisedThread
 
 __all__ = [
     "DEFAULT_TELEMETRY_INTERVAL_S",
@@ -129,7 +130,7 @@ class TelemetryPublisher:
         self.interval_s = interval_s
         self._clock = clock
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self.published = 0
         """Snapshots handed to the MQTT link."""
         self.failures = 0
@@ -170,9 +171,7 @@ class TelemetryPublisher:
         if self._thread is not None:
             raise RuntimeError("telemetry publisher already started")
         self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._loop, name=f"telemetry-{self.device_id}", daemon=True
-        )
+        self._thread = SupervisedThread(self._loop, f"telemetry-{self.device_id}")
         self._thread.start()
         log.info("telemetry every %g s on %s", self.interval_s, self.topic)
 
@@ -182,13 +181,20 @@ class TelemetryPublisher:
         if thread is None:
             return
         self._stop.set()
-        thread.join(timeout=timeout)
+        thread.stop(timeout=timeout)
 
     @property
     def running(self) -> bool:
         """Whether the publishing thread is alive."""
         thread = self._thread
         return thread is not None and thread.is_alive()
+
+    def worker_problem(self) -> str | None:
+        """Why the telemetry worker is not running (for ``/healthz``), or None."""
+        thread = self._thread
+        if thread is None or thread.health().alive:
+            return None
+        return f"the telemetry worker is not running ({thread.health().last_error or 'ended'})"
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 
 import pytest
 
@@ -212,3 +213,37 @@ def test_thread_survives_failing_publishes() -> None:
 def test_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         publisher_for(FakeLink(), QualityTracker(), interval_s=0)
+
+
+class DyingLink(FakeLink):
+    """A link whose publish kills the calling thread (what no ``except Exception`` catches)."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        self.published.set()
+        raise SystemExit("the telemetry thread was killed")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # on purpose
+def test_a_dead_telemetry_worker_is_named_by_healthz() -> None:
+    """Issue #15: a worker thread that dies never hides behind a green /healthz."""
+    health = HealthState(startup_grace_s=0.0)
+    publisher = TelemetryPublisher(
+        DyingLink(),
+        TOPIC,
+        device_id="cam-1",
+        metrics=serving_metrics(),
+        quality=QualityTracker(),
+        health=health,
+        interval_s=0.01,
+    )
+    health.add_check(publisher.worker_problem)
+    assert publisher.worker_problem() is None  # not started: nothing to report
+    publisher.start()
+    deadline = time.monotonic() + 10
+    while publisher.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    problem = publisher.worker_problem()
+    assert problem is not None and problem.startswith("the telemetry worker is not running")
+    verdict = health.evaluate()
+    assert not verdict.healthy and problem in verdict.reasons
+    publisher.stop()
