@@ -17,7 +17,7 @@ from edgefleet.rollout_benchmark.floor import FloorResult, measure_floor
 from edgefleet.rollout_benchmark.options import FleetBenchError, FleetBenchOptions
 from edgefleet.rollout_benchmark.payload import synthetic_bundle
 from edgefleet.rollout_benchmark.report import build_report
-from edgefleet.rollout_benchmark.sampling import ProcessSampler, wait_quiet
+from edgefleet.rollout_benchmark.sampling import MachineSnapshot, ProcessSampler, wait_quiet
 from edgefleet.rollout_benchmark.services import (
     Api,
     ServerReplica,
@@ -66,6 +66,8 @@ class Measured:
     counters: list[Counters] = field(default_factory=list)
     """Each replica's counter increase over the rollout."""
     floors: list[FloorResult] = field(default_factory=list)
+    machine: tuple[MachineSnapshot, MachineSnapshot] | None = None
+    """The machine's CPU use at the rollout's start and end."""
     timed_out: bool = False
     """The rollout had not finished after ``--timeout`` seconds (figures up to then)."""
 
@@ -169,6 +171,7 @@ def _run(m: Measured, root: bytes, host: str, port: int, console: Any) -> None:
             before = [parse_counters(api.metrics(i)) for i in range(len(m.replicas))]
 
             task = progress.add_task("rollout: devices committed", total=options.devices)
+            machine_start = MachineSnapshot.now()
             m.started, wall_start = time.monotonic(), time.time()
             rollout = api(
                 "POST",
@@ -190,6 +193,7 @@ def _run(m: Measured, root: bytes, host: str, port: int, console: Any) -> None:
                 options=options,
             )
             m.finished = time.monotonic()
+            m.machine = (machine_start, MachineSnapshot.now())
             m.elapsed = m.finished - m.started
             after = [parse_counters(api.metrics(i)) for i in range(len(m.replicas))]
             m.counters = [a.minus(b) for a, b in zip(after, before, strict=True)]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_runtime import __version__
+from edgefleet.rollout_benchmark.sampling import machine_window
 
 if TYPE_CHECKING:
     from edgefleet.rollout_benchmark.counters import Counters
@@ -57,6 +58,11 @@ def build_report(m: Measured) -> dict[str, Any]:
         return round(1000 * cpu / committed, 1) if committed else None
 
     status = m.view.get("status")
+    ours = sum(
+        s.window(*window)["cpu_s"]
+        for s in [*m.servers, *m.simulators, m.broker, m.database_sampler]
+        if s is not None
+    )
     return {
         "benchmark": "fleet-rollout",
         "devices": options.devices,
@@ -111,8 +117,8 @@ def build_report(m: Measured) -> dict[str, Any]:
             "cpu": platform.processor() or platform.machine(),
             "python": platform.python_version(),
             "edgefleet": __version__,
-            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         },
+        "machine_during_rollout": None if m.machine is None else machine_window(*m.machine, ours),
         "waves": ["canary", "100%"],
         "notes": "health windows 0 s and no quality gate: simulated devices send no telemetry",
     }
@@ -207,6 +213,14 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     processes = f"{sim['processes']} process{'es' if sim['processes'] != 1 else ''}"
     table.add_row("simulator CPU", f"{sim['cpu_s']} s in {processes}")
     table.add_row("device errors", str(report["device_errors"]))
+    machine = report["machine_during_rollout"]
+    if machine is not None:
+        table.add_row(
+            "machine during the rollout",
+            f"{machine['busy_pct']}% busy, {machine['others_pct']}% by other work"
+            f" ({machine['others_cpu_s']} CPU s); load {machine['load_1m_start']}"
+            f" -> {machine['load_1m_end']}",
+        )
     console.print(table)
     console.print(_replicas_table(report))
     console.print("[green]target met[/]" if report["met"] else "[red]target missed[/]")

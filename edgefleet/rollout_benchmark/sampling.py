@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 
 import psutil
 
-__all__ = ["ProcessSampler", "wait_quiet"]
+__all__ = ["MachineSnapshot", "ProcessSampler", "machine_window", "wait_quiet"]
 
 
 @dataclass
@@ -121,3 +122,44 @@ def wait_quiet(
             break
         time.sleep(0.2)
     return time.monotonic() - started
+
+
+@dataclass(frozen=True)
+class MachineSnapshot:
+    """The whole machine's CPU use so far, and this process's own, at one instant."""
+
+    at: float
+    busy_s: float
+    """Every CPU's non-idle seconds since boot (iowait counts as idle)."""
+    own_cpu_s: float
+    """This (the benchmark's) process's CPU seconds."""
+    load_1m: float
+
+    @classmethod
+    def now(cls) -> MachineSnapshot:
+        times = psutil.cpu_times()
+        own = psutil.Process().cpu_times()
+        busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+        return cls(time.monotonic(), busy, own.user + own.system, os.getloadavg()[0])
+
+
+def machine_window(
+    start: MachineSnapshot, end: MachineSnapshot, measured_cpu_s: float
+) -> dict[str, float]:
+    """How busy the machine was between two snapshots, and how much of it was someone else.
+
+    ``measured_cpu_s`` is what the sampled processes (servers, broker, database,
+    simulator) used over the same window; the benchmark's own process is
+    added here. The rest is other work on the machine: noise in every figure.
+    """
+    span = max(1e-9, end.at - start.at)
+    cpus = psutil.cpu_count() or 1
+    busy = end.busy_s - start.busy_s
+    ours = measured_cpu_s + (end.own_cpu_s - start.own_cpu_s)
+    return {
+        "busy_pct": round(100 * busy / (span * cpus), 1),
+        "others_cpu_s": round(max(0.0, busy - ours), 1),
+        "others_pct": round(100 * max(0.0, busy - ours) / (span * cpus), 1),
+        "load_1m_start": round(start.load_1m, 2),
+        "load_1m_end": round(end.load_1m, 2),
+    }
