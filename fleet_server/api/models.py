@@ -9,9 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from fleet_server.records import (
-    Availability,
     BundleInfo,
-    DeviceOrigin,
+    DeviceInfo,
     RolloutInfo,
     check_name,
 )
@@ -117,30 +116,8 @@ class _Reply(BaseModel):
     model_config = ConfigDict(extra="forbid", from_attributes=True)
 
 
-class DeviceView(_Reply):
-    """A device: provisioning, availability and the state it last reported."""
-
-    id: str
-    tags: tuple[str, ...]
-    profile: str | None
-    origin: DeviceOrigin
-    pinned_bundle: str | None
-    registered_at: float
-    last_seen: float | None
-    availability: Availability
-    phase: str | None
-    active_bundle: str | None
-    active_name: str | None
-    active_version: str | None
-    last_good_bundle: str | None
-    target_bundle: str | None
-    target_assignment: int | None
-    runtime_version: str | None
-    state_updated_at: float | None
-    has_credentials: bool
-    state_received_at: float | None
-    clock_skew_s: float | None
-    last_event_reason: str | None
+DeviceView = DeviceInfo
+"""A device as the API answers it: the registry's record itself (a dataclass FastAPI reads)."""
 
 
 class MqttSettings(BaseModel):
@@ -172,7 +149,7 @@ class CrlView(BaseModel):
 class ProvisionReply(BaseModel):
     """A provisioned device (or one whose credentials changed) and its MQTT settings."""
 
-    device: DeviceView
+    device: DeviceInfo
     mqtt: MqttSettings
 
 

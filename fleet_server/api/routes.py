@@ -60,12 +60,12 @@ def device_routes(
     @app.get("/devices", tags=["devices"], dependencies=guards.viewer)
     def list_devices(tag: Annotated[list[str] | None, Query()] = None) -> list[DeviceView]:
         """Every device, or those carrying every ``tag`` given."""
-        return [DeviceView.model_validate(d) for d in registry.devices(tag)]
+        return [d for d in registry.devices(tag)]
 
     @app.get("/devices/{device_id}", tags=["devices"], dependencies=guards.viewer)
     def get_device(device_id: str) -> DeviceView:
         """One device."""
-        return DeviceView.model_validate(registry.device(device_id))
+        return registry.device(device_id)
 
     def with_credentials(device_id: str, password: str | None) -> MqttSettings:
         settings = dict(mqtt_settings)
@@ -83,9 +83,7 @@ def device_routes(
         """
         info, password = server.credentials.provision(body.id, body.tags, body.profile)
         log.info("provisioned device %s via the API", body.id)
-        return ProvisionReply(
-            device=DeviceView.model_validate(info), mqtt=with_credentials(body.id, password)
-        )
+        return ProvisionReply(device=info, mqtt=with_credentials(body.id, password))
 
     @app.post("/devices/{device_id}/credentials", tags=["devices"], dependencies=guards.admin)
     def rotate(device_id: str) -> ProvisionReply:
@@ -93,7 +91,7 @@ def device_routes(
         password = server.credentials.rotate(device_id)
         log.info("rotated the broker credentials of %s via the API", device_id)
         return ProvisionReply(
-            device=DeviceView.model_validate(registry.device(device_id)),
+            device=registry.device(device_id),
             mqtt=with_credentials(device_id, password),
         )
 
@@ -102,7 +100,7 @@ def device_routes(
         """Remove a device's broker credentials: it can no longer connect."""
         server.credentials.revoke(device_id)
         log.info("revoked the broker credentials of %s via the API", device_id)
-        return DeviceView.model_validate(registry.device(device_id))
+        return registry.device(device_id)
 
     @app.get(
         "/trust/root",
@@ -118,7 +116,7 @@ def device_routes(
     @app.put("/devices/{device_id}/pin", tags=["devices"], dependencies=guards.operator)
     def pin(device_id: str, body: PinRequest) -> DeviceView:
         """Keep a device on a bundle whatever rollouts say (``null`` unpins)."""
-        return DeviceView.model_validate(registry.pin(device_id, body.sha256))
+        return registry.pin(device_id, body.sha256)
 
 
 def broker_routes(

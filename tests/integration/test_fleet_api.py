@@ -142,7 +142,7 @@ def test_the_openapi_document_describes_every_reply(api: Api) -> None:
                     untyped.append(f"{method.upper()} {path}")
     assert untyped == []
     schemas = document["components"]["schemas"]
-    assert {"DeviceView", "BundleView", "RolloutView", "WaveView", "TimelineView"} <= set(schemas)
+    assert {"DeviceInfo", "BundleView", "RolloutView", "WaveView", "TimelineView"} <= set(schemas)
     wave_status = schemas["WaveStatus"]["enum"]
     assert wave_status == [
         "pending",
