@@ -20,6 +20,7 @@ from edgefleet.rollout_benchmark.report import build_report
 from edgefleet.rollout_benchmark.sampling import MachineSnapshot, ProcessSampler, wait_quiet
 from edgefleet.rollout_benchmark.services import (
     Api,
+    ServerBusyError,
     ServerReplica,
     broker,
     postgres_cluster,
@@ -243,7 +244,10 @@ def _wait_idle(api: Api, expected: int, timeout: float = 120.0) -> None:
     """Until the servers have every device's first reported state (the fleet is at rest)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        devices = api("GET", f"/devices?tag={_TAG}")
+        try:
+            devices = api("GET", f"/devices?tag={_TAG}")
+        except ServerBusyError:
+            continue  # a busy server is slow, not done: ask again until the deadline
         if sum(1 for d in devices if d.get("phase")) >= expected:
             return
         time.sleep(0.5)
@@ -262,10 +266,16 @@ def _follow(
 ) -> tuple[dict[str, Any], bool]:
     """The rollout's final view, and whether it timed out (then the view is its last)."""
     deadline = time.monotonic() + options.timeout_s
+    view: dict[str, Any] = {}
     while True:
         committed = len(fleet.committed(sha256))
         progress.update(task, completed=committed)
-        view: dict[str, Any] = api("GET", f"/rollouts/{rollout_id}")
+        try:
+            view = api("GET", f"/rollouts/{rollout_id}")
+        except ServerBusyError:
+            if time.monotonic() > deadline:
+                raise
+            continue  # a server too busy to answer in 60 s is a finding, not the end of the run
         if view.get("finished"):
             progress.update(task, completed=committed)
             return view, False

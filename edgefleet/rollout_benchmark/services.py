@@ -35,6 +35,7 @@ from fleet_server.process import free_port
 
 __all__ = [
     "Api",
+    "ServerBusyError",
     "ServerReplica",
     "broker",
     "postgres_cluster",
@@ -48,6 +49,10 @@ _ERROR_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+ ERROR ")
 """A line ``edgefleet serve`` logs at ERROR (its log lines start with the date and time)."""
 SHARED_GROUP = "edgefleet"
 """The shared-subscription group the replicas join (``edgefleet serve``'s default)."""
+
+
+class ServerBusyError(FleetBenchError):
+    """A server replica did not answer an HTTP call (refused, reset, or timed out)."""
 
 
 class Api:
@@ -74,6 +79,10 @@ class Api:
                 return json.loads(reply.read() or b"null")
         except urllib.error.HTTPError as exc:
             raise FleetBenchError(f"{method} {path}: {exc.code} {exc.read()[:300]!r}") from exc
+        except (urllib.error.URLError, OSError) as exc:  # refused, reset, or no answer in 60 s
+            raise ServerBusyError(
+                f"{method} {path}: {self.urls[replica]} did not answer: {exc}"
+            ) from exc
 
     def metrics(self, replica: int) -> str | None:
         """Replica ``replica``'s ``/metrics`` text, or None when it does not answer one."""
