@@ -38,7 +38,7 @@ from typing import Any
 
 from edge_runtime import __version__
 from edge_runtime.chunk_download import ChunkDownload
-from edge_runtime.chunk_fetch import BundleFetcher
+from edge_runtime.chunk_fetch import BundleFetcher, FetchStats
 from edge_runtime.config import MqttConfig
 from edge_runtime.errors import EdgefleetError, TrustError
 from edge_runtime.mqtt_link import MqttLink, device_topic
@@ -67,6 +67,8 @@ class SimDevice:
     state: UpdateState = field(default_factory=lambda: UpdateState.initial(now=time.time()))
     committed_at: dict[str, float] = field(default_factory=dict)
     """Bundle sha256 -> when this device committed it (``time.time()``)."""
+    fetches: dict[str, FetchStats] = field(default_factory=dict)
+    """Bundle sha256 -> what fetching it took (requests, chunks stored, duplicates)."""
     errors: list[str] = field(default_factory=list)
     _queued: bool = False
     _mutex: threading.Lock = field(default_factory=threading.Lock)
@@ -140,6 +142,7 @@ class SimDevice:
         if fetcher is None or not fetcher.done.is_set():
             return  # from a fetcher replaced since (another bundle), or already handled
         self._fetcher = None
+        self.fetches[fetcher.download.sha256] = fetcher.stats
         target, assignment = self.state.target, self._assignment
         if target is None or assignment is None or self.state.phase is not UpdatePhase.DOWNLOADING:
             return
@@ -302,7 +305,8 @@ def _fleet_process(conn: Connection, spec: _ProcessSpec) -> None:
     """Child process: run a :class:`SimFleet` and report to the parent over ``conn``.
 
     Sends ``("connected", n)`` while connecting, ``("ready", n)``, then
-    ``("committed", device_id, sha256, at)`` for each commit; on ``"stop"``
+    ``("committed", device_id, sha256, at, (requests, chunks stored, duplicate
+    chunks))`` for each commit; on ``"stop"``
     it sends ``("stopped", errors)`` and ends.
     """
     logging.getLogger("edge_runtime").setLevel(logging.ERROR)
@@ -314,7 +318,11 @@ def _fleet_process(conn: Connection, spec: _ProcessSpec) -> None:
 
     def on_commit(device: SimDevice) -> None:
         sha = device.state.active.sha256 if device.state.active is not None else ""
-        send("committed", device.device_id, sha, device.committed_at.get(sha, time.time()))
+        fetch = device.fetches.get(sha)
+        counts = (
+            (0, 0, 0) if fetch is None else (fetch.requests, fetch.chunks_stored, fetch.duplicates)
+        )
+        send("committed", device.device_id, sha, device.committed_at.get(sha, time.time()), counts)
 
     fleet = SimFleet(
         spec.host,
@@ -359,6 +367,8 @@ class SimFleetProcesses:
         self.device_ids = list(device_ids)
         self.commits: dict[str, dict[str, float]] = {}
         """sha256 -> device id -> when it committed."""
+        self.fetch_counts: dict[str, dict[str, tuple[int, int, int]]] = {}
+        """sha256 -> device id -> (download requests, chunks stored, duplicate chunks received)."""
         self.errors: list[str] = []
         self._connected: dict[int, int] = {}
         self._children: list[tuple[Any, Any]] = []
@@ -410,6 +420,11 @@ class SimFleetProcesses:
         with self._lock:
             return dict(self.commits.get(sha256, {}))
 
+    def fetched(self, sha256: str) -> dict[str, tuple[int, int, int]]:
+        """Device id -> (requests, chunks stored, duplicate chunks) of its fetch of ``sha256``."""
+        with self._lock:
+            return dict(self.fetch_counts.get(sha256, {}))
+
     def stop(self) -> None:
         """Ask every process to disconnect its devices and wait for them."""
         for _, conn in self._children:
@@ -441,8 +456,9 @@ class SimFleetProcesses:
                         self._connected[index] = message[1]
                         self._ready += 1
                     elif kind == "committed":
-                        _, device_id, sha, at = message
+                        _, device_id, sha, at, counts = message
                         self.commits.setdefault(sha, {})[device_id] = at
+                        self.fetch_counts.setdefault(sha, {})[device_id] = counts
                     elif kind == "failed":
                         self._failure = message[1]
                     elif kind == "stopped":

@@ -59,6 +59,8 @@ class Measured:
     started: float = 0.0
     finished: float = 0.0
     commit_times: list[float] = field(default_factory=list)
+    fetches: list[tuple[int, int, int]] = field(default_factory=list)
+    """Each committed device's (download requests, chunks stored, duplicate chunks received)."""
     errors: list[str] = field(default_factory=list)
     servers: list[ProcessSampler] = field(default_factory=list)
     broker: ProcessSampler | None = None
@@ -201,6 +203,7 @@ def _run(m: Measured, root: bytes, host: str, port: int, console: Any) -> None:
             m.commit_times = sorted(
                 at - wall_start for at in fleet.committed(m.bundle_sha256).values()
             )
+            m.fetches = list(fleet.fetched(m.bundle_sha256).values())
             fleet.stop()
             m.errors, fleet = fleet.errors, None
             for sampler in m.simulators:

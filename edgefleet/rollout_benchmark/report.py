@@ -85,6 +85,7 @@ def build_report(m: Measured) -> dict[str, Any]:
         "device_commit_s": _spread(m.commit_times),
         "finish_lag_s": round(m.elapsed - m.commit_times[-1], 2) if m.commit_times else None,
         "delivered_mb": round(committed * bundle_bytes / 1e6, 1),
+        "device_fetch": _fetches(m.fetches),
         "server": {
             "cpu_s": server_cpu,
             "cpu_ms_per_committed_device": per_device(server_cpu),
@@ -121,6 +122,23 @@ def build_report(m: Measured) -> dict[str, Any]:
         "machine_during_rollout": None if m.machine is None else machine_window(*m.machine, ours),
         "waves": ["canary", "100%"],
         "notes": "health windows 0 s and no quality gate: simulated devices send no telemetry",
+    }
+
+
+def _fetches(fetches: list[tuple[int, int, int]]) -> dict[str, Any] | None:
+    """What the devices' downloads took: requests, and chunk messages received (duplicates too)."""
+    if not fetches:
+        return None
+    requests = [f[0] for f in fetches]
+    received = [f[1] + f[2] for f in fetches]
+    duplicates = sum(f[2] for f in fetches)
+    return {
+        "requests": sum(requests),
+        "requests_per_device_max": max(requests),
+        "chunk_messages": sum(received),
+        "chunk_messages_per_device": _spread([float(r) for r in received]),
+        "duplicate_chunks": duplicates,
+        "duplicate_share": round(duplicates / max(1, sum(received)), 3),
     }
 
 
@@ -191,6 +209,14 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     if report["finish_lag_s"] is not None:
         table.add_row("last commit -> rollout finished", f"{report['finish_lag_s']} s")
     table.add_row("delivered", f"{report['delivered_mb']} MB")
+    fetch = report["device_fetch"]
+    if fetch is not None:
+        per = fetch["chunk_messages_per_device"]
+        table.add_row(
+            "chunk messages per device p50 / max",
+            f"{per['p50']:.0f} / {per['max']:.0f} ({100 * fetch['duplicate_share']:.0f}% duplicates;"
+            f" {fetch['requests']} requests)",
+        )
     table.add_row(
         "server CPU / per committed device",
         f"{server['cpu_s']} s / {server['cpu_ms_per_committed_device']} ms"

@@ -79,6 +79,10 @@ def test_fleet_bench_rolls_out_to_every_simulated_device_and_measures_the_server
     assert report["broker"]["peak_rss_mb"] > 0
     assert report["simulator"]["processes"] == 1
     assert report["floor"]["runs"] == [] and report["floor_ratio"] is None
+    # the devices' own count of their downloads: every chunk stored, duplicates apart
+    fetch = report["device_fetch"]
+    assert fetch["requests"] >= 12 and fetch["chunk_messages_per_device"]["p50"] >= 3
+    assert fetch["chunk_messages"] == 12 * 3 + fetch["duplicate_chunks"]
     # the server's own counters over the rollout: every device's reports and chunk requests
     (server,) = report["server_replicas"]
     assert server["reports_by_kind"]["state"] >= 12 and server["reports_by_kind"]["events"] >= 12
