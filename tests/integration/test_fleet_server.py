@@ -190,7 +190,13 @@ def test_offline_device_converges_when_it_returns(setup: Setup) -> None:
     spec = [
         WaveSpec(devices=("cam-00", "cam-01"), device_timeout_s=60, health_window_s=1.0, gate=GATE),
         WaveSpec(
-            percent=100, success_threshold=0.9, device_timeout_s=4, health_window_s=1.0, gate=GATE
+            # 10 s: time enough for every online camera on a loaded machine; the offline one
+            # times out (a 4 s timeout rolled the wave back when other work slowed the cameras)
+            percent=100,
+            success_threshold=0.9,
+            device_timeout_s=10,
+            health_window_s=1.0,
+            gate=GATE,
         ),
     ]
     last = f"cam-{DEVICES - 1:02d}"  # offline, so in the last wave
