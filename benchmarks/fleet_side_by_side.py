@@ -10,8 +10,9 @@ Each ``--config LABEL=ARGS`` is a set of extra arguments to ``edgefleet bench
 fleet``. Repeat r runs the configurations in order when r is even and in
 reverse when odd (A B B A ...), so a drift in the machine's load hits each
 the same. Every run's JSON report is kept in ``--out``; ``summary.json`` and
-the printed table give each configuration's medians. A run that fails is
-recorded with the end of its output and the others go on.
+the printed lines give each configuration's medians over its runs that
+finished (a run that did not is listed apart, its work folder kept for its
+logs and database; the others go on).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,9 +66,11 @@ def _figures(report: dict[str, Any]) -> dict[str, Any]:
 def _run(label: str, args: list[str], devices: int, out: Path, index: int) -> dict[str, Any]:
     slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
     report_path = out / f"{slug}-{index}.json"
+    workdir = out / f"{slug}-{index}-work"
+    shutil.rmtree(workdir, ignore_errors=True)
     command = [
-        sys.executable, "-m", "edgefleet", "bench", "fleet",
-        "--devices", str(devices), "--json", str(report_path), *args,
+        sys.executable, "-m", "edgefleet", "bench", "fleet", "--devices", str(devices),
+        "--json", str(report_path), "--workdir", str(workdir), *args,
     ]  # fmt: skip
     print(f"== {label} #{index}: {shlex.join(command[1:])}", flush=True)
     started = time.monotonic()
@@ -83,6 +87,8 @@ def _run(label: str, args: list[str], devices: int, out: Path, index: int) -> di
         print(f"   failed (exit {result.returncode}) after {took} s:\n{tail}", flush=True)
         return {"label": label, "index": index, "failed": tail, "exit": result.returncode}
     figures = _figures(json.loads(report_path.read_text()))
+    if figures["finished"]:
+        shutil.rmtree(workdir, ignore_errors=True)  # kept (logs, database) when it did not finish
     print(
         f"   {figures['wall_s']} s, floor {figures['floor_s']} s, ratio {figures['floor_ratio']},"
         f" server CPU {figures['server_cpu_ms_per_device']} ms/device,"
@@ -113,10 +119,15 @@ _COMPARED = (
 def _summary(runs: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for label in labels:
-        mine = [r for r in runs if r["label"] == label and "failed" not in r]
+        mine = [r for r in runs if r["label"] == label and r.get("finished")]
         summary[label] = {
             "runs": len([r for r in runs if r["label"] == label]),
-            "finished": sum(1 for r in mine if r["finished"]),
+            "finished": len(mine),
+            "not_finished": [
+                {k: r.get(k) for k in ("index", "exit", "committed", "wall_s", "failed")}
+                for r in runs
+                if r["label"] == label and not r.get("finished")
+            ],
             **{f"median_{key}": _median([r[key] for r in mine]) for key in _COMPARED},
             "reports_share": [r["reports_share"] for r in mine],
             "log_errors": [r["log_errors"] for r in mine],

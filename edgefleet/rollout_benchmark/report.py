@@ -25,6 +25,7 @@ TARGET_S = 60.0
 def _spread(values: list[float]) -> dict[str, float]:
     times = np.asarray(values) if values else np.asarray([np.nan])
     return {
+        "min": round(float(np.min(times)), 2),
         "p50": round(float(np.percentile(times, 50)), 2),
         "p90": round(float(np.percentile(times, 90)), 2),
         "max": round(float(np.max(times)), 2),
@@ -204,7 +205,8 @@ def render_report(report: dict[str, Any], console: Any) -> None:
             f"[bold]{report['floor_ratio']:.2f}[/] (floor {_seconds(report['floor_s'])})",
         )
     table.add_row(
-        "device commit p50 / p90 / max", f"{commit['p50']} / {commit['p90']} / {commit['max']} s"
+        "device commit first / p50 / p90 / max",
+        f"{commit['min']} / {commit['p50']} / {commit['p90']} / {commit['max']} s",
     )
     if report["finish_lag_s"] is not None:
         table.add_row("last commit -> rollout finished", f"{report['finish_lag_s']} s")
