@@ -185,7 +185,12 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     table.add_row(
         "servers", f"{replicas} edgefleet serve{'s' if replicas > 1 else ''}, {report['database']}"
     )
-    table.add_row("rollout", f"{report['rollout_status']}, {report['committed']} committed")
+    counts = report["device_counts"]
+    told = "" if counts == {"committed": report["committed"]} else f" (the servers count {counts})"
+    table.add_row(
+        "rollout",
+        f"{report['rollout_status']}, {report['committed']} devices say committed{told}",
+    )
     if report["timed_out"]:
         table.add_row(
             "start -> all committed", f"[red]not finished after {report['wall_s']:.0f} s[/]"
