@@ -176,7 +176,7 @@ def _run(m: Measured, root: bytes, host: str, port: int, console: Any) -> None:
             task = progress.add_task("rollout: devices committed", total=options.devices)
             machine_start = MachineSnapshot.now()
             m.started, wall_start = time.monotonic(), time.time()
-            rollout = api(
+            rollout = api.to_any(
                 "POST",
                 "/rollouts",
                 {
@@ -184,7 +184,6 @@ def _run(m: Measured, root: bytes, host: str, port: int, console: Any) -> None:
                     "target": {"kind": "tags", "values": [_TAG]},
                     "waves": _waves(options),
                 },
-                replica=0,
             )
             m.view, m.timed_out = _follow(
                 api,

@@ -35,6 +35,7 @@ from fleet_server.process import free_port
 
 __all__ = [
     "Api",
+    "NotLeaderError",
     "ServerBusyError",
     "ServerReplica",
     "broker",
@@ -52,7 +53,11 @@ SHARED_GROUP = "edgefleet"
 
 
 class ServerBusyError(FleetBenchError):
-    """A server replica did not answer an HTTP call (refused, reset, or timed out)."""
+    """A server replica did not answer an HTTP call (refused, reset, timed out), or said 503."""
+
+
+class NotLeaderError(ServerBusyError):
+    """A replica answered 503: it does not lead the rollouts (only the leader changes them)."""
 
 
 class Api:
@@ -78,11 +83,24 @@ class Api:
             with urllib.request.urlopen(request, timeout=60) as reply:  # noqa: S310
                 return json.loads(reply.read() or b"null")
         except urllib.error.HTTPError as exc:
-            raise FleetBenchError(f"{method} {path}: {exc.code} {exc.read()[:300]!r}") from exc
+            message = f"{method} {path}: {exc.code} {exc.read()[:300]!r}"
+            if exc.code == 503:
+                raise NotLeaderError(message) from exc
+            raise FleetBenchError(message) from exc
         except (urllib.error.URLError, OSError) as exc:  # refused, reset, or no answer in 60 s
             raise ServerBusyError(
                 f"{method} {path}: {self.urls[replica]} did not answer: {exc}"
             ) from exc
+
+    def to_any(self, method: str, path: str, body: Any = None) -> Any:
+        """The call to the first replica that takes it (rollout changes go to the leader only)."""
+        for replica in range(len(self.urls)):
+            try:
+                return self(method, path, body, replica=replica)
+            except NotLeaderError:  # not a time-out: that one may have acted on it
+                if replica == len(self.urls) - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def metrics(self, replica: int) -> str | None:
         """Replica ``replica``'s ``/metrics`` text, or None when it does not answer one."""
