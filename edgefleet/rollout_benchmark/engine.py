@@ -100,15 +100,22 @@ def run_fleet_bench(options: FleetBenchOptions, console: Any) -> dict[str, Any]:
             if db_url is not None:
                 database = "PostgreSQL (given)" if "postgres" in db_url else db_url.split(":")[0]
             elif options.replicas > 1 or options.postgres:
-                db_url, db_process = stack.enter_context(postgres_cluster())
+                with console.status("starting a throw-away PostgreSQL cluster"):
+                    db_url, db_process = stack.enter_context(postgres_cluster())
                 database = "PostgreSQL (throw-away cluster)"
             host, port, broker_process = stack.enter_context(broker(options.broker_url, workdir))
-            replicas = start_replicas(
-                count=options.replicas,
-                workdir=workdir,
-                broker_url=f"mqtt://{host}:{port}",
-                db_url=db_url,
+            servers = f"{options.replicas} edgefleet serve process" + (
+                "es" if options.replicas > 1 else ""
             )
+            kept = f", kept in {workdir}" if options.workdir is not None else ""
+            console.print(f"  {servers} on {database}, broker {host}:{port}{kept}")
+            with console.status(f"starting {servers}"):
+                replicas = start_replicas(
+                    count=options.replicas,
+                    workdir=workdir,
+                    broker_url=f"mqtt://{host}:{port}",
+                    db_url=db_url,
+                )
             stack.callback(stop_replicas, replicas)
             measured = Measured(
                 options=options,

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import math
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -323,7 +324,8 @@ class _Publisher:
             raise FleetBenchError(f"the floor's publisher could not connect to {host}:{port}")
 
     def publish(self, topic: str, payload: bytes) -> None:
-        self._slots.acquire()
+        if not self._slots.acquire(timeout=60):
+            raise FleetBenchError(f"the broker acknowledged no chunk for 60 s (before {topic})")
         info = self.client.publish(topic, payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise FleetBenchError(f"the floor's publisher could not publish {topic}: {info.rc}")
@@ -350,8 +352,7 @@ def measure_floor(
     """
     data = bundle_path.read_bytes()
     chunks = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
-    sha = bundle_path.stem[:12]
-    base = f"{FLOOR_PREFIX}/bundles/{sha}-{when}/chunks"
+    base = f"{FLOOR_PREFIX}/bundles/{when}-{os.getpid()}/chunks"  # this measurement's own topics
     spec = _Spec(
         host,
         port,

@@ -183,7 +183,8 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     replicas = report["replicas"]
     table.add_row("bundle", f"{report['bundle_bytes'] / 1e6:.2f} MB ({report['bundle']})")
     table.add_row(
-        "servers", f"{replicas} edgefleet serve{'s' if replicas > 1 else ''}, {report['database']}"
+        "servers",
+        f"{replicas} edgefleet serve process{'es' if replicas > 1 else ''}, {report['database']}",
     )
     counts = report["device_counts"]
     told = "" if counts == {"committed": report["committed"]} else f" (the servers count {counts})"
