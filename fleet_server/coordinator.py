@@ -32,6 +32,8 @@ from fleet_server.statuses import (
     RolloutStatus,
 )
 
+_OPEN = frozenset({DeviceStatus.SENT, DeviceStatus.IN_PROGRESS, DeviceStatus.TIMED_OUT})
+
 __all__ = ["GateDue", "GateKey", "RolloutCoordinator", "followed"]
 
 log = logging.getLogger(__name__)
@@ -294,15 +296,21 @@ class RolloutCoordinator:
         self._unsaved.clear()
         self._written.clear()
 
-    def catch_up(self, since: float, now: float) -> float:
-        """Feed the followed rollouts the device states stored since ``since`` (server time), the
-        reports other replicas ingested; returns the newest arrival time seen. Reports are
-        idempotent for the planner, so a state seen twice changes nothing."""
-        newest = since
-        for device in self.registry.states_since(since):
-            newest = max(newest, device.state_received_at or since)
+    def catch_up(self, now: float, *, everyone: bool = False) -> None:
+        """Feed the followed rollouts the stored states of the devices whose outcome is still
+        open (sent, in progress, timed out, or rolled back and not yet off the bundle), or of
+        every device of them with ``everyone`` (a new leader): whichever replica stored them,
+        however late its transaction committed. Reports are idempotent for the planner."""
+        wanted = sorted(
+            {
+                device_id
+                for state in self._plans.values()
+                for device_id, progress in state.devices.items()
+                if everyone or progress.status in _OPEN or progress.rollback_sent
+            }
+        )
+        for device in self.registry.devices_by_id(wanted):
             self.device_stored(device, now)
-        return newest
 
     @contextmanager
     def batch(self) -> Iterator[None]:

@@ -115,7 +115,6 @@ class FleetServer:
         """MQTT shared-subscription group: replicas split the device reports (None: all here)."""
         self.rollouts = RolloutCoordinator(registry, self.signer.execute)
         """The rollouts' planner states (while leading); fed reports, ticks and telemetry."""
-        self._caught_up = 0.0
         self._paths = BundleFolder(self.bundle_folder)  # shared by replicas: any imports, all serve
         self._prev_on_connect: Any = None
         self.chunks = ChunkServer(client, self._paths, prefix=prefix, share_group=share_group)
@@ -212,7 +211,7 @@ class FleetServer:
                 now = time.time()
                 if self.share_group:  # reports other replicas ingested (idempotent: overlap)
                     with self._lock:
-                        self._caught_up = self.rollouts.catch_up(self._caught_up - 5.0, now)
+                        self.rollouts.catch_up(now)
                 self.tick(now)
                 if (
                     now - self.signer.last_publish >= self.resign_every_s
@@ -242,7 +241,7 @@ class FleetServer:
                 try:
                     now = time.time()
                     self.rollouts.resume(now)
-                    self._caught_up = self.rollouts.catch_up(0.0, now)
+                    self.rollouts.catch_up(now, everyone=True)
                     self.signer.republish_all.set()  # another leader's may be newer
                     self.signer.publish()
                 except BaseException:  # lead half taken: let go, the next renewal retakes it
