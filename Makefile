@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefleet-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint fmt venv mosquitto postgresql prometheus clean help lock lock-upgrade test-latest audit sbom wheel
+.PHONY: demo test lint fmt venv mosquitto postgresql prometheus chromium clean help lock lock-upgrade test-latest audit sbom wheel
 
 help:
 	@echo "make demo         set up .venv from locks/dev.lock.txt and run the end-to-end demo on embedded defaults"
@@ -61,7 +61,7 @@ lock-upgrade:
 # The same suite on the newest releases the ranges in pyproject.toml allow, in a
 # throw-away venv: breakage from new releases shows up here, on purpose.
 LATEST_VENV ?= $(or $(TMPDIR),/tmp)/edgefleet-latest-venv
-test-latest: mosquitto postgresql prometheus
+test-latest: mosquitto postgresql prometheus chromium
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install --quiet --progress-bar off --upgrade pip
@@ -113,6 +113,16 @@ prometheus:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	else echo "warning: prometheus is not installed and this is not root; the Prometheus tests will skip (sudo apt-get install prometheus)"; fi
 
+# The operator console is tested in a real browser: Playwright drives Debian's chromium
+# (never a browser Playwright downloads itself). Install it when we can, otherwise
+# the browser tests skip.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; \
+	else echo "warning: chromium is not installed and this is not root; the browser tests will skip (sudo apt-get install chromium)"; fi
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -124,7 +134,7 @@ fmt: venv
 
 # As root the targets above install Mosquitto and PostgreSQL, so the tests must find them:
 # A missing Mosquitto or PostgreSQL fails the tests that need it (tests/services.py).
-test: venv mosquitto postgresql prometheus lint
+test: venv mosquitto postgresql prometheus chromium lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # DEMO_ARGS: e.g. --fast (about 75 s), --data ../shared/datasets/trashnet, --workdir DIR
