@@ -24,8 +24,16 @@ from edge_runtime.metrics import RuntimeMetrics
 from edge_runtime.outputs import PredictionSink
 from edge_runtime.prediction import Prediction
 from edge_runtime.sources import CaptureThread, LatestFrameSlot
+from edge_runtime.sources.base import Frame
 
-__all__ = ["ActiveModel", "Pipeline", "PipelineStats"]
+__all__ = ["ActiveModel", "FrameObserver", "Pipeline", "PipelineStats"]
+
+FrameObserver = Callable[[Frame, Prediction], None]
+"""Sees each classified frame with its prediction, on the inference thread (after the outputs).
+
+For work that needs the pixels (field-data sampling, a shadow model): it must
+only hand the frame on (copy into a bounded queue) and return at once; an
+observer that raises is logged and counted as an output error."""
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +126,14 @@ class Pipeline:
         health: HealthState,
         read_timeout_s: float = 5.0,
         on_inference_error: Callable[[str], None] | None = None,
+        observers: Sequence[FrameObserver] = (),
     ) -> None:
         self.device_id = device_id
         self.capture = capture
         self.slot = slot
         self.model = model
         self.sinks = list(sinks)
+        self.observers = list(observers)
         self.metrics = metrics
         self.health = health
         self.read_timeout_s = read_timeout_s
@@ -192,6 +202,12 @@ class Pipeline:
             except Exception:  # plug-in code must never stop classification
                 self.stats.output_errors += 1
                 log.exception("output %s failed on frame %d", sink.name, frame.frame_id)
+        for observer in self.observers:
+            try:
+                observer(frame, prediction)
+            except Exception:  # same rule as outputs: never stop classification
+                self.stats.output_errors += 1
+                log.exception("frame observer %r failed on frame %d", observer, frame.frame_id)
         self.metrics.observe_stages(
             capture_wait_ms=(now - waited) * 1e3,
             preprocess_ms=result.preprocess_ms,
