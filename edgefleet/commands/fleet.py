@@ -30,6 +30,7 @@ from edge_runtime.config import parse_config
 from edgefleet.commands._console import make_console
 from edgefleet.commands.fleet_access import audit, tokens
 from edgefleet.commands.fleet_ca import ca, ca_dir_option, open_ca, passphrase_option
+from edgefleet.commands.fleet_drift import drift
 from edgefleet.commands.fleet_windows import waiting_line, windows
 from fleet_server.errors import FleetError
 from fleet_server.statuses import DeviceStatus
@@ -715,3 +716,4 @@ def rollout_timeline(api: FleetApi, rollout_id: int, limit: int, as_json: bool) 
 fleet.add_command(tokens)
 fleet.add_command(audit)
 fleet.add_command(windows)
+fleet.add_command(drift)

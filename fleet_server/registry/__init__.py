@@ -19,6 +19,7 @@ same :class:`~.unit.UnitOfWork` (sessions, transactions, batches)::
     stats.py       counts for /metrics, grouped in the database
     leases.py      one holder at a time for a job (the rollout leader), fenced by epoch
     windows.py     maintenance windows per tag (when a group may change models)
+    drift.py       drift per device and group against the bundles' baselines, its alerts
     _rows.py       argument checks, row lookups, rows -> records (no transactions)
 
 Unknown devices, bundles and rollouts are :class:`RegistryError` naming them;
@@ -33,6 +34,7 @@ from fleet_server import db
 from fleet_server.errors import RegistryError
 from fleet_server.registry.access import MAX_AUDIT_LIMIT, Access
 from fleet_server.registry.catalogue import Catalogue
+from fleet_server.registry.drift import DriftWatch
 from fleet_server.registry.ingest import CLOCK_SKEW_WARN_S, Ingest
 from fleet_server.registry.leases import Leases
 from fleet_server.registry.retention import (
@@ -58,7 +60,9 @@ __all__ = [
 ]
 
 
-class Registry(Catalogue, Ingest, Rollouts, Timeline, Leases, Stats, Access, Windows):
+class Registry(
+    Catalogue, Ingest, Rollouts, Timeline, Leases, Stats, Access, Windows, DriftWatch
+):
     """The fleet server's state, over a SQLAlchemy session factory.
 
     ``clock`` gives Unix time (tests pass a fake one). With ``auto_register``

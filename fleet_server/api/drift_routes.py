@@ -1,0 +1,95 @@
+"""The API's drift watch: ``GET /drift`` (any token), ``POST /drift/check`` (operators).
+
+Mounting the routes also runs a :class:`~fleet_server.drift_monitor.DriftMonitor`
+while the app serves (started and stopped with it) and adds its series to
+``/metrics`` (:class:`~fleet_server.drift_monitor.DriftCollector`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import FastAPI, Query
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict
+
+from fleet_server.api.auth import Guards
+from fleet_server.drift import DriftStatus
+from fleet_server.drift_monitor import DriftCollector, DriftMonitor
+from fleet_server.registry import Registry
+
+__all__ = ["DriftCheck", "DriftView", "drift_routes"]
+
+
+class DriftView(BaseModel):
+    """A device's or group's drift: state, since when, the limits crossed, the figures."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scope: Literal["device", "group"]
+    name: str
+    state: Literal["ok", "drifting", "unknown"]
+    since: float | None
+    """When it began drifting (None unless drifting)."""
+    updated_at: float
+    bundle: str | None
+    reasons: list[str]
+    figures: dict[str, Any]
+
+    @classmethod
+    def of(cls, status: DriftStatus) -> DriftView:
+        """The view of a stored status."""
+        return cls(
+            scope=status.scope,
+            name=status.name,
+            state=status.state,
+            since=status.since,
+            updated_at=status.updated_at,
+            bundle=status.bundle,
+            reasons=list(status.reasons),
+            figures=dict(status.figures),
+        )
+
+
+class DriftCheck(BaseModel):
+    """What a pass found: every subject's status, and the alerts it raised or cleared."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subjects: list[DriftView]
+    alerts: list[str]
+    seconds: float
+
+
+def drift_routes(
+    app: FastAPI,
+    registry: Registry,
+    guards: Guards,
+    metrics: CollectorRegistry,
+    monitor: DriftMonitor | None = None,
+) -> DriftMonitor:
+    """Mount ``/drift`` and run ``monitor`` (a default one when None) while the app serves."""
+    watch = monitor or DriftMonitor(registry)
+    metrics.register(DriftCollector(registry))
+    app.router.on_startup.append(watch.start)
+    app.router.on_shutdown.append(watch.stop)
+
+    @app.get("/drift", tags=["drift"], dependencies=guards.viewer)
+    def list_drift(
+        scope: Literal["device", "group"] | None = None,
+        drifting: bool = Query(default=False, description="only those drifting now"),
+    ) -> list[DriftView]:
+        """Each device's and group's drift against its bundle's baseline (from the last pass)."""
+        return [DriftView.of(s) for s in registry.drift_statuses(scope, drifting_only=drifting)]
+
+    @app.post("/drift/check", tags=["drift"], dependencies=guards.operator)
+    def check_drift() -> DriftCheck:
+        """Run a pass over the fleet now (otherwise one runs every interval)."""
+        changes = watch.check()
+        return DriftCheck(
+            subjects=[DriftView.of(c.status) for c in changes],
+            alerts=[c.message for c in changes if c.message is not None],
+            seconds=watch.last_pass_s or 0.0,
+        )
+
+    return watch

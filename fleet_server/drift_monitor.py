@@ -1,0 +1,159 @@
+"""The drift watch running in the server: a pass over the fleet every interval, and /metrics.
+
+:class:`DriftMonitor` runs :meth:`~fleet_server.registry.Registry.watch_drift`
+every ``interval_s`` seconds in a supervised thread (a failed pass is logged
+and the next one tries again). Several replicas may run it: statuses are
+upserts and each alert is recorded once (its dedupe key). :class:`DriftCollector`
+adds the drift series to the server's Prometheus registry, read from the
+stored statuses at each scrape:
+
+- ``edgefleet_server_drift_divergence{scope,name}``: Jensen-Shannon divergence
+  (base 2) of the live class shares from the baseline's;
+- ``edgefleet_server_drift_psi{scope,name}``: population stability index of them;
+- ``edgefleet_server_drift_confidence_drop{scope,name}``: baseline mean
+  confidence minus the live one;
+- ``edgefleet_server_drifting{scope,name}``: 1 while the subject drifts, else 0;
+- ``edgefleet_server_drifting_subjects{scope}``: how many drift now.
+
+``scope`` is ``device`` or ``group`` (a tag); the series are bounded by the
+fleet's devices and tags.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from edge_runtime.supervise import SupervisedThread, WorkerHealth
+from fleet_server.drift import DriftThresholds
+from fleet_server.drift_fleet import Change
+
+if TYPE_CHECKING:
+    from fleet_server.registry import Registry
+
+__all__ = ["DEFAULT_DRIFT_INTERVAL_S", "DriftCollector", "DriftMonitor"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DRIFT_INTERVAL_S = 60.0
+
+
+class DriftMonitor:
+    """Judges the fleet's drift every ``interval_s`` seconds (see the module)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        thresholds: DriftThresholds | None = None,
+        *,
+        interval_s: float = DEFAULT_DRIFT_INTERVAL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"drift interval must be positive, got {interval_s}")
+        self.registry = registry
+        self.thresholds = thresholds or DriftThresholds()
+        self.interval_s = interval_s
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: SupervisedThread | None = None
+        self.passes = 0
+        self.last_pass_s: float | None = None
+        """How long the last pass took (seconds)."""
+
+    def check(self, now: float | None = None) -> list[Change]:
+        """One pass now; the changes it made."""
+        started = time.perf_counter()
+        changes = self.registry.watch_drift(self.thresholds, self._clock() if now is None else now)
+        self.last_pass_s = time.perf_counter() - started
+        self.passes += 1
+        return changes
+
+    def start(self) -> None:
+        """Run a pass every ``interval_s`` seconds from now on, the first after one interval."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = SupervisedThread(self._loop, "drift-monitor")
+        self._thread.start()
+        log.info(
+            "drift watched every %g s over %g s windows", self.interval_s, self.thresholds.window_s
+        )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop watching (does nothing when not started)."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        thread.stop(timeout=timeout)
+
+    def health(self) -> WorkerHealth:
+        """The worker's health (alive, restarts, last error)."""
+        if self._thread is None:
+            return WorkerHealth("drift-monitor", False, 0, "not started")
+        return self._thread.health()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check()
+            except Exception:  # the database is away: the next pass tries again
+                log.exception("drift pass failed")
+
+
+class DriftCollector:
+    """The drift series of ``/metrics`` (a ``prometheus_client`` custom collector)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        """Read the stored statuses into gauges."""
+        labels = ["scope", "name"]
+        divergence = GaugeMetricFamily(
+            "edgefleet_server_drift_divergence",
+            "Jensen-Shannon divergence (base 2) of the live class shares from the bundle's baseline.",
+            labels=labels,
+        )
+        stability = GaugeMetricFamily(
+            "edgefleet_server_drift_psi",
+            "Population stability index of the live class shares against the bundle's baseline.",
+            labels=labels,
+        )
+        drop = GaugeMetricFamily(
+            "edgefleet_server_drift_confidence_drop",
+            "The bundle's baseline mean confidence minus the live one.",
+            labels=labels,
+        )
+        drifting = GaugeMetricFamily(
+            "edgefleet_server_drifting",
+            "1 while a device or group drifts from its bundle's baseline, else 0.",
+            labels=labels,
+        )
+        counts = GaugeMetricFamily(
+            "edgefleet_server_drifting_subjects",
+            "Devices and groups drifting now, by scope.",
+            labels=["scope"],
+        )
+        per_scope = {"device": 0, "group": 0}
+        for status in self._registry.drift_statuses():
+            key = [status.scope, status.name]
+            for family, figure in (
+                (divergence, "class_divergence"),
+                (stability, "psi"),
+                (drop, "confidence_drop"),
+            ):
+                value = status.figures.get(figure)
+                if isinstance(value, int | float):
+                    family.add_metric(key, float(value))
+            drifting.add_metric(key, 1.0 if status.drifting else 0.0)
+            per_scope[status.scope] += int(status.drifting)
+        for scope, count in per_scope.items():
+            counts.add_metric([scope], count)
+        return [divergence, stability, drop, drifting, counts]

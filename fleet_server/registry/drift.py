@@ -1,0 +1,173 @@
+"""Drift in the database: the live windows read from stored telemetry, statuses kept, alerts recorded.
+
+One pass (:meth:`DriftWatch.watch_drift`) reads, for every device, the first
+and the last telemetry snapshot of the sliding window (two rows a device,
+whatever the telemetry rate: one ``GROUP BY`` and one ``IN`` query per 500
+devices), the groups and the bundles' baselines, judges them with the pure
+:func:`fleet_server.drift_fleet.assess`, stores each subject's status and
+records each alert on the timeline once (its dedupe key names the subject and
+the time the drift began, so two replicas never record it twice).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from fleet_server import db
+from fleet_server.db.drift import DriftStatusRow
+from fleet_server.drift import (
+    DriftStatus,
+    DriftThresholds,
+    WindowFigures,
+    read_point,
+    window_between,
+)
+from fleet_server.drift_fleet import Change, FleetDriftInputs, assess
+from fleet_server.errors import RegistryError
+from fleet_server.quality_figures import Baseline
+from fleet_server.registry._rows import timeline_entry
+from fleet_server.registry.unit import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DRIFT_ALERT_KINDS", "DriftWatch"]
+
+DRIFT_ALERT_KINDS = ("drift-raised", "drift-cleared")
+"""The timeline kinds of drift alerts."""
+
+_IN_CHUNK = 500
+
+
+def _status(row: DriftStatusRow) -> DriftStatus:
+    scope: Literal["device", "group"] = "group" if row.scope == "group" else "device"
+    state: Literal["ok", "drifting", "unknown"] = (
+        "drifting" if row.state == "drifting" else "ok" if row.state == "ok" else "unknown"
+    )
+    return DriftStatus(
+        scope=scope,
+        name=row.name,
+        state=state,
+        since=row.since,
+        updated_at=row.updated_at,
+        bundle=row.bundle,
+        reasons=tuple(line for line in row.reasons.split("\n") if line),
+        figures=dict(row.figures or {}),
+    )
+
+
+class DriftWatch(UnitOfWork):
+    """Drift statuses per device and group, and the pass that updates them."""
+
+    def drift_windows(self, since: float) -> dict[str, WindowFigures]:
+        """What each device predicted since ``since``: its first and last snapshot there."""
+        with self._transaction() as session:
+            ends = session.execute(
+                select(db.Telemetry.device_id, func.min(db.Telemetry.id), func.max(db.Telemetry.id))
+                .where(db.Telemetry.at >= since)
+                .group_by(db.Telemetry.device_id)
+            ).all()
+            wanted = sorted({i for _, first, last in ends for i in (first, last)})
+            snapshots = {}
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                for row_id, at, snapshot in session.execute(
+                    select(db.Telemetry.id, db.Telemetry.at, db.Telemetry.snapshot).where(
+                        db.Telemetry.id.in_(chunk)
+                    )
+                ):
+                    snapshots[row_id] = read_point(
+                        snapshot if isinstance(snapshot, dict) else {}, at
+                    )
+        windows = {}
+        for device_id, first_id, last_id in ends:
+            first, last = snapshots.get(first_id), snapshots.get(last_id)
+            if last is None:
+                continue
+            windows[device_id] = window_between(first or last, last)
+        return windows
+
+    def drift_inputs(self, since: float) -> FleetDriftInputs:
+        """Everything a drift pass reads, as plain values."""
+        windows = self.drift_windows(since)
+        with self._transaction() as session:
+            groups: dict[str, list[str]] = {}
+            for tag, device_id in session.execute(select(db.DeviceTag.tag, db.DeviceTag.device_id)):
+                groups.setdefault(tag, []).append(device_id)
+            baselines, names = {}, {}
+            for bundle in session.scalars(select(db.Bundle)):
+                names[bundle.sha256] = f"{bundle.name} {bundle.version}"
+                baselines[bundle.sha256] = Baseline(
+                    mean_confidence=bundle.baseline_mean_confidence,
+                    class_distribution=bundle.baseline_class_distribution,
+                    latency_budget_ms=bundle.latency_budget_ms,
+                )
+        return FleetDriftInputs(windows, groups, baselines, names)
+
+    def drift_statuses(
+        self, scope: str | None = None, *, drifting_only: bool = False
+    ) -> list[DriftStatus]:
+        """The stored statuses (of one scope: ``device`` or ``group``), by scope and name."""
+        if scope not in {None, "device", "group"}:
+            raise RegistryError(f"drift scope is 'device' or 'group', not {scope!r}")
+        query = select(DriftStatusRow).order_by(DriftStatusRow.scope, DriftStatusRow.name)
+        if scope is not None:
+            query = query.where(DriftStatusRow.scope == scope)
+        if drifting_only:
+            query = query.where(DriftStatusRow.state == "drifting")
+        with self._transaction() as session:
+            return [_status(row) for row in session.scalars(query)]
+
+    def save_drift(self, changes: Iterable[Change]) -> int:
+        """Store the statuses and record the alerts (each once); the number of alerts recorded."""
+        recorded = 0
+        with self._transaction(write=True) as session:
+            for change in changes:
+                status = change.status
+                row = session.get(DriftStatusRow, (status.scope, status.name))
+                if row is None:
+                    row = DriftStatusRow(scope=status.scope, name=status.name)
+                    session.add(row)
+                row.state = status.state
+                row.since = status.since
+                row.updated_at = status.updated_at
+                row.bundle = status.bundle
+                row.reasons = "\n".join(status.reasons)
+                row.figures = dict(status.figures)
+                if change.alert is None or change.message is None:
+                    continue
+                device = status.name if status.scope == "device" else None
+                if device is not None and session.get(db.Device, device) is None:
+                    device = None
+                began = status.since if change.alert == "raised" else status.updated_at
+                entry = timeline_entry(
+                    f"drift-{change.alert}",
+                    change.message,
+                    device_id=device,
+                    at=status.updated_at,
+                    data={"scope": status.scope, "name": status.name, **status.figures},
+                )
+                entry.dedupe_key = f"drift:{change.alert}:{status.scope}:{status.name}:{began!r}"
+                try:
+                    with session.begin_nested():
+                        session.add(entry)
+                except IntegrityError:  # another replica recorded it first
+                    continue
+                recorded += 1
+                log.warning("%s", change.message)
+        return recorded
+
+    def watch_drift(self, thresholds: DriftThresholds, now: float | None = None) -> list[Change]:
+        """One pass over the fleet: read the windows, judge, store; the changes made."""
+        at = self._clock() if now is None else now
+        inputs = self.drift_inputs(at - thresholds.window_s)
+        previous: dict[tuple[str, str], DriftStatus] = {
+            (s.scope, s.name): s for s in self.drift_statuses()
+        }
+        changes = assess(inputs, thresholds, previous, at)
+        self.save_drift(changes)
+        return changes
