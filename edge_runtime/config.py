@@ -15,10 +15,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_runtime.errors import ConfigError
+from edge_runtime.line_config import LocalServiceConfig, OpcUaOutputConfig
 from edge_runtime.plugins import BACKENDS_GROUP, installed_names
 from edge_runtime.sources import SourceConfig
 
 __all__ = [
+    "CameraConfig",
     "DeviceConfig",
     "HealthConfig",
     "JsonLinesOutputConfig",
@@ -93,11 +95,22 @@ class MqttOutputConfig(_Strict):
 
 
 class OutputsConfig(_Strict):
-    """Where predictions go; ``plugins`` names entry points in the ``edgefleet.outputs`` group."""
+    """Where predictions go; ``plugins`` names entry points in the ``edgefleet.outputs`` group.
+
+    Each output runs on its own thread behind a queue of ``queue_size``
+    predictions (newest first: when its consumer falls behind, the oldest
+    waiting prediction is dropped and counted), so a slow or hung consumer
+    never stalls classification; ``queue_size: 0`` calls outputs inline, on
+    the inference thread. A delivery running longer than ``stall_s`` is
+    reported as a warning in ``/healthz``.
+    """
 
     jsonl: JsonLinesOutputConfig | None = None
     mqtt: MqttOutputConfig | None = None
+    opcua: OpcUaOutputConfig | None = None
     plugins: list[str] = Field(default_factory=list)
+    queue_size: int = Field(default=256, ge=0, le=100_000)
+    stall_s: float = Field(default=5.0, gt=0)
 
 
 class MetricsConfig(_Strict):
@@ -133,11 +146,42 @@ class UpdateConfig(_Strict):
     window_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class CameraConfig(_Strict):
+    """One camera of a multi-camera device: its own id, source and (optionally) outputs.
+
+    Without ``outputs`` the camera uses the device's. The camera's id names
+    its predictions (their ``device_id``), its OPC UA object and its metrics
+    series (label ``camera``).
+    """
+
+    id: str = Field(pattern=_DEVICE_ID.pattern)
+    source: SourceConfig
+    outputs: OutputsConfig | None = None
+
+    @model_validator(mode="after")
+    def _no_own_opcua_server(self) -> CameraConfig:
+        if (
+            self.outputs is not None
+            and self.outputs.opcua is not None
+            and self.outputs.opcua.server
+        ):
+            raise ValueError(
+                "a device runs one OPC UA server for all its cameras: set outputs.opcua.server"
+                " at the top level (each camera gets its own object there)"
+            )
+        return self
+
+
 class DeviceConfig(_Strict):
-    """Everything ``edgefleet device run`` needs."""
+    """Everything ``edgefleet device run`` needs: one ``source``, or several ``cameras``."""
 
     device_id: str = Field(pattern=_DEVICE_ID.pattern)
-    source: SourceConfig
+    source: SourceConfig = Field(  # type: ignore[assignment]  # absent only beside cameras
+        default=None, description="the one camera's frame source (absent when cameras is given)"
+    )
+    cameras: list[CameraConfig] | None = Field(
+        default=None, min_length=1, description="several cameras in one process (instead of source)"
+    )
     bundle: Path | None = Field(default=None, description="bundle to serve at start")
     store: Path = Field(default=Path("/var/lib/edgefleet"), description="bundle store folder")
     backend: str = Field(
@@ -149,6 +193,24 @@ class DeviceConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     update: UpdateConfig | None = None
+    local_service: LocalServiceConfig = Field(default_factory=LocalServiceConfig)
+
+    @model_validator(mode="after")
+    def _source_or_cameras(self) -> DeviceConfig:
+        if (self.source is None) == (self.cameras is None):
+            raise ValueError("give either source (one camera) or cameras (several), not both")
+        if self.cameras is not None:
+            ids = [camera.id for camera in self.cameras]
+            repeated = sorted({i for i in ids if ids.count(i) > 1})
+            if repeated:
+                raise ValueError(f"camera ids must be unique; repeated: {', '.join(repeated)}")
+        return self
+
+    def camera_list(self) -> list[CameraConfig]:
+        """The cameras this device serves: ``cameras``, or the one ``source`` as a camera named like the device."""
+        if self.cameras is not None:
+            return list(self.cameras)
+        return [CameraConfig(id=self.device_id, source=self.source)]
 
     @field_validator("backend")
     @classmethod

@@ -1,10 +1,12 @@
 """The device process: config in, a running capture -> classify -> publish loop out.
 
-Wires the parts together from one :class:`DeviceConfig`: the frame source and
-its capture thread, the active bundle, the outputs, MQTT with a retained
-availability topic and periodic telemetry, metrics and the local
-``/metrics`` + ``/healthz`` endpoint. Everything is started by :meth:`DeviceRuntime.run` and stopped,
-in reverse order, when it returns.
+Wires the parts together from one :class:`DeviceConfig`: each camera's frame
+source and capture thread (one, or several sharing one inference loop), the
+active bundle, the outputs (each on its own queue thread), MQTT with a
+retained availability topic and periodic telemetry, the optional OPC UA
+server and local classify service, metrics and the local ``/metrics`` +
+``/healthz`` endpoint. Everything is started by :meth:`DeviceRuntime.run` and
+stopped, in reverse order, when it returns.
 """
 
 from __future__ import annotations
@@ -12,20 +14,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_runtime.bundle import read_bundle
+from edge_runtime.cameras import RoundRobinInference, WakingSlot
 from edge_runtime.classifier import Classifier
-from edge_runtime.config import DeviceConfig
+from edge_runtime.config import CameraConfig, DeviceConfig, OutputsConfig
 
 if TYPE_CHECKING:
     from edge_runtime.agent import UpdateAgent
+    from edge_runtime.local_service import LocalClassifyService
+    from edge_runtime.opcua_output import OpcUaServer
 from edge_runtime.health import HealthState
 from edge_runtime.metrics import MetricsRegistry, RuntimeMetrics
 from edge_runtime.mqtt_link import MqttLink, device_topic
+from edge_runtime.output_queue import OutputQueueCollector, QueuedSink
 from edge_runtime.outputs import JsonLinesSink, MqttPredictionSink, PredictionSink, load_plugin
-from edge_runtime.pipeline import ActiveModel, Pipeline, PipelineStats
+from edge_runtime.pipeline import ActiveModel, FrameObserver, Pipeline, PipelineStats
 from edge_runtime.sources import CaptureThread, LatestFrameSlot, create_source
 from edge_runtime.telemetry import QualityTracker, TelemetryPublisher
 
@@ -46,6 +53,9 @@ class RunSummary:
     reconnects: int
     seconds: float
     bundle: str | None
+    outputs_dropped: int = 0
+    """Predictions the outputs' queues dropped (a consumer fell behind)."""
+    cameras: int = 1
 
     def __str__(self) -> str:
         fps = self.stats.predictions / self.seconds if self.seconds > 0 else 0.0
@@ -54,7 +64,30 @@ class RunSummary:
             f"({fps:.1f}/s) with {self.bundle or 'no bundle'}; captured {self.frames_captured}, "
             f"dropped {self.frames_dropped} (newer frame arrived first), corrupt {self.frames_corrupt}, "
             f"reconnects {self.reconnects}, inference errors {self.stats.inference_errors}, "
-            f"output errors {self.stats.output_errors}, watchdog restarts {self.stats.watchdog_restarts}"
+            f"output errors {self.stats.output_errors}, outputs dropped {self.outputs_dropped}, "
+            f"watchdog restarts {self.stats.watchdog_restarts}"
+            + (f"; {self.cameras} cameras" if self.cameras > 1 else "")
+        )
+
+
+class Camera:
+    """One camera of the device: its slot, capture thread and outputs."""
+
+    def __init__(
+        self, config: CameraConfig, slot: LatestFrameSlot, sinks: list[PredictionSink]
+    ) -> None:
+        self.id = config.id
+        self.config = config
+        self.slot = slot
+        self.sinks = sinks
+        source_config = config.source
+        self.read_timeout_s = float(getattr(source_config, "read_timeout_s", 5.0))
+        # a factory: a watchdog restart gets a fresh source, never one a stuck read still holds
+        self.capture = CaptureThread(
+            lambda: create_source(source_config),
+            slot,
+            read_timeout_s=self.read_timeout_s,
+            open_timeout_s=float(getattr(source_config, "open_timeout_s", 10.0)),
         )
 
 
@@ -89,16 +122,6 @@ class DeviceRuntime:
             )
         if initial is not None:
             self.model.swap(initial)
-        self.slot = LatestFrameSlot()
-        self.read_timeout_s = float(getattr(config.source, "read_timeout_s", 5.0))
-        source_config = config.source
-        # a factory: a watchdog restart gets a fresh source, never one a stuck read still holds
-        self.capture = CaptureThread(
-            lambda: create_source(source_config),
-            self.slot,
-            read_timeout_s=self.read_timeout_s,
-            open_timeout_s=float(getattr(source_config, "open_timeout_s", 10.0)),
-        )
         self.quality: QualityTracker | None = None
         self.telemetry: TelemetryPublisher | None = None
         if self.mqtt is not None:
@@ -114,7 +137,33 @@ class DeviceRuntime:
                 interval_s=self.mqtt.config.telemetry_interval_s,
             )
             self.health.add_check(self.telemetry.worker_problem)
-        self.sinks = self._sinks()
+        self.queued: list[QueuedSink] = []
+        self.registry.register(OutputQueueCollector(lambda: list(self.queued)))
+        self.opcua_server: OpcUaServer | None = None
+        opcua = config.outputs.opcua
+        if opcua is not None and opcua.server is not None:
+            from edge_runtime.opcua_output import OpcUaServer
+
+            self.opcua_server = OpcUaServer(opcua.server)
+        self.multi = config.cameras is not None
+        self._wake = threading.Event()
+        self.cameras = self._cameras()
+        first = self.cameras[0]
+        self.slot, self.capture, self.read_timeout_s = (
+            first.slot,
+            first.capture,
+            first.read_timeout_s,
+        )
+        self.sinks = first.sinks
+        self.observers: list[FrameObserver] = []
+        """Called with every camera's classified frames (see :data:`~edge_runtime.pipeline.FrameObserver`)."""
+        self.local_service: LocalClassifyService | None = None
+        if config.local_service.enabled:
+            from edge_runtime.local_service import LocalClassifyService
+
+            self.local_service = LocalClassifyService(
+                self.model, config.local_service, device_id=config.device_id
+            )
         self.status_server = None
         if config.metrics.enabled:
             from edge_runtime.http_status import StatusServer
@@ -132,87 +181,188 @@ class DeviceRuntime:
         self.metrics.set_active_bundle(manifest.name, manifest.version, classifier.bundle.sha256)
         self.health.set_active_bundle(manifest.name, manifest.version, classifier.bundle.sha256)
 
-    def _sinks(self) -> list[PredictionSink]:
-        outputs = self.config.outputs
-        sinks: list[PredictionSink] = []
+    def _cameras(self) -> list[Camera]:
+        cameras = []
+        for camera_config in self.config.camera_list():
+            slot: LatestFrameSlot = LatestFrameSlot()
+            if self.multi:
+                waking = WakingSlot(self._wake)
+                self.health.add_check(self._camera_check(waking, camera_config.id))
+                slot = waking
+            sinks = self._sinks(camera_config.id, camera_config.outputs or self.config.outputs)
+            cameras.append(Camera(camera_config, slot, sinks))
+        return cameras
+
+    def _sinks(self, camera: str, outputs: OutputsConfig) -> list[PredictionSink]:
+        """The camera's outputs, each behind its own queue thread, then the update agent's and quality's taps."""
+        external: list[PredictionSink] = []
         if outputs.jsonl is not None:
-            sinks.append(JsonLinesSink(outputs.jsonl.path))
+            external.append(JsonLinesSink(outputs.jsonl.path.replace("{camera}", camera)))
         if outputs.mqtt is not None and self.mqtt is not None:
             topic = device_topic(
                 self.mqtt.config.topic_prefix, self.config.device_id, "predictions"
             )
-            sinks.append(
+            external.append(
                 MqttPredictionSink(self.mqtt, topic, outputs.mqtt.qos, outputs.mqtt.every_n)
             )
-        sinks.extend(load_plugin(name) for name in outputs.plugins)
+        if self.opcua_server is not None:
+            external.append(self.opcua_server.camera(camera))
+        if outputs.opcua is not None and outputs.opcua.write is not None:
+            from edge_runtime.opcua_output import OpcUaWriteSink
+
+            external.append(OpcUaWriteSink(outputs.opcua.write))
+        external.extend(load_plugin(name) for name in outputs.plugins)
+        sinks: list[PredictionSink] = []
+        for sink in external:
+            if outputs.queue_size == 0:
+                sinks.append(sink)
+                continue
+            queued = QueuedSink(
+                sink,
+                capacity=outputs.queue_size,
+                stall_s=outputs.stall_s,
+                camera=camera if self.multi else "",
+            )
+            self.queued.append(queued)
+            self.health.add_check(queued.problem)
+            self.health.add_check(queued.stall_warning, fatal=False)
+            sinks.append(queued)
         if self.agent is not None:
             sinks.append(self.agent.sink)
         if self.quality is not None:
             sinks.append(self.quality)
         return sinks
 
+    def _camera_check(self, slot: WakingSlot, camera: str) -> Callable[[], str | None]:
+        """A multi-camera device's health check for one camera: frames keep arriving."""
+        health = self.health
+
+        def check() -> str | None:
+            now = time.monotonic()
+            last = slot.last_put
+            if last is None:
+                return None  # the device-wide startup grace covers a camera that never started
+            if now - last > health.max_frame_age_s:
+                return (
+                    f"camera {camera}: no frame for {now - last:.1f} s"
+                    f" (limit {health.max_frame_age_s:g} s)"
+                )
+            return None
+
+        return check
+
     def _info(self) -> dict[str, object]:
         classifier = self.model.current
-        return {
+        info: dict[str, object] = {
             "device_id": self.config.device_id,
             "source": self.capture.source.name,
             "bundle": None if classifier is None else classifier.bundle.id,
             "backend": None if classifier is None else classifier.backend.name,
             "reconnects": self.capture.reconnects,
             "dropped": self.slot.dropped,
+            "outputs": [
+                {
+                    "output": q.name,
+                    "camera": q.camera,
+                    "delivered": q.delivered,
+                    "dropped": q.dropped,
+                }
+                for q in self.queued
+            ],
         }
+        if self.multi:
+            info["cameras"] = [
+                {
+                    "id": camera.id,
+                    "source": camera.capture.source.name,
+                    "captured": camera.slot.produced,
+                    "dropped": camera.slot.dropped,
+                    "reconnects": camera.capture.reconnects,
+                }
+                for camera in self.cameras
+            ]
+        if self.local_service is not None and self.local_service.running:
+            info["local_service"] = self.local_service.url
+        return info
+
+    def _pipeline(self, camera: Camera) -> Pipeline:
+        return Pipeline(
+            camera.id if self.multi else self.config.device_id,
+            capture=camera.capture,
+            slot=camera.slot,
+            model=self.model,
+            sinks=camera.sinks,
+            metrics=self.metrics,
+            health=self.health,
+            read_timeout_s=camera.read_timeout_s,
+            on_inference_error=None if self.agent is None else self.agent.record_inference_error,
+            observers=self.observers,
+            camera=camera.id if self.multi else None,
+        )
+
+    def _start(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.start()
+        if self.status_server is not None:
+            self.status_server.start()
+            log.info("metrics and health on %s", self.status_server.url)
+        if self.local_service is not None:
+            self.local_service.start()
+        for camera in self.cameras:
+            camera.capture.start()
+        if self.agent is not None:
+            self.agent.start()
+        if self.telemetry is not None:
+            self.telemetry.start()
+
+    def _stop(self) -> None:
+        if self.telemetry is not None:
+            self.telemetry.stop()
+        if self.agent is not None:
+            self.agent.stop()
+        for camera in self.cameras:
+            camera.capture.stop(timeout=2.0)
+        for camera in self.cameras:
+            for sink in camera.sinks:
+                sink.close()
+        if self.opcua_server is not None:
+            self.opcua_server.close()
+        if self.local_service is not None:
+            self.local_service.stop()
+        if self.status_server is not None:
+            self.status_server.stop()
+        if self.mqtt is not None:
+            self.mqtt.stop()
 
     def run(
         self, stop: threading.Event, max_frames: int | None = None, duration_s: float | None = None
     ) -> RunSummary:
         """Start everything, run the loop until a stop condition, stop everything."""
         started = time.monotonic()
-        if self.mqtt is not None:
-            self.mqtt.start()
-        if self.status_server is not None:
-            self.status_server.start()
-            log.info("metrics and health on %s", self.status_server.url)
-        self.capture.start()
-        if self.agent is not None:
-            self.agent.start()
-        if self.telemetry is not None:
-            self.telemetry.start()
-        pipeline = Pipeline(
-            self.config.device_id,
-            capture=self.capture,
-            slot=self.slot,
-            model=self.model,
-            sinks=self.sinks,
-            metrics=self.metrics,
-            health=self.health,
-            read_timeout_s=self.read_timeout_s,
-            on_inference_error=None if self.agent is None else self.agent.record_inference_error,
-        )
+        self._start()
+        pipelines = [self._pipeline(camera) for camera in self.cameras]
         deadline = None if duration_s is None else started + duration_s
         try:
-            stats = pipeline.run(stop, max_frames=max_frames, deadline=deadline)
+            if self.multi:
+                loop = RoundRobinInference(pipelines, self._wake)
+                stats = loop.run(stop, max_frames=max_frames, deadline=deadline)
+            else:
+                stats = pipelines[0].run(stop, max_frames=max_frames, deadline=deadline)
         finally:
-            if self.telemetry is not None:
-                self.telemetry.stop()
-            if self.agent is not None:
-                self.agent.stop()
-            self.capture.stop(timeout=2.0)
-            for sink in self.sinks:
-                sink.close()
-            if self.status_server is not None:
-                self.status_server.stop()
-            if self.mqtt is not None:
-                self.mqtt.stop()
+            self._stop()
+        stats.output_errors += sum(q.errors for q in self.queued)
         classifier = self.model.current
         return RunSummary(
             device_id=self.config.device_id,
             stats=stats,
-            frames_captured=self.slot.produced,
-            frames_dropped=self.slot.dropped,
-            frames_corrupt=self.capture.corrupt,
-            reconnects=self.capture.reconnects,
+            frames_captured=sum(c.slot.produced for c in self.cameras),
+            frames_dropped=sum(c.slot.dropped for c in self.cameras),
+            frames_corrupt=sum(c.capture.corrupt for c in self.cameras),
+            reconnects=sum(c.capture.reconnects for c in self.cameras),
             seconds=time.monotonic() - started,
             bundle=None
             if classifier is None
             else f"{classifier.bundle.manifest.name} {classifier.bundle.manifest.version}",
+            outputs_dropped=sum(q.dropped for q in self.queued),
+            cameras=len(self.cameras),
         )

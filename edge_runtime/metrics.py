@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_WINDOW_SIZE",
     "SNAPSHOT_QUANTILES",
     "STAGES",
+    "CameraMetrics",
     "MetricsRegistry",
     "RecentHistogram",
     "RecentHistogramFamily",
@@ -285,6 +286,35 @@ class _ActiveBundleCollector:
         return [family]
 
 
+class CameraMetrics:
+    """Per-camera series of a multi-camera device (label ``camera``), registered on first use."""
+
+    def __init__(self, reg: MetricsRegistry) -> None:
+        self.predictions = Counter(
+            "edgefleet_camera_predictions_total",
+            "Frames classified, per camera of a multi-camera device.",
+            ("camera",),
+            registry=reg,
+        )
+        self.frames_dropped = Counter(
+            "edgefleet_camera_frames_dropped_total",
+            "Frames a camera's capture replaced before the classifier took them, per camera.",
+            ("camera",),
+            registry=reg,
+        )
+        self.source_reconnects = Counter(
+            "edgefleet_camera_source_reconnects_total",
+            "Times a camera's frame source was reopened, per camera.",
+            ("camera",),
+            registry=reg,
+        )
+        self.staleness = reg.histogram(
+            "edgefleet_camera_staleness_seconds",
+            "Age of a frame when its prediction was ready, per camera of a multi-camera device.",
+            ("camera",),
+        )
+
+
 class RuntimeMetrics:
     """The device pipeline's metrics, registered on one registry, with the updates it makes.
 
@@ -362,6 +392,7 @@ class RuntimeMetrics:
             registry=reg,
         )
         self.last_frame_age_seconds.set_function(lambda: self.last_frame_age(self._clock()))
+        self._cameras: CameraMetrics | None = None
         reg.register(_ActiveBundleCollector(lambda: self.active_bundle))
         ProcessCollector(registry=reg)
 
@@ -434,23 +465,57 @@ class RuntimeMetrics:
         dropped: float | None = None,
         corrupt: float | None = None,
         reconnects: float | None = None,
+        camera: str | None = None,
     ) -> None:
         """Bring the exported counters up to the capture layer's own running totals.
 
         The counters never decrease: a total lower than the previous one means
         the capture layer restarted its count, and the new total is added on top.
+        With ``camera`` (a multi-camera device), the totals are that camera's:
+        they add to the device's counters and to the camera's own series.
         """
-        updates: Iterable[tuple[str, float | None, Counter]] = (
-            ("dropped", dropped, self.frames_dropped),
-            ("corrupt", corrupt, self.frames_corrupt),
-            ("reconnects", reconnects, self.source_reconnects),
+        updates: Iterable[tuple[str, float | None, list[Counter]]] = (
+            ("dropped", dropped, [self.frames_dropped]),
+            ("corrupt", corrupt, [self.frames_corrupt]),
+            ("reconnects", reconnects, [self.source_reconnects]),
         )
+        if camera is not None:
+            cameras = self.cameras
+            updates = (
+                (
+                    "dropped",
+                    dropped,
+                    [self.frames_dropped, cameras.frames_dropped.labels(camera)],
+                ),
+                ("corrupt", corrupt, [self.frames_corrupt]),
+                (
+                    "reconnects",
+                    reconnects,
+                    [self.source_reconnects, cameras.source_reconnects.labels(camera)],
+                ),
+            )
         with self._lock:
-            for key, total, counter in updates:
+            for key, total, counters in updates:
                 if total is None:
                     continue
-                previous = self._totals.get(key, 0.0)
+                slot = key if camera is None else f"{camera}/{key}"
+                previous = self._totals.get(slot, 0.0)
                 delta = total - previous if total >= previous else total
-                self._totals[key] = total
+                self._totals[slot] = total
                 if delta > 0:
-                    counter.inc(delta)
+                    for counter in counters:
+                        counter.inc(delta)
+
+    def record_camera_prediction(self, camera: str, staleness_ms: float) -> None:
+        """One prediction of ``camera`` (multi-camera devices), ``staleness_ms`` after its capture."""
+        cameras = self.cameras
+        cameras.predictions.labels(camera).inc()
+        cameras.staleness.labels(camera=camera).observe(staleness_ms / 1e3)
+
+    @property
+    def cameras(self) -> CameraMetrics:
+        """The per-camera series (registered on the first call)."""
+        with self._lock:
+            if self._cameras is None:
+                self._cameras = CameraMetrics(self.registry)
+            return self._cameras

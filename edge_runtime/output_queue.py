@@ -201,10 +201,11 @@ class OutputQueueCollector:
         self._sinks = sinks
 
     def describe(self) -> Iterable[Metric]:
-        return self._families([])
+        return []  # families come and go with the queued outputs; nothing to check at registration
 
     def collect(self) -> Iterable[Metric]:
-        return self._families([sink.stats() for sink in self._sinks()])
+        stats = [sink.stats() for sink in self._sinks()]
+        return self._families(stats) if stats else []  # inline outputs only: no families
 
     def _families(self, stats: list[OutputQueueStats]) -> list[Metric]:
         delivered = CounterMetricFamily(

@@ -127,8 +127,11 @@ class Pipeline:
         read_timeout_s: float = 5.0,
         on_inference_error: Callable[[str], None] | None = None,
         observers: Sequence[FrameObserver] = (),
+        camera: str | None = None,
     ) -> None:
         self.device_id = device_id
+        self.camera = camera
+        """Set on a multi-camera device: this pipeline's camera, the label of its metrics series."""
         self.capture = capture
         self.slot = slot
         self.model = model
@@ -159,6 +162,7 @@ class Pipeline:
             dropped=self.slot.dropped,
             corrupt=self.capture.corrupt,
             reconnects=self.capture.reconnects,
+            camera=self.camera,
         )
         if frame is None:
             self.watchdog(now)
@@ -218,6 +222,8 @@ class Pipeline:
         self.metrics.record_prediction(
             done, uncertain=result.answer.uncertain, staleness_ms=staleness_ms
         )
+        if self.camera is not None:
+            self.metrics.record_camera_prediction(self.camera, staleness_ms)
         self.stats.predictions += 1
         self.last_prediction = prediction
         return prediction
