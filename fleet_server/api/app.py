@@ -14,8 +14,11 @@ from edge_runtime.errors import EdgefleetError
 from fleet_server.api.access_routes import access_routes
 from fleet_server.api.audit import AuditTrail
 from fleet_server.api.auth import Authenticator, ForbiddenError, Guards, UnauthorisedError
+from fleet_server.api.console_routes import console_routes
 from fleet_server.api.routes import broker_routes, bundle_routes, device_routes, rollout_routes
 from fleet_server.api.window_routes import window_routes
+from fleet_server.console.assets import console_assets
+from fleet_server.console.assets import public_paths as console_paths
 from fleet_server.errors import (
     LeaseLostError,
     NotFoundError,
@@ -76,7 +79,7 @@ def create_app(
         version=__version__,
         description="Devices, bundles and staged rollouts of an edgefleet fleet.",
     )
-    public = {"/healthz", *(DOCS_PATHS if public_docs else ())}
+    public = {"/healthz", *console_paths(), *(DOCS_PATHS if public_docs else ())}
     app.add_middleware(
         RequestGuard,
         authenticate=authenticate,
@@ -141,4 +144,6 @@ def create_app(
     broker_routes(app, server, guards.admin, fleet_ca_pem)
     access_routes(app, server.registry, guards)
     window_routes(app, server.registry, guards)
+    console_routes(app, server, guards)
+    app.router.routes.extend(console_assets())  # the console's page: public files, no data
     return app

@@ -1,0 +1,175 @@
+// One rollout, live: status and commands, waves filling device by device, each gate verdict
+// with the measured figure beside its threshold, and the timeline as readable events.
+
+import { badge, facts, h, link, num, short, swap, when } from "./dom.js";
+
+const LIVE = new Set(["pending", "running", "paused", "awaiting-approval"]);
+const COMMANDS = [
+  ["pause", "Pause", (s) => s === "running" || s === "awaiting-approval", "only a running rollout pauses"],
+  ["resume", "Resume", (s) => s === "paused", "only a paused rollout resumes"],
+  ["approve", "Approve next wave", (s) => s === "awaiting-approval", "no wave awaits approval"],
+  ["abort", "Abort and roll back", (s) => LIVE.has(s), "the rollout has ended"],
+];
+const CHECK_NAMES = {
+  latency_ratio: "Latency p95 against the previous version",
+  latency_budget: "Latency p95 against the bundle's budget",
+  error_rate: "Inference error rate",
+  confidence_drop: "Mean confidence drop from the previous version",
+  baseline_confidence_drop: "Mean confidence drop from the quality report",
+  class_shift: "Class shift from the previous version",
+  baseline_class_shift: "Class shift from the quality report",
+};
+const EVENT_WORDS = {
+  "rollout-created": "created", started: "started", "wave-created": "wave planned",
+  "wave-started": "wave sent", "wave-status": "wave", "device-status": "device",
+  "device-committed": "committed", "device-failed": "failed", "device-timed-out": "timed out",
+  "device-event": "device reports", "device-refused": "device refused", "wave-settled": "settled",
+  "gate-undecided": "gate waits", "wave-passed": "gate passed", "wave-failed": "gate failed",
+  "rollout-status": "status", aborted: "aborted", "rollback-complete": "rolled back",
+  completed: "completed", paused: "paused", resumed: "resumed", approved: "approved",
+  "awaiting-approval": "awaits approval", "window-waiting": "window", "window-opened": "window",
+};
+
+export function rolloutPage(ctx, rolloutId) {
+  const state = { data: null, timeline: [], lastId: null };
+  const head = h("div", {});
+  const actions = h("div", {});
+  const wavesArea = h("div", {});
+  const events = h("ol", { class: "timeline", "aria-live": "off" });
+  const error = h("p", { class: "error", role: "alert" });
+  const reason = h("input", { id: "abort-reason", name: "reason", value: "operator abort", maxlength: "1024" });
+  const node = h(
+    "div",
+    {},
+    h("h1", {}, `Rollout ${rolloutId}`),
+    head,
+    actions,
+    wavesArea,
+    h("section", { "aria-labelledby": "tl" }, h("h2", { id: "tl" }, "Timeline"), events),
+  );
+  const name = (sha) => (state.data && state.data.bundles[sha]) || short(sha);
+
+  async function command(verb) {
+    error.textContent = "";
+    try {
+      const body = verb === "abort" ? { reason: reason.value.trim() || "operator abort" } : undefined;
+      await ctx.send("POST", `/rollouts/${rolloutId}/${verb}`, body);
+      ctx.say(`Rollout ${rolloutId}: ${verb} sent.`);
+      await refresh();
+    } catch (err) {
+      error.textContent = `${verb} refused: ${err.message}`;
+    }
+  }
+
+  function drawActions(status) {
+    const allowed = ctx.may("operator");
+    const buttons = COMMANDS.map(([verb, label, possible, why]) => {
+      const usable = allowed && possible(status);
+      const title = !allowed ? ctx.why("operator") : possible(status) ? null : why;
+      return h("button", {
+        type: "button", "data-key": `cmd-${verb}`, disabled: !usable, title,
+        "aria-describedby": allowed ? null : "cmd-why", onclick: () => command(verb),
+      }, label);
+    });
+    if (actions.childElementCount === 0) {
+      actions.append(h("section", { "aria-labelledby": "cmds" },
+        h("h2", { id: "cmds" }, "Commands"),
+        h("div", { class: "field" }, h("label", { for: "abort-reason" }, "Reason for an abort"), reason),
+        h("div", { class: "buttons" }), allowed ? null : h("p", { id: "cmd-why", class: "why" }, `Commands disabled: ${ctx.why("operator")}.`),
+        error));
+    }
+    reason.disabled = !allowed || !LIVE.has(status);
+    swap(actions.querySelector(".buttons"), h("div", { class: "row" }, buttons));
+  }
+
+  function selector(spec) {
+    if (spec.count !== null && spec.count !== undefined) return `${spec.count} device${spec.count === 1 ? "" : "s"}`;
+    if (spec.percent !== null && spec.percent !== undefined) return `${spec.percent}% of the targets`;
+    if (spec.tags && spec.tags.length) return `tags ${spec.tags.join(", ")}`;
+    return `devices ${spec.devices.join(", ")}`;
+  }
+
+  function verdict(v, gate) {
+    if (!v) return h("p", { class: "muted" }, "The quality gate has not judged this wave yet.");
+    return h("div", { class: "verdict" },
+      h("p", {}, "Gate verdict: ", badge(v.outcome), " ", v.reason),
+      v.checks.length === 0 ? null : h("table", { class: "checks" },
+        h("caption", {}, "Each check: the figure measured on the new bundle beside its limit"),
+        h("thead", {}, h("tr", {}, ["Check", "Result", "Measured", "Limit", "Reference", "Why"].map((x) => h("th", { scope: "col" }, x)))),
+        h("tbody", {}, v.checks.map((c) => h("tr", { class: `c-${c.status}` },
+          h("th", { scope: "row" }, CHECK_NAMES[c.name] || c.name),
+          h("td", {}, badge(c.status)),
+          h("td", { class: "n" }, num(c.measured, 4)),
+          h("td", { class: "n" }, num(c.limit, 4)),
+          h("td", { class: "n" }, num(c.reference, 4)),
+          h("td", {}, c.reason.replace(/^wave \d+: /, "")))))),
+      gate ? h("p", { class: "muted" }, `Needs ${gate.min_samples} predictions before a check decides.`) : null);
+  }
+
+  function drawWaves(d) {
+    swap(wavesArea, h("section", { "aria-labelledby": "waves" },
+      h("h2", { id: "waves" }, "Waves"),
+      d.waves.length === 0 ? h("p", {}, "The planner has not saved this rollout's waves yet.") : null,
+      d.waves.map((w) => {
+        const done = w.devices.filter((x) => x.status === "committed").length;
+        return h("article", { class: `wave w-${w.status}`, "aria-labelledby": `wave-${w.index}` },
+          h("h3", { id: `wave-${w.index}` }, `Wave ${w.index}${w.index === 1 ? " (canary)" : ""} `, badge(w.status)),
+          h("p", {}, `${selector(w.spec)}; ${done} of ${w.devices.length} committed (needs ${Math.round(100 * w.spec.success_threshold)}%); ` +
+            `device timeout ${w.spec.device_timeout_s} s, health window ${w.spec.health_window_s} s` +
+            (w.spec.approval_before_next ? "; the next wave waits for approval" : "")),
+          w.reason ? h("p", { class: "reason" }, w.reason) : null,
+          h("ul", { class: "cells", "aria-label": `Devices of wave ${w.index}` }, w.devices.map((x) =>
+            h("li", { class: `cell s-${x.status}` },
+              link(`#/devices/${encodeURIComponent(x.id)}`, x.id, `dev-${x.id}`),
+              " ", h("span", { class: "st" }, x.status),
+              x.reason ? h("span", { class: "why-cell" }, `: ${x.reason}`) : null))),
+          verdict(w.verdict, w.spec.gate));
+      })));
+  }
+
+  function drawHead(d) {
+    const target = d.target.all ? "every device" : d.target.tags ? `devices with tags ${d.target.tags.join(", ")}` : `devices ${d.target.devices.join(", ")}`;
+    swap(head, h("div", {},
+      h("p", { class: "big" }, badge(d.status), " ", name(d.bundle),
+        d.reason ? h("span", { class: "reason" }, ` — ${d.reason}`) : null),
+      facts([
+        ["Bundle", `${name(d.bundle)} (${short(d.bundle)})`],
+        ["Rolls back to", d.previous ? name(d.previous) : "no previous bundle: assignments withdrawn"],
+        ["Target", target],
+        ["Created", when(d.created_at)],
+        ["Current wave", d.current_wave ? `wave ${d.current_wave} of ${d.waves.length}` : "–"],
+        ["Approvals", d.approved_by && d.approved_by.length ? d.approved_by.join(", ") : "none yet"],
+        ["Skipped devices", Object.entries(d.skipped || {}).map(([k, v]) => `${k} (${v})`).join(", ") || "none"],
+        d.ignore_windows ? ["Maintenance windows", "ignored"] : null,
+      ])));
+  }
+
+  function drawTimeline(fresh) {
+    const start = state.data ? state.data.created_at : 0;
+    for (const t of fresh) {
+      events.prepend(h("li", { class: `k-${t.kind}` },
+        h("span", { class: "offset", title: when(t.at) }, `+${Math.max(0, Math.round(t.at - start))} s`), " ",
+        h("span", { class: "kind" }, EVENT_WORDS[t.kind] || t.kind), " ",
+        t.device_id ? [link(`#/devices/${encodeURIComponent(t.device_id)}`, t.device_id), ": "] : null,
+        t.message));
+    }
+  }
+
+  async function refresh() {
+    const { data, changed } = await ctx.get(`/console/api/rollouts/${rolloutId}`);
+    if (changed || state.data === null) {
+      state.data = data;
+      drawHead(data);
+      drawWaves(data);
+    }
+    drawActions(data.status);
+    const query = state.lastId === null ? "limit=500" : `after_id=${state.lastId}&limit=500`;
+    const { data: fresh } = await ctx.get(`/rollouts/${rolloutId}/timeline?${query}`);
+    if (fresh.length) {
+      state.lastId = fresh[fresh.length - 1].id;
+      drawTimeline(fresh);
+    }
+  }
+
+  return { title: `Rollout ${rolloutId}`, refresh, node, pollMs: 1500 };
+}

@@ -1,0 +1,350 @@
+"""The console's reads that the API's routes do not already make: one query set per page, and a
+cheap stamp per page that changes whenever what the page shows may have changed.
+
+Read-only: nothing here writes. Each page is built in one read transaction
+and returned as JSON-ready values; :meth:`ConsoleViews.stamp` is a handful
+of indexed ``max()`` lookups, so a console that polls asks it and rebuilds a
+page only when its stamp moved (the HTTP layer answers ``304`` otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from fleet_server import db
+from fleet_server.console.figures import (
+    DeviceFigures,
+    class_shares,
+    device_health,
+    latest_figures,
+    telemetry_series,
+    version_runs,
+)
+from fleet_server.errors import NotFoundError
+from fleet_server.registry import Registry
+from fleet_server.registry._rows import device_info, get_device, timeline_item
+from fleet_server.rollout_plan import RolloutState
+
+__all__ = ["ConsoleViews"]
+
+_IN_CHUNK = 500
+_HISTORY = 300
+"""Telemetry snapshots and timeline entries a device page shows (its newest)."""
+
+
+def _max(session: Session, column: Any, *where: Any) -> float:
+    value = session.scalar(select(func.max(column)).where(*where))
+    return float(value) if value is not None else 0.0
+
+
+class ConsoleViews:
+    """The console's page queries over a :class:`Registry` (its sessions, read-only)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def _read(self) -> Any:
+        return self._registry._transaction()  # the registry package's own unit of work
+
+    # --- stamps --------------------------------------------------------------------------
+
+    def stamp(self, page: str, key: str | int | None = None) -> str:
+        """A short string that changes whenever ``page`` (``fleet``, ``device``, ``rollout``,
+        ``bundles``) may show something new; ``key`` names the device or rollout."""
+        with self._read() as session:
+            if page == "fleet":
+                parts = [
+                    session.scalar(select(func.count()).select_from(db.Device)) or 0,
+                    _max(session, db.Device.state_received_at),
+                    _max(session, db.Device.last_seen),
+                    _max(session, db.Telemetry.id),
+                    _max(session, db.TimelineEntry.id),
+                ]
+            elif page == "device":
+                row = get_device(session, str(key), tags=False)
+                parts = [
+                    row.state_received_at or 0,
+                    row.last_seen or 0,
+                    row.availability,
+                    row.pinned_bundle or "",
+                    _max(session, db.TimelineEntry.id, db.TimelineEntry.device_id == row.id),
+                ]
+            elif page == "rollout":
+                rollout = session.get(db.Rollout, int(str(key)))
+                if rollout is None:
+                    raise NotFoundError(f"unknown rollout {key!r}")
+                parts = [
+                    rollout.updated_at,
+                    rollout.status,
+                    _max(
+                        session, db.RolloutPlan.updated_at, db.RolloutPlan.rollout_id == rollout.id
+                    ),
+                    _max(session, db.TimelineEntry.id, db.TimelineEntry.rollout_id == rollout.id),
+                ]
+            elif page == "bundles":
+                parts = [
+                    session.scalar(select(func.count()).select_from(db.Bundle)) or 0,
+                    _max(session, db.Bundle.released_at),
+                ]
+            else:
+                raise ValueError(f"no console page called {page!r}")
+        return f"{page}-" + "-".join(_compact(part) for part in parts)
+
+    # --- fleet overview ------------------------------------------------------------------
+
+    def fleet(self, now: float) -> dict[str, Any]:
+        """Every device with its state, health and newest telemetry figures; counts by version."""
+        with self._read() as session:
+            devices = [device_info(row) for row in session.scalars(select(db.Device))]
+            figures = _newest_figures(session, [d.id for d in devices])
+            versions = {
+                row.sha256: (row.name, row.version)
+                for row in session.execute(
+                    select(db.Bundle.sha256, db.Bundle.name, db.Bundle.version)
+                )
+            }
+        devices.sort(key=lambda d: d.id)
+        rows = []
+        by_version: dict[str, int] = {}
+        for device in devices:
+            mine = figures.get(device.id)
+            health = device_health(device, mine, now)
+            version = device.active_version or (
+                versions[device.active_bundle][1] if device.active_bundle in versions else None
+            )
+            by_version[version or "none"] = by_version.get(version or "none", 0) + 1
+            rows.append(
+                {
+                    "id": device.id,
+                    "tags": list(device.tags),
+                    "availability": device.availability,
+                    "phase": device.phase,
+                    "version": version,
+                    "bundle": device.active_bundle,
+                    "pinned": device.pinned_bundle,
+                    "last_seen": device.last_seen,
+                    "health": health.status,
+                    "health_reason": health.reason,
+                    "figures": None if mine is None else asdict(mine),
+                }
+            )
+        return {
+            "now": now,
+            "devices": rows,
+            "by_version": dict(sorted(by_version.items())),
+            "tags": sorted({tag for d in devices for tag in d.tags}),
+        }
+
+    # --- one device ----------------------------------------------------------------------
+
+    def device(self, device_id: str, now: float) -> dict[str, Any]:
+        """One device: state, health, the versions it ran, its update events, telemetry series,
+        and its part in each rollout."""
+        with self._read() as session:
+            device = device_info(get_device(session, device_id))
+            snapshots = list(
+                reversed(
+                    session.execute(
+                        select(db.Telemetry.at, db.Telemetry.snapshot)
+                        .where(db.Telemetry.device_id == device_id)
+                        .order_by(db.Telemetry.at.desc(), db.Telemetry.id.desc())
+                        .limit(_HISTORY)
+                    ).all()
+                )
+            )
+            entries = [
+                timeline_item(row)
+                for row in session.scalars(
+                    select(db.TimelineEntry)
+                    .where(db.TimelineEntry.device_id == device_id)
+                    .order_by(db.TimelineEntry.id.desc())
+                    .limit(_HISTORY)
+                )
+            ][::-1]
+            rollouts = session.execute(
+                select(db.WaveDevice, db.Wave.index, db.Rollout)
+                .join(db.Wave, db.Wave.id == db.WaveDevice.wave_id)
+                .join(db.Rollout, db.Rollout.id == db.WaveDevice.rollout_id)
+                .where(db.WaveDevice.device_id == device_id)
+                .order_by(db.WaveDevice.rollout_id)
+            ).all()
+            previous_of = {r.id: r.previous_sha256 for _w, _i, r in rollouts if r.previous_sha256}
+            names = _bundle_names(session)
+        rows = [(float(at), dict(snapshot)) for at, snapshot in snapshots]
+        newest = latest_figures(*rows[-1]) if rows else None
+        health = device_health(device, newest, now)
+        return {
+            "now": now,
+            "device": asdict(device),
+            "health": asdict(health),
+            "figures": None if newest is None else asdict(newest),
+            "runs": [
+                asdict(run) for run in version_runs(entries, device.active_bundle, previous_of)
+            ],
+            "events": [
+                {**asdict(item), "data": dict(item.data) if item.data else None} for item in entries
+            ],
+            "series": telemetry_series(rows),
+            "class_shares": class_shares(rows),
+            "rollouts": [
+                {
+                    "rollout_id": wave_device.rollout_id,
+                    "wave": index + 1,
+                    "status": wave_device.status,
+                    "reason": wave_device.reason,
+                    "updated_at": wave_device.updated_at,
+                    "rollout_status": rollout.status,
+                    "bundle": rollout.bundle_sha256,
+                }
+                for wave_device, index, rollout in rollouts
+            ],
+            "bundles": names,
+        }
+
+    # --- bundles -------------------------------------------------------------------------
+
+    def bundle(self, sha256: str) -> dict[str, Any]:
+        """A bundle's manifest parts people read: quality report, provenance, compatibility."""
+        with self._read() as session:
+            row = session.get(db.Bundle, sha256)
+            if row is None:
+                raise NotFoundError(f"unknown bundle {sha256!r}: it was never imported")
+            manifest = dict(row.manifest)
+            running = session.scalar(
+                select(func.count()).select_from(db.Device).where(db.Device.active_bundle == sha256)
+            )
+        golden = manifest.get("golden") or {}
+        return {
+            "sha256": row.sha256,
+            "name": row.name,
+            "version": row.version,
+            "format": row.format,
+            "precision": row.precision,
+            "size": row.size,
+            "released_at": row.released_at,
+            "labels": list(row.labels),
+            "description": manifest.get("description", ""),
+            "quality": manifest.get("quality"),
+            "provenance": manifest.get("provenance"),
+            "compatibility": manifest.get("compatibility"),
+            "golden_vectors": len(golden.get("vectors", [])) if isinstance(golden, dict) else 0,
+            "flipped_images": None,  # the converter's parity report keeps no images in bundles
+            "devices_running": int(running or 0),
+        }
+
+    # --- one rollout ---------------------------------------------------------------------
+
+    def rollout(self, rollout_id: int) -> dict[str, Any]:
+        """A rollout as its planner saved it: each wave's spec, devices and gate verdict."""
+        with self._read() as session:
+            row = session.get(db.Rollout, rollout_id)
+            if row is None:
+                raise NotFoundError(f"unknown rollout {rollout_id!r}")
+            saved = session.get(db.RolloutPlan, rollout_id)
+            plan = None if saved is None else RolloutState.model_validate(saved.plan)
+            names = _bundle_names(session)
+            info = {
+                "id": row.id,
+                "bundle": row.bundle_sha256,
+                "previous": row.previous_sha256,
+                "target": dict(row.target),
+                "status": row.status,
+                "reason": row.reason,
+                "created_at": row.created_at,
+                "updated_at": row.updated_at,
+            }
+        return {**info, "bundles": names, **_plan_view(plan)}
+
+
+def _plan_view(plan: RolloutState | None) -> dict[str, Any]:
+    if plan is None:
+        return {"waves": [], "skipped": {}, "approved_by": [], "ignore_windows": False}
+    waves = []
+    for index, (spec, wave) in enumerate(zip(plan.spec.waves, plan.waves, strict=True)):
+        devices = []
+        for device_id in wave.devices:
+            progress = plan.devices[device_id]
+            devices.append(
+                {
+                    "id": device_id,
+                    "status": progress.status.value,
+                    "reason": progress.reason or None,
+                    "phase": progress.phase,
+                    "sent_at": progress.sent_at,
+                    "finished_at": progress.finished_at,
+                }
+            )
+        waves.append(
+            {
+                "index": index + 1,
+                "spec": spec.model_dump(mode="json", exclude_defaults=False),
+                "status": wave.status.value,
+                "started_at": wave.started_at,
+                "settled_at": wave.settled_at,
+                "watch_until": wave.watch_until,
+                "finished_at": wave.finished_at,
+                "reason": wave.reason or None,
+                "verdict": None if wave.verdict is None else wave.verdict.model_dump(mode="json"),
+                "devices": devices,
+            }
+        )
+    return {
+        "waves": waves,
+        "current_wave": plan.current_wave + 1,
+        "skipped": dict(plan.skipped),
+        "approved_by": list(plan.approved_by),
+        "approvals_required": (
+            plan.spec.waves[plan.current_wave].approvals_required
+            if plan.current_wave < len(plan.spec.waves)
+            else 1
+        ),
+        "ignore_windows": plan.spec.ignore_windows,
+        "started_at": plan.started_at,
+        "finished_at": plan.finished_at,
+    }
+
+
+def _bundle_names(session: Session) -> dict[str, str]:
+    """sha256 -> ``name version`` of every bundle in the catalogue."""
+    return {
+        sha: f"{name} {version}"
+        for sha, name, version in session.execute(
+            select(db.Bundle.sha256, db.Bundle.name, db.Bundle.version)
+        )
+    }
+
+
+def _newest_figures(session: Session, device_ids: Sequence[str]) -> Mapping[str, DeviceFigures]:
+    """Each device's newest telemetry snapshot read into figures (one indexed seek per device)."""
+    newest = (
+        select(db.Telemetry.id)
+        .where(db.Telemetry.device_id == db.Device.id)
+        .order_by(db.Telemetry.at.desc(), db.Telemetry.id.desc())
+        .limit(1)
+        .correlate(db.Device)
+        .scalar_subquery()
+    )
+    ids = [i for i in session.scalars(select(newest).select_from(db.Device)) if i is not None]
+    found: dict[str, DeviceFigures] = {}
+    wanted = set(device_ids)
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        for device_id, at, snapshot in session.execute(
+            select(db.Telemetry.device_id, db.Telemetry.at, db.Telemetry.snapshot).where(
+                db.Telemetry.id.in_(chunk)
+            )
+        ):
+            if device_id in wanted and isinstance(snapshot, dict):
+                found[device_id] = latest_figures(float(at), snapshot)
+    return found
+
+
+def _compact(part: object) -> str:
+    if isinstance(part, float):
+        return f"{part:.3f}".rstrip("0").rstrip(".")
+    return str(part)
