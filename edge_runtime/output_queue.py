@@ -120,11 +120,10 @@ class QueuedSink(PredictionSink):
                 finally:
                     with self._cond:
                         self._delivering_since = None
-        except BaseException as exc:  # the thread is dying: say why in /healthz, then let it die
+        except BaseException as exc:  # a plug-in's SystemExit ends this thread only
             with self._cond:
                 self._death = f"{type(exc).__name__}: {exc}"
             log.exception("output %s thread died: %s", self.name, self._death)
-            raise
 
     @property
     def alive(self) -> bool:
