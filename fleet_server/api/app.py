@@ -15,6 +15,8 @@ from fleet_server.api.access_routes import access_routes
 from fleet_server.api.audit import AuditTrail
 from fleet_server.api.auth import Authenticator, ForbiddenError, Guards, UnauthorisedError
 from fleet_server.api.console_routes import console_routes
+from fleet_server.api.drift_routes import drift_routes
+from fleet_server.api.field_routes import field_routes
 from fleet_server.api.routes import broker_routes, bundle_routes, device_routes, rollout_routes
 from fleet_server.api.window_routes import window_routes
 from fleet_server.console.assets import console_assets
@@ -146,4 +148,6 @@ def create_app(
     window_routes(app, server.registry, guards)
     console_routes(app, server, guards)
     app.router.routes.extend(console_assets())  # the console's page: public files, no data
+    drift_routes(app, server.registry, guards, fleet_metrics.registry)
+    field_routes(app, server, guards)
     return app

@@ -20,6 +20,7 @@ same :class:`~.unit.UnitOfWork` (sessions, transactions, batches)::
     leases.py      one holder at a time for a job (the rollout leader), fenced by epoch
     windows.py     maintenance windows per tag (when a group may change models)
     drift.py       drift per device and group against the bundles' baselines, its alerts
+    field_data.py  field samples (one row per image), people's labels, settings per group
     _rows.py       argument checks, row lookups, rows -> records (no transactions)
 
 Unknown devices, bundles and rollouts are :class:`RegistryError` naming them;
@@ -35,6 +36,7 @@ from fleet_server.errors import RegistryError
 from fleet_server.registry.access import MAX_AUDIT_LIMIT, Access
 from fleet_server.registry.catalogue import Catalogue
 from fleet_server.registry.drift import DriftWatch
+from fleet_server.registry.field_data import FieldData
 from fleet_server.registry.ingest import CLOCK_SKEW_WARN_S, Ingest
 from fleet_server.registry.leases import Leases
 from fleet_server.registry.retention import (
@@ -61,7 +63,7 @@ __all__ = [
 
 
 class Registry(
-    Catalogue, Ingest, Rollouts, Timeline, Leases, Stats, Access, Windows, DriftWatch
+    Catalogue, Ingest, Rollouts, Timeline, Leases, Stats, Access, Windows, DriftWatch, FieldData
 ):
     """The fleet server's state, over a SQLAlchemy session factory.
 
