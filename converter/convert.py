@@ -11,8 +11,12 @@ to an HTML parity report.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,20 +27,33 @@ import numpy as np
 import numpy.typing as npt
 
 from converter.dataset import LabelledFolder
+from converter.disagreements import Disagreement, find_disagreements
 from converter.errors import ConversionError, DatasetError, ParityGateError
+from converter.fallback import FallbackLimits, FallbackOutcome, Trial, search_fallback
 from converter.packaging import assemble_bundle
 from converter.parity import compare_scores
 from converter.quantize import (
     IoType,
     OnnxCalibration,
+    OnnxInt8Quantizer,
     TfliteCalibration,
-    quantize_onnx_int8,
+    TfliteInt8Quantizer,
     quantize_tflite,
 )
 from converter.report import render_report
+from converter.rounding import Rounding, bias_correct_onnx, bias_correct_tflite
+from converter.sensitivity import (
+    SensitivityReport,
+    onnx_ops,
+    onnx_tensor_errors,
+    rank_ops,
+    tflite_ops,
+    tflite_tensor_errors,
+)
 from converter.source import SourceModel, load_source_model
 from edge_runtime import __version__
 from edge_runtime.atomic import atomic_write_text
+from edge_runtime.backends import create_backend
 from edge_runtime.bundle import (
     BUNDLE_SUFFIX,
     Compatibility,
@@ -47,6 +64,7 @@ from edge_runtime.bundle import (
     QualityReport,
     TensorSpec,
 )
+from edge_runtime.bundle.manifest import FloatFallback
 from edge_runtime.classifier import Classifier
 from edge_runtime.postprocess import softmax
 from edge_runtime.preprocess import Preprocessor
@@ -98,6 +116,13 @@ class ConvertOptions:
     latency_budget_ms: float | None = None
     device_profiles: tuple[str, ...] = ()
     seed: int = 0
+    fallback: bool = True
+    """When an int8 model misses the gate, keep its most sensitive ops in float until it passes."""
+    max_float_fraction: float = 0.10
+    max_latency_ratio: float = 1.15
+    max_fallback_steps: int = 16
+    rounding: Rounding = "nearest"
+    sensitivity_samples: int = 32
 
 
 @dataclass
@@ -116,6 +141,12 @@ class ConversionResult:
     input_rounding_agreement: float | None = None
     """Top-1 agreement of the float model with itself fed the int8-rounded input
     (the noise floor of any int8 model of it); measured only when agreement failed."""
+    sensitivity: SensitivityReport | None = None
+    fallback: FallbackOutcome | None = None
+    before_fallback: QualityReport | None = None
+    """The full int8 model's figures, when the fallback ran."""
+    disagreements: list[Disagreement] = field(default_factory=list)
+    json_report_path: Path | None = None
 
     @property
     def passed(self) -> bool:
@@ -139,6 +170,42 @@ class ConversionResult:
             "report": str(self.report_path),
             "suffered_classes": self.suffered,
             "input_rounding_agreement": self.input_rounding_agreement,
+            "disagreements": len(self.disagreements),
+            "most_sensitive_ops": [row.to_dict() for row in self.sensitivity.top(5)]
+            if self.sensitivity is not None
+            else None,
+            "fallback": self.fallback_summary(),
+            "json_report": str(self.json_report_path) if self.json_report_path else None,
+        }
+
+    def fallback_summary(self) -> dict[str, Any] | None:
+        """The fallback's outcome in brief (None when it did not run)."""
+        if self.fallback is None:
+            return None
+        before = self.before_fallback
+        return {
+            "passed": self.fallback.passed,
+            "stopped": self.fallback.stopped,
+            "float_ops": [op.name for op in self.fallback.float_ops],
+            "float_mac_fraction": round(self.fallback.float_mac_fraction, 6),
+            "latency_ratio": self.fallback.latency_ratio,
+            "steps": len(self.fallback.steps),
+            "full_int8_agreement": before.top1_agreement if before else None,
+            "full_int8_accuracy_drop_points": before.accuracy_drop_points if before else None,
+        }
+
+    def to_report_dict(self) -> dict[str, Any]:
+        """The whole JSON report: the summary, every op's sensitivity, every fallback step,
+        every disagreeing photo."""
+        return {
+            **self.to_dict(),
+            "quality": self.report.model_dump(mode="json"),
+            "full_int8_quality": self.before_fallback.model_dump(mode="json")
+            if self.before_fallback
+            else None,
+            "sensitivity": self.sensitivity.to_dict() if self.sensitivity else None,
+            "fallback": self.fallback.to_dict() if self.fallback else None,
+            "disagreements": [row.to_dict() for row in self.disagreements],
         }
 
 
@@ -305,32 +372,105 @@ class _Job:
             self.progress("calibrate", 1, None)
             yield self.preprocess(frame).astype(np.float32)
 
+    def quiet_samples(self, count: int) -> Iterator[npt.NDArray[np.float32]]:
+        """The first ``count`` calibration inputs, without progress (sensitivity, rounding)."""
+        assert self.calibration is not None
+        frames = self.calibration.frames(strict=self.options.strict)
+        for _, frame, _ in itertools.islice(frames, count):
+            yield self.preprocess(frame).astype(np.float32)
+
     def convert_one(self, fmt: str, precision: str, float_model: bytes) -> bytes:
-        samples = self.samples if self.calibration is not None else None
-        if self.calibration is not None and precision == "int8":
-            walks = 1
-            if fmt == "tflite":  # the quantiser counts, then calibrates; percentile walks again
-                walks = 3 if self.options.tflite_calibration == "percentile" else 2
-            self.progress("calibrate", 0, len(self.calibration.items) * walks)
+        """A non-int8 precision (int8 goes through :meth:`int8_quantizer`)."""
         if fmt == "tflite":
-            return quantize_tflite(
+            return quantize_tflite(float_model, precision, io_type=self.options.io_type)
+        return float_model
+
+    def int8_quantizer(
+        self, fmt: str, float_model: bytes
+    ) -> TfliteInt8Quantizer | OnnxInt8Quantizer:
+        """The format's int8 quantiser, calibrated once (with the rounding asked for)."""
+        assert self.calibration is not None
+        walks = 1
+        if fmt == "tflite":  # the quantiser counts, then calibrates; percentile walks again
+            walks = 3 if self.options.tflite_calibration == "percentile" else 2
+        elif self.options.onnx_calibration == "percentile":
+            walks = 3
+        bias = self.options.rounding == "bias-correction"
+        self.progress("calibrate", 0, len(self.calibration.items) * walks)
+        if fmt == "tflite":
+            if bias:
+                float_model = bias_correct_tflite(
+                    float_model, self.quiet_samples(min(64, self.options.calibration_samples))
+                )
+            return TfliteInt8Quantizer(
                 float_model,
-                precision,
-                samples=samples,
+                self.samples,
                 io_type=self.options.io_type,
                 input_range=self.input_range(),
                 calibration_method=self.options.tflite_calibration,
             )
-        if precision == "fp32":
-            return float_model
-        assert samples is not None
-        return quantize_onnx_int8(
+
+        def correct(model: Any) -> Any:
+            return bias_correct_onnx(
+                model, self.quiet_samples(min(64, self.options.calibration_samples))
+            )
+
+        return OnnxInt8Quantizer(
             float_model,
-            samples,
+            self.samples,
             per_channel=self.options.per_channel,
             method=self.options.onnx_calibration,
             quant_format=self.options.onnx_format,
+            prepare=correct if bias else None,
         )
+
+    def sensitivity(
+        self, fmt: str, quantizer: TfliteInt8Quantizer | OnnxInt8Quantizer, int8_model: bytes
+    ) -> SensitivityReport:
+        """Per-op error attribution of ``int8_model`` on the first calibration images."""
+        count = self.options.sensitivity_samples
+        self.progress(f"sensitivity {fmt}", 0, count)
+
+        def samples() -> Iterator[npt.NDArray[np.float32]]:
+            for sample in self.quiet_samples(count):
+                yield sample
+                self.progress(f"sensitivity {fmt}", 1, None)
+
+        if isinstance(quantizer, TfliteInt8Quantizer):
+            reference = quantizer.float_model
+            errors, images = tflite_tensor_errors(reference, int8_model, samples())
+            return rank_ops(tflite_ops(reference), errors, fmt, images)
+        reference = quantizer.prepared_model()
+        errors, images = onnx_tensor_errors(reference, int8_model, samples())
+        return rank_ops(onnx_ops(reference), errors, fmt, images)
+
+    def latency_ratio(self, fmt: str, model: bytes, baseline: bytes, rounds: int = 30) -> float:
+        """Invoke p50 of ``model`` over ``baseline``'s: one thread each, the host's backend for
+        the format, timed alternately so that the machine's load hits both alike."""
+        backends = [create_backend("auto", fmt, m, threads=1) for m in (model, baseline)]
+        try:
+            spec = backends[0].inputs[0]
+            shape = [max(1, d) for d in spec.shape]
+            rng = np.random.default_rng(0)
+            if spec.dtype in ("int8", "uint8"):
+                info = np.iinfo(spec.dtype)
+                tensor: npt.NDArray[Any] = rng.integers(
+                    info.min, info.max, size=shape, endpoint=True
+                ).astype(spec.dtype)
+            else:
+                tensor = rng.standard_normal(shape).astype(np.float32)
+            times: list[list[float]] = [[], []]
+            for backend in backends:
+                backend.invoke(tensor)  # warm up
+            for _ in range(rounds):
+                for which, backend in enumerate(backends):
+                    start = time.perf_counter()
+                    backend.invoke(tensor)
+                    times[which].append(time.perf_counter() - start)
+        finally:
+            for backend in backends:
+                backend.close()
+        return float(np.median(times[0]) / max(np.median(times[1]), 1e-9))
 
     def input_range(self) -> tuple[float, float]:
         """The exact range of preprocessed input values: pixels 0..255 through mean/std."""
@@ -395,79 +535,20 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> list[C
             continue
         float_model = job.source.tflite_fp32() if fmt == "tflite" else job.source.onnx_fp32()
         for precision in precisions:
-            model = job.convert_one(fmt, precision, float_model)
-            stem = f"{job.name}-{options.version}-{fmt}-{precision}"
-            common: dict[str, Any] = {
-                "name": job.name,
-                "version": options.version,
-                "model": model,
-                "model_format": fmt,
-                "precision": precision,
-                "preprocessing": job.contract,
-                "labels": job.labels,
-                "postprocessing": postprocessing,
-                "description": f"{options.model.name} as {fmt} {precision}",
-                "provenance": provenance,
-                "compatibility": Compatibility(
-                    min_runtime_version=__version__,
-                    backends=["litert", "tflite-runtime", "tf-lite"]
-                    if fmt == "tflite"
-                    else ["onnxruntime"],
-                    device_profiles=list(options.device_profiles),
-                    latency_budget_ms=options.latency_budget_ms,
-                ),
-            }
-            draft_path = options.out / f".{stem}.draft{BUNDLE_SUFFIX}"
-            try:
-                draft = assemble_bundle(draft_path, **common, golden_frames=[], golden_atol=0.0)
-            finally:
-                draft_path.unlink(missing_ok=True)
-            scores, latency = job.evaluate(Classifier(draft), frames, f"evaluate {fmt} {precision}")
-            report = compare_scores(
-                float_scores,
-                scores,
-                y_true,
-                job.labels,
-                parity_ref,
-                max_accuracy_drop=options.max_accuracy_drop,
-                min_agreement=options.min_agreement,
-            )
-            report_path = options.out / f"{stem}.report.html"
-            atomic_write_text(
-                report_path,
-                render_report(
-                    report,
-                    f"{job.name} {options.version}: {fmt} {precision}",
-                    job.labels,
-                    f"{options.model.name} on {parity_ref.num_images} images of {options.parity}",
-                ),
-            )
-            suffered = _suffered(report, options.max_accuracy_drop)
-            bundle_path = None
-            bundle_id = None
-            if report.passed or options.keep_failed:
-                bundle_path = options.out / f"{stem}{BUNDLE_SUFFIX}"
-                written = assemble_bundle(
-                    bundle_path,
-                    **common,
-                    quality=report,
-                    golden_frames=golden,
-                    golden_atol=0.02 if precision in {"int8", "dynamic-int8"} else 1e-3,
+            with contextlib.ExitStack() as stack:
+                results.append(
+                    _convert_precision(
+                        job,
+                        fmt,
+                        precision,
+                        float_model,
+                        stack,
+                        frames,
+                        y_true,
+                        float_scores,
+                        _Shared(parity_ref, golden, postprocessing, provenance),
+                    )
                 )
-                bundle_id = written.id
-            results.append(
-                ConversionResult(
-                    fmt,
-                    precision,
-                    len(model),
-                    report,
-                    latency,
-                    bundle_path,
-                    report_path,
-                    bundle_id,
-                    suffered,
-                )
-            )
     missed = [
         r
         for r in results
@@ -478,6 +559,219 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> list[C
         for r in missed:
             r.input_rounding_agreement = floor
     return results
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every format and precision of one job shares."""
+
+    parity_ref: DatasetRef
+    golden: list[tuple[npt.NDArray[np.uint8], str | None]]
+    postprocessing: Postprocessing
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class _Measured:
+    report: QualityReport
+    scores: npt.NDArray[np.float32]
+    latency_p50_ms: float
+
+
+def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for length
+    job: _Job,
+    fmt: str,
+    precision: str,
+    float_model: bytes,
+    stack: contextlib.ExitStack,
+    frames: list[npt.NDArray[np.uint8]],
+    y_true: npt.NDArray[np.int64],
+    float_scores: npt.NDArray[np.float32],
+    shared: _Shared,
+) -> ConversionResult:
+    options = job.options
+    stem = f"{job.name}-{options.version}-{fmt}-{precision}"
+    quantizer = None
+    if precision == "int8":
+        quantizer = job.int8_quantizer(fmt, float_model)
+        stack.callback(quantizer.close)
+        model = quantizer.quantize()
+    else:
+        model = job.convert_one(fmt, precision, float_model)
+
+    def common(model: bytes, fallback: FloatFallback | None = None) -> dict[str, Any]:
+        return {
+            "name": job.name,
+            "version": options.version,
+            "model": model,
+            "model_format": fmt,
+            "precision": precision,
+            "preprocessing": job.contract,
+            "labels": job.labels,
+            "postprocessing": shared.postprocessing,
+            "description": f"{options.model.name} as {fmt} {precision}"
+            + (f", {len(fallback.ops)} ops kept in float" if fallback else ""),
+            "provenance": shared.provenance,
+            "compatibility": Compatibility(
+                min_runtime_version=__version__,
+                backends=["litert", "tflite-runtime", "tf-lite"]
+                if fmt == "tflite"
+                else ["onnxruntime"],
+                device_profiles=list(options.device_profiles),
+                latency_budget_ms=options.latency_budget_ms,
+            ),
+            "float_fallback": fallback,
+        }
+
+    def measure(model: bytes, task: str) -> _Measured:
+        draft_path = options.out / f".{stem}.draft{BUNDLE_SUFFIX}"
+        try:
+            draft = assemble_bundle(draft_path, **common(model), golden_frames=[], golden_atol=0.0)
+        finally:
+            draft_path.unlink(missing_ok=True)
+        scores, latency = job.evaluate(Classifier(draft), frames, task)
+        report = compare_scores(
+            float_scores,
+            scores,
+            y_true,
+            job.labels,
+            shared.parity_ref,
+            max_accuracy_drop=options.max_accuracy_drop,
+            min_agreement=options.min_agreement,
+        )
+        return _Measured(report, scores, latency)
+
+    measured = measure(model, f"evaluate {fmt} {precision}")
+    full_int8_bytes = len(model)
+    sensitivity = None
+    outcome = None
+    before = None
+    fallback_spec = None
+    if quantizer is not None:
+        sensitivity = job.sensitivity(fmt, quantizer, model)
+        top = ", ".join(f"{row.op.kind} {100 * row.added_noise:.3f}%" for row in sensitivity.top(3))
+        log.info("%s int8: most sensitive ops (noise added): %s", fmt, top)
+        if not measured.report.passed and options.fallback:
+            before = measured.report
+            outcome, measured, model = _fallback(
+                job, fmt, quantizer, (model, measured), sensitivity=sensitivity, measure=measure
+            )
+            if outcome.passed:
+                fallback_spec = FloatFallback(
+                    ops=sorted(m for op in outcome.float_ops for m in op.excluded),
+                    float_mac_fraction=round(outcome.float_mac_fraction, 6),
+                )
+    report = measured.report
+    disagreements = find_disagreements(frames, y_true, float_scores, measured.scores, job.labels)
+    report_path = options.out / f"{stem}.report.html"
+    atomic_write_text(
+        report_path,
+        render_report(
+            report,
+            f"{job.name} {options.version}: {fmt} {precision}",
+            job.labels,
+            f"{options.model.name} on {shared.parity_ref.num_images} images of {options.parity}",
+            sensitivity=sensitivity,
+            fallback=outcome,
+            before_fallback=before,
+            full_int8_bytes=full_int8_bytes,
+            disagreements=disagreements,
+        ),
+    )
+    suffered = _suffered(report, options.max_accuracy_drop)
+    bundle_path = None
+    bundle_id = None
+    if report.passed or options.keep_failed:
+        bundle_path = options.out / f"{stem}{BUNDLE_SUFFIX}"
+        written = assemble_bundle(
+            bundle_path,
+            **common(model, fallback_spec),
+            quality=report,
+            golden_frames=shared.golden,
+            golden_atol=0.02 if precision in {"int8", "dynamic-int8"} else 1e-3,
+        )
+        bundle_id = written.id
+    result = ConversionResult(
+        fmt,
+        precision,
+        len(model),
+        report,
+        measured.latency_p50_ms,
+        bundle_path,
+        report_path,
+        bundle_id,
+        suffered,
+        sensitivity=sensitivity,
+        fallback=outcome,
+        before_fallback=before,
+        disagreements=disagreements,
+        json_report_path=options.out / f"{stem}.report.json",
+    )
+    atomic_write_text(
+        options.out / f"{stem}.report.json", json.dumps(result.to_report_dict(), indent=2) + "\n"
+    )
+    return result
+
+
+def _fallback(
+    job: _Job,
+    fmt: str,
+    quantizer: TfliteInt8Quantizer | OnnxInt8Quantizer,
+    full_int8: tuple[bytes, _Measured],
+    *,
+    sensitivity: SensitivityReport,
+    measure: Callable[[bytes, str], _Measured],
+) -> tuple[FallbackOutcome, _Measured, bytes]:
+    """Run the accuracy-aware fallback; the model it settled on (full int8 when none passed)."""
+    options = job.options
+    limits = FallbackLimits(
+        max_float_fraction=options.max_float_fraction,
+        max_latency_ratio=options.max_latency_ratio,
+        max_steps=options.max_fallback_steps,
+    )
+    task = f"fallback {fmt}"
+    job.progress(task, 0, options.max_fallback_steps)
+    log.info(
+        "%s int8 missed the gate: keeping its most sensitive ops in float (at most %.0f%% of "
+        "MACs, invoke p50 at most x%.2f of full int8, %d steps)",
+        fmt,
+        100 * options.max_float_fraction,
+        options.max_latency_ratio,
+        options.max_fallback_steps,
+    )
+    measured: dict[int, _Measured] = {}
+
+    def check(model: bytes) -> Trial:
+        result = measure(model, f"evaluate {fmt} int8, fallback step")
+        measured[id(model)] = result
+        job.progress(task, 1, None)
+        return Trial(
+            passed=bool(result.report.passed),
+            agreement=result.report.top1_agreement or 0.0,
+            accuracy_drop=result.report.accuracy_drop_points or 0.0,
+            detail=result,
+        )
+
+    outcome = search_fallback(
+        sensitivity.ranked,
+        sensitivity.total_macs,
+        quantizer.quantize,
+        check,
+        lambda model: job.latency_ratio(fmt, model, full_int8[0]),
+        limits=limits,
+    )
+    if outcome.passed and outcome.model is not None and outcome.trial is not None:
+        log.info(
+            "%s int8 passes with %d ops in float (%.1f%% of MACs, invoke p50 x%.2f)",
+            fmt,
+            len(outcome.float_ops),
+            100 * outcome.float_mac_fraction,
+            outcome.latency_ratio or 0.0,
+        )
+        chosen: _Measured = outcome.trial.detail
+        return outcome, chosen, outcome.model
+    log.warning("%s int8: the fallback found no model that passes: %s", fmt, outcome.stopped)
+    return outcome, full_int8[1], full_int8[0]
 
 
 def _golden(
@@ -517,6 +811,11 @@ def gate_error(results: list[ConversionResult], options: ConvertOptions) -> Pari
             f"{r.format} {r.precision}: accuracy drop {drop:.2f} points (max {options.max_accuracy_drop:g}), "
             f"agreement {100 * (r.report.top1_agreement or 0):.2f}% (min {100 * options.min_agreement:g}%)"
             + (f"; classes that suffered: {', '.join(r.suffered)}" if r.suffered else "")
+            + (
+                f"; fallback tried {len(r.fallback.steps)} steps and stopped: {r.fallback.stopped}"
+                if r.fallback is not None
+                else ""
+            )
             + ("; bundle kept (--keep-failed)" if r.bundle_path else "; no bundle written")
         )
     floor = next(

@@ -39,6 +39,7 @@ from edge_runtime.bundle import (
     parse_bundle,
     write_bundle,
 )
+from edge_runtime.bundle.manifest import FloatFallback
 from edge_runtime.classifier import Classifier
 from edge_runtime.preprocess import crop_box
 
@@ -133,6 +134,7 @@ def assemble_bundle(
     provenance: Provenance | None = None,
     compatibility: Compatibility | None = None,
     description: str = "",
+    float_fallback: FloatFallback | None = None,
 ) -> Bundle:
     """Write a complete bundle to ``path`` (atomically) and return it."""
     backend = create_backend("auto", model_format, model)
@@ -142,6 +144,7 @@ def assemble_bundle(
         precision=precision,
         inputs=backend.inputs,
         outputs=backend.outputs,
+        float_fallback=float_fallback,
     )
     stored = [golden_frame_to_store(frame, preprocessing) for frame, _ in golden_frames]
     members = {model_spec.file: model}

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -31,11 +33,14 @@ from converter.errors import QuantizationError
 __all__ = [
     "IoType",
     "OnnxCalibration",
+    "OnnxInt8Quantizer",
     "TfliteCalibration",
+    "TfliteInt8Quantizer",
     "onnx_percentile_ranges",
     "percentile_ranges",
     "quantize_onnx_int8",
     "quantize_tflite",
+    "tflite_op_scope_regex",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,7 @@ PERCENTILE = 99.999
 percent (ONNX Runtime's and TensorRT's usual choice): the rarest 0.001% of
 outliers saturate so that every other value gets a finer step."""
 _HISTOGRAM_BINS = 2048
+_REQUANTIZE_SAMPLES = 4
 Samples = Callable[[], Iterable[npt.NDArray[np.float32]]]
 """Re-iterable calibration inputs: each call yields batch-1 float32 tensors."""
 
@@ -271,47 +277,119 @@ def quantize_tflite(
     """
     if precision == "fp32":
         return float_model
-    from litert_quantizer import calibrator, quantizer
+    if precision == "int8":
+        if samples is None:
+            raise QuantizationError(f"{precision} needs calibration images (--calibration DIR)")
+        return TfliteInt8Quantizer(
+            float_model,
+            samples,
+            io_type=io_type,
+            input_range=input_range,
+            moving_average=moving_average,
+            calibration_method=calibration_method,
+        ).quantize()
+    return _run_tflite_quantizer(float_model, _tflite_recipe(precision, io_type), None, precision)
+
+
+def _run_tflite_quantizer(
+    float_model: bytes, recipe: Any, calibration: dict[str, Any] | None, what: str
+) -> bytes:
+    from litert_quantizer import quantizer
 
     try:
-        recipe = _tflite_recipe(precision, io_type)
         qt = quantizer.Quantizer(bytearray(float_model))
         qt.load_quantization_recipe(recipe)
-        calibration = None
-        if qt.need_calibration:
-            if samples is None:
-                raise QuantizationError(f"{precision} needs calibration images (--calibration DIR)")
-            from litert_quantizer.recipe_manager import RecipeManager
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = qt.quantize(
+                calibration, enable_progress_report=False, enable_progress_bar=False
+            )
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise QuantizationError(f"LiteRT Quantizer failed for {what}: {exc}") from exc
+    if result.quantized_model is None:
+        raise QuantizationError(f"LiteRT Quantizer produced no model for {what}")
+    return bytes(result.quantized_model)
 
-            manager = RecipeManager()
-            manager.load_quantization_recipe(recipe)
-            key, name = _tflite_signature(float_model)
+
+def tflite_op_scope_regex(scope: str) -> str:
+    """The recipe regex that matches exactly one op, given its scope (its output tensor names
+    joined by ``;`` with a trailing ``;``, as the LiteRT Quantizer names op scopes)."""
+    return "^" + re.escape(scope) + "$"
+
+
+class TfliteInt8Quantizer:
+    """Static int8 quantisation of one float TFLite model, calibrated once, quantised as often
+    as asked: each :meth:`quantize` call may keep a different set of ops in float (by scope)."""
+
+    def __init__(
+        self,
+        float_model: bytes,
+        samples: Samples,
+        *,
+        io_type: IoType = "int8",
+        input_range: tuple[float, float] | None = None,
+        moving_average: bool = False,
+        calibration_method: TfliteCalibration = "minmax",
+    ) -> None:
+        from litert_quantizer import calibrator
+        from litert_quantizer.recipe_manager import RecipeManager
+
+        self.float_model = float_model
+        self.io_type: IoType = io_type
+        recipe = _tflite_recipe("int8", io_type)
+        manager = RecipeManager()
+        manager.load_quantization_recipe(recipe)
+        key, name = _tflite_signature(float_model)
+        try:
             with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the quantiser's progress bar and debug warnings
                 update = {} if moving_average else {"qsv_update_func": _global_min_max}
                 calib = calibrator.Calibrator(bytearray(float_model), num_threads=1, **update)
                 calib.calibrate({key: _Feeds(name, samples)}, manager)
-                calibration = calib.get_model_qsvs()
-            if calibration_method == "percentile":
-                calibration = percentile_ranges(float_model, samples, calibration)
-            if input_range is not None:
-                input_tensor = _input_tensor_name(float_model)
-                if input_tensor in calibration:
-                    calibration[input_tensor] = {
-                        "min": np.float32(input_range[0]),
-                        "max": np.float32(input_range[1]),
-                    }
-        with contextlib.redirect_stdout(io.StringIO()):
-            result = qt.quantize(
-                calibration, enable_progress_report=False, enable_progress_bar=False
-            )
-    except QuantizationError:
-        raise
-    except (ValueError, RuntimeError, KeyError) as exc:
-        raise QuantizationError(f"LiteRT Quantizer failed for {precision}: {exc}") from exc
-    if result.quantized_model is None:
-        raise QuantizationError(f"LiteRT Quantizer produced no model for {precision}")
-    return bytes(result.quantized_model)
+                calibration: dict[str, Any] = calib.get_model_qsvs()
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise QuantizationError(f"LiteRT Quantizer calibration failed: {exc}") from exc
+        if calibration_method == "percentile":
+            calibration = percentile_ranges(float_model, samples, calibration)
+        if input_range is not None:
+            input_tensor = _input_tensor_name(float_model)
+            if input_tensor in calibration:
+                calibration[input_tensor] = {
+                    "min": np.float32(input_range[0]),
+                    "max": np.float32(input_range[1]),
+                }
+        self.calibration = calibration
+
+    def __enter__(self) -> TfliteInt8Quantizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to free (the calibration lives in memory); here for symmetry with ONNX."""
+
+    def quantize(self, float_ops: Iterable[str] = ()) -> bytes:
+        """The int8 model with the ops whose scopes are in ``float_ops`` left in float32."""
+        from litert_quantizer.algorithm_manager import AlgorithmName
+        from litert_quantizer.recipe_manager import RecipeManager
+
+        kept = sorted(set(float_ops))
+        recipe = _tflite_recipe("int8", self.io_type)
+        if kept:
+            manager = RecipeManager()
+            manager.load_quantization_recipe(recipe)
+            from litert_quantizer import qtyping
+
+            for scope in kept:
+                manager.add_quantization_config(
+                    regex=tflite_op_scope_regex(scope),
+                    operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                    algorithm_key=AlgorithmName.NO_QUANTIZE,
+                )
+            recipe = manager.get_quantization_recipe()
+        what = f"int8 with {len(kept)} ops in float" if kept else "int8"
+        return _run_tflite_quantizer(self.float_model, recipe, dict(self.calibration), what)
 
 
 class _Feeds:
@@ -354,71 +432,164 @@ def quantize_onnx_int8(
     activation_type: Literal["int8", "uint8"] = "int8",
 ) -> bytes:
     """Static int8 quantisation of a float32 ONNX model (pre-processed, calibrated)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    with OnnxInt8Quantizer(
+        float_model,
+        samples,
+        per_channel=per_channel,
+        method=method,
+        quant_format=quant_format,
+        activation_type=activation_type,
+    ) as quantizer:
+        return quantizer.quantize()
 
-    if not per_channel:
-        log.warning(
-            "per-tensor weight quantisation usually costs accuracy on convolutional models; per-channel is the default"
-        )
-    if quant_format == "qoperator":
-        log.warning(
-            "QOperator format is slower than QDQ on x86 CPUs with ONNX Runtime; QDQ is the default"
-        )
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
-    import onnx
 
-    input_name = onnx.load_model_from_string(float_model).graph.input[0].name
+class OnnxInt8Quantizer:
+    """Static int8 quantisation of one float ONNX model, pre-processed and calibrated once
+    (percentile ranges streamed once), quantised as often as asked: each :meth:`quantize`
+    call may leave a different set of nodes in float (ONNX Runtime's ``nodes_to_exclude``).
 
-    class Reader(_Reader, CalibrationDataReader):  # type: ignore[misc]
-        pass
+    ``prepare`` may rewrite the pre-processed float model before calibration (bias
+    correction does); a context manager, since it keeps its files in a temporary folder.
+    """
 
-    with tempfile.TemporaryDirectory(prefix="edgefleet-ortq-") as tmp:
-        source, prepared, output = (
-            Path(tmp) / "fp32.onnx",
-            Path(tmp) / "pre.onnx",
-            Path(tmp) / "int8.onnx",
-        )
+    def __init__(
+        self,
+        float_model: bytes,
+        samples: Samples,
+        *,
+        per_channel: bool = True,
+        method: OnnxCalibration = "minmax",
+        quant_format: Literal["qdq", "qoperator"] = "qdq",
+        activation_type: Literal["int8", "uint8"] = "int8",
+        prepare: Callable[[Any], Any] | None = None,
+    ) -> None:
+        import onnx
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        if not per_channel:
+            log.warning(
+                "per-tensor weight quantisation usually costs accuracy on convolutional models; per-channel is the default"
+            )
+        if quant_format == "qoperator":
+            log.warning(
+                "QOperator format is slower than QDQ on x86 CPUs with ONNX Runtime; QDQ is the default"
+            )
+        self.samples = samples
+        self.per_channel = per_channel
+        self.method = method
+        self.quant_format = quant_format
+        self.activation_type = activation_type
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgefleet-ortq-")
+        tmp = Path(self._tmp.name)
+        source, self.prepared = tmp / "fp32.onnx", tmp / "pre.onnx"
         source.write_bytes(float_model)
+        self.input_name = onnx.load_model_from_string(float_model).graph.input[0].name
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                quant_pre_process(str(source), str(self.prepared), skip_symbolic_shape=False)
+            model = onnx.load(str(self.prepared))
+            for index, node in enumerate(model.graph.node):
+                if not node.name:  # nodes_to_exclude names nodes: every node gets one
+                    node.name = f"{node.op_type}_{index}"
+            if prepare is not None:
+                model = prepare(model)
+            onnx.save(model, str(self.prepared))
+            self.ranges: dict[str, tuple[float, float]] = {}
+            self.input_span: tuple[float, float] | None = None
+            if method == "percentile":
+                span = [np.inf, -np.inf]
+
+                def recording() -> Iterator[npt.NDArray[np.float32]]:
+                    for sample in samples():
+                        span[0] = min(span[0], float(sample.min()))
+                        span[1] = max(span[1], float(sample.max()))
+                        yield sample
+
+                self.ranges = onnx_percentile_ranges(self.prepared, self.input_name, recording)
+                self.input_span = (span[0], span[1])
+        except QuantizationError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            raise QuantizationError(
+                f"ONNX Runtime quantisation failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def __enter__(self) -> OnnxInt8Quantizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the temporary folder."""
+        self._tmp.cleanup()
+
+    def prepared_model(self) -> bytes:
+        """The pre-processed float model the quantiser works on (node names as excluded)."""
+        return self.prepared.read_bytes()
+
+    def quantize(self, float_nodes: Iterable[str] = ()) -> bytes:
+        """The int8 model with the nodes named in ``float_nodes`` left in float32."""
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        methods = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }
+
+        class Reader(_Reader, CalibrationDataReader):  # type: ignore[misc]
+            pass
+
+        output = Path(self._tmp.name) / "int8.onnx"
+        excluded = sorted(set(float_nodes))
+        samples = self.samples
+        overrides = dict(self.ranges)
+        if excluded and self.ranges and self.input_span is not None:
+            # every activation range is already known (percentile ranges, the input's
+            # min/max): a re-quantisation needs no second walk over every image
+            overrides[self.input_name] = self.input_span
+
+            def samples() -> Iterator[npt.NDArray[np.float32]]:
+                return itertools.islice(iter(self.samples()), _REQUANTIZE_SAMPLES)
+
         try:
             # ONNX Runtime's histogram calibrators print to stdout, which --json owns
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
-                quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
                 extra: dict[str, Any] = {"CalibTensorRangeSymmetric": False}
-                calibrate = methods[method]
-                if method == "percentile":
+                calibrate = methods[self.method]
+                if overrides:
                     # our streamed percentile ranges, handed over as overrides of a
                     # (fast) MinMax calibration: same cut, a fraction of the time
-                    ranges = onnx_percentile_ranges(prepared, input_name, samples)
                     extra["TensorQuantOverrides"] = {
                         name: [{"rmin": np.float32(low), "rmax": np.float32(high)}]
-                        for name, (low, high) in ranges.items()
+                        for name, (low, high) in overrides.items()
                     }
                     calibrate = CalibrationMethod.MinMax
                 quantize_static(
-                    str(prepared),
+                    str(self.prepared),
                     str(output),
-                    Reader(input_name, samples),
+                    Reader(self.input_name, samples),
                     quant_format=QuantFormat.QDQ
-                    if quant_format == "qdq"
+                    if self.quant_format == "qdq"
                     else QuantFormat.QOperator,
-                    per_channel=per_channel,
+                    per_channel=self.per_channel,
                     activation_type=QuantType.QInt8
-                    if activation_type == "int8"
+                    if self.activation_type == "int8"
                     else QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     calibrate_method=calibrate,
+                    nodes_to_exclude=excluded,
                     extra_options=extra,
                 )
         except Exception as exc:

@@ -1,14 +1,21 @@
 """The parity report as a self-contained HTML page (no scripts, no external files).
 
-Two confusion matrices side by side (float model, converted model) shaded by
-row share, per-class accuracy bars for both models, and the headline figures
-with the gate verdict.
+The headline figures with the gate verdict; for int8, the accuracy-aware
+fallback's steps (ops kept in float, their MACs, size and latency cost) and
+the most sensitive ops; the photos on which the two models disagree
+(thumbnails embedded as data URIs, both answers with confidences); two
+confusion matrices side by side (float model, converted model) shaded by row
+share, and per-class accuracy bars for both models.
 """
 
 from __future__ import annotations
 
 import html
+import math
 
+from converter.disagreements import Disagreement
+from converter.fallback import FallbackOutcome
+from converter.sensitivity import SensitivityReport
 from edge_runtime.bundle import QualityReport
 
 __all__ = ["render_report"]
@@ -23,7 +30,14 @@ table.cm{border-collapse:collapse;font-size:.85rem} table.cm td,table.cm th{bord
 table.cm th{background:#f3f5f9;font-weight:600} .axis{font-size:.8rem;color:#5b6678}
 .bars td{padding:.15rem .5rem;font-size:.85rem} .bar{height:.7rem;border-radius:.2rem}
 .f{background:#8aa4c8} .q{background:#2c5aa0} .worse{color:#c0392b;font-weight:600}
+table.rows{border-collapse:collapse;font-size:.85rem} table.rows td,table.rows th{border-bottom:1px solid #e3e7ee;padding:.25rem .6rem;text-align:left}
+table.rows th{background:#f3f5f9} .mono{font-family:ui-monospace,monospace;font-size:.78rem;word-break:break-all;max-width:420px}
+.grid{display:flex;flex-wrap:wrap;gap:.8rem} .card{width:150px;font-size:.78rem;border:1px solid #d5dae3;border-radius:.3rem;padding:.35rem}
+.card img{display:block;max-width:140px;max-height:112px;margin-bottom:.25rem}
 """
+
+SENSITIVE_SHOWN = 15
+"""Most sensitive ops listed in the page (the JSON report has every op)."""
 
 
 def _confusion(title: str, matrix: list[list[int]], labels: list[str]) -> str:
@@ -49,7 +63,101 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def render_report(report: QualityReport, title: str, labels: list[str], subtitle: str = "") -> str:
+def _sensitivity(sensitivity: SensitivityReport) -> str:
+    rows = []
+    for rank, row in enumerate(sensitivity.top(SENSITIVE_SHOWN), start=1):
+        sqnr = "-" if math.isinf(row.sqnr_db) else f"{row.sqnr_db:.1f} dB"
+        rows.append(
+            f"<tr><td>{rank}</td><td class='mono'>{html.escape(row.op.name)}</td>"
+            f"<td>{html.escape(row.op.kind)}</td><td>{100 * row.added_noise:.4f}%</td>"
+            f"<td>{sqnr}</td><td>{100 * row.mac_share:.2f}%</td></tr>"
+        )
+    return (
+        f"<h2>Most sensitive ops</h2><p class='sub'>{len(sensitivity.ranked)} ops measured on "
+        f"{sensitivity.images} calibration images: the int8 model's output of each op against "
+        "the float model's; ranked by the noise the op adds (its output's noise power over signal "
+        "power, minus its inputs'). Top "
+        f"{min(SENSITIVE_SHOWN, len(sensitivity.ranked))}; the JSON report lists every op.</p>"
+        "<table class='rows'><tr><th>#</th><th>op</th><th>kind</th><th>noise added</th>"
+        "<th>output SQNR</th><th>MACs</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _fallback(fallback: FallbackOutcome, before: QualityReport | None, full_bytes: int) -> str:
+    head = (
+        f"<h2>Accuracy-aware fallback: {'gate passed' if fallback.passed else 'gate still failed'}</h2>"
+        f"<p class='sub'>{html.escape(fallback.stopped)}."
+    )
+    if before is not None:
+        head += (
+            f" Full int8 before it: agreement {_pct(before.top1_agreement)}, "
+            f"accuracy drop {before.accuracy_drop_points or 0:.2f} points."
+        )
+    head += "</p>"
+    if fallback.float_ops:
+        head += (
+            f"<p>{len(fallback.float_ops)} ops kept in float, "
+            f"{100 * fallback.float_mac_fraction:.2f}% of the MACs"
+            + (
+                f", invoke p50 x{fallback.latency_ratio:.2f} of full int8"
+                if fallback.latency_ratio is not None
+                else ""
+            )
+            + "</p>"
+        )
+    rows = []
+    for step in fallback.steps:
+        size = (
+            "-"
+            if step.model_bytes is None
+            else f"{step.model_bytes / 1024:.0f} KiB ({step.model_bytes - full_bytes:+d} B)"
+        )
+        rows.append(
+            f"<tr><td>{step.step}</td><td>{html.escape(step.action)}</td>"
+            f"<td class='mono'>{html.escape(step.op)}</td><td>{html.escape(step.kind)}</td>"
+            f"<td>{len(step.float_ops)}</td><td>{100 * step.float_mac_fraction:.2f}%</td>"
+            f"<td>{_pct(step.agreement)}</td>"
+            f"<td>{'-' if step.accuracy_drop is None else f'{step.accuracy_drop:.2f}'}</td>"
+            f"<td>{'-' if step.latency_ratio is None else f'x{step.latency_ratio:.2f}'}</td>"
+            f"<td>{size}</td></tr>"
+        )
+    return (
+        head + "<table class='rows'><tr><th>step</th><th>action</th><th>op</th><th>kind</th>"
+        "<th>ops in float</th><th>MACs in float</th><th>agreement</th><th>drop (points)</th>"
+        "<th>latency vs int8</th><th>model size</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _disagreements(rows: list[Disagreement]) -> str:
+    cards = []
+    for row in rows:
+        image = f"<img src='{row.thumbnail}' alt='photo {row.index}'>" if row.thumbnail else ""
+        cards.append(
+            f"<div class='card'>{image}#{row.index} true <b>{html.escape(row.true_label)}</b><br>"
+            f"float: {html.escape(row.float_label)} {100 * row.float_confidence:.1f}%<br>"
+            f"converted: <span class='worse'>{html.escape(row.label)}</span> "
+            f"{100 * row.confidence:.1f}%</div>"
+        )
+    shown = sum(1 for row in rows if row.thumbnail)
+    note = f" (thumbnails of the first {shown})" if shown < len(rows) else ""
+    return (
+        f"<h2>Photos the two models answer differently: {len(rows)}{note}</h2>"
+        f"<div class='grid'>{''.join(cards) or '<p>none</p>'}</div>"
+    )
+
+
+def render_report(
+    report: QualityReport,
+    title: str,
+    labels: list[str],
+    subtitle: str = "",
+    *,
+    sensitivity: SensitivityReport | None = None,
+    fallback: FallbackOutcome | None = None,
+    before_fallback: QualityReport | None = None,
+    full_int8_bytes: int = 0,
+    disagreements: list[Disagreement] | None = None,
+) -> str:
     """The HTML page for one converted model's parity report."""
     verdict = (
         "<span class='verdict pass'>gate passed</span>"
@@ -104,8 +212,12 @@ def render_report(report: QualityReport, title: str, labels: list[str], subtitle
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>{html.escape(title)} {verdict}</h1><p class='sub'>{html.escape(subtitle)}</p>"
-        f"<table class='figures'>{figure_rows}</table>{matrices}"
-        "<h2>Per-class accuracy</h2><table class='bars'><tr><th>class</th><th>images</th>"
+        f"<table class='figures'>{figure_rows}</table>"
+        + (_fallback(fallback, before_fallback, full_int8_bytes) if fallback is not None else "")
+        + (_disagreements(disagreements) if disagreements is not None else "")
+        + (_sensitivity(sensitivity) if sensitivity is not None else "")
+        + matrices
+        + "<h2>Per-class accuracy</h2><table class='bars'><tr><th>class</th><th>images</th>"
         "<th colspan='2'>float</th><th colspan='2'>converted</th></tr>"
         + "".join(bars)
         + "</table></body></html>\n"

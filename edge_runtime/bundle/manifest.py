@@ -20,8 +20,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -35,6 +37,7 @@ __all__ = [
     "DType",
     "DatasetRef",
     "FileEntry",
+    "FloatFallback",
     "GoldenSet",
     "GoldenVector",
     "ManifestSpec",
@@ -149,6 +152,15 @@ class TensorSpec(_Strict):
         return self
 
 
+class FloatFallback(_Strict):
+    """Ops a quantised model keeps in float32 (the converter's accuracy-aware fallback)."""
+
+    ops: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        min_length=1, max_length=4096, description="TFLite op scopes or ONNX node names"
+    )
+    float_mac_fraction: Fraction = Field(description="share of the model's MACs left in float")
+
+
 class ModelSpec(_Strict):
     """The model member and its input/output tensors as the runtime will see them."""
 
@@ -157,6 +169,15 @@ class ModelSpec(_Strict):
     precision: Literal["fp32", "fp16", "dynamic-int8", "int8"]
     inputs: list[TensorSpec] = Field(min_length=1, max_length=16)
     outputs: list[TensorSpec] = Field(min_length=1, max_length=16)
+    float_fallback: FloatFallback | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_fallback(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # a model without fallback serialises as before: same bytes, readable by older runtimes
+        data: dict[str, Any] = handler(self)
+        if data.get("float_fallback") is None:
+            data.pop("float_fallback", None)
+        return data
 
     @model_validator(mode="after")
     def _extension_matches_format(self) -> ModelSpec:

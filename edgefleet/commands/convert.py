@@ -167,6 +167,43 @@ def _floats3(
     help="Smallest allowed top-1 agreement with the float model, in percent.",
 )
 @click.option(
+    "--fallback/--no-fallback",
+    default=True,
+    show_default=True,
+    help="When an int8 model misses the gate, keep its most sensitive ops in float (greedily, "
+    "most sensitive first, re-checked each step) until it passes or a limit stops it.",
+)
+@click.option(
+    "--max-float-fraction",
+    type=click.FloatRange(0, 100),
+    default=10.0,
+    show_default=True,
+    help="Fallback limit: the largest share of the model's MACs kept in float, in percent.",
+)
+@click.option(
+    "--max-latency-ratio",
+    type=click.FloatRange(1.0),
+    default=1.15,
+    show_default=True,
+    help="Fallback limit: the largest invoke p50 over full int8's (1 thread, the host's "
+    "LiteRT or ONNX Runtime).",
+)
+@click.option(
+    "--max-fallback-steps",
+    type=click.IntRange(1, 200),
+    default=16,
+    show_default=True,
+    help="Fallback limit: re-quantisations at most.",
+)
+@click.option(
+    "--rounding",
+    type=click.Choice(["nearest", "bias-correction"]),
+    default="nearest",
+    show_default=True,
+    help="int8 weight rounding: round to nearest, or with bias correction (each layer's bias "
+    "absorbs the mean shift its weight rounding causes on the calibration images).",
+)
+@click.option(
     "--keep-failed",
     is_flag=True,
     help="Write bundles that miss the gate anyway (the exit status still says so).",
@@ -256,6 +293,11 @@ def model_command(
     per_tensor: bool,
     max_accuracy_drop: float,
     min_agreement: float,
+    fallback: bool,
+    max_float_fraction: float,
+    max_latency_ratio: float,
+    max_fallback_steps: int,
+    rounding: str,
     keep_failed: bool,
     strict: bool,
     labels: str | None,
@@ -278,10 +320,15 @@ def model_command(
 ) -> None:
     """Convert MODEL into one bundle per format and precision, each checked against the float model.
 
-    A conversion that loses more than --max-accuracy-drop points or agrees less
-    than --min-agreement with the float model writes no bundle (unless
-    --keep-failed), names the classes that suffered, and makes the command exit
-    with status 3. Every conversion writes an HTML parity report.
+    An int8 model that loses more than --max-accuracy-drop points or agrees
+    less than --min-agreement with the float model first gets the fallback:
+    its most sensitive ops stay in float, one more each step, until it passes
+    or a limit stops it (--max-float-fraction, --max-latency-ratio,
+    --max-fallback-steps; --no-fallback turns it off). A conversion that still
+    misses the gate writes no bundle (unless --keep-failed), names the classes
+    that suffered, and makes the command exit with status 3. Every conversion
+    writes an HTML parity report (with the most sensitive ops, the fallback's
+    steps and the photos the models disagree on) and a JSON one.
     """
     from converter.convert import ConvertOptions, gate_error
     from converter.convert import convert as run_convert
@@ -314,6 +361,11 @@ def model_command(
         per_channel=not per_tensor,
         max_accuracy_drop=max_accuracy_drop,
         min_agreement=min_agreement / 100,
+        fallback=fallback,
+        max_float_fraction=max_float_fraction / 100,
+        max_latency_ratio=max_latency_ratio,
+        max_fallback_steps=max_fallback_steps,
+        rounding="bias-correction" if rounding == "bias-correction" else "nearest",
         keep_failed=keep_failed,
         strict=strict,
         name=name,
@@ -387,6 +439,18 @@ def _profile_groups(options: Any, profile_path: Path | None, explicit: float | N
     ]
 
 
+def _in_float(result: Any) -> str:
+    fallback = result.fallback
+    if fallback is None:
+        return "-"
+    if not fallback.passed:
+        return f"fallback failed ({len(fallback.steps)} steps)"
+    return (
+        f"{len(fallback.float_ops)} ops, {100 * fallback.float_mac_fraction:.1f}% MACs, "
+        f"x{fallback.latency_ratio or 0:.2f}"
+    )
+
+
 def _print_table(results: list[Any], console: Console) -> None:
     table = Table(
         "format",
@@ -397,6 +461,7 @@ def _print_table(results: list[Any], console: Console) -> None:
         "drop",
         "agreement",
         "host p50",
+        "in float",
         "gate",
         "bundle",
     )
@@ -411,6 +476,7 @@ def _print_table(results: list[Any], console: Console) -> None:
             f"{q.accuracy_drop_points:+.2f}",
             f"{100 * (q.top1_agreement or 0):.2f}%",
             f"{r.latency_p50_ms:.2f} ms",
+            _in_float(r),
             "[green]pass[/]" if r.passed else "[red]FAIL[/]",
             str(r.bundle_path.name) if r.bundle_path else "-",
         )

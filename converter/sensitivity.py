@@ -1,0 +1,415 @@
+"""Which quantised ops cost the most accuracy: per-op error attribution on both paths.
+
+The float model and its int8 model run side by side on the same calibration
+images with every intermediate tensor kept (LiteRT's
+``experimental_preserve_all_tensors``; ONNX Runtime with every node output
+made a graph output and no graph optimisation). For each op's output tensor
+the int8 value (dequantised) is compared with the float one: its SQNR, and
+the noise the op *adds*, its noise-to-signal ratio minus the largest one
+among its inputs. An op that adds much noise is one whose own rounding
+(weights, output range) hurts; keeping it in float removes that part.
+
+Ops are named the way each quantiser excludes them: a TFLite op by its scope
+(its output tensor names joined by ``;`` with a trailing ``;``, as the LiteRT
+Quantizer matches recipes), an ONNX op by its node name
+(``nodes_to_exclude``). MACs are counted per op from the float model's
+weight and output shapes (convolutions, depthwise convolutions, fully
+connected layers and matrix products; other ops count 0), so a fallback can
+say what share of the model's arithmetic stays in float.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from converter.errors import QuantizationError
+
+__all__ = [
+    "OpSensitivity",
+    "QuantOp",
+    "SensitivityReport",
+    "onnx_ops",
+    "onnx_tensor_errors",
+    "rank_ops",
+    "tflite_ops",
+    "tflite_tensor_errors",
+]
+
+TensorErrors = dict[str, tuple[float, float]]
+"""Tensor name -> (signal power, noise power), each summed over every value and image."""
+
+
+@dataclass(frozen=True)
+class QuantOp:
+    """One op of the float model, as a quantiser can keep it in float."""
+
+    name: str
+    """The id the quantiser excludes it by (TFLite: op scope; ONNX: node name)."""
+    kind: str
+    outputs: tuple[str, ...]
+    inputs: tuple[str, ...]
+    """Activation tensors it reads (not weights or other constants)."""
+    macs: int = 0
+    members: tuple[str, ...] = ()
+    """Every id kept in float with it (an ONNX Conv with the Relu/Clip that follows it,
+    which ONNX Runtime fuses); empty means just ``name``."""
+
+    @property
+    def excluded(self) -> tuple[str, ...]:
+        """The ids to hand the quantiser to keep this op in float."""
+        return self.members or (self.name,)
+
+
+@dataclass(frozen=True)
+class OpSensitivity:
+    """One op's share of the int8 model's error on the measured images."""
+
+    op: QuantOp
+    sqnr_db: float
+    """Signal-to-quantisation-noise ratio of the op's output in the int8 model (dB)."""
+    added_noise: float
+    """Noise power the op adds, relative to its output's signal power (NSR out minus the
+    largest NSR of its inputs, at least 0)."""
+    mac_share: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly row."""
+        return {
+            "op": self.op.name,
+            "kind": self.op.kind,
+            "excluded": list(self.op.excluded),
+            "output": self.op.outputs[0] if self.op.outputs else None,
+            "sqnr_db": None if math.isinf(self.sqnr_db) else round(self.sqnr_db, 2),
+            "added_noise": round(self.added_noise, 6),
+            "macs": self.op.macs,
+            "mac_share": round(self.mac_share, 6),
+        }
+
+
+@dataclass
+class SensitivityReport:
+    """Every measured op, most sensitive first, and what it was measured on."""
+
+    format: str
+    images: int
+    ranked: list[OpSensitivity] = field(default_factory=list)
+    total_macs: int = 0
+
+    def top(self, count: int) -> list[OpSensitivity]:
+        """The ``count`` most sensitive ops."""
+        return self.ranked[:count]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (every op, most sensitive first)."""
+        return {
+            "format": self.format,
+            "images": self.images,
+            "total_macs": self.total_macs,
+            "method": "per-op output SQNR of the int8 model against float; ops ranked by the "
+            "noise each adds (its output's noise-to-signal ratio minus its inputs' largest)",
+            "ops": [row.to_dict() for row in self.ranked],
+        }
+
+
+def rank_ops(
+    ops: Sequence[QuantOp], errors: TensorErrors, fmt: str, images: int
+) -> SensitivityReport:
+    """Rank ``ops`` by the noise each adds, from ``errors`` measured on ``images`` images.
+
+    Ops whose output was not measured (integer tensors, tensors the int8 model
+    does not have) are left out; an input that was not measured counts as
+    noise-free (the model input in float, a constant).
+    """
+    total = sum(op.macs for op in ops)
+
+    def nsr(name: str) -> float:
+        signal, noise = errors.get(name, (1.0, 0.0))
+        return noise / signal if signal > 0 else (0.0 if noise == 0 else math.inf)
+
+    rows = []
+    for op in ops:
+        measured = [name for name in op.outputs if name in errors]
+        if not measured:
+            continue
+        out = max(nsr(name) for name in measured)
+        before = max((nsr(name) for name in op.inputs), default=0.0)
+        sqnr = (
+            math.inf if out == 0 else -10.0 * math.log10(out) if math.isfinite(out) else -math.inf
+        )
+        rows.append(
+            OpSensitivity(
+                op=op,
+                sqnr_db=sqnr,
+                added_noise=max(0.0, out - before) if math.isfinite(out) else math.inf,
+                mac_share=op.macs / total if total else 0.0,
+            )
+        )
+    rows.sort(key=lambda row: (-row.added_noise, -row.op.macs, row.op.name))
+    return SensitivityReport(format=fmt, images=images, ranked=rows, total_macs=total)
+
+
+def _accumulate(errors: TensorErrors, name: str, reference: Any, value: Any) -> None:
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    got = np.asarray(value, dtype=np.float64).ravel()
+    if ref.shape != got.shape or ref.size == 0:
+        return
+    signal, noise = errors.get(name, (0.0, 0.0))
+    errors[name] = (signal + float(np.sum(ref * ref)), noise + float(np.sum((got - ref) ** 2)))
+
+
+# --- TFLite -------------------------------------------------------------------------------
+
+_TFLITE_MACS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
+
+
+def _tflite_interpreter(model: bytes, keep_all: bool) -> Any:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
+        interpreter = Interpreter(
+            model_content=model,
+            experimental_preserve_all_tensors=keep_all,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            num_threads=1,
+        )
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def tflite_ops(float_model: bytes) -> list[QuantOp]:
+    """Every op of a float TFLite model, with its scope, activation inputs and MACs."""
+    interpreter = _tflite_interpreter(float_model, keep_all=False)
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    ops_details = interpreter._get_ops_details()
+    produced = {i for op in ops_details for i in op["outputs"]}
+    produced |= {d["index"] for d in interpreter.get_input_details()}
+    ops = []
+    for op in ops_details:
+        outputs = [int(i) for i in op["outputs"] if i >= 0]
+        names = tuple(str(details[i]["name"]) for i in outputs if details[i]["name"])
+        if not names:
+            continue
+        inputs = tuple(str(details[i]["name"]) for i in op["inputs"] if i >= 0 and i in produced)
+        macs = 0
+        kind = str(op["op_name"])
+        if kind in _TFLITE_MACS and len(op["inputs"]) > 1 and outputs:
+            out = int(np.prod(details[outputs[0]]["shape"]))
+            weights = [int(v) for v in details[op["inputs"][1]]["shape"]]
+            if kind == "CONV_2D" and len(weights) == 4:
+                macs = out * weights[1] * weights[2] * weights[3]
+            elif kind == "DEPTHWISE_CONV_2D" and len(weights) == 4:
+                macs = out * weights[1] * weights[2]
+            elif kind == "FULLY_CONNECTED" and len(weights) == 2:
+                macs = out * weights[1]
+            elif kind == "TRANSPOSE_CONV":
+                weights = [int(v) for v in details[op["inputs"][1]]["shape"]]
+                macs = int(np.prod(details[op["inputs"][2]]["shape"])) * int(np.prod(weights[:3]))
+        ops.append(QuantOp(";".join(names) + ";", kind, names, inputs, macs))
+    return ops
+
+
+def _dequantized(interpreter: Any, detail: dict[str, Any]) -> npt.NDArray[np.float64]:
+    value = np.asarray(interpreter.get_tensor(detail["index"]))
+    if value.dtype in (np.int8, np.uint8, np.int16):
+        params = detail["quantization_parameters"]
+        scales = np.asarray(params["scales"], dtype=np.float64)
+        zeros = np.asarray(params["zero_points"], dtype=np.float64)
+        if scales.size == 1:
+            result: npt.NDArray[np.float64] = (value.astype(np.float64) - zeros[0]) * scales[0]
+            return result
+        return np.full(value.shape, np.nan)  # per-channel activations: not compared
+    return value.astype(np.float64)
+
+
+def _set_input(interpreter: Any, sample: npt.NDArray[np.float32]) -> None:
+    detail = interpreter.get_input_details()[0]
+    value: npt.NDArray[Any] = sample
+    if detail["dtype"] in (np.int8, np.uint8):
+        scale, zero = detail["quantization"]
+        info = np.iinfo(detail["dtype"])
+        value = np.clip(np.round(sample / scale) + zero, info.min, info.max).astype(detail["dtype"])
+    interpreter.set_tensor(detail["index"], value)
+
+
+def tflite_tensor_errors(
+    float_model: bytes, int8_model: bytes, samples: Iterable[npt.NDArray[np.float32]]
+) -> tuple[TensorErrors, int]:
+    """Per-tensor signal and noise of ``int8_model`` against ``float_model`` (and the image count).
+
+    Tensors are matched by name; each int8 tensor is dequantised with its own
+    scale and zero point.
+    """
+    reference = _tflite_interpreter(float_model, keep_all=True)
+    target = _tflite_interpreter(int8_model, keep_all=True)
+    produced_ref = {i for op in reference._get_ops_details() for i in op["outputs"]}
+    by_name = {d["name"]: d for d in target.get_tensor_details() if d["name"]}
+    pairs = [
+        (d, by_name[d["name"]])
+        for d in reference.get_tensor_details()
+        if d["index"] in produced_ref and d["dtype"] == np.float32 and d["name"] in by_name
+    ]
+    input_detail = reference.get_input_details()[0]
+    if input_detail["name"] in by_name:
+        pairs.append((input_detail, by_name[input_detail["name"]]))
+    if not pairs:
+        raise QuantizationError("the int8 TFLite model shares no tensor name with the float one")
+    errors: TensorErrors = {}
+    images = 0
+    for sample in samples:
+        _set_input(reference, sample)
+        reference.invoke()
+        _set_input(target, sample)
+        target.invoke()
+        for ref_detail, got_detail in pairs:
+            got = _dequantized(target, got_detail)
+            if np.isnan(got).any():
+                continue
+            _accumulate(errors, ref_detail["name"], reference.get_tensor(ref_detail["index"]), got)
+        images += 1
+    return errors, images
+
+
+# --- ONNX ---------------------------------------------------------------------------------
+
+
+def onnx_ops(float_model: bytes) -> list[QuantOp]:
+    """Every node of a float ONNX model (shape-inferred, e.g. pre-processed) with its MACs."""
+    import onnx
+
+    model = onnx.load_model_from_string(float_model)
+    graph = model.graph
+    constants = {init.name: list(init.dims) for init in graph.initializer}
+    constants.update(
+        {o: [] for node in graph.node if node.op_type == "Constant" for o in node.output}
+    )
+    shapes = {
+        info.name: [d.dim_value if d.dim_value > 0 else 1 for d in info.type.tensor_type.shape.dim]
+        for info in [*graph.value_info, *graph.output, *graph.input]
+    }
+    ops = []
+    for node in graph.node:
+        if node.op_type == "Constant":
+            continue
+        inputs = tuple(name for name in node.input if name and name not in constants)
+        macs = 0
+        out_shape = shapes.get(node.output[0]) if node.output else None
+        weights = constants.get(node.input[1]) if len(node.input) > 1 else None
+        if out_shape and weights:
+            out = int(np.prod(out_shape))
+            if node.op_type == "Conv" and len(weights) == 4:
+                macs = out * weights[1] * weights[2] * weights[3]
+            elif node.op_type == "MatMul" and len(weights) == 2:
+                macs = out * weights[0]
+            elif node.op_type == "Gemm" and len(weights) == 2:
+                trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+                macs = out * weights[1 if trans_b else 0]
+        ops.append(QuantOp(node.name, node.op_type, tuple(node.output), inputs, macs))
+    return _fuse_activations(ops)
+
+
+_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "HardSigmoid", "Sigmoid", "HardSwish"}
+
+
+def _fuse_activations(ops: list[QuantOp]) -> list[QuantOp]:
+    """A Conv/MatMul/Gemm followed by its only reader, an activation, becomes one op (ONNX
+    Runtime quantises the pair as one: no rounding between them)."""
+    readers: dict[str, list[QuantOp]] = {}
+    for op in ops:
+        for name in op.inputs:
+            readers.setdefault(name, []).append(op)
+    fused: list[QuantOp] = []
+    absorbed: set[str] = set()
+    for op in ops:
+        if op.name in absorbed:
+            continue
+        follower = readers.get(op.outputs[0], []) if len(op.outputs) == 1 else []
+        if op.macs and len(follower) == 1 and follower[0].kind in _ACTIVATIONS:
+            act = follower[0]
+            absorbed.add(act.name)
+            fused.append(
+                QuantOp(
+                    op.name,
+                    f"{op.kind}+{act.kind}",
+                    act.outputs,
+                    op.inputs,
+                    op.macs,
+                    (op.name, act.name),
+                )
+            )
+        else:
+            fused.append(op)
+    return fused
+
+
+def _all_outputs_session(model: Any, wanted: Iterable[str]) -> tuple[Any, list[str]]:
+    import onnx
+    import onnxruntime as ort
+
+    existing = {o.name for o in model.graph.output}
+    for name in wanted:
+        if name not in existing:
+            model.graph.output.append(
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            )
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    return session, [o.name for o in session.get_outputs()]
+
+
+def onnx_tensor_errors(
+    float_model: bytes, int8_model: bytes, samples: Iterable[npt.NDArray[np.float32]]
+) -> tuple[TensorErrors, int]:
+    """Per-tensor signal and noise of a QDQ ``int8_model`` against ``float_model``.
+
+    A float tensor ``X`` that the int8 model quantises is compared through its
+    dequantised copy (``X_DequantizeLinear_Output``, ONNX Runtime's name); one
+    it does not is compared as the int8 model computes it.
+    """
+    import onnx
+
+    reference = onnx.load_model_from_string(float_model)
+    target = onnx.load_model_from_string(int8_model)
+    float_types = {
+        info.name
+        for info in [*reference.graph.value_info, *reference.graph.output]
+        if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    }
+    produced = [o for node in reference.graph.node for o in node.output if o in float_types]
+    target_names = {o for node in target.graph.node for o in node.output}
+    pairs: dict[str, str] = {}
+    for name in produced:
+        for candidate in (f"{name}_DequantizeLinear_Output", name):
+            if candidate in target_names:
+                pairs[name] = candidate
+                break
+    if not pairs:
+        raise QuantizationError("the int8 ONNX model shares no tensor name with the float one")
+    ref_session, ref_names = _all_outputs_session(reference, pairs)
+    got_session, got_names = _all_outputs_session(target, pairs.values())
+    input_name = reference.graph.input[0].name
+    errors: TensorErrors = {}
+    images = 0
+    for sample in samples:
+        ref_values = dict(
+            zip(ref_names, ref_session.run(ref_names, {input_name: sample}), strict=True)
+        )
+        got_values = dict(
+            zip(got_names, got_session.run(got_names, {input_name: sample}), strict=True)
+        )
+        for name, candidate in pairs.items():
+            _accumulate(errors, name, ref_values[name], got_values[candidate])
+        images += 1
+    return errors, images
