@@ -25,6 +25,7 @@ from edge_runtime.config import CameraConfig, DeviceConfig, OutputsConfig
 
 if TYPE_CHECKING:
     from edge_runtime.agent import UpdateAgent
+    from edge_runtime.field_data import FieldCollector
     from edge_runtime.local_service import LocalClassifyService
     from edge_runtime.opcua_output import OpcUaServer
 from edge_runtime.health import HealthState
@@ -157,6 +158,7 @@ class DeviceRuntime:
         self.sinks = first.sinks
         self.observers: list[FrameObserver] = []
         """Called with every camera's classified frames (see :data:`~edge_runtime.pipeline.FrameObserver`)."""
+        self.field_data = self._field_collector()
         self.local_service: LocalClassifyService | None = None
         if config.local_service.enabled:
             from edge_runtime.local_service import LocalClassifyService
@@ -285,6 +287,21 @@ class DeviceRuntime:
             info["local_service"] = self.local_service.url
         return info
 
+    def _field_collector(self) -> FieldCollector | None:
+        """Field-data collection (off until the server says on), for a fleet-managed device."""
+        if self.mqtt is None or self.config.update is None:
+            return None
+        from edge_runtime.field_data import FieldCollector
+
+        collector = FieldCollector(
+            self.config.device_id,
+            self.config.store / "field-data",
+            self.mqtt,
+            prefix=self.mqtt.config.topic_prefix,
+        )
+        self.observers.append(collector.observe)
+        return collector
+
     def _pipeline(self, camera: Camera) -> Pipeline:
         return Pipeline(
             camera.id if self.multi else self.config.device_id,
@@ -314,8 +331,12 @@ class DeviceRuntime:
             self.agent.start()
         if self.telemetry is not None:
             self.telemetry.start()
+        if self.field_data is not None:
+            self.field_data.start()
 
     def _stop(self) -> None:
+        if self.field_data is not None:
+            self.field_data.stop()
         if self.telemetry is not None:
             self.telemetry.stop()
         if self.agent is not None:

@@ -42,6 +42,7 @@ from edge_runtime.protocol.field_data import (
     FieldSample,
     FieldSampleHeader,
 )
+from edge_runtime.protocol.predictions import ScoredLabel
 from edge_runtime.sources.base import Frame
 from edge_runtime.supervise import SupervisedThread, WorkerHealth
 
@@ -192,7 +193,7 @@ class FieldCollector:
             label=prediction.label[:128],
             confidence=prediction.confidence if np.isfinite(prediction.confidence) else None,
             top_k=[
-                (label[:128], score if np.isfinite(score) else None)
+                ScoredLabel(label=label[:128], score=score if np.isfinite(score) else None)
                 for label, score in prediction.top_k[:16]
             ],
             bundle_sha256=prediction.bundle_sha256,
@@ -239,16 +240,21 @@ class FieldCollector:
             sent += 1
         return sent
 
+    def drain(self) -> int:
+        """Encode and keep every frame waiting in the queue; how many were kept."""
+        kept = 0
+        while True:
+            try:
+                image, prediction, reason = self._queue.get_nowait()
+            except queue.Empty:
+                return kept
+            kept += self.encode(image, prediction, reason)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(0.25)
             self._wake.clear()
-            while True:
-                try:
-                    image, prediction, reason = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                self.encode(image, prediction, reason)
+            self.drain()
             self.upload()
 
     def start(self) -> None:

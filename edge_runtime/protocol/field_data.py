@@ -33,6 +33,7 @@ from edge_runtime.protocol._wire import (
     Timestamp,
     WireMessage,
 )
+from edge_runtime.protocol.predictions import ScoredLabel
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -115,7 +116,7 @@ class FieldSampleHeader(DeviceReport):
     label: _Label
     """The device's answer (or the bundle's uncertain label)."""
     confidence: float | None
-    top_k: list[tuple[_Label, float | None]] = Field(default_factory=list, max_length=16)
+    top_k: list[ScoredLabel] = Field(default_factory=list, max_length=16)
     bundle_sha256: Sha256
     bundle_name: Annotated[str, Field(max_length=64)]
     bundle_version: Annotated[str, Field(max_length=64)]

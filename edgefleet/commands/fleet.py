@@ -31,6 +31,7 @@ from edgefleet.commands._console import make_console
 from edgefleet.commands.fleet_access import audit, tokens
 from edgefleet.commands.fleet_ca import ca, ca_dir_option, open_ca, passphrase_option
 from edgefleet.commands.fleet_drift import drift
+from edgefleet.commands.fleet_field import field_data
 from edgefleet.commands.fleet_windows import waiting_line, windows
 from fleet_server.errors import FleetError
 from fleet_server.statuses import DeviceStatus
@@ -717,3 +718,4 @@ fleet.add_command(tokens)
 fleet.add_command(audit)
 fleet.add_command(windows)
 fleet.add_command(drift)
+fleet.add_command(field_data)

@@ -68,7 +68,7 @@ class FieldData(UnitOfWork):
                     reason=header.reason,
                     label=header.label,
                     confidence=header.confidence,
-                    top_k=[list(item) for item in header.top_k],
+                    top_k=[item.to_dict() for item in header.top_k],
                     bundle_sha256=header.bundle_sha256,
                     bundle_name=header.bundle_name,
                     bundle_version=header.bundle_version,
