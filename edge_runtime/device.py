@@ -26,12 +26,13 @@ from edge_runtime.config import CameraConfig, DeviceConfig, OutputsConfig
 if TYPE_CHECKING:
     from edge_runtime.agent import UpdateAgent
     from edge_runtime.field_data import FieldCollector
+    from edge_runtime.http_status import StatusServer
     from edge_runtime.local_service import LocalClassifyService
     from edge_runtime.opcua_output import OpcUaServer
 from edge_runtime.health import HealthState
 from edge_runtime.metrics import MetricsRegistry, RuntimeMetrics
 from edge_runtime.mqtt_link import MqttLink, device_topic
-from edge_runtime.output_queue import OutputQueueCollector, QueuedSink
+from edge_runtime.output_queue import OutputQueueCollector, QueuedSink, ReportsOutputStats
 from edge_runtime.outputs import JsonLinesSink, MqttPredictionSink, PredictionSink, load_plugin
 from edge_runtime.pipeline import ActiveModel, FrameObserver, Pipeline, PipelineStats
 from edge_runtime.sources import CaptureThread, LatestFrameSlot, create_source
@@ -139,7 +140,9 @@ class DeviceRuntime:
             )
             self.health.add_check(self.telemetry.worker_problem)
         self.queued: list[QueuedSink] = []
-        self.registry.register(OutputQueueCollector(lambda: list(self.queued)))
+        self.counted: list[ReportsOutputStats] = []
+        """Every output that counts its deliveries and drops (queued ones and OPC UA's)."""
+        self.registry.register(OutputQueueCollector(lambda: list(self.counted)))
         self.opcua_server: OpcUaServer | None = None
         opcua = config.outputs.opcua
         if opcua is not None and opcua.server is not None:
@@ -160,13 +163,23 @@ class DeviceRuntime:
         """Called with every camera's classified frames (see :data:`~edge_runtime.pipeline.FrameObserver`)."""
         self.field_data = self._field_collector()
         self.local_service: LocalClassifyService | None = None
+        self.status_server: StatusServer | None = None
+        self._local_endpoints()
+
+    def _on_swap(self, classifier: Classifier) -> None:
+        manifest = classifier.bundle.manifest
+        self.metrics.set_active_bundle(manifest.name, manifest.version, classifier.bundle.sha256)
+        self.health.set_active_bundle(manifest.name, manifest.version, classifier.bundle.sha256)
+
+    def _local_endpoints(self) -> None:
+        """The optional loopback ``/classify`` service and the ``/metrics`` + ``/healthz`` server."""
+        config = self.config
         if config.local_service.enabled:
             from edge_runtime.local_service import LocalClassifyService
 
             self.local_service = LocalClassifyService(
                 self.model, config.local_service, device_id=config.device_id
             )
-        self.status_server = None
         if config.metrics.enabled:
             from edge_runtime.http_status import StatusServer
 
@@ -177,11 +190,6 @@ class DeviceRuntime:
                 health=self.health,
                 extra_info=self._info,
             )
-
-    def _on_swap(self, classifier: Classifier) -> None:
-        manifest = classifier.bundle.manifest
-        self.metrics.set_active_bundle(manifest.name, manifest.version, classifier.bundle.sha256)
-        self.health.set_active_bundle(manifest.name, manifest.version, classifier.bundle.sha256)
 
     def _cameras(self) -> list[Camera]:
         cameras = []
@@ -208,7 +216,13 @@ class DeviceRuntime:
                 MqttPredictionSink(self.mqtt, topic, outputs.mqtt.qos, outputs.mqtt.every_n)
             )
         if self.opcua_server is not None:
-            external.append(self.opcua_server.camera(camera))
+            # never waits: its own bounded queue, drained in order by the server's event loop
+            opcua = self.opcua_server.camera(
+                camera, max(1, outputs.queue_size), label=camera if self.multi else ""
+            )
+            self.counted.append(opcua)
+            self.health.add_check(opcua.problem)
+            external.append(opcua)
         if outputs.opcua is not None and outputs.opcua.write is not None:
             from edge_runtime.opcua_output import OpcUaWriteSink
 
@@ -216,7 +230,7 @@ class DeviceRuntime:
         external.extend(load_plugin(name) for name in outputs.plugins)
         sinks: list[PredictionSink] = []
         for sink in external:
-            if outputs.queue_size == 0:
+            if outputs.queue_size == 0 or not sink.blocking:
                 sinks.append(sink)
                 continue
             queued = QueuedSink(
@@ -226,6 +240,7 @@ class DeviceRuntime:
                 camera=camera if self.multi else "",
             )
             self.queued.append(queued)
+            self.counted.append(queued)
             self.health.add_check(queued.problem)
             self.health.add_check(queued.stall_warning, fatal=False)
             sinks.append(queued)
@@ -371,7 +386,8 @@ class DeviceRuntime:
                 stats = pipelines[0].run(stop, max_frames=max_frames, deadline=deadline)
         finally:
             self._stop()
-        stats.output_errors += sum(q.errors for q in self.queued)
+        counts = [c.stats() for c in self.counted]
+        stats.output_errors += sum(c.errors for c in counts)
         classifier = self.model.current
         return RunSummary(
             device_id=self.config.device_id,
@@ -384,6 +400,6 @@ class DeviceRuntime:
             bundle=None
             if classifier is None
             else f"{classifier.bundle.manifest.name} {classifier.bundle.manifest.version}",
-            outputs_dropped=sum(q.dropped for q in self.queued),
+            outputs_dropped=sum(c.dropped for c in counts),
             cameras=len(self.cameras),
         )

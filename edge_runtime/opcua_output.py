@@ -26,6 +26,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+from collections import deque
 from collections.abc import Coroutine
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +49,7 @@ from edge_runtime.line_config import (
     OpcUaWriteConfig,
     SecurityName,
 )
+from edge_runtime.output_queue import OutputQueueStats
 from edge_runtime.outputs import PredictionSink
 from edge_runtime.prediction import Prediction
 
@@ -73,6 +75,10 @@ class _LoopThread:
         except TimeoutError as exc:
             future.cancel()
             raise OutputError(f"OPC UA call did not finish within {timeout:g} s") from exc
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -188,11 +194,16 @@ class OpcUaServer:
         """The node id of one camera variable, as a string (``ns=2;s=cam-1.Label``)."""
         return f"ns={self._namespace};s={camera}.{variable}"
 
-    def camera(self, camera: str) -> OpcUaCameraSink:
-        """Add ``camera``'s object and variables (once) and return the sink that updates them."""
+    def camera(self, camera: str, capacity: int = 256, *, label: str = "") -> OpcUaCameraSink:
+        """Add ``camera``'s object and variables (once) and return the sink that updates them.
+
+        ``label`` is the sink's ``camera`` metrics label ('' on a single-camera device).
+        """
         if camera not in self._nodes:
             self._nodes[camera] = self._loop.call(self._add_camera(camera), self.timeout_s)
-        return OpcUaCameraSink(self, camera)
+        sink = OpcUaCameraSink(self, camera, capacity)
+        sink.stats_camera = label
+        return sink
 
     async def _add_camera(self, camera: str) -> list[tuple[ua.NodeId, str, str]]:
         ns = self._namespace
@@ -208,13 +219,43 @@ class OpcUaServer:
         return nodes
 
     def publish(self, camera: str, prediction: Prediction) -> None:
-        """Write one prediction to ``camera``'s variables (blocks up to ``timeout_s``)."""
+        """Write one prediction to ``camera``'s variables now (blocks up to ``timeout_s``)."""
         self._loop.call(self._write(self._nodes[camera], prediction), self.timeout_s)
 
     async def _write(self, nodes: list[tuple[ua.NodeId, str, str]], prediction: Prediction) -> None:
         for node_id, type_name, field in nodes:
             value = ua.DataValue(_variant(getattr(prediction, field), type_name))
             await self._server.write_attribute_value(node_id, value)
+
+    def submit(self, sink: OpcUaCameraSink) -> None:
+        """Have the event loop drain ``sink``'s waiting predictions (called from any thread)."""
+        self._loop.loop.call_soon_threadsafe(self._drain_soon, sink)
+
+    def _drain_soon(self, sink: OpcUaCameraSink) -> None:
+        if not sink.draining:
+            sink.draining = True
+            self._loop.loop.create_task(self._drain(sink))
+
+    async def _drain(self, sink: OpcUaCameraSink) -> None:
+        nodes = self._nodes[sink.camera]
+        try:
+            while (prediction := sink.take()) is not None:
+                try:
+                    await self._write(nodes, prediction)
+                except Exception:  # counted; the next prediction is still written
+                    sink.errors += 1
+                    log.exception("OPC UA update of %s failed", sink.camera)
+                else:
+                    sink.delivered += 1
+        finally:
+            sink.draining = False
+            if sink.waiting():  # arrived between the last take and now
+                self._drain_soon(sink)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the server's event-loop thread runs."""
+        return self._loop.alive
 
     def close(self) -> None:
         """Stop serving and free the port."""
@@ -226,16 +267,69 @@ class OpcUaServer:
 
 
 class OpcUaCameraSink(PredictionSink):
-    """One camera's predictions to its object on the device's :class:`OpcUaServer`."""
+    """One camera's predictions to its object on the device's :class:`OpcUaServer`.
+
+    Never waits: ``emit`` puts the prediction in a bounded queue (the oldest
+    waiting one is dropped when full) that the server's event loop drains in
+    order. Writing to the server's own address space waits for no client, so
+    no extra thread is needed; :meth:`stats` reports like a
+    :class:`~edge_runtime.output_queue.QueuedSink`.
+    """
 
     name = "opcua"
+    blocking = False
 
-    def __init__(self, server: OpcUaServer, camera: str) -> None:
+    def __init__(self, server: OpcUaServer, camera: str, capacity: int = 256) -> None:
         self.server = server
         self.camera = camera
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._queue: deque[Prediction] = deque()
+        self.draining = False
+        """Set while the loop drains this camera (touched only on the loop's thread)."""
+        self.delivered = 0
+        self.dropped = 0
+        self.errors = 0
+        self.stats_camera = ""
+        """The ``camera`` label of this output's metrics ('' on a single-camera device)."""
 
     def emit(self, prediction: Prediction) -> None:
-        self.server.publish(self.camera, prediction)
+        with self._lock:
+            if len(self._queue) >= self.capacity:
+                self._queue.popleft()
+                self.dropped += 1
+            self._queue.append(prediction)
+        self.server.submit(self)
+
+    def take(self) -> Prediction | None:
+        """The oldest waiting prediction, or None."""
+        with self._lock:
+            return self._queue.popleft() if self._queue else None
+
+    def waiting(self) -> int:
+        """Predictions not yet written."""
+        with self._lock:
+            return len(self._queue)
+
+    def stats(self) -> OutputQueueStats:
+        """Counts now, in the queued outputs' shape."""
+        with self._lock:
+            queued = len(self._queue)
+        return OutputQueueStats(
+            output=self.name,
+            camera=self.stats_camera,
+            delivered=self.delivered,
+            dropped=self.dropped,
+            errors=self.errors,
+            queued=queued,
+            alive=self.server.alive,
+        )
+
+    def problem(self) -> str | None:
+        """A sentence when the server's event loop stopped (nothing reaches OPC UA clients)."""
+        if self.server.alive:
+            return None
+        return f"OPC UA server loop for camera {self.camera!r} stopped; {self.dropped} dropped"
 
 
 class OpcUaWriteSink(PredictionSink):

@@ -25,13 +25,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from edge_runtime.outputs import PredictionSink
 from edge_runtime.prediction import Prediction
 
-__all__ = ["OutputQueueCollector", "OutputQueueStats", "QueuedSink"]
+__all__ = ["OutputQueueCollector", "OutputQueueStats", "QueuedSink", "ReportsOutputStats"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,14 @@ class OutputQueueStats:
     errors: int
     queued: int
     alive: bool
+
+
+class ReportsOutputStats(Protocol):
+    """An output that keeps its own queue and counts: a :class:`QueuedSink`, or one that never waits."""
+
+    def stats(self) -> OutputQueueStats:
+        """Counts now."""
+        ...
 
 
 class QueuedSink(PredictionSink):
@@ -196,7 +205,7 @@ class OutputQueueCollector:
 
     LABELS = ("output", "camera")
 
-    def __init__(self, sinks: Callable[[], Sequence[QueuedSink]]) -> None:
+    def __init__(self, sinks: Callable[[], Sequence[ReportsOutputStats]]) -> None:
         self._sinks = sinks
 
     def describe(self) -> Iterable[Metric]:

@@ -44,6 +44,9 @@ class PredictionSink(ABC):
     """Receives every prediction, on the inference thread: keep ``emit`` quick."""
 
     name: str = "sink"
+    blocking: bool = True
+    """Whether ``emit`` may wait on something outside the process (a disk, a network peer,
+    plug-in code): the device runs such an output on its own queue thread."""
 
     @abstractmethod
     def emit(self, prediction: Prediction) -> None:
@@ -89,6 +92,7 @@ class MqttPredictionSink(PredictionSink):
     """Publishes each ``every_n``-th prediction as JSON to the device's predictions topic."""
 
     name = "mqtt"
+    blocking = False  # paho queues the message for its network thread and returns
 
     def __init__(self, publisher: Publisher, topic: str, qos: int = 0, every_n: int = 1) -> None:
         self._publisher = publisher
