@@ -50,6 +50,7 @@ from fleet_server.rollout_plan import (
 )
 from fleet_server.rollout_spec import WaveSpec
 from fleet_server.signer import OnlineSigner
+from fleet_server.state_sweep import RetainedSweep
 from fleet_server.trust import KeySet, Repository
 
 __all__ = ["FleetServer"]
@@ -118,6 +119,7 @@ class FleetServer:
         self._paths = BundleFolder(self.bundle_folder)  # shared by replicas: any imports, all serve
         self._prev_on_connect: Any = None
         self.chunks = ChunkServer(client, self._paths, prefix=prefix, share_group=share_group)
+        self.sweep = RetainedSweep(client, prefix) if share_group else None  # a lone server: none
 
     # --- bundles -----------------------------------------------------------------------
 
@@ -157,6 +159,8 @@ class FleetServer:
             self._thread.stop(timeout=10)
         self.client.on_connect = self._prev_on_connect
         self.chunks.stop()
+        if self.sweep is not None:
+            self.sweep.stop()
         self.leadership.release()
         for leaf in REPORT_KINDS:
             self.client.message_callback_remove(f"{self.prefix}/devices/+/{leaf}")
@@ -199,6 +203,8 @@ class FleetServer:
         while not self._stop.is_set():
             if self.leadership.due(time.monotonic()):  # also between batches: a busy leader
                 self._renew()  # must not let its lease lapse
+            if self.sweep is not None:
+                self.sweep.poll(time.monotonic(), self.leadership.leading)
             batch = self.inbox.gather(min(next_tick, self.leadership.next_due) - time.monotonic())
             if batch:
                 self._handle_batch(batch)
@@ -234,6 +240,8 @@ class FleetServer:
         with self._lock:
             if turn.lost:
                 self.rollouts.forget_all()
+                if self.sweep is not None:
+                    self.sweep.stop()
             if turn.gained:
                 self.rollouts = RolloutCoordinator(
                     self.registry, self.signer.execute, self.leadership.fence
@@ -244,6 +252,8 @@ class FleetServer:
                     self.rollouts.catch_up(now, everyone=True)
                     self.signer.republish_all.set()  # another leader's may be newer
                     self.signer.publish()
+                    if self.sweep is not None:  # reports a dead leader took with it
+                        self.sweep.begin(monotonic_now, "this replica takes the lead")
                 except BaseException:  # lead half taken: let go, the next renewal retakes it
                     self._step_down("taking over the rollouts failed")
                     raise
@@ -258,6 +268,8 @@ class FleetServer:
         with self._lock:
             self.leadership.lose(why)
             self.rollouts.forget_all()
+            if self.sweep is not None:
+                self.sweep.stop()
 
     def _require_lead(self) -> None:
         if not self.leadership.leading:

@@ -61,6 +61,8 @@ from edge_runtime.protocol.predictions import PredictionReport, ScoredLabel
 from edge_runtime.protocol.reports import (
     MAX_REASON_CHARS,
     MAX_TELEMETRY_BYTES,
+    RECENT_EVENTS,
+    RECENT_REASON_CHARS,
     Availability,
     EventReport,
     ReportedBundle,
@@ -84,6 +86,8 @@ __all__ = [
     "MAX_TELEMETRY_BYTES",
     "MESSAGES",
     "PROTOCOL_VERSION",
+    "RECENT_EVENTS",
+    "RECENT_REASON_CHARS",
     "SCHEMA_PATH",
     "WINDOW",
     "Availability",

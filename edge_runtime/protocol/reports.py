@@ -28,6 +28,8 @@ from edge_runtime.protocol._wire import (
 __all__ = [
     "MAX_REASON_CHARS",
     "MAX_TELEMETRY_BYTES",
+    "RECENT_EVENTS",
+    "RECENT_REASON_CHARS",
     "Availability",
     "EventReport",
     "ReportedBundle",
@@ -90,6 +92,12 @@ class ReportedTarget(WireMessage):
     assignment: _Count
 
 
+RECENT_EVENTS: Final = 10
+"""At most this many recent events ride in a state report (an update is 7 transitions)."""
+RECENT_REASON_CHARS: Final = 200
+"""Their reasons are clipped to this (the event messages themselves carry up to 1,024)."""
+
+
 class StateReport(DeviceReport):
     """The retained ``devices/<id>/state`` payload: where the device's update lifecycle stands."""
 
@@ -113,14 +121,17 @@ class StateReport(DeviceReport):
     """The device state's lineage; a new one (a wiped store) always supersedes the old."""
     store_problem: str | None = Field(default=None, max_length=500)
     """Why the device cannot persist its update state (a full disk); absent when it can."""
+    recent: list[EventReport] | None = Field(default=None, max_length=RECENT_EVENTS)
+    """The device's newest lifecycle events, oldest first: a fleet server that lost an event
+    message (a replica killed after the broker handed it over) stores them from here."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object sent on the wire (``store_problem`` only when there is one)."""
-        return self.model_dump(
-            mode="json",
-            by_alias=True,
-            exclude={"store_problem"} if self.store_problem is None else None,
-        )
+        """The JSON object sent on the wire (``store_problem`` and ``recent`` only when there are)."""
+        omit = {name for name in ("store_problem", "recent") if getattr(self, name) is None}
+        data = self.model_dump(mode="json", by_alias=True, exclude=omit or None)
+        if self.recent is not None:
+            data["recent"] = [event.to_dict() for event in self.recent]
+        return data
 
     def supersedes(self, epoch: str | None, sequence: int | None) -> bool:
         """Whether this report replaces a stored one of ``(epoch, sequence)``.
@@ -218,6 +229,9 @@ class EventReport(DeviceReport):
         bundle = (self.bundle or "?")[:12]
         text = f"{from_state} -> {to_state} (bundle {bundle}, assignment {self.assignment})"
         return f"{text}: {self.reason}" if self.reason else text
+
+
+StateReport.model_rebuild()  # its `recent` holds EventReports, defined after it
 
 
 class TelemetryHealth(WireMessage):

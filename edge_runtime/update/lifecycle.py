@@ -40,6 +40,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from edge_runtime.errors import IllegalTransitionError
 from edge_runtime.protocol import (
     PROTOCOL_VERSION,
+    RECENT_EVENTS,
+    RECENT_REASON_CHARS,
     EventReport,
     ReportedBundle,
     ReportedTarget,
@@ -409,6 +411,13 @@ def state_report(
         sequence=state.sequence,
         epoch=state.epoch,
         store_problem=None if store_problem is None else _clip(store_problem, 500),
+        recent=[
+            event_report(device_id, event).model_copy(
+                update={"reason": _clip(event.reason, RECENT_REASON_CHARS)}
+            )
+            for event in state.history[-RECENT_EVENTS:]
+        ]
+        or None,
     )
 
 

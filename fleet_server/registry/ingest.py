@@ -37,10 +37,13 @@ from fleet_server.reports import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLOCK_SKEW_WARN_S", "Ingest"]
+__all__ = ["CLOCK_SKEW_WARN_S", "RECOVER_EVENTS_S", "Ingest"]
 
 CLOCK_SKEW_WARN_S = 60.0
 """A device clock further off than this is logged (the skew is kept per device either way)."""
+RECOVER_EVENTS_S = 6 * 3600.0
+"""Events carried in a retained state are recovered only when younger than this (device clock
+corrected by its measured skew)."""
 
 
 class Ingest(Devices, TelemetryStore):
@@ -71,6 +74,14 @@ class Ingest(Devices, TelemetryStore):
         report = payload if isinstance(payload, StateReport) else parse_state(payload, device_id)
         received = self._clock() if received_at is None else received_at
         self._ensure_device(device_id)
+        stored = self._store_state(device_id, report, received, fresh)
+        if stored is not None and not fresh and report.recent:
+            self._recover_events(device_id, report.recent, received - (stored.clock_skew_s or 0.0))
+        return stored
+
+    def _store_state(
+        self, device_id: str, report: StateReport, received: float, fresh: bool
+    ) -> DeviceInfo | None:
         with self._transaction(write=True) as session:
             row = self._locked_device(session, device_id)
             if not report.supersedes(row.state_epoch, row.state_sequence):
@@ -105,11 +116,26 @@ class Ingest(Devices, TelemetryStore):
             session.flush()
             return device_info(row)
 
-    def record_event(self, device_id: str, payload: Any) -> TimelineItem | None:
+    def _recover_events(self, device_id: str, recent: list[EventReport], device_now: float) -> None:
+        """Store the events a retained state carries that no replica stored (one killed after
+        the broker handed it the event messages): repeats are skipped by their keys, and events
+        older than :data:`RECOVER_EVENTS_S` on the device's clock are left alone (retention may
+        have pruned them on purpose)."""
+        for position, event in enumerate(recent):
+            if event.device_id not in (None, device_id) or event.at < device_now - RECOVER_EVENTS_S:
+                continue
+            newest = position == len(recent) - 1
+            if self.record_event(device_id, event, keep_reason=not newest) is not None:
+                log.info("stored %s's event %s from its retained state", device_id, event.message())
+
+    def record_event(
+        self, device_id: str, payload: Any, *, keep_reason: bool = False
+    ) -> TimelineItem | None:
         """Add a device's update event or refusal to the timeline; None for a repeat.
 
         The entry belongs to the newest rollout that covers the device and
-        whose bundle (or previous bundle) the event is about.
+        whose bundle (or previous bundle) the event is about. Its reason becomes
+        the device's last event reason unless ``keep_reason`` (an older event, recovered).
         """
         event = payload if isinstance(payload, EventReport) else parse_event(payload, device_id)
         self._ensure_device(device_id)
@@ -136,7 +162,7 @@ class Ingest(Devices, TelemetryStore):
                     at=now,  # the server's clock: a device's own time stays in data["at"]
                 )
                 entry.dedupe_key = key
-                if event.reason:  # read with the device's next state report, by any replica
+                if event.reason and not keep_reason:  # read with its next state, by any replica
                     row.last_event_reason = event.reason[:1024]
                 session.add(entry)
                 session.flush()

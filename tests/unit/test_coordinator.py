@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,17 +19,6 @@ from fleet_server.rollout_spec import WaveSpec
 HEALTHY = QualityFigures(
     predictions=1000, errors=0, latency_p95_ms=20.0, mean_confidence=0.8, class_counts={"a": 600}
 )
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(1_800_000_000.0)
-
-
-@pytest.fixture
-def registry(database_url: str, clock: FakeClock) -> Iterator[Registry]:
-    with Registry.open(database_url, clock=clock) as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
@@ -16,26 +15,6 @@ from fleet_server.records import TargetSelector
 from fleet_server.registry import Registry
 from fleet_server.rollout_plan import Action, Assign
 from fleet_server.rollout_spec import WaveSpec
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(1_800_000_000.0)
-
-
-@pytest.fixture
-def open_registry(database_url: str, clock: FakeClock) -> Iterator[Callable[..., Registry]]:
-    opened: list[Registry] = []
-
-    def open_(**options: Any) -> Registry:
-        options.setdefault("clock", clock)
-        registry = Registry.open(database_url, **options)
-        opened.append(registry)
-        return registry
-
-    yield open_
-    for registry in opened:
-        registry.close()
 
 
 def test_one_holder_at_a_time_and_each_takeover_bumps_the_epoch(

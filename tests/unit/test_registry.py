@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,33 +32,6 @@ from fleet_server.rollout_spec import RolloutSpec, TargetDevice, WaveSpec
 from fleet_server.statuses import DeviceStatus, RolloutStatus, WaveStatus
 from fleet_server.telemetry import LATENCY_SERIES, quality_figures
 from tests.models import LABELS
-
-
-@pytest.fixture
-def clock(fake_clock: FakeClock) -> FakeClock:
-    """The kit's fake clock (Unix time 1.8e9), which the registries opened here read."""
-    return fake_clock
-
-
-@pytest.fixture
-def open_registry(database_url: str, clock: FakeClock) -> Iterator[Callable[..., Registry]]:
-    """Open registries on the test's database (several: a restart opens a new one)."""
-    opened: list[Registry] = []
-
-    def open_(**options: Any) -> Registry:
-        options.setdefault("clock", clock)
-        registry = Registry.open(database_url, **options)
-        opened.append(registry)
-        return registry
-
-    yield open_
-    for registry in opened:
-        registry.close()
-
-
-@pytest.fixture
-def registry(open_registry: Callable[..., Registry]) -> Registry:
-    return open_registry()
 
 
 @pytest.fixture
