@@ -58,6 +58,29 @@ QUEUE_SIZE = 8
 """Chosen frames waiting for the encoder; more are dropped (counted)."""
 
 
+_MAX_IMAGE_BYTES = MAX_SAMPLE_BYTES - MAX_HEADER_BYTES - 4
+
+
+def _jpeg_under(image: npt.NDArray[np.uint8], quality: int, limit: int) -> bytes | None:
+    """``image`` as JPEG of at most ``limit`` bytes: lower qualities first, then halved sizes."""
+    for _ in range(6):
+        for q in sorted(
+            {quality, min(quality, 75), min(quality, 50), min(quality, 30)}, reverse=True
+        ):
+            ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, q])
+            if not ok:
+                return None
+            if buffer.nbytes <= limit:
+                return buffer.tobytes()
+        height, width = image.shape[:2]
+        if min(height, width) < 16:
+            return None
+        image = np.asarray(
+            cv2.resize(image, (width // 2, height // 2), interpolation=cv2.INTER_AREA), np.uint8
+        )
+    return None
+
+
 class FieldLink(Protocol):
     """What the collector needs of the device's MQTT link (:class:`~edge_runtime.mqtt_link.MqttLink`)."""
 
@@ -178,12 +201,10 @@ class FieldCollector:
 
     def encode(self, image: npt.NDArray[np.uint8], prediction: Prediction, reason: str) -> bool:
         """Encode one chosen frame and keep it in the ring; False when it cannot be kept."""
-        quality = self.settings.jpeg_quality
-        ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
+        data = _jpeg_under(image, self.settings.jpeg_quality, _MAX_IMAGE_BYTES)
+        if data is None:
             log.warning("a field sample could not be encoded as JPEG")
             return False
-        data = buffer.tobytes()
         header = FieldSampleHeader(
             device_id=self.device_id,
             sha256=hashlib.sha256(data).hexdigest(),
@@ -201,7 +222,7 @@ class FieldCollector:
             bundle_version=prediction.bundle_version,
         )
         payload = FieldSample(header, data).encode()
-        if len(payload) > MAX_SAMPLE_BYTES - MAX_HEADER_BYTES:
+        if len(payload) > MAX_SAMPLE_BYTES:
             log.warning("a field sample of %d bytes is over the upload cap: dropped", len(payload))
             return False
         if self.ring.put(header.sha256, payload):

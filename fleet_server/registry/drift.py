@@ -125,12 +125,15 @@ class DriftWatch(UnitOfWork):
     def save_drift(self, changes: Iterable[Change]) -> int:
         """Store the statuses and record the alerts (each once); the number of alerts recorded."""
         recorded = 0
-        with self._transaction(write=True) as session:
+        with self._transaction(write=True) as session, session.no_autoflush:
+            rows = {(r.scope, r.name): r for r in session.scalars(select(DriftStatusRow))}
+            known = set(session.scalars(select(db.Device.id)))
             for change in changes:
                 status = change.status
-                row = session.get(DriftStatusRow, (status.scope, status.name))
+                row = rows.get((status.scope, status.name))
                 if row is None:
                     row = DriftStatusRow(scope=status.scope, name=status.name)
+                    rows[(status.scope, status.name)] = row
                     session.add(row)
                 row.state = status.state
                 row.since = status.since
@@ -141,7 +144,7 @@ class DriftWatch(UnitOfWork):
                 if change.alert is None or change.message is None:
                     continue
                 device = status.name if status.scope == "device" else None
-                if device is not None and session.get(db.Device, device) is None:
+                if device is not None and device not in known:
                     device = None
                 began = status.since if change.alert == "raised" else status.updated_at
                 entry = timeline_entry(
