@@ -129,9 +129,14 @@ def consume_opcua(args: argparse.Namespace, out: Any, stop: threading.Event) -> 
             ns = await client.get_namespace_index("urn:edgefleet:line")
             nodes = {f"ns={ns};s={c}.FrameId": c for c in cameras}
             subscription = await client.create_subscription(0, Handler(nodes))
-            await subscription.subscribe_data_change(
+            handles = await subscription.subscribe_data_change(
                 [client.get_node(n) for n in nodes], queuesize=1000
             )
+            refused = [
+                n for n, h in zip(nodes, handles, strict=True) if isinstance(h, ua.StatusCode)
+            ]
+            if refused:
+                raise SystemExit(f"the server refused subscriptions to {refused}")
             Path(args.ready).touch()
             while not stop.is_set():
                 await asyncio.sleep(0.1)

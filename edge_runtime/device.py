@@ -340,6 +340,8 @@ class DeviceRuntime:
             log.info("metrics and health on %s", self.status_server.url)
         if self.local_service is not None:
             self.local_service.start()
+        if self.opcua_server is not None:
+            self.opcua_server.start()
         for camera in self.cameras:
             camera.capture.start()
         if self.agent is not None:

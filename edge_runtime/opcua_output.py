@@ -132,7 +132,10 @@ def _load_certificate(path: Path) -> x509.Certificate:
 
 
 class OpcUaServer:
-    """The device's OPC UA server: one object per camera under ``Objects/Edgefleet``."""
+    """The device's OPC UA server: one object per camera under ``Objects/Edgefleet``.
+
+    Add the cameras (:meth:`camera`), then :meth:`start` serving; :meth:`close` at the end.
+    """
 
     def __init__(self, config: OpcUaServerConfig, *, timeout_s: float = 2.0) -> None:
         self.config = config
@@ -147,13 +150,14 @@ class OpcUaServer:
             if config.trusted_clients is None
             else {_fingerprint(_load_certificate(p)) for p in config.trusted_clients}
         )
+        self._serving = False
         try:
-            self._loop.call(self._start(), timeout=30.0)
+            self._loop.call(self._prepare(), timeout=30.0)
         except Exception:
             self._loop.stop()
             raise
 
-    async def _start(self) -> None:
+    async def _prepare(self) -> None:
         server, config = self._server, self.config
         await server.init()
         server.set_endpoint(config.endpoint)
@@ -174,8 +178,16 @@ class OpcUaServer:
             ua.NodeId.from_string(f"ns={self._namespace};s=Edgefleet"),
             f"{self._namespace}:Edgefleet",
         )
+
+    def start(self) -> None:
+        """Serve on the endpoint (after the cameras were added, so a client never sees half a node set)."""
+        self._loop.call(self._serve(), timeout=30.0)
+        self._serving = True
+
+    async def _serve(self) -> None:
+        config = self.config
         try:
-            await server.start()
+            await self._server.start()
         except OSError as exc:
             raise OutputError(f"cannot serve OPC UA on {config.endpoint}: {exc}") from exc
         log.info("OPC UA server on %s (security %s)", config.endpoint, ", ".join(config.security))
@@ -259,10 +271,12 @@ class OpcUaServer:
 
     def close(self) -> None:
         """Stop serving and free the port."""
-        try:
-            self._loop.call(self._server.stop(), timeout=5.0)
-        except Exception:  # shutting down: say so, and still stop the loop
-            log.exception("OPC UA server did not stop cleanly")
+        if self._serving:
+            self._serving = False
+            try:
+                self._loop.call(self._server.stop(), timeout=5.0)
+            except Exception:  # shutting down: say so, and still stop the loop
+                log.exception("OPC UA server did not stop cleanly")
         self._loop.stop()
 
 

@@ -107,6 +107,7 @@ def test_the_device_server_publishes_each_prediction_in_order_with_opc_ua_types(
     try:
         sink = server.camera("cam-1")
         server.camera("cam-2")
+        server.start()
 
         async def run() -> tuple[list[tuple[str, Any]], dict[str, ua.VariantType], list[str]]:
             client = await secure_client(url, certs)
@@ -206,6 +207,7 @@ def test_the_server_refuses_an_untrusted_client_certificate_and_plain_connection
         trusted_clients=[certs["client.der"]],
     )
     server = OpcUaServer(config)
+    server.start()
 
     async def attempt(kind: str) -> None:
         if kind == "plain":
