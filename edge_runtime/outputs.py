@@ -116,6 +116,7 @@ class CallbackSink(PredictionSink):
             target.emit if hasattr(target, "emit") else target
         )
         self._close: Callable[[], object] | None = getattr(target, "close", None)
+        self.blocking = bool(getattr(target, "blocking", True))
 
     def emit(self, prediction: Prediction) -> None:
         self._emit(prediction.to_dict())

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from edge_runtime.output_queue import OutputQueueCollector, QueuedSink
-from edge_runtime.outputs import PredictionSink
+from edge_runtime.outputs import CallbackSink, JsonLinesSink, MqttPredictionSink, PredictionSink
 from edge_runtime.prediction import Prediction
 from edgefleet.testing import FakeClock, sample_prediction, wait_for
 
@@ -124,3 +124,19 @@ def test_counters_are_exported_per_output_and_camera() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         QueuedSink(GatedConsumer(), capacity=0)
+
+
+def test_a_plug_in_says_whether_it_can_block() -> None:
+    class Fast:
+        blocking = False
+
+        def emit(self, prediction: dict[str, object]) -> None:
+            """Hands the prediction to a lock-free ring."""
+
+    class Plain:
+        def emit(self, prediction: dict[str, object]) -> None:
+            """Talks to a sorter."""
+
+    assert CallbackSink("fast", Fast()).blocking is False
+    assert CallbackSink("plain", Plain()).blocking is True
+    assert MqttPredictionSink.blocking is False and JsonLinesSink.blocking is True
