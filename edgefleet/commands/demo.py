@@ -42,7 +42,22 @@ def _quiet_libraries() -> None:
     "--fast", is_flag=True, help="Smaller data, shorter training and health windows (for CI)."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data and training.")
-def demo(workdir: Path, data: Path | None, fast: bool, seed: int) -> None:
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Leave the fleet (server, console, cameras) running at the end, until Ctrl-C, to click "
+    "through what happened in the operator's console.",
+)
+@click.option(
+    "--console-port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port of the operator's console on 127.0.0.1 (a free one when taken; 0: any).",
+)
+def demo(
+    workdir: Path, data: Path | None, fast: bool, seed: int, keep: bool, console_port: int
+) -> None:
     """Run the whole loop on one machine: data to models to a fleet rolling versions out.
 
     \b
@@ -58,10 +73,16 @@ def demo(workdir: Path, data: Path | None, fast: bool, seed: int) -> None:
 
     A live view shows the cameras, their versions and the waves; then a
     summary, and WORKDIR/report.html (parity reports, rollouts, latency) and
-    WORKDIR/summary.json. Ctrl-C stops the cameras, the server and the broker.
+    WORKDIR/summary.json. The operator's console is served while the fleet
+    runs: its URL and a login token are printed when the fleet starts (the
+    token is also in WORKDIR/console-token); --keep leaves it all running at
+    the end. Ctrl-C stops the cameras, the server and the broker.
     """
     _quiet_libraries()
     from edgefleet.demo import DemoOptions, run_demo
 
-    status = run_demo(DemoOptions(workdir=workdir, data=data, fast=fast, seed=seed), make_console())
+    options = DemoOptions(
+        workdir=workdir, data=data, fast=fast, seed=seed, keep=keep, console_port=console_port
+    )
+    status = run_demo(options, make_console())
     raise SystemExit(status)

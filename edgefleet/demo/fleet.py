@@ -19,12 +19,15 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import yaml
@@ -112,6 +115,7 @@ class LocalFleet:
         self.client: mqtt.Client | None = None
         self.server: FleetServer | None = None
         self.cameras: list[Camera] = []
+        self._http: tuple[Any, threading.Thread] | None = None
 
     # --- server -----------------------------------------------------------------------
 
@@ -133,6 +137,48 @@ class LocalFleet:
             self.server.import_bundle(path)
         self.server.start()
         return self.server
+
+    def serve_console(self, token: str, port: int) -> str:
+        """Serve the HTTP API and the operator's console on loopback (``port``, or a free one
+        when it is taken); the console's URL. ``token`` is the bootstrap (admin) token."""
+        import uvicorn
+
+        from fleet_server.api import create_app
+
+        assert self.server is not None and self.broker is not None
+        if not _port_free(port):
+            log.info("port %d is taken; the console takes a free one", port)
+            port = 0
+        if port == 0:
+            port = _free_port()
+        app = create_app(
+            self.server,
+            token,
+            device_mqtt={
+                "host": self.broker.host,
+                "port": self.broker.port,
+                "topic_prefix": self.server.prefix,
+            },
+        )
+        http = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        )
+        thread = threading.Thread(target=http.run, name="console-http", daemon=True)
+        thread.start()
+        self._http = (http, thread)
+        deadline = time.monotonic() + 15
+        while not http.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the console's HTTP server did not start on port {port}")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}/console"
+
+    def _stop_console(self) -> None:
+        if self._http is not None:
+            http, thread = self._http
+            http.should_exit = True
+            thread.join(timeout=10)
+            self._http = None
 
     @property
     def broker_address(self) -> str:
@@ -229,6 +275,7 @@ class LocalFleet:
         """Stop cameras, server, MQTT client, broker and registry, each even if another failed."""
         steps: list[Callable[[], object]] = [
             self.stop_cameras,
+            self._stop_console,
             lambda: self.server.stop() if self.server is not None else None,
             self._stop_client,
             lambda: self.broker.stop() if self.broker is not None else None,
@@ -248,3 +295,18 @@ class LocalFleet:
         if self.client is not None:
             self.client.loop_stop()
             self.client.disconnect()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

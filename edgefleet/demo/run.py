@@ -57,6 +57,10 @@ class DemoOptions:
     data: Path | None = None
     fast: bool = False
     seed: int = 0
+    keep: bool = False
+    """Leave the fleet (server, console, cameras) running at the end, until Ctrl-C."""
+    console_port: int = 8080
+    """Where the operator's console is served (a free port when this one is taken; 0: any)."""
 
 
 @dataclass
@@ -73,6 +77,9 @@ class _Run:
     logs: dict[str, PredictionLog] = field(default_factory=dict)
     checkpoints: list[tuple[str, float, dict[str, int]]] = field(default_factory=list)
     rollouts: list[RolloutOutcome] = field(default_factory=list)
+    console_url: str | None = None
+    console_token: str | None = None
+    kept: bool = False
 
     @property
     def workdir(self) -> Path:
@@ -248,7 +255,55 @@ class _Run:
                 f"  cameras {', '.join(c.device_id for c in cameras)}: configs, stores and logs "
                 f"in {self.workdir / 'devices'}"
             )
+            self.open_console(fleet)
         return fleet
+
+    def open_console(self, fleet: LocalFleet) -> None:
+        """Serve the operator's console with a fresh admin token, and say where."""
+        from edge_runtime.atomic import atomic_write_text
+        from fleet_server.access import new_secret
+
+        token = new_secret()
+        self.console_url = fleet.serve_console(token, self.options.console_port)
+        self.console_token = token
+        atomic_write_text(self.workdir / "console-token", token + "\n", mode=0o600)
+        self.print_console("  ")
+
+    def print_console(self, indent: str) -> None:
+        if self.console_url is None:
+            return
+        self.console.print(f"{indent}operator's console: [bold]{self.console_url}[/]")
+        self.console.print(
+            f"{indent}login token (admin): [bold]{self.console_token}[/] "
+            f"(also in {self.workdir / 'console-token'})",
+            soft_wrap=True,
+        )
+
+    def keep_running(self) -> None:
+        """Write the report, then leave the fleet running for the console until Ctrl-C."""
+        assert self.fleet is not None
+        self.poll_logs()
+        summary = self.summary(0, None)
+        paths = write_reports(self.workdir, summary)
+        self.console.print()
+        print_summary(summary, paths, self.console)
+        self.kept = True
+        self.console.print()
+        self.console.rule("[bold]the fleet keeps running (--keep)")
+        self.print_console("")
+        self.console.print(
+            "click through what just happened: the fleet, each camera's versions and events, "
+            "the bundles' quality reports, the rollouts' waves and gate verdicts. "
+            "Ctrl-C stops the cameras, the server and the broker."
+        )
+        reported: set[str] = set()
+        while True:
+            self.poll_logs()
+            for camera in self.fleet.dead_cameras():
+                if camera.device_id not in reported:  # the console shows it offline
+                    reported.add(camera.device_id)
+                    self.console.print(f"{camera.device_id} exited (see {camera.log})")
+            time.sleep(1.0)
 
     # --- rollouts under the live view ----------------------------------------------------
 
@@ -469,7 +524,7 @@ class _Run:
             if self.fleet is not None:
                 self.fleet.stop_cameras()
                 self.poll_logs()
-            if status != 130:
+            if status != 130 and not self.kept:
                 summary = self.summary(status, error)
                 paths = write_reports(self.workdir, summary)
                 self.console.print()
@@ -534,9 +589,21 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     error: str | None = None
     try:
         run.steps()
+        if options.keep:
+            run.keep_running()
+        else:
+            console.print(
+                "\nthe console stops with the fleet: `edgefleet demo --keep` (or "
+                "`make demo DEMO_ARGS=--keep`) leaves both running at the end"
+            )
     except KeyboardInterrupt:
-        status, error = 130, "interrupted"
-        console.print("\n[yellow]interrupted: stopping the cameras, the server and the broker[/]")
+        if run.kept:  # --keep: Ctrl-C is how a finished demo ends
+            console.print("\nstopping the cameras, the server and the broker")
+        else:
+            status, error = 130, "interrupted"
+            console.print(
+                "\n[yellow]interrupted: stopping the cameras, the server and the broker[/]"
+            )
     except Exception as exc:  # boundary: any failed step ends the demo with its reason
         status, error = 1, f"{type(exc).__name__}: {exc}"
         log.debug("demo failed", exc_info=True)

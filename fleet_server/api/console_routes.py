@@ -36,6 +36,12 @@ RolloutId = Annotated[int, FastApiPath(ge=1, le=2**31 - 1)]
 _JSON = "application/json"
 
 
+def _schema(description: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI entry of a page: a JSON object (its ETag'd bytes are built by the cache)."""
+    body = {"type": "object", "description": description}
+    return {200: {"content": {_JSON: {"schema": body}}}, 304: {"description": "not changed"}}
+
+
 def _reply(request: Request, built: Built) -> Response:
     headers = {"ETag": built.etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
     if request.headers.get("if-none-match") == built.etag:
@@ -67,7 +73,11 @@ def console_routes(
         return {"name": principal.name, "role": principal.role.value}
 
     @app.get(
-        "/console/api/fleet", tags=["console"], dependencies=guards.viewer, response_class=Response
+        "/console/api/fleet",
+        tags=["console"],
+        dependencies=guards.viewer,
+        response_class=Response,
+        responses=_schema("every device with its health and newest field figures"),
     )
     def fleet(request: Request) -> Response:
         """Every device: link, update phase, version, last seen, health, newest field figures."""
@@ -80,6 +90,7 @@ def console_routes(
         tags=["console"],
         dependencies=guards.viewer,
         response_class=Response,
+        responses=_schema("one device: versions run, update events, telemetry series"),
     )
     def device(device_id: str, request: Request) -> Response:
         """One device: the versions it ran and why each ended, update events, telemetry series."""
@@ -100,6 +111,7 @@ def console_routes(
         tags=["console"],
         dependencies=guards.viewer,
         response_class=Response,
+        responses=_schema("one bundle: quality report, provenance, release signature"),
     )
     def bundle(sha256: Sha256, request: Request) -> Response:
         """A bundle's quality report, provenance, compatibility and release signature status."""
@@ -116,6 +128,7 @@ def console_routes(
         tags=["console"],
         dependencies=guards.viewer,
         response_class=Response,
+        responses=_schema("one rollout: each wave's spec, devices and gate verdict"),
     )
     def rollout(rollout_id: RolloutId, request: Request) -> Response:
         """A rollout as its planner saved it: each wave's spec, devices and gate verdict."""

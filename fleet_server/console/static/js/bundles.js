@@ -111,7 +111,7 @@ export function bundlesPage(ctx, selected) {
         h("h4", {}, "Flipped images"),
         b.flipped_images && b.flipped_images.length
           ? h("ul", {}, b.flipped_images.map((f) => h("li", {}, f)))
-          : h("p", { class: "muted" }, "The converter keeps no flipped images in bundles; its HTML parity report, written beside the bundle, lists the disagreements."),
+          : h("p", { class: "muted" }, "This bundle records no flipped images: the converter's quality report carries figures only."),
       ),
       h(
         "section",

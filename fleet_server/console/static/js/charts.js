@@ -174,9 +174,11 @@ export function pairedBars({ title, rows, first, second }) {
     .join("; ");
   return h(
     "figure",
-    { class: "chart" },
+    { class: "chart narrow" },
     h("figcaption", {}, title),
     svg("svg", { viewBox: `0 0 ${width} ${rows.length * row}`, role: "img", "aria-label": `${title}: ${summary}`, class: "plot" }, parts),
-    legend([first, second], (k) => k),
+    h("ul", { class: "legend" }, [[first, "#94a3b8"], [second, "#1f6feb"]].map(([label, fill]) =>
+      h("li", {}, svg("svg", { class: "swatch", viewBox: "0 0 10 10", "aria-hidden": "true" },
+        svg("rect", { width: 10, height: 10, fill })), label))),
   );
 }

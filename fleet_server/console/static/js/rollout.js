@@ -10,14 +10,20 @@ const COMMANDS = [
   ["approve", "Approve next wave", (s) => s === "awaiting-approval", "no wave awaits approval"],
   ["abort", "Abort and roll back", (s) => LIVE.has(s), "the rollout has ended"],
 ];
-const CHECK_NAMES = {
-  latency_ratio: "Latency p95 against the previous version",
-  latency_budget: "Latency p95 against the bundle's budget",
-  error_rate: "Inference error rate",
-  confidence_drop: "Mean confidence drop from the previous version",
-  baseline_confidence_drop: "Mean confidence drop from the quality report",
-  class_shift: "Class shift from the previous version",
-  baseline_class_shift: "Class shift from the quality report",
+const x = (v) => (v === null || v === undefined ? "–" : `${num(v, 3)}x`);
+const msv = (v) => (v === null || v === undefined ? "–" : `${num(v, 3)} ms`);
+const pts = (v) => (v === null || v === undefined ? "–" : `${num(100 * v, 1)} points`);
+const share = (v) => (v === null || v === undefined ? "–" : `${num(100 * v, 2)}%`);
+const plain = (v) => num(v, 4);
+// each check: how people call it, and how its measured value/limit and its reference read
+const CHECKS = {
+  latency_p95_vs_previous: ["Latency p95 against the previous version", x, msv],
+  latency_p95_vs_budget: ["Latency p95 against the bundle's budget", msv, msv],
+  error_rate: ["Inference error rate", share, plain],
+  confidence_drop_vs_previous: ["Mean confidence drop from the previous version", pts, share],
+  confidence_drop_vs_baseline: ["Mean confidence drop from the quality report", pts, share],
+  class_shift_vs_previous: ["Class shift from the previous version (JS divergence)", plain, plain],
+  class_shift_vs_baseline: ["Class shift from the quality report (JS divergence)", plain, plain],
 };
 const EVENT_WORDS = {
   "rollout-created": "created", started: "started", "wave-created": "wave planned",
@@ -89,20 +95,28 @@ export function rolloutPage(ctx, rolloutId) {
     return `devices ${spec.devices.join(", ")}`;
   }
 
-  function verdict(v, gate) {
-    if (!v) return h("p", { class: "muted" }, "The quality gate has not judged this wave yet.");
+  function verdict(v, gate, status) {
+    if (!v) {
+      const ended = ["failed", "aborted", "skipped"].includes(status);
+      return h("p", { class: "muted" }, ended
+        ? "No gate verdict: the wave ended before its quality gate ran."
+        : "The quality gate has not judged this wave yet.");
+    }
     return h("div", { class: "verdict" },
       h("p", {}, "Gate verdict: ", badge(v.outcome), " ", v.reason),
       v.checks.length === 0 ? null : h("table", { class: "checks" },
         h("caption", {}, "Each check: the figure measured on the new bundle beside its limit"),
         h("thead", {}, h("tr", {}, ["Check", "Result", "Measured", "Limit", "Reference", "Why"].map((x) => h("th", { scope: "col" }, x)))),
-        h("tbody", {}, v.checks.map((c) => h("tr", { class: `c-${c.status}` },
-          h("th", { scope: "row" }, CHECK_NAMES[c.name] || c.name),
+        h("tbody", {}, v.checks.map((c) => {
+          const [label, value, reference] = CHECKS[c.name] || [c.name, plain, plain];
+          return h("tr", { class: `c-${c.status}` },
+          h("th", { scope: "row" }, label),
           h("td", {}, badge(c.status)),
-          h("td", { class: "n" }, num(c.measured, 4)),
-          h("td", { class: "n" }, num(c.limit, 4)),
-          h("td", { class: "n" }, num(c.reference, 4)),
-          h("td", {}, c.reason.replace(/^wave \d+: /, "")))))),
+          h("td", { class: "n" }, value(c.measured)),
+          h("td", { class: "n" }, value(c.limit)),
+          h("td", { class: "n" }, reference(c.reference)),
+          h("td", {}, c.reason.replace(/^wave \d+: /, "")));
+        }))),
       gate ? h("p", { class: "muted" }, `Needs ${gate.min_samples} predictions before a check decides.`) : null);
   }
 
@@ -123,7 +137,7 @@ export function rolloutPage(ctx, rolloutId) {
               link(`#/devices/${encodeURIComponent(x.id)}`, x.id, `dev-${x.id}`),
               " ", h("span", { class: "st" }, x.status),
               x.reason ? h("span", { class: "why-cell" }, `: ${x.reason}`) : null))),
-          verdict(w.verdict, w.spec.gate));
+          verdict(w.verdict, w.spec.gate, w.status));
       })));
   }
 
