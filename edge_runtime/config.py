@@ -97,12 +97,14 @@ class MqttOutputConfig(_Strict):
 class OutputsConfig(_Strict):
     """Where predictions go; ``plugins`` names entry points in the ``edgefleet.outputs`` group.
 
-    Each output runs on its own thread behind a queue of ``queue_size``
-    predictions (newest first: when its consumer falls behind, the oldest
-    waiting prediction is dropped and counted), so a slow or hung consumer
-    never stalls classification; ``queue_size: 0`` calls outputs inline, on
-    the inference thread. A delivery running longer than ``stall_s`` is
-    reported as a warning in ``/healthz``.
+    Each output that can block (JSON lines, plug-ins, writes to a PLC) runs on
+    its own thread behind a queue of ``queue_size`` predictions (newest first:
+    when its consumer falls behind, the oldest waiting prediction is dropped
+    and counted), so a slow or hung consumer never stalls classification;
+    MQTT and the device's OPC UA server never wait and need no thread (the
+    OPC UA server's per-camera queue has the same size). ``queue_size: 0``
+    calls outputs inline, on the inference thread. A delivery running longer
+    than ``stall_s`` is reported as a warning in ``/healthz``.
     """
 
     jsonl: JsonLinesOutputConfig | None = None
