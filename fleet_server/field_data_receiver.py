@@ -8,7 +8,8 @@ ack does not come); a supervised worker parses it once
 (:class:`~edge_runtime.protocol.field_data.FieldSample`: size caps, header
 bounds, the image's hash), stores the image (content-addressed) and its
 record, and acks its sha256 on ``PREFIX/devices/<id>/field-data/acks``, a
-repeat included. Samples of unknown devices are dropped unacknowledged.
+repeat included. Samples of unknown devices, and those over a device's rate
+(60 a minute, bursts of 120), are dropped unacknowledged.
 
 The worker also publishes each device's collection settings, retained, on
 ``PREFIX/devices/<id>/field-data/settings`` (those of its first tag with
@@ -32,6 +33,7 @@ from edge_runtime.protocol.field_data import FieldAck, FieldSample
 from edge_runtime.supervise import SupervisedThread, WorkerHealth
 from fleet_server.errors import NotFoundError
 from fleet_server.field_data import FieldRetention, FieldStore
+from fleet_server.rate_limit import DeviceRateLimiter
 from fleet_server.registry import Registry
 
 __all__ = ["FieldDataReceiver"]
@@ -64,6 +66,8 @@ class FieldDataReceiver:
         self.retention = retention or FieldRetention()
         self.settings_every_s = settings_every_s
         self.prune_every_s = prune_every_s
+        self.rate_limiter = DeviceRateLimiter(per_minute=60.0, burst=120.0)
+        """Samples per device: 60 a minute, bursts of 120 (a device's own caps are lower)."""
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(QUEUE_SIZE)
         self._published: dict[str, bytes] = {}
         self._refresh = threading.Event()
@@ -138,6 +142,8 @@ class FieldDataReceiver:
         parts = topic.split("/")
         device_id = parts[-3] if len(parts) >= 3 else ""
         self.received += 1
+        if not self.rate_limiter.admit(device_id, "field-data", time.monotonic()):
+            return False  # unacknowledged: the device sends it again later
         try:
             sample = FieldSample.parse(payload, device_id)
             self.registry.device(device_id)

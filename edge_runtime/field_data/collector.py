@@ -237,9 +237,9 @@ class FieldCollector:
         now = time.monotonic() if now_monotonic is None else now_monotonic
         rate = float(self.settings.upload_bytes_per_s)
         with self._lock:
-            self._tokens = min(
-                rate + MAX_SAMPLE_BYTES, self._tokens + (now - self._tokens_at) * rate
-            )
+            # a bucket of one second's bytes that may go into debt by one sample: the average
+            # stays within the rate, and a sample larger than a second's budget still goes
+            self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
             self._tokens_at = now
             for sha, sent_at in list(self._in_flight.items()):
                 if now - sent_at > ACK_TIMEOUT_S:
@@ -251,7 +251,7 @@ class FieldCollector:
         sent = 0
         for sha256, payload in self.ring.oldest(room, skip):
             with self._lock:
-                if self._tokens < len(payload):
+                if self._tokens <= 0:
                     break
                 self._tokens -= len(payload)
                 self._in_flight[sha256] = now

@@ -4,7 +4,6 @@ alerts recorded once, on a real SQLite registry."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
@@ -160,9 +159,9 @@ def _snapshot(predictions: int, **counts: int) -> dict[str, object]:
     }
 
 
-def test_the_registry_stores_statuses_and_records_each_alert_once(tmp_path: Path) -> None:
+def test_the_registry_stores_statuses_and_records_each_alert_once(database_url: str) -> None:
     clock = FakeClock()
-    with Registry.open(f"sqlite:///{tmp_path / 'fleet.db'}", clock=clock) as registry:
+    with Registry.open(database_url, clock=clock) as registry:
         registry.provision_device("cam-1", tags=["line-1"])
         start = clock.now
         registry.record_telemetry("cam-1", _snapshot(100, glass=50, paper=50), at=start)

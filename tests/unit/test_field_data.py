@@ -4,6 +4,7 @@ format's bounds, and the server's store (deduplicated, labelled, bounded) on a r
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,11 @@ import pytest
 
 from edge_runtime.errors import MalformedMessageError
 from edge_runtime.field_data import Caps, FieldCollector, SampleRing, choose_reason
+from edge_runtime.field_data.collector import ACK_TIMEOUT_S, IN_FLIGHT
 from edge_runtime.prediction import Prediction
 from edge_runtime.protocol.field_data import (
     MAX_SAMPLE_BYTES,
+    FieldAck,
     FieldDataSettings,
     FieldSample,
     FieldSampleHeader,
@@ -137,10 +140,12 @@ def test_the_sample_framing_is_bounded_and_checked() -> None:
         FieldDataSettings.parse(b'{"enabled": true, "per_minute": -1}')
 
 
-def test_the_server_keeps_each_image_once_labels_and_bounds_them(tmp_path: Path) -> None:
+def test_the_server_keeps_each_image_once_labels_and_bounds_them(
+    tmp_path: Path, database_url: str
+) -> None:
     clock = FakeClock()
     store = FieldStore(tmp_path / "images")
-    with Registry.open(f"sqlite:///{tmp_path / 'fleet.db'}", clock=clock) as registry:
+    with Registry.open(database_url, clock=clock) as registry:
         registry.provision_device("cam-1", tags=["line-1"])
         first = sample(b"one")
         assert store.put(first.header.sha256, "jpeg", first.image)
@@ -191,3 +196,72 @@ def test_export_writes_class_folders_of_labelled_samples_only(tmp_path: Path) ->
     written = export_folder(samples, [b"x"] * len(samples), tmp_path / "out")
     assert written == {"glass": 1, "paper": 1}
     assert sorted(p.parent.name for p in (tmp_path / "out").rglob("*.jpg")) == ["glass", "paper"]
+
+
+class RecordingLink:
+    """A FieldLink that keeps what was published and lets the test play the server."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+        self.handlers: dict[str, Callable[[str, bytes], None]] = {}
+        self.listeners: list[Callable[[], None]] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        self.published.append((topic, payload))
+
+    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:
+        self.handlers[topic_filter] = handler
+
+    def add_connect_listener(self, listener: Callable[[], None]) -> None:
+        self.listeners.append(listener)
+
+
+def test_the_uploader_keeps_to_its_budget_and_resends_what_was_not_acknowledged(
+    tmp_path: Path,
+) -> None:
+    link = RecordingLink()
+    collector = FieldCollector("cam-1", tmp_path / "ring", link, seed=1)
+    collector.start()
+    try:
+        topic = "edgefleet/devices/cam-1/field-data"
+        assert set(link.handlers) == {f"{topic}/settings", f"{topic}/acks"}
+        settings = ON.model_copy(update={"per_minute": 100, "upload_bytes_per_s": 1024})
+        link.handlers[f"{topic}/settings"](f"{topic}/settings", settings.encode())
+        assert collector.settings.per_minute == 100
+        collector.stop()  # the test drives the worker's steps itself from here
+        for index in range(10):
+            image = frame(index).image
+            assert collector.encode(image, prediction(0.2), "low-confidence")
+        size = len(collector.ring.oldest(1)[0][1])
+        assert size > 1024
+        # 1 KiB/s: one sample, then nothing until the debt is paid back
+        t = 1e6
+        assert collector.upload(now_monotonic=t) == 1
+        assert collector.upload(now_monotonic=t + 0.5 * size / 1024) == 0
+        assert collector.upload(now_monotonic=t + 1.5 * size / 1024) == 1
+        # a larger budget: at most 4 unacknowledged at a time (within the ack timeout)
+        fast = settings.model_copy(update={"upload_bytes_per_s": 10_000_000})
+        link.handlers[f"{topic}/settings"](f"{topic}/settings", fast.encode())
+        assert collector.upload(now_monotonic=t + 20) == IN_FLIGHT - 2
+        assert collector.upload(now_monotonic=t + 21) == 0
+        assert len(link.published) == IN_FLIGHT
+        # an ack frees a slot and removes the sample from the disk
+        first = FieldSample.parse(link.published[0][1], "cam-1").header.sha256
+        link.handlers[f"{topic}/acks"](f"{topic}/acks", FieldAck(sha256=first).encode())
+        assert len(collector.ring) == 9 and collector.acked == 1
+        assert collector.upload(now_monotonic=t + 22) == 1
+        before = len(link.published)
+        # an ack that never comes: sent again after the timeout
+        late = collector.upload(now_monotonic=t + 22 + ACK_TIMEOUT_S + 1)
+        assert late == IN_FLIGHT
+        # a reconnect: everything unacknowledged goes again, the acknowledged one never
+        before = len(link.published)
+        for listener in link.listeners:
+            listener()
+        collector.upload(now_monotonic=t + 22 + ACK_TIMEOUT_S + 2)
+        resent = [FieldSample.parse(p, "cam-1").header.sha256 for _, p in link.published[before:]]
+        assert first not in resent and len(resent) == IN_FLIGHT
+        link.handlers[f"{topic}/settings"](f"{topic}/settings", b"")  # cleared: collection off
+        assert not collector.settings.enabled
+    finally:
+        collector.stop()
