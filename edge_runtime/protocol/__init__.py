@@ -22,6 +22,9 @@ download           :class:`DownloadRequest`               device
 meta               :class:`ChunkMeta`                     server (retained)
 chunk              raw bytes                              server
 prediction         :class:`PredictionReport`              device
+field_settings     :class:`FieldDataSettings`             server (retained)
+field_sample       :class:`FieldSample` (framed bytes)    device
+field_ack          :class:`FieldAck`                      server
 =================  =====================================  ======================
 
 :data:`MESSAGES` lists them with their topics; :func:`schema_document` is
@@ -57,6 +60,13 @@ from edge_runtime.protocol.chunks import (
     ChunkMeta,
     DownloadRequest,
 )
+from edge_runtime.protocol.field_data import (
+    MAX_SAMPLE_BYTES,
+    FieldAck,
+    FieldDataSettings,
+    FieldSample,
+    FieldSampleHeader,
+)
 from edge_runtime.protocol.predictions import PredictionReport, ScoredLabel
 from edge_runtime.protocol.reports import (
     MAX_REASON_CHARS,
@@ -83,6 +93,7 @@ __all__ = [
     "MAX_META_BYTES",
     "MAX_REASON_CHARS",
     "MAX_REQUEST_BYTES",
+    "MAX_SAMPLE_BYTES",
     "MAX_TELEMETRY_BYTES",
     "MESSAGES",
     "PROTOCOL_VERSION",
@@ -95,6 +106,10 @@ __all__ = [
     "DeviceReport",
     "DownloadRequest",
     "EventReport",
+    "FieldAck",
+    "FieldDataSettings",
+    "FieldSample",
+    "FieldSampleHeader",
     "MalformedMessageError",
     "Message",
     "PredictionReport",

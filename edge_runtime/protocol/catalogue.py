@@ -22,6 +22,11 @@ from edge_runtime.protocol.chunks import (
     ChunkMeta,
     DownloadRequest,
 )
+from edge_runtime.protocol.field_data import (
+    MAX_SAMPLE_BYTES,
+    FieldAck,
+    FieldDataSettings,
+)
 from edge_runtime.protocol.predictions import PredictionReport
 from edge_runtime.protocol.reports import (
     MAX_TELEMETRY_BYTES,
@@ -141,6 +146,36 @@ MESSAGES: Final[tuple[Message, ...]] = (
         "json",
         MAX_MESSAGE_BYTES,
         PredictionReport,
+    ),
+    Message(
+        "field_settings",
+        "PREFIX/devices/<id>/field-data/settings",
+        "server -> device",
+        1,
+        True,
+        "json",
+        FieldDataSettings.max_bytes,
+        FieldDataSettings,
+    ),
+    Message(
+        "field_sample",
+        "PREFIX/devices/<id>/field-data/samples",
+        "device -> server",
+        1,
+        False,
+        "bytes",
+        MAX_SAMPLE_BYTES,
+        None,
+    ),
+    Message(
+        "field_ack",
+        "PREFIX/devices/<id>/field-data/acks",
+        "server -> device",
+        1,
+        False,
+        "json",
+        FieldAck.max_bytes,
+        FieldAck,
     ),
 )
 """Every message edgefleet defines (TUF metadata is python-tuf's, see ``docs/security.md``)."""

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_runtime.errors import MalformedMessageError
 from edge_runtime.field_data import Caps, FieldCollector, SampleRing, choose_reason
@@ -265,3 +267,15 @@ def test_the_uploader_keeps_to_its_budget_and_resends_what_was_not_acknowledged(
         assert not collector.settings.enabled
     finally:
         collector.stop()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048), st.integers(0, 2**32 - 1))
+def test_any_bytes_are_a_sample_or_a_clear_refusal(junk: bytes, length: int) -> None:
+    for payload in (junk, length.to_bytes(4, "big") + junk, sample().encode()[:-1] + junk):
+        try:
+            parsed = FieldSample.parse(payload, "cam-1")
+        except MalformedMessageError as exc:
+            assert "field-data sample from cam-1" in str(exc)
+        else:
+            assert hashlib.sha256(parsed.image).hexdigest() == parsed.header.sha256

@@ -25,6 +25,8 @@ from edge_runtime.protocol import (
     Availability,
     ChunkMeta,
     DeviceReport,
+    FieldAck,
+    FieldDataSettings,
     Message,
     WireMessage,
     schema_document,
@@ -206,6 +208,8 @@ def test_the_reference_examples_are_accepted_by_the_reader(message: Message) -> 
     parsed: WireMessage
     if isinstance(model, type) and issubclass(model, DeviceReport):
         parsed = model.parse(payload, "cam-1")
+    elif model is FieldDataSettings or model is FieldAck:  # server -> device messages
+        parsed = model.parse(payload)
     else:
         assert model is ChunkMeta
         parsed = ChunkMeta.parse(payload)
