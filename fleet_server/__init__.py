@@ -6,7 +6,8 @@ The house, one idea per module, imports pointing down the list::
       mqtt_client.py      broker URLs, the embedded amqtt broker, the server's paho client
     api/                HTTP: app.py (errors, health, metrics), models.py, routes.py; auth.py
                         (tokens and each route's role), audit.py (the audit trail),
-                        access_routes.py (/tokens, /audit)
+                        access_routes.py (/tokens, /audit), drift_routes.py (/drift),
+                        field_routes.py (/field-data)
     metrics.py          /metrics for Prometheus: the registry's counts at each scrape, and
                         the server's own work (queue, reports, chunks, batch histograms)
     server.py           FleetServer, the broker-facing shell: reports in, assignments out
@@ -28,6 +29,11 @@ The house, one idea per module, imports pointing down the list::
     windows.py          maintenance window specs parsed and evaluated (window_base.py: what
                         every window is; window_cron.py: cron-like windows)
     quality_gate.py     a wave's verdict from figures (quality_figures.py: the figures)
+    drift.py            live class mix and confidence against a bundle's baseline (pure; drift_fleet.py:
+                        every device and group in one pass; drift_monitor.py: a pass every minute, and
+                        the /metrics series)
+    field_data.py       field samples: the content-addressed images, records, export to class/ folders
+                        (field_data_receiver.py: samples in over MQTT, acks and per-group settings out)
     registry/           the database, in rooms: unit (transactions), catalogue, devices,
                         ingest, telemetry, rollouts (the planner state saved and projected
                         into tables: the one writer), timeline, stats (counts for /metrics),
