@@ -163,6 +163,15 @@ def test_an_operator_rolls_out_through_the_console_and_a_viewer_cannot_abort(
             assert rows.count() == 1 and "unknown" in rows.first.inner_text()
             page.select_option("#filter-tag", value="")
             shot(page, c.shots, "fleet")
+            # keyboard only: Tab to a device's link, Enter opens its page
+            for _ in range(40):
+                page.keyboard.press("Tab")
+                if page.evaluate("document.activeElement.textContent") == "cam-02":
+                    break
+            page.keyboard.press("Enter")
+            page.get_by_role("heading", name="Device cam-02").wait_for()
+            page.go_back()
+            page.get_by_role("heading", name="Fleet", exact=True).wait_for()
 
             # v2 in three waves, created in the console's form, watched to completion
             create_rollout_in_form(page, c.sha["v2"], c.sha["v1"])
