@@ -57,7 +57,10 @@ class DriftMonitor:
         if not interval_s > 0:
             raise ValueError(f"drift interval must be positive, got {interval_s}")
         self.registry = registry
+        self.fixed = thresholds
+        """Limits given here (tests); None: those the operator set, read at each pass."""
         self.thresholds = thresholds or DriftThresholds()
+        """The limits of the last pass."""
         self.interval_s = interval_s
         self._clock = clock
         self._stop = threading.Event()
@@ -69,6 +72,7 @@ class DriftMonitor:
     def check(self, now: float | None = None) -> list[Change]:
         """One pass now; the changes it made."""
         started = time.perf_counter()
+        self.thresholds = self.fixed or self.registry.drift_thresholds()
         changes = self.registry.watch_drift(self.thresholds, self._clock() if now is None else now)
         self.last_pass_s = time.perf_counter() - started
         self.passes += 1

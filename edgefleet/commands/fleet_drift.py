@@ -54,15 +54,17 @@ def _table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-@click.command("drift")
+@click.group("drift", invoke_without_command=True)
 @click.option(
     "--scope", type=click.Choice(["device", "group"]), help="Only devices, or only groups (tags)."
 )
 @click.option("--all", "show_all", is_flag=True, help="Every subject, not only those drifting.")
 @click.option("--check", is_flag=True, help="Run a pass over the fleet now (operator token).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-@click.pass_obj
-def drift(api: FleetApi, scope: str | None, show_all: bool, check: bool, as_json: bool) -> None:
+@click.pass_context
+def drift(
+    ctx: click.Context, scope: str | None, show_all: bool, check: bool, as_json: bool
+) -> None:
     """Devices and groups whose live class mix or confidence drifted from their bundle's baseline.
 
     \b
@@ -70,7 +72,12 @@ def drift(api: FleetApi, scope: str | None, show_all: bool, check: bool, as_json
       edgefleet fleet drift                 who drifts now, and since when
       edgefleet fleet drift --all --scope group
       edgefleet fleet drift --check         judge the fleet now, then list
+      edgefleet fleet drift alerts          the alerts raised and cleared
+      edgefleet fleet drift limits --max-class-divergence 0.15 --window-s 900
     """
+    if ctx.invoked_subcommand is not None:
+        return
+    api: FleetApi = ctx.obj
     alerts: list[str] = []
     if check:
         alerts = api.request("POST", "/drift/check")["alerts"]
@@ -93,3 +100,63 @@ def drift(api: FleetApi, scope: str | None, show_all: bool, check: bool, as_json
             "a drifting group is a candidate for retraining: collect its frames with "
             "`edgefleet fleet field-data enable TAG`"
         )
+
+
+@drift.command("alerts")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def alerts(api: FleetApi, limit: int, as_json: bool) -> None:
+    """Drift alerts raised and cleared, oldest first."""
+    rows = api.request("GET", f"/drift/alerts?limit={limit}")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        make_console().print("no drift alert yet")
+        return
+    table = Table("at", "kind", "alert")
+    for row in rows:
+        table.add_row(_since(row["at"]), row["kind"], row["message"])
+    make_console().print(table)
+
+
+@drift.command("limits")
+@click.option("--window-s", type=click.FloatRange(min=1), help="The sliding window, in seconds.")
+@click.option("--min-predictions", type=click.IntRange(1), help="Predictions needed for a verdict.")
+@click.option(
+    "--max-class-divergence", type=float, help="Jensen-Shannon limit (0..1; 0 switches it off)."
+)
+@click.option("--max-psi", type=float, help="Population stability index limit (0: off).")
+@click.option("--max-confidence-drop", type=float, help="Confidence drop limit (0..1; 0: off).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def limits(
+    api: FleetApi,
+    window_s: float | None,
+    min_predictions: int | None,
+    max_class_divergence: float | None,
+    max_psi: float | None,
+    max_confidence_drop: float | None,
+    as_json: bool,
+) -> None:
+    """Show the limits drift is judged by; with options, change them (operator token)."""
+    current: dict[str, Any] = api.request("GET", "/drift/thresholds")
+    changes = {
+        "window_s": window_s,
+        "min_predictions": min_predictions,
+        "max_class_divergence": max_class_divergence,
+        "max_psi": max_psi,
+        "max_confidence_drop": max_confidence_drop,
+    }
+    wanted: dict[str, float | None] = {k: v for k, v in changes.items() if v is not None}
+    if wanted:
+        for key in ("max_class_divergence", "max_psi", "max_confidence_drop"):
+            if wanted.get(key) == 0:
+                wanted[key] = None  # 0 switches the check off
+        current = api.request("PUT", "/drift/thresholds", {**current, **wanted})
+    if as_json:
+        click.echo(json.dumps(current, indent=2, sort_keys=True))
+        return
+    for key, value in current.items():
+        make_console().print(f"{key}: {'off' if value is None else value}")

@@ -1,4 +1,5 @@
-"""The API's drift watch: ``GET /drift`` (any token), ``POST /drift/check`` (operators).
+"""The API's drift watch: ``GET /drift``, ``/drift/alerts``, ``/drift/thresholds`` (any token);
+``POST /drift/check`` and ``PUT /drift/thresholds`` (operators).
 
 Mounting the routes also runs a :class:`~fleet_server.drift_monitor.DriftMonitor`
 while the app serves (started and stopped with it) and adds its series to
@@ -7,16 +8,16 @@ while the app serves (started and stopped with it) and adds its series to
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 
-from fleet_server.api.auth import Guards
-from fleet_server.drift import DriftStatus
+from fleet_server.api.auth import Guards, principal_of
+from fleet_server.drift import DriftStatus, DriftThresholds
 from fleet_server.drift_monitor import DriftCollector, DriftMonitor
-from fleet_server.registry import Registry
+from fleet_server.registry import MAX_TIMELINE_LIMIT, Registry
 
 __all__ = ["DriftCheck", "DriftView", "drift_routes"]
 
@@ -81,6 +82,34 @@ def drift_routes(
     ) -> list[DriftView]:
         """Each device's and group's drift against its bundle's baseline (from the last pass)."""
         return [DriftView.of(s) for s in registry.drift_statuses(scope, drifting_only=drifting)]
+
+    @app.get("/drift/alerts", tags=["drift"], dependencies=guards.viewer)
+    def drift_alerts(
+        limit: Annotated[int, Query(ge=1, le=MAX_TIMELINE_LIMIT)] = 100,
+        after_id: Annotated[int | None, Query(ge=0)] = None,
+    ) -> list[dict[str, Any]]:
+        """Drift alerts raised and cleared (timeline entries), oldest first."""
+        return [
+            {
+                "id": t.id,
+                "at": t.at,
+                "kind": t.kind,
+                "device_id": t.device_id,
+                "message": t.message,
+                "data": dict(t.data or {}),
+            }
+            for t in registry.drift_alerts(limit, after_id=after_id)
+        ]
+
+    @app.get("/drift/thresholds", tags=["drift"], dependencies=guards.viewer)
+    def drift_thresholds() -> DriftThresholds:
+        """The limits drift is judged by."""
+        return registry.drift_thresholds()
+
+    @app.put("/drift/thresholds", tags=["drift"], dependencies=guards.operator)
+    def set_drift_thresholds(body: DriftThresholds, request: Request) -> DriftThresholds:
+        """Judge drift by these limits from the next pass on (omitted fields: their defaults)."""
+        return registry.set_drift_thresholds(body, by=principal_of(request).name)
 
     @app.post("/drift/check", tags=["drift"], dependencies=guards.operator)
     def check_drift() -> DriftCheck:

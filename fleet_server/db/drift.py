@@ -15,7 +15,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from fleet_server.db.models import Base
 
-__all__ = ["DriftStatusRow"]
+__all__ = ["DriftSettingsRow", "DriftStatusRow"]
 
 _JSON = JSON().with_variant(JSONB(), "postgresql")
 
@@ -35,3 +35,14 @@ class DriftStatusRow(Base):
     reasons: Mapped[str] = mapped_column(Text, default="")
     """The limits crossed, one per line."""
     figures: Mapped[dict[str, Any]] = mapped_column(_JSON)
+
+
+class DriftSettingsRow(Base):
+    """The fleet's drift limits as the operator set them (one row; absent: the defaults)."""
+
+    __tablename__ = "drift_settings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    thresholds: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    set_at: Mapped[float] = mapped_column(Double)
+    set_by: Mapped[str | None] = mapped_column(String(64), nullable=True)

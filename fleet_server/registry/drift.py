@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from fleet_server import db
-from fleet_server.db.drift import DriftStatusRow
+from fleet_server.db.drift import DriftSettingsRow, DriftStatusRow
 from fleet_server.drift import (
     DriftStatus,
     DriftThresholds,
@@ -30,7 +30,9 @@ from fleet_server.drift import (
 from fleet_server.drift_fleet import Change, FleetDriftInputs, assess
 from fleet_server.errors import RegistryError
 from fleet_server.quality_figures import Baseline
-from fleet_server.registry._rows import timeline_entry
+from fleet_server.records import TimelineItem
+from fleet_server.registry._rows import timeline_entry, timeline_item
+from fleet_server.registry.timeline import MAX_TIMELINE_LIMIT
 from fleet_server.registry.unit import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -163,6 +165,42 @@ class DriftWatch(UnitOfWork):
                 recorded += 1
                 log.warning("%s", change.message)
         return recorded
+
+    def drift_alerts(self, limit: int = 100, *, after_id: int | None = None) -> list[TimelineItem]:
+        """Drift alerts (raised and cleared) from the timeline, oldest first: the newest ``limit``,
+        or the first ``limit`` after ``after_id``."""
+        if not 1 <= limit <= MAX_TIMELINE_LIMIT:
+            raise RegistryError(f"limit must be between 1 and {MAX_TIMELINE_LIMIT}, not {limit}")
+        query = select(db.TimelineEntry).where(db.TimelineEntry.kind.in_(DRIFT_ALERT_KINDS))
+        if after_id is not None:
+            query = query.where(db.TimelineEntry.id > after_id).order_by(db.TimelineEntry.id)
+        else:
+            query = query.order_by(db.TimelineEntry.id.desc())
+        with self._transaction() as session:
+            items = [timeline_item(row) for row in session.scalars(query.limit(limit))]
+        return items if after_id is not None else items[::-1]
+
+    def drift_thresholds(self) -> DriftThresholds:
+        """The limits the operator set (the defaults until then)."""
+        with self._transaction() as session:
+            row = session.get(DriftSettingsRow, 1)
+            return (
+                DriftThresholds() if row is None else DriftThresholds.model_validate(row.thresholds)
+            )
+
+    def set_drift_thresholds(
+        self, thresholds: DriftThresholds, by: str | None = None
+    ) -> DriftThresholds:
+        """Judge drift by these limits from the next pass on."""
+        with self._transaction(write=True) as session:
+            row = session.get(DriftSettingsRow, 1)
+            if row is None:
+                row = DriftSettingsRow(id=1)
+                session.add(row)
+            row.thresholds = thresholds.model_dump()
+            row.set_at = self._clock()
+            row.set_by = by
+        return thresholds
 
     def watch_drift(self, thresholds: DriftThresholds, now: float | None = None) -> list[Change]:
         """One pass over the fleet: read the windows, judge, store; the changes made."""

@@ -136,3 +136,18 @@ def test_drift_is_raised_when_the_class_mix_changes(
         assert "cam-2" in result.output and "line-1" in result.output
         assert "cam-1" not in result.output  # only those drifting, by default
         assert "candidate for retraining" in result.output
+        history = CliRunner().invoke(
+            cli,
+            ["fleet", "--server", url, "drift", "alerts"],
+            env={"EDGEFLEET_TOKEN": "drift-token", "COLUMNS": "300"},
+        )
+        assert history.exit_code == 0, history.output
+        assert history.output.count("drift-raised") == 2
+        limits = CliRunner().invoke(
+            cli,
+            ["fleet", "--server", url, "drift", "limits", "--max-psi", "0.25", "--window-s", "5"],
+            env={"EDGEFLEET_TOKEN": "drift-token"},
+        )
+        assert limits.exit_code == 0, limits.output
+        assert "max_psi: 0.25" in limits.output and "window_s: 5.0" in limits.output
+        assert registry.drift_thresholds().max_psi == 0.25

@@ -23,6 +23,7 @@ from fleet_server.drift import (
     window_between,
 )
 from fleet_server.drift_fleet import FleetDriftInputs, assess
+from fleet_server.drift_monitor import DriftMonitor
 from fleet_server.quality_figures import Baseline
 from fleet_server.registry import Registry
 
@@ -197,3 +198,14 @@ def test_the_registry_stores_statuses_and_records_each_alert_once(database_url: 
         assert {a.device_id for a in alerts} == {"cam-1", None}
         with pytest.raises(Exception, match="scope"):
             registry.drift_statuses("wave")
+        assert [a.kind for a in registry.drift_alerts()] == ["drift-raised", "drift-raised"]
+        assert registry.drift_alerts(after_id=alerts[-1].id) == []
+        # the operator's limits, read by the monitor at each pass
+        assert registry.drift_thresholds() == DriftThresholds()
+        registry.set_drift_thresholds(DriftThresholds(window_s=60, max_class_divergence=0.9))
+        monitor = DriftMonitor(registry, clock=clock)
+        monitor.check(now=start + 14)
+        assert monitor.thresholds.max_class_divergence == 0.9
+        # no bundle in this catalogue, so no baseline: 'unknown', which never clears a drift
+        assert [a.kind for a in registry.drift_alerts()] == ["drift-raised", "drift-raised"]
+        assert len(registry.drift_statuses(drifting_only=True)) == 2
