@@ -360,9 +360,14 @@ class DeviceRuntime:
             self.agent.stop()
         for camera in self.cameras:
             camera.capture.stop(timeout=2.0)
+        for queued in self.queued:
+            queued.request_close()  # all drain at once; close() below waits for each
+        closed: set[int] = set()  # the update agent's and quality's taps are shared by the cameras
         for camera in self.cameras:
             for sink in camera.sinks:
-                sink.close()
+                if id(sink) not in closed:
+                    closed.add(id(sink))
+                    sink.close()
         if self.opcua_server is not None:
             self.opcua_server.close()
         if self.local_service is not None:

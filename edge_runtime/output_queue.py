@@ -175,15 +175,23 @@ class QueuedSink(PredictionSink):
             f" (limit {self.stall_s:g} s); {queued} waiting, {dropped} dropped"
         )
 
+    def request_close(self) -> None:
+        """Take no more predictions; the thread delivers what is queued, then ends.
+
+        Lets a device with several outputs drain them all at once before
+        :meth:`close` waits for each.
+        """
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
     def close(self, timeout: float = 2.0) -> None:
         """Deliver what is queued (for up to ``timeout`` s), then close the output.
 
         A consumer still hung after ``timeout`` keeps its (daemon) thread and
         is not closed: closing it under a running ``emit`` could block too.
         """
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
+        self.request_close()
         self._thread.join(timeout)
         if self._thread.is_alive():
             with self._cond:
