@@ -43,11 +43,16 @@ from converter.quantize import (
 from converter.report import render_report
 from converter.rounding import Rounding, bias_correct_onnx, bias_correct_tflite
 from converter.sensitivity import (
+    FloatCandidate,
     SensitivityReport,
+    count_candidates,
+    measure_candidates,
     onnx_ops,
+    onnx_output_error,
     onnx_tensor_errors,
     rank_ops,
     tflite_ops,
+    tflite_output_error,
     tflite_tensor_errors,
 )
 from converter.source import SourceModel, load_source_model
@@ -143,6 +148,8 @@ class ConversionResult:
     (the noise floor of any int8 model of it); measured only when agreement failed."""
     sensitivity: SensitivityReport | None = None
     fallback: FallbackOutcome | None = None
+    fallback_candidates: list[FloatCandidate] = field(default_factory=list)
+    """Each candidate kept in float alone, measured (best first), when the fallback ran."""
     before_fallback: QualityReport | None = None
     """The full int8 model's figures, when the fallback ran."""
     disagreements: list[Disagreement] = field(default_factory=list)
@@ -205,6 +212,7 @@ class ConversionResult:
             else None,
             "sensitivity": self.sensitivity.to_dict() if self.sensitivity else None,
             "fallback": self.fallback.to_dict() if self.fallback else None,
+            "fallback_candidates": [c.to_dict() for c in self.fallback_candidates],
             "disagreements": [row.to_dict() for row in self.disagreements],
         }
 
@@ -654,7 +662,7 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
         if not measured.report.passed and options.fallback:
             before = measured.report
             outcome, measured, model = _fallback(
-                job, fmt, quantizer, (model, measured), sensitivity=sensitivity, measure=measure
+                job, fmt, quantizer, (model, measured), measure=measure
             )
             if outcome.passed:
                 fallback_spec = FloatFallback(
@@ -703,6 +711,7 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
         suffered,
         sensitivity=sensitivity,
         fallback=outcome,
+        fallback_candidates=outcome.candidates if outcome is not None else [],
         before_fallback=before,
         disagreements=disagreements,
         json_report_path=options.out / f"{stem}.report.json",
@@ -719,7 +728,6 @@ def _fallback(
     quantizer: TfliteInt8Quantizer | OnnxInt8Quantizer,
     full_int8: tuple[bytes, _Measured],
     *,
-    sensitivity: SensitivityReport,
     measure: Callable[[bytes, str], _Measured],
 ) -> tuple[FallbackOutcome, _Measured, bytes]:
     """Run the accuracy-aware fallback; the model it settled on (full int8 when none passed)."""
@@ -752,14 +760,36 @@ def _fallback(
             detail=result,
         )
 
+    samples = list(job.quiet_samples(options.sensitivity_samples))
+    if isinstance(quantizer, TfliteInt8Quantizer):
+        ops = tflite_ops(quantizer.float_model)
+        error = tflite_output_error(quantizer.quantize, quantizer.float_model, samples)
+    else:
+        ops = onnx_ops(quantizer.prepared_model())
+        error = onnx_output_error(full_int8[0], quantizer.prepared_model(), samples)
+    measuring = f"fallback {fmt}: one candidate at a time in float"
+    job.progress(measuring, 0, count_candidates(ops))
+    candidates = measure_candidates(
+        ops,
+        error,
+        max_float_fraction=options.max_float_fraction,
+        progress=lambda: job.progress(measuring, 1, None),
+    )
+    log.info(
+        "%s int8: %d fallback candidates measured; the best removes %.0f%% of the output error",
+        fmt,
+        len(candidates),
+        100 * candidates[0].gain if candidates else 0.0,
+    )
     outcome = search_fallback(
-        sensitivity.ranked,
-        sensitivity.total_macs,
+        candidates,
+        sum(op.macs for op in ops),
         quantizer.quantize,
         check,
         lambda model: job.latency_ratio(fmt, model, full_int8[0]),
         limits=limits,
     )
+    outcome.candidates = candidates
     if outcome.passed and outcome.model is not None and outcome.trial is not None:
         log.info(
             "%s int8 passes with %d ops in float (%.1f%% of MACs, invoke p50 x%.2f)",

@@ -1,10 +1,12 @@
 """Accuracy-aware fallback: keep the fewest, most sensitive ops in float until the gate passes.
 
-The search is greedy over the sensitivity ranking (:mod:`converter.sensitivity`):
-the next most sensitive op joins the float set, the model is quantised again
-(calibration is reused), checked on the parity images and timed against the
-full int8 model; it stops at the first model that passes the gate, or when no
-op is left within the limits: at most ``max_float_fraction`` of the model's
+The search is greedy over the candidates that :func:`converter.sensitivity.measure_candidates`
+ranked (each op with the ops that read its output, kept in float one at a
+time, by how much of the int8 model's output error that removed): the next
+candidate joins the float set, the model is quantised again (calibration is
+reused), checked on the parity images and timed against the full int8 model;
+it stops at the first model that passes the gate, or when no candidate is
+left that helps within the limits: at most ``max_float_fraction`` of the model's
 MACs in float, at most ``max_latency_ratio`` times full int8's invoke p50, at
 most ``max_steps`` re-quantisations. An op that would break the MAC budget is
 passed over (a cheaper one further down may still fit); one whose step runs
@@ -21,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from converter.sensitivity import OpSensitivity, QuantOp
+from converter.sensitivity import FloatCandidate, QuantOp
 
 __all__ = ["FallbackLimits", "FallbackOutcome", "FallbackStep", "Trial", "search_fallback"]
 
@@ -104,6 +106,8 @@ class FallbackOutcome:
     model: bytes | None = None
     trial: Trial | None = None
     steps: list[FallbackStep] = field(default_factory=list)
+    candidates: list[FloatCandidate] = field(default_factory=list)
+    """What the search chose from (set by the caller that measured them)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (without the model bytes)."""
@@ -118,7 +122,7 @@ class FallbackOutcome:
 
 
 def search_fallback(
-    ranked: Sequence[OpSensitivity],
+    candidates: Sequence[FloatCandidate],
     total_macs: int,
     quantize: Callable[[list[str]], bytes],
     check: Callable[[bytes], Trial],
@@ -127,13 +131,13 @@ def search_fallback(
     limits: FallbackLimits = FallbackLimits(),
     on_step: Callable[[FallbackStep], None] | None = None,
 ) -> FallbackOutcome:
-    """Greedy search over ``ranked`` (most sensitive first) for a model that passes ``check``.
+    """Greedy search over ``candidates`` (most helpful first) for a model that passes ``check``.
 
     ``quantize`` gets the quantiser ids to keep in float and returns the model;
-    ``latency_ratio`` times a model against full int8. Ops that add no noise
-    are never tried.
+    ``latency_ratio`` times a model against full int8. Candidates that did not
+    reduce the output error are never tried.
     """
-    chosen: list[QuantOp] = []
+    chosen: dict[str, QuantOp] = {}
     steps: list[FallbackStep] = []
     last: tuple[bytes, Trial, float] | None = None
 
@@ -155,19 +159,22 @@ def search_fallback(
         if on_step is not None:
             on_step(step)
 
-    def fraction(ops: Sequence[QuantOp]) -> float:
-        return sum(op.macs for op in ops) / total_macs if total_macs else 0.0
+    def fraction(ops: dict[str, QuantOp]) -> float:
+        return sum(op.macs for op in ops.values()) / total_macs if total_macs else 0.0
 
     tries = 0
-    stopped = "no op left that adds noise within the limits"
-    for candidate in ranked:
-        if candidate.added_noise <= 0:
+    stopped = "no candidate left that helps within the limits"
+    for candidate in candidates:
+        if candidate.gain <= 0:
             break
+        trying = dict(chosen)
+        trying.update({op.name: op for op in candidate.group})
+        if len(trying) == len(chosen):
+            continue  # already in float
         if tries >= limits.max_steps:
             stopped = f"stopped after {limits.max_steps} re-quantisations (the step limit)"
             break
-        trying = [*chosen, candidate.op]
-        names = tuple(op.name for op in trying)
+        names = tuple(trying)
         if fraction(trying) > limits.max_float_fraction:
             record(
                 FallbackStep(
@@ -181,7 +188,7 @@ def search_fallback(
             )
             continue
         tries += 1
-        model = quantize([member for op in trying for member in op.excluded])
+        model = quantize([member for op in trying.values() for member in op.excluded])
         trial = check(model)
         ratio = latency_ratio(model)
         over = ratio > limits.max_latency_ratio
@@ -206,9 +213,18 @@ def search_fallback(
         last = (model, trial, ratio)
         if trial.passed:
             return FallbackOutcome(
-                True, "gate passed", chosen, fraction(chosen), ratio, model, trial, steps
+                True,
+                "gate passed",
+                list(chosen.values()),
+                fraction(chosen),
+                ratio,
+                model,
+                trial,
+                steps,
             )
     if last is None:
         return FallbackOutcome(False, stopped, [], 0.0, None, None, None, steps)
     model, trial, ratio = last
-    return FallbackOutcome(False, stopped, chosen, fraction(chosen), ratio, model, trial, steps)
+    return FallbackOutcome(
+        False, stopped, list(chosen.values()), fraction(chosen), ratio, model, trial, steps
+    )

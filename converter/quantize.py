@@ -299,7 +299,11 @@ def _run_tflite_quantizer(
     try:
         qt = quantizer.Quantizer(bytearray(float_model))
         qt.load_quantization_recipe(recipe)
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),  # its progress bars
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")
             result = qt.quantize(
                 calibration, enable_progress_report=False, enable_progress_bar=False

@@ -121,10 +121,23 @@ def _fallback(fallback: FallbackOutcome, before: QualityReport | None, full_byte
             f"<td>{'-' if step.latency_ratio is None else f'x{step.latency_ratio:.2f}'}</td>"
             f"<td>{size}</td></tr>"
         )
+    candidates = "".join(
+        f"<tr><td>{rank}</td><td class='mono'>{html.escape(c.op.name)}</td>"
+        f"<td>{html.escape(c.op.kind)}</td><td>{len(c.group)}</td>"
+        f"<td>{100 * c.gain:.1f}%</td><td>{100 * c.mac_share:.2f}%</td></tr>"
+        for rank, c in enumerate(fallback.candidates[:SENSITIVE_SHOWN], start=1)
+    )
+    if candidates:
+        candidates = (
+            "<h3>Candidates, each kept in float alone (with the ops reading its output)</h3>"
+            "<table class='rows'><tr><th>#</th><th>op</th><th>kind</th><th>ops</th>"
+            "<th>output error removed</th><th>MACs</th></tr>" + candidates + "</table>"
+        )
     return (
-        head + "<table class='rows'><tr><th>step</th><th>action</th><th>op</th><th>kind</th>"
+        head
+        + "<h3>Steps</h3><table class='rows'><tr><th>step</th><th>action</th><th>op</th><th>kind</th>"
         "<th>ops in float</th><th>MACs in float</th><th>agreement</th><th>drop (points)</th>"
-        "<th>latency vs int8</th><th>model size</th></tr>" + "".join(rows) + "</table>"
+        "<th>latency vs int8</th><th>model size</th></tr>" + "".join(rows) + "</table>" + candidates
     )
 
 

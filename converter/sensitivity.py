@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,13 +32,18 @@ import numpy.typing as npt
 from converter.errors import QuantizationError
 
 __all__ = [
+    "FloatCandidate",
     "OpSensitivity",
     "QuantOp",
     "SensitivityReport",
+    "count_candidates",
+    "measure_candidates",
     "onnx_ops",
+    "onnx_output_error",
     "onnx_tensor_errors",
     "rank_ops",
     "tflite_ops",
+    "tflite_output_error",
     "tflite_tensor_errors",
 ]
 
@@ -116,6 +121,78 @@ class SensitivityReport:
             "noise each adds (its output's noise-to-signal ratio minus its inputs' largest)",
             "ops": [row.to_dict() for row in self.ranked],
         }
+
+
+@dataclass(frozen=True)
+class FloatCandidate:
+    """An op with the ops that read its output: kept in float together, the op's weights and
+    its output stay unrounded. ``error_ratio``: the model's output error (squared error of
+    the scores against float, on calibration images) with the group in float, over the full
+    int8 model's; below 1 means keeping it in float helps."""
+
+    op: QuantOp
+    group: tuple[QuantOp, ...]
+    error_ratio: float
+    mac_share: float
+
+    @property
+    def gain(self) -> float:
+        """Share of the output error that keeping the group in float removed."""
+        return 1.0 - self.error_ratio
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly row."""
+        return {
+            "op": self.op.name,
+            "kind": self.op.kind,
+            "group": [op.name for op in self.group],
+            "error_ratio": round(self.error_ratio, 5),
+            "mac_share": round(self.mac_share, 6),
+        }
+
+
+def measure_candidates(
+    ops: Sequence[QuantOp],
+    output_error: Callable[[list[str]], float],
+    *,
+    max_float_fraction: float = 1.0,
+    progress: Callable[[], None] | None = None,
+) -> list[FloatCandidate]:
+    """Keep one candidate at a time in float and measure the output error it leaves
+    (``output_error(excluded ids)``); candidates that help most first.
+
+    A candidate is each op with MACs and the ops that read its output; those
+    whose MACs alone exceed ``max_float_fraction`` are not measured.
+    """
+    total = sum(op.macs for op in ops)
+    readers: dict[str, list[QuantOp]] = {}
+    for op in ops:
+        for name in op.inputs:
+            readers.setdefault(name, []).append(op)
+    base = output_error([])
+    candidates = []
+    for op in ops:
+        if not op.macs:
+            continue
+        group = [op]
+        for name in op.outputs:
+            group.extend(r for r in readers.get(name, []) if r not in group)
+        share = sum(member.macs for member in group) / total if total else 0.0
+        if share > max_float_fraction:
+            continue
+        error = output_error([m for member in group for m in member.excluded])
+        candidates.append(
+            FloatCandidate(op, tuple(group), error / base if base > 0 else 1.0, share)
+        )
+        if progress is not None:
+            progress()
+    candidates.sort(key=lambda c: (c.error_ratio, c.mac_share, c.op.name))
+    return candidates
+
+
+def count_candidates(ops: Sequence[QuantOp]) -> int:
+    """How many candidates :func:`measure_candidates` may measure (for a progress bar)."""
+    return sum(1 for op in ops if op.macs)
 
 
 def rank_ops(
@@ -413,3 +490,98 @@ def onnx_tensor_errors(
             _accumulate(errors, name, ref_values[name], got_values[candidate])
         images += 1
     return errors, images
+
+
+def _score_error(reference: npt.NDArray[np.float64], scores: npt.NDArray[np.float64]) -> float:
+    return float(np.sum((scores - reference) ** 2))
+
+
+def tflite_output_error(
+    quantize: Callable[[list[str]], bytes],
+    float_model: bytes,
+    samples: Sequence[npt.NDArray[np.float32]],
+) -> Callable[[list[str]], float]:
+    """``excluded -> squared error of the output scores`` of the model ``quantize`` makes
+    with those op scopes in float, against ``float_model``, on ``samples``."""
+    reference = _tflite_scores(float_model, samples)
+
+    def error(excluded: list[str]) -> float:
+        return _score_error(reference, _tflite_scores(quantize(excluded), samples))
+
+    return error
+
+
+def _tflite_scores(
+    model: bytes, samples: Sequence[npt.NDArray[np.float32]]
+) -> npt.NDArray[np.float64]:
+    interpreter = _tflite_interpreter(model, keep_all=False)
+    output = interpreter.get_output_details()[0]
+    rows = []
+    for sample in samples:
+        _set_input(interpreter, sample)
+        interpreter.invoke()
+        rows.append(_dequantized(interpreter, output).ravel())
+    return np.stack(rows)
+
+
+def onnx_output_error(
+    int8_model: bytes, float_model: bytes, samples: Sequence[npt.NDArray[np.float32]]
+) -> Callable[[list[str]], float]:
+    """``excluded nodes -> squared error of the output scores`` of the QDQ ``int8_model`` with
+    those nodes computed in float, against ``float_model`` (pre-processed, the same node
+    names), on ``samples``.
+
+    Instead of quantising again for every candidate (seconds each), the QDQ graph
+    is edited: an excluded node reads its float weights and bias again, and an
+    edge between two excluded nodes skips its QuantizeLinear/DequantizeLinear,
+    which is what ``nodes_to_exclude`` gives (the fallback itself re-quantises).
+    """
+    import onnx
+
+    reference_model = onnx.load_model_from_string(float_model)
+    target = onnx.load_model_from_string(int8_model)
+    reference = _onnx_scores(reference_model, samples)
+    float_nodes = {node.name: node for node in reference_model.graph.node}
+    float_inits = {init.name: init for init in reference_model.graph.initializer}
+
+    def error(excluded: list[str]) -> float:
+        model = onnx.ModelProto()
+        model.CopyFrom(target)
+        wanted = set(excluded)
+        produced_by_excluded = {
+            out for node in model.graph.node if node.name in wanted for out in node.output
+        }
+        present = {init.name for init in model.graph.initializer}
+        for node in model.graph.node:
+            if node.name not in wanted or node.name not in float_nodes:
+                continue
+            original = float_nodes[node.name]
+            for i, name in enumerate(original.input):
+                if i >= len(node.input) or node.input[i] == name:
+                    continue
+                if name in float_inits:
+                    node.input[i] = name
+                    if name not in present:
+                        model.graph.initializer.append(float_inits[name])
+                        present.add(name)
+                elif name in produced_by_excluded:
+                    node.input[i] = name  # float edge: skip the Q/DQ pair
+        return _score_error(reference, _onnx_scores(model, samples))
+
+    return error
+
+
+def _onnx_scores(model: Any, samples: Sequence[npt.NDArray[np.float32]]) -> npt.NDArray[np.float64]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    name = session.get_inputs()[0].name
+    output = session.get_outputs()[0].name
+    return np.stack(
+        [np.asarray(session.run([output], {name: s})[0], dtype=np.float64).ravel() for s in samples]
+    )

@@ -375,6 +375,12 @@ def model_command(
         latency_budget_ms=latency_budget_ms,
         golden_count=golden_count,
     )
+    import logging
+
+    # the fallback's steps are part of the conversion's story: logged even at the default level
+    fallback_log = logging.getLogger("converter.fallback")
+    if fallback_log.getEffectiveLevel() > logging.INFO:
+        fallback_log.setLevel(logging.INFO)
     console = make_console(stderr=True)
     with progress_bar(console, disable=as_json) as bar:
         tasks: dict[str, Any] = {}
@@ -481,6 +487,26 @@ def _print_table(results: list[Any], console: Console) -> None:
             str(r.bundle_path.name) if r.bundle_path else "-",
         )
     console.print(table)
+    for r in results:
+        if r.fallback is None:
+            continue
+        before = r.before_fallback
+        console.print(
+            f"{r.format} int8 fallback (full int8: agreement "
+            f"{100 * (before.top1_agreement or 0) if before else 0:.2f}%): {r.fallback.stopped}"
+        )
+        for step in r.fallback.steps:
+            figures = (
+                ""
+                if step.agreement is None
+                else f": agreement {100 * step.agreement:.2f}%, drop {step.accuracy_drop:+.2f}, "
+                f"latency x{step.latency_ratio:.2f}"
+            )
+            console.print(
+                f"  {step.step:2d}. {step.action} {step.kind} ({len(step.float_ops)} ops, "
+                f"{100 * step.float_mac_fraction:.1f}% MACs){figures}",
+                highlight=False,
+            )
     if results:
         console.print(f"reports: {results[0].report_path.parent}/*.report.html")
 

@@ -1,0 +1,226 @@
+"""The fallback on real runtimes: tiny models that int8 breaks in one known layer.
+
+The head of each model (``tests/quant_models.py``) reads an always-zero
+feature through a huge weight, so its int8 weights all round to zero but
+one: full int8 fails the gate, and keeping the head in float fixes it. The
+conversions run the real LiteRT Quantizer and ONNX Runtime quantiser; the
+bundles are loaded back and replayed by the device's own classifier.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from converter.convert import ConversionResult, ConvertOptions, convert, gate_error
+from converter.rounding import bias_correct_onnx, bias_correct_tflite, weight_rounding_error
+from edge_runtime.bundle import read_bundle
+from edge_runtime.classifier import Classifier
+from tests.quant_models import outlier_keras_model, outlier_onnx_model
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from converter.synthetic import write_dataset
+
+    folder = tmp_path_factory.mktemp("quant-data")
+    write_dataset(folder, 10, 12, size=48, seed=1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("onnx") / "outlier.onnx"
+    path.write_bytes(outlier_onnx_model())
+    return path
+
+
+def _convert(model: Path, data: Path, out: Path, fmt: str, **options: object) -> ConversionResult:
+    return convert(
+        ConvertOptions(
+            model=model,
+            out=out,
+            parity=data / "val",
+            calibration=data / "train",
+            formats=(fmt,),
+            calibration_samples=24,
+            preprocessing={"mean": (127.5,) * 3, "std": (127.5,) * 3},
+            max_accuracy_drop=100.0,
+            min_agreement=0.95,
+            sensitivity_samples=12,
+            **options,  # type: ignore[arg-type]
+        )
+    )[0]
+
+
+def _check_bundle(result: ConversionResult, expected_op: str) -> None:
+    assert result.bundle_path is not None
+    bundle = read_bundle(result.bundle_path)
+    fallback = bundle.manifest.model.float_fallback
+    assert fallback is not None
+    assert any(expected_op in op for op in fallback.ops), fallback.ops
+    assert 0 < fallback.float_mac_fraction <= 0.10
+    classifier = Classifier(bundle)  # the device side loads the mixed model and replays it
+    golden = classifier.replay_golden()  # raises when a vector is off by more than its tolerance
+    assert golden.vectors > 0 and golden.top1_matches == golden.vectors, golden
+    frame = np.full((48, 48, 3), 128, dtype=np.uint8)
+    assert np.all(np.isfinite(classifier.scores(frame)))
+
+
+def test_onnx_fallback_keeps_the_broken_head_in_float(
+    data: Path, onnx_path: Path, tmp_path: Path
+) -> None:
+    off = _convert(onnx_path, data, tmp_path / "off", "onnx", fallback=False)
+    assert not off.passed and off.bundle_path is None and off.fallback is None
+    assert (off.report.top1_agreement or 0) < 0.9
+    page = off.report_path.read_text()
+    assert page.count("data:image/jpeg;base64,") == len(off.disagreements) > 0
+    assert "Most sensitive ops" in page
+    assert off.sensitivity is not None and off.sensitivity.ranked[0].op.kind == "Gemm"
+
+    on = _convert(onnx_path, data, tmp_path / "on", "onnx")
+    assert on.passed and on.fallback is not None and on.fallback.passed
+    assert [op.kind for op in on.fallback.float_ops] == ["Gemm"]
+    assert on.before_fallback is not None and on.before_fallback == off.report
+    assert (on.report.top1_agreement or 0) >= 0.95
+    _check_bundle(on, "head")
+    report = on.to_report_dict()
+    assert report["fallback"]["steps"][0]["action"] == "kept in float"
+    assert report["fallback_candidates"][0]["kind"] == "Gemm"
+    assert "Accuracy-aware fallback: gate passed" in on.report_path.read_text()
+    assert on.json_report_path is not None and on.json_report_path.is_file()
+
+
+def test_tflite_fallback_keeps_the_broken_head_in_float(data: Path, tmp_path: Path) -> None:
+    path = tmp_path / "outlier.keras"
+    outlier_keras_model().save(path)  # type: ignore[attr-defined]
+    result = _convert(path, data, tmp_path / "out", "tflite")
+    assert result.before_fallback is not None
+    assert (result.before_fallback.top1_agreement or 0) < 0.9
+    assert result.passed and result.fallback is not None
+    assert "FULLY_CONNECTED" in [op.kind for op in result.fallback.float_ops]
+    _check_bundle(result, "head")
+
+
+def test_the_fallback_stops_at_the_mac_budget(data: Path, onnx_path: Path, tmp_path: Path) -> None:
+    result = _convert(onnx_path, data, tmp_path / "out", "onnx", max_float_fraction=0.0)
+    assert not result.passed and result.bundle_path is None
+    assert result.fallback is not None and not result.fallback.passed
+    assert result.fallback.candidates == []  # the head has MACs too: nothing fits in 0%
+    assert result.fallback.stopped == "no candidate left that helps within the limits"
+    assert "fallback tried 0 steps" in str(
+        gate_error([result], ConvertOptions(Path(), Path(), Path()))
+    )
+
+
+def test_cli_falls_back_by_default_and_not_with_no_fallback(
+    data: Path, onnx_path: Path, tmp_path: Path
+) -> None:
+    from edgefleet.cli import cli
+
+    common = [
+        "convert",
+        str(onnx_path),
+        "--parity",
+        str(data / "val"),
+        "--calibration",
+        str(data / "train"),
+        "--formats",
+        "onnx",
+        "--calibration-samples",
+        "24",
+        "--mean",
+        "127.5",
+        "--std",
+        "127.5",
+        "--min-agreement",
+        "95",
+        "--max-accuracy-drop",
+        "100",
+    ]
+    runner = CliRunner()
+    off = runner.invoke(cli, [*common, "--out", str(tmp_path / "off"), "--no-fallback"])
+    assert off.exit_code == 3, off.output
+    assert "no bundle written" in off.output
+    on = runner.invoke(cli, [*common, "--out", str(tmp_path / "on")])
+    assert on.exit_code == 0, on.output
+    assert "fallback" in on.output and "kept in float Gemm" in on.output
+    bad = runner.invoke(cli, [*common, "--out", str(tmp_path / "x"), "--max-float-fraction", "120"])
+    assert bad.exit_code == 2 and "max-float-fraction" in bad.output
+
+
+def test_onnx_bias_correction_cancels_the_mean_shift_of_weight_rounding() -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load_model_from_string(outlier_onnx_model())
+    # the conv alone, NCHW, no padding (so the per-channel shift is exact)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    del conv.attribute[:]
+    conv.attribute.extend([onnx.helper.make_attribute("strides", [2, 2])])
+    graph = onnx.helper.make_graph(
+        [conv],
+        "conv",
+        [onnx.helper.make_tensor_value_info("nchw", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+        [onnx.helper.make_tensor_value_info("conv", onnx.TensorProto.FLOAT, None)],
+        initializer=[i for i in model.graph.initializer if i.name in ("conv_w", "conv_b")],
+    )
+    float_model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    float_model.ir_version = 8
+    rng = np.random.default_rng(0)
+    samples = [rng.uniform(0.2, 1.0, (1, 3, 16, 16)).astype(np.float32) for _ in range(16)]
+
+    def outputs(m: onnx.ModelProto, rounded: bool) -> np.ndarray:
+        m = onnx.ModelProto.FromString(m.SerializeToString())
+        for init in m.graph.initializer:
+            if init.name == "conv_w" and rounded:
+                w = numpy_helper.to_array(init)
+                init.CopyFrom(
+                    numpy_helper.from_array(
+                        w + weight_rounding_error(w, 0).astype(np.float32), "conv_w"
+                    )
+                )
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, {"nchw": s})[0] for s in samples])
+
+    reference = outputs(float_model, rounded=False)
+    plain = outputs(float_model, rounded=True).mean(axis=(0, 2, 3)) - reference.mean(axis=(0, 2, 3))
+    corrected_model = bias_correct_onnx(
+        onnx.ModelProto.FromString(float_model.SerializeToString()), samples
+    )
+    corrected = outputs(corrected_model, rounded=True).mean(axis=(0, 2, 3)) - reference.mean(
+        axis=(0, 2, 3)
+    )
+    assert np.abs(plain).max() > 1e-3  # rounding did shift the means
+    # float32 sums over 16 x 49 positions leave ~1e-4 (channel 7's bias is -1000)
+    assert np.abs(corrected).max() < 0.2 * np.abs(plain).max()
+    assert np.abs(corrected[:7]).max() < 0.05 * np.abs(plain[:7]).max()
+
+
+def test_tflite_bias_correction_subtracts_the_rounding_shift() -> None:
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((8, 8, 3), batch_size=1), keras.layers.Conv2D(4, 3)])
+    weights, bias = model.layers[0].get_weights()
+    float_model = bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    rng = np.random.default_rng(1)
+    samples = [rng.uniform(0.0, 1.0, (1, 8, 8, 3)).astype(np.float32) for _ in range(8)]
+    corrected = bias_correct_tflite(float_model, samples)
+    mean = np.concatenate(samples).reshape(-1, 3).mean(axis=0)
+    tflite_weights = weights.transpose(3, 0, 1, 2)  # [cout, kh, kw, cin]
+    expected = bias - np.einsum("ohwc,c->o", weight_rounding_error(tflite_weights, 0), mean)
+    interpreter = Interpreter(model_content=corrected)
+    found = [
+        interpreter.get_tensor(d["index"])
+        for d in interpreter.get_tensor_details()
+        if list(d["shape"]) == [4] and d["dtype"] == np.float32
+    ]
+    assert any(np.allclose(b, expected, atol=1e-6) for b in found), (found, expected)
+    assert not np.allclose(expected, bias, atol=1e-6)
