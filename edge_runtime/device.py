@@ -307,6 +307,7 @@ class DeviceRuntime:
         if self.mqtt is None or self.config.update is None:
             return None
         from edge_runtime.field_data import FieldCollector
+        from edge_runtime.field_data.metrics import FieldDataCollector
 
         collector = FieldCollector(
             self.config.device_id,
@@ -315,6 +316,8 @@ class DeviceRuntime:
             prefix=self.mqtt.config.topic_prefix,
         )
         self.observers.append(collector.observe)
+        self.registry.register(FieldDataCollector(collector))
+        self.health.add_check(collector.worker_problem)
         return collector
 
     def _pipeline(self, camera: Camera) -> Pipeline:

@@ -299,6 +299,13 @@ class FieldCollector:
         self._wake.set()
         thread.stop(timeout=timeout)
 
+    def worker_problem(self) -> str | None:
+        """Why the field-data worker is not running (for ``/healthz``), or None."""
+        thread = self._thread
+        if thread is None or thread.health().alive:
+            return None
+        return f"the field-data worker is not running ({thread.health().last_error or 'ended'})"
+
     def health(self) -> WorkerHealth | None:
         """The worker's health, or None when not started."""
         return None if self._thread is None else self._thread.health()

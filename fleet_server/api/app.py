@@ -149,5 +149,5 @@ def create_app(
     console_routes(app, server, guards)
     app.router.routes.extend(console_assets())  # the console's page: public files, no data
     drift_routes(app, server.registry, guards, fleet_metrics.registry)
-    field_routes(app, server, guards)
+    field_routes(app, server, guards, fleet_metrics.registry)
     return app

@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as FastApiPath
 from fastapi.responses import Response
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_runtime.protocol.field_data import FieldDataSettings
 from fleet_server.api.auth import Guards, principal_of
 from fleet_server.field_data import FieldStore
+from fleet_server.field_data_metrics import FieldDataMetrics
 from fleet_server.field_data_receiver import FieldDataReceiver
 from fleet_server.registry.field_data import MAX_FIELD_LIMIT
 
@@ -74,13 +76,16 @@ class FieldLabel(BaseModel):
     label: str = Field(min_length=1, max_length=128)
 
 
-def field_routes(app: FastAPI, server: FleetServer, guards: Guards) -> FieldDataReceiver:
-    """Mount ``/field-data`` and run its MQTT receiver while the app serves."""
+def field_routes(
+    app: FastAPI, server: FleetServer, guards: Guards, metrics: CollectorRegistry
+) -> FieldDataReceiver:
+    """Mount ``/field-data``, run its MQTT receiver while the app serves, add its ``/metrics``."""
     registry = server.registry
     store = FieldStore(server.bundle_folder.parent / "field-data")
     receiver = FieldDataReceiver(
         server.client, registry, store, prefix=server.prefix, share_group=server.share_group
     )
+    metrics.register(FieldDataMetrics(receiver))
     app.router.on_startup.append(receiver.start)
     app.router.on_shutdown.append(receiver.stop)
 

@@ -9,7 +9,9 @@ with the CLI; the export is a ``class/`` folder the parity loader of
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,20 @@ def test_collect_upload_resume_label_and_export(tmp_path: Path, mqtt_broker: Loc
         )
         listed = run("field-data", "list", "--device", "cam-1", "--limit", "5")
         assert "low-confidence" in listed and "1.0.0" in listed
+        # the figures on both sides' /metrics
+        counters = devices["cam-1"].runtime.registry.snapshot()["counters"]
+        assert counters['edgefleet_field_samples_total{stage="capped"}'] > 0
+        assert counters['edgefleet_field_samples_total{stage="acked"}'] >= len(waiting)
+        request = urllib.request.Request(
+            f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            metrics = reply.read().decode()
+        found = re.search(
+            r'^edgefleet_server_field_uploads_total\{result="stored"\} (\S+)$', metrics, re.M
+        )
+        assert found is not None
+        assert len(waiting) <= float(found[1]) <= len(registry.field_samples(limit=10_000))
         run("field-data", "disable", "line-1")
         wait_for(lambda: not cam1.settings.enabled, 30)
 
