@@ -63,7 +63,7 @@ def outlier_onnx_model(seed: int = 3) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
 def outlier_keras_model(seed: int = 3) -> object:

@@ -1,0 +1,99 @@
+"""The accuracy-aware fallback on real photos: a small TrashNet model trained in the test.
+
+TrashNet comes from ../shared (or EDGEFLEET_TRASHNET); the tests skip where
+it is absent. The gate is set one photo above what full int8 reaches, so the
+fallback must keep ops in float to pass; without MAC or latency limits it
+can always get there (the whole model in float agrees with itself).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converter.convert import ConvertOptions, convert
+from edge_runtime.bundle import read_bundle
+from edge_runtime.classifier import Classifier
+
+TRASHNET = Path(
+    os.environ.get(
+        "EDGEFLEET_TRASHNET",
+        Path(__file__).resolve().parents[3] / "shared" / "datasets" / "trashnet",
+    )
+)
+
+pytestmark = [
+    pytest.mark.real_data,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (TRASHNET / "train").is_dir(),
+        reason=f"TrashNet photos not found at {TRASHNET} (set EDGEFLEET_TRASHNET to the folder "
+        "with train/ and val/)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from converter.dataset import LabelledFolder
+    from converter.reference import train_reference
+
+    train = LabelledFolder.scan(TRASHNET / "train")
+    trained = train_reference(train.balanced(300, seed=2), None, arch="tiny", size=48, epochs=4)
+    path = tmp_path_factory.mktemp("trashnet") / "trashnet-tiny.keras"
+    trained.model.save(path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_the_fallback_lifts_a_trashnet_model_over_a_gate_full_int8_misses(
+    model_path: Path, tmp_path: Path, fmt: str
+) -> None:
+    def options(out: str, **kwargs: object) -> ConvertOptions:
+        return ConvertOptions(
+            model=model_path,
+            out=tmp_path / out,
+            parity=TRASHNET / "val",
+            calibration=TRASHNET / "train",
+            formats=(fmt,),
+            calibration_samples=48,
+            sensitivity_samples=16,
+            preprocessing={"mean": (127.5,) * 3, "std": (127.5,) * 3, "interpolation": "area"},
+            max_accuracy_drop=100.0,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    full = convert(options("full", min_agreement=0.0, fallback=False))[0]
+    agreement = full.report.top1_agreement or 0.0
+    assert full.sensitivity is not None and full.sensitivity.ranked
+    if agreement >= 1.0:
+        pytest.skip("full int8 already agrees on every photo: nothing for the fallback to do")
+    one_more = agreement + 1.0 / full.report.dataset.num_images
+    result = convert(
+        options(
+            "fallback",
+            min_agreement=min(1.0, one_more - 1e-9),
+            max_float_fraction=1.0,
+            max_latency_ratio=100.0,
+            max_fallback_steps=40,
+        )
+    )[0]
+    assert result.fallback is not None and result.before_fallback == full.report
+    assert result.fallback.steps and result.fallback.candidates
+    assert result.passed, result.fallback.to_dict()
+    assert (result.report.top1_agreement or 0.0) > agreement
+    assert result.bundle_path is not None
+    bundle = read_bundle(result.bundle_path)
+    recorded = bundle.manifest.model.float_fallback
+    assert recorded is not None
+    assert set(recorded.ops) == {m for op in result.fallback.float_ops for m in op.excluded}
+    classifier = Classifier(bundle)  # LiteRT or ONNX Runtime runs the mixed model
+    golden = classifier.replay_golden()
+    assert golden.vectors and golden.top1_matches == golden.vectors
+    assert np.isfinite(classifier.scores(np.zeros((64, 64, 3), np.uint8))).all()
+    page = result.report_path.read_text()
+    assert "Accuracy-aware fallback: gate passed" in page
+    assert page.count("data:image/jpeg;base64,") == min(60, len(result.disagreements))
