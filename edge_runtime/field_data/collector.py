@@ -138,7 +138,9 @@ class FieldCollector:
         """Use new settings from now on (caps restart; the ring keeps what it holds)."""
         with self._lock:
             self.settings = settings
+            refused = self.caps.refused  # a counter: it carries on across settings
             self.caps = Caps(settings.per_minute, settings.per_day)
+            self.caps.refused = refused
             self.ring.max_bytes = settings.max_disk_bytes
         log.info(
             "field data %s (under %s confidence, classes %s, random %g; %d/min, %d/day)",

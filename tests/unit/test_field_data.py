@@ -93,6 +93,10 @@ def test_a_flood_of_low_confidence_frames_stays_within_every_cap(tmp_path: Path)
     assert collector.ring.total_bytes <= 40_000
     assert len(collector.ring) + collector.ring.dropped == 12
     assert collector.ring.dropped > 0  # random 64x48 frames do not compress: the ring wrapped
+    refused = collector.caps.refused
+    assert refused == collector.chosen - 12
+    collector.apply(settings.model_copy(update={"per_day": 100}))  # new settings, fresh caps
+    assert collector.caps.refused == refused  # ... but the counter carries on
 
 
 def test_the_ring_drops_the_oldest_and_survives_a_restart(tmp_path: Path) -> None:
