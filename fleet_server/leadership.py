@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from edge_runtime.supervise import SupervisedThread, WorkerHealth
 from fleet_server.registry import Registry
 from fleet_server.registry.leases import Fence, LeaseInfo
 
-__all__ = ["LEADER_LEASE", "Leadership", "Turn", "default_replica_id"]
+__all__ = ["LEADER_LEASE", "Leadership", "LeaseKeeper", "Turn", "default_replica_id"]
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +67,6 @@ class Leadership:
         """When (monotonic) the next renewal is due: every third of the time to live."""
         return float("-inf") if self._renewed_at is None else self._renewed_at + self.ttl_s / 3
 
-    def due(self, monotonic_now: float) -> bool:
-        """Whether it is time to renew."""
-        return monotonic_now >= self.next_due
-
     def renew(self, monotonic_now: float) -> Turn:
         """Take or keep the lease; say whether the lead changed hands here."""
         self._renewed_at = monotonic_now
@@ -99,3 +99,57 @@ class Leadership:
         """The replica that holds the lease now, as stored (None: nobody, or it expired)."""
         info = self.registry.lease(LEADER_LEASE)
         return None if info is None else info.holder
+
+
+class LeaseKeeper:
+    """Renews the lease on its own thread, every third of its time to live, while the server's
+    worker shows signs of life.
+
+    Renewing between the worker's batches let the lease lapse whenever one batch (or one tick)
+    took longer than the lease on a loaded machine: the lead changed hands for nothing, and
+    every change costs a resume, a metadata republish and a sweep. Here a long batch delays
+    nothing; a worker that stops beating for ``stall_s`` (stuck, not busy) stops the renewals,
+    so the lease expires and another replica leads. Every write stays fenced either way.
+    """
+
+    def __init__(
+        self, leadership: Leadership, renew: Callable[[], None], *, stall_s: float = 120.0
+    ) -> None:
+        self.leadership = leadership
+        self._renew = renew
+        self.stall_s = stall_s
+        """A worker silent this long is stuck: the lease is left to expire."""
+        self._beat = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = SupervisedThread(self._loop, "leader-lease")
+        self._stalled = False
+
+    def beat(self) -> None:
+        """The worker is alive (called on every turn of its loop)."""
+        self._beat = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.stop(timeout=10)
+
+    def health(self) -> WorkerHealth:
+        return self._thread.health()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(max(0.0, self.leadership.next_due - time.monotonic())):
+            silent = time.monotonic() - self._beat
+            if silent > self.stall_s:
+                if not self._stalled:
+                    log.error(
+                        "the fleet server's worker has not moved for %.0f s: not renewing the "
+                        "lead of the rollouts (another replica takes over when it expires)",
+                        silent,
+                    )
+                self._stalled = True
+                self._stop.wait(1.0)
+                continue
+            self._stalled = False
+            self._renew()

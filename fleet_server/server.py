@@ -32,7 +32,7 @@ from fleet_server.credentials import DeviceCredentials
 from fleet_server.errors import FleetError, LeaseLostError, NotLeaderError, RegistryStorageError
 from fleet_server.inbox import REPORT_KINDS, Inbound, ReportInbox, newest_states
 from fleet_server.instruments import ServerInstruments
-from fleet_server.leadership import Leadership, default_replica_id
+from fleet_server.leadership import Leadership, LeaseKeeper, default_replica_id
 from fleet_server.publisher import MetadataPublisher
 from fleet_server.quality_gate import Baseline
 from fleet_server.rate_limit import ROW_ADDING_REPORTS, DeviceRateLimiter
@@ -45,9 +45,7 @@ from fleet_server.reports import (
     parse_event,
     parse_state,
 )
-from fleet_server.rollout_plan import (
-    RolloutState,
-)
+from fleet_server.rollout_plan import RolloutState
 from fleet_server.rollout_spec import WaveSpec
 from fleet_server.signer import OnlineSigner
 from fleet_server.state_sweep import RetainedSweep
@@ -112,6 +110,7 @@ class FleetServer:
         """The leader's signing of assignments and publishing of metadata."""
         self.leadership = Leadership(registry, replica_id or default_replica_id(), lease_ttl_s)
         """Whether this replica leads the rollouts (the lease on the shared database)."""
+        self.keeper = LeaseKeeper(self.leadership, self._renew)  # renews on its own thread
         self.share_group = share_group
         """MQTT shared-subscription group: replicas split the device reports (None: all here)."""
         self.rollouts = RolloutCoordinator(registry, self.signer.execute)
@@ -151,10 +150,12 @@ class FleetServer:
         self._lead(time.monotonic())
         self._thread = SupervisedThread(self._run, "fleet-server")
         self._thread.start()
+        self.keeper.start()
 
     def stop(self) -> None:
         """Stop ticking, ingesting and serving chunks (the database keeps everything)."""
         self._stop.set()
+        self.keeper.stop()
         if self._thread is not None:
             self._thread.stop(timeout=10)
         self.client.on_connect = self._prev_on_connect
@@ -173,7 +174,8 @@ class FleetServer:
             if self._thread
             else WorkerHealth("fleet-server", False, 0, "not started")
         )
-        return {worker.name: worker for worker in (mine, self.chunks.health())}
+        workers = (mine, self.chunks.health(), self.keeper.health())
+        return {worker.name: worker for worker in workers}
 
     def _subscribe_reports(self) -> None:
         share = f"$share/{self.share_group}/" if self.share_group else ""
@@ -201,11 +203,10 @@ class FleetServer:
         """
         next_tick = time.monotonic() + self.tick_s
         while not self._stop.is_set():
-            if self.leadership.due(time.monotonic()):  # also between batches: a busy leader
-                self._renew()  # must not let its lease lapse
+            self.keeper.beat()
             if self.sweep is not None:
                 self.sweep.poll(time.monotonic(), self.leadership.leading)
-            batch = self.inbox.gather(min(next_tick, self.leadership.next_due) - time.monotonic())
+            batch = self.inbox.gather(next_tick - time.monotonic())
             if batch:
                 self._handle_batch(batch)
                 if time.monotonic() < next_tick:

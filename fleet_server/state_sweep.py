@@ -21,6 +21,7 @@ small messages.
 from __future__ import annotations
 
 import logging
+import threading
 
 import paho.mqtt.client as mqtt
 
@@ -53,6 +54,7 @@ class RetainedSweep:
         self._next: float | None = None
         self.sweeps = 0
         """Sweeps begun by this process."""
+        self._lock = threading.RLock()  # begun by the lease's thread, polled by the worker
 
     @property
     def active(self) -> bool:
@@ -61,30 +63,35 @@ class RetainedSweep:
 
     def begin(self, monotonic_now: float, why: str) -> None:
         """Subscribe to the retained reports now (the broker sends them all); end in ``window_s``."""
-        self.client.subscribe([(topic, 1) for topic in self.filters])
-        self._until = monotonic_now + self.window_s
-        self._next = monotonic_now + self.every_s
-        self.sweeps += 1
-        log.info(
-            "re-reading every device's retained state and availability from the broker (%s)", why
-        )
+        with self._lock:
+            self.client.subscribe([(topic, 1) for topic in self.filters])
+            self._until = monotonic_now + self.window_s
+            self._next = monotonic_now + self.every_s
+            self.sweeps += 1
+            log.info(
+                "re-reading every device's retained state and availability from the broker (%s)",
+                why,
+            )
 
     def poll(self, monotonic_now: float, leading: bool) -> None:
         """End a sweep whose window passed; begin the next one when due and still leading."""
-        if self._until is not None and monotonic_now >= self._until:
-            self.end()
-        if not leading:
-            self._next = None
-        elif self._next is not None and monotonic_now >= self._next and self._until is None:
-            self.begin(monotonic_now, f"every {self.every_s:g} s")
+        with self._lock:
+            if self._until is not None and monotonic_now >= self._until:
+                self.end()
+            if not leading:
+                self._next = None
+            elif self._next is not None and monotonic_now >= self._next and self._until is None:
+                self.begin(monotonic_now, f"every {self.every_s:g} s")
 
     def end(self) -> None:
         """Unsubscribe the non-shared filters (the shared subscriptions stay)."""
-        if self._until is not None:
-            self.client.unsubscribe(self.filters)
-            self._until = None
+        with self._lock:
+            if self._until is not None:
+                self.client.unsubscribe(self.filters)
+                self._until = None
 
     def stop(self) -> None:
         """No more sweeps (the server stops, or this replica stops leading)."""
-        self.end()
-        self._next = None
+        with self._lock:
+            self.end()
+            self._next = None
