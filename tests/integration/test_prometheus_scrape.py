@@ -251,6 +251,7 @@ def test_prometheus_scrapes_the_fleet_and_sees_a_rollout_through(site: Site) -> 
     assert by("worker", prom.query("edgefleet_server_worker_up")) == {
         "fleet-server": 1,
         "chunk-server": 1,
+        "leader-lease": 1,
     }
 
     # v2 rolled out to cam-1: the chunks go out, the gate passes it, the device runs it
