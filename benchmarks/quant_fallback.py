@@ -172,6 +172,12 @@ def main() -> None:
     parser.add_argument("--holdout", type=int, default=400, help="held-out train/ photos (0 skips)")
     parser.add_argument("--rounds", type=int, default=200, help="timed invokes per model")
     parser.add_argument(
+        "--also-fraction",
+        type=float,
+        help="also convert with this --max-float-fraction (percent): what the fallback needs "
+        "when the default 10%% is not enough",
+    )
+    parser.add_argument(
         "--report",
         type=Path,
         help="JSON summary (default benchmarks/reports/quant-fallback-STEM.json)",
@@ -189,10 +195,13 @@ def main() -> None:
     corrected, _ = run_convert(
         args.model, args.data, work / "bias", "--no-fallback", "--rounding", "bias-correction"
     )
-    by = {
-        run: {r["format"]: r for r in rows}
-        for run, rows in (("default", default), ("nearest", nearest), ("bias", corrected))
-    }
+    runs = [("default", default), ("nearest", nearest), ("bias", corrected)]
+    if args.also_fraction is not None:
+        wider, _ = run_convert(
+            args.model, args.data, work / "wider", "--max-float-fraction", f"{args.also_fraction:g}"
+        )
+        runs.append(("wider", wider))
+    by = {run: {r["format"]: r for r in rows} for run, rows in runs}
     holdout = {}
     if args.holdout > 0:
         from convert_trashnet import holdout_folder
@@ -201,13 +210,18 @@ def main() -> None:
         for fmt in ("tflite", "onnx"):
             holdout[fmt] = holdout_agreement(
                 args.model,
-                {run: Path(by[run][fmt]["bundle"]) for run in ("default", "nearest", "bias")},
+                {run: Path(by[run][fmt]["bundle"]) for run, _ in runs},
                 folder,
             )
     from converter.source import load_source_model
 
     source = load_source_model(args.model)
     models = {
+        **{
+            f"{fmt} wider": _model_bytes(Path(by["wider"][fmt]["bundle"]))
+            for fmt in ("tflite", "onnx")
+            if "wider" in by
+        },
         "tflite fp32": ("tflite", source.tflite_fp32()),
         "tflite int8": _model_bytes(Path(by["nearest"]["tflite"]["bundle"])),
         "tflite fallback": _model_bytes(Path(by["default"]["tflite"]["bundle"])),
@@ -237,6 +251,21 @@ def main() -> None:
             print(
                 f"         {h['images']} held-out train/ photos: full int8 {100 * h['nearest']['agreement']:.2f}%, "
                 f"bias correction {100 * h['bias']['agreement']:.2f}%, default {100 * h['default']['agreement']:.2f}%"
+            )
+        if "wider" in by:
+            w = by["wider"][fmt]
+            wfb = w.get("fallback") or {}
+            held = (
+                f", held-out {100 * holdout[fmt]['wider']['agreement']:.2f}%"
+                if fmt in holdout
+                else ""
+            )
+            print(
+                f"         with --max-float-fraction {args.also_fraction:g}: agreement "
+                f"{100 * w['top1_agreement']:.2f}% (drop {w['accuracy_drop_points']:+.2f}){held}; "
+                f"{wfb.get('stopped', 'no fallback')}, "
+                f"{100 * wfb.get('float_mac_fraction', 0):.2f}% of MACs in float, invoke p50 "
+                f"x{p50[f'{fmt} wider'] / p50[f'{fmt} int8']:.2f} of int8"
             )
         ratio = p50[f"{fmt} fallback"] / p50[f"{fmt} int8"]
         print(
@@ -302,6 +331,7 @@ def main() -> None:
                 "default": default,
                 "no_fallback": nearest,
                 "bias_correction": corrected,
+                "wider": by.get("wider"),
                 "conversion_wall_s": wall,
                 "holdout": holdout,
                 "invoke_p50_ms": p50,

@@ -15,7 +15,7 @@ import math
 
 from converter.disagreements import Disagreement
 from converter.fallback import FallbackOutcome
-from converter.sensitivity import SensitivityReport
+from converter.sensitivity import QuantOp, SensitivityReport
 from edge_runtime.bundle import QualityReport
 
 __all__ = ["render_report"]
@@ -35,6 +35,15 @@ table.rows th{background:#f3f5f9} .mono{font-family:ui-monospace,monospace;font-
 .grid{display:flex;flex-wrap:wrap;gap:.8rem} .card{width:150px;font-size:.78rem;border:1px solid #d5dae3;border-radius:.3rem;padding:.35rem}
 .card img{display:block;max-width:140px;max-height:112px;margin-bottom:.25rem}
 """
+
+
+def _op_label(op: QuantOp) -> str:
+    """The op's id, with its output tensor when the id does not say it (ONNX node names)."""
+    label = html.escape(op.name)
+    if op.outputs and op.outputs[0] not in op.name:
+        label += f"<br><span class='sub'>&rarr; {html.escape(op.outputs[0])}</span>"
+    return label
+
 
 SENSITIVE_SHOWN = 15
 """Most sensitive ops listed in the page (the JSON report has every op)."""
@@ -68,7 +77,7 @@ def _sensitivity(sensitivity: SensitivityReport) -> str:
     for rank, row in enumerate(sensitivity.top(SENSITIVE_SHOWN), start=1):
         sqnr = "-" if math.isinf(row.sqnr_db) else f"{row.sqnr_db:.1f} dB"
         rows.append(
-            f"<tr><td>{rank}</td><td class='mono'>{html.escape(row.op.name)}</td>"
+            f"<tr><td>{rank}</td><td class='mono'>{_op_label(row.op)}</td>"
             f"<td>{html.escape(row.op.kind)}</td><td>{100 * row.added_noise:.4f}%</td>"
             f"<td>{sqnr}</td><td>{100 * row.mac_share:.2f}%</td></tr>"
         )
@@ -122,7 +131,7 @@ def _fallback(fallback: FallbackOutcome, before: QualityReport | None, full_byte
             f"<td>{size}</td></tr>"
         )
     candidates = "".join(
-        f"<tr><td>{rank}</td><td class='mono'>{html.escape(c.op.name)}</td>"
+        f"<tr><td>{rank}</td><td class='mono'>{_op_label(c.op)}</td>"
         f"<td>{html.escape(c.op.kind)}</td><td>{len(c.group)}</td>"
         f"<td>{100 * c.gain:.1f}%</td><td>{100 * c.mac_share:.2f}%</td></tr>"
         for rank, c in enumerate(fallback.candidates[:SENSITIVE_SHOWN], start=1)
