@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from converter.dataset import LabelledFolder
+from edge_runtime.bundle import read_bundle
 from edgefleet.cli import cli
 from edgefleet.testing import wait_for
 from edgefleet.testing.broker import LocalBroker
@@ -121,3 +122,21 @@ def test_collect_upload_resume_label_and_export(tmp_path: Path, mqtt_broker: Loc
         decoded = list(parity.frames(strict=True))
         assert len(decoded) == len(LABELS)
         assert all(frame.shape == (48, 64, 3) for _, frame, _ in decoded)
+
+        # ... and `edgefleet convert --parity` takes it: the next model is judged on the line's frames
+        model = tmp_path / "next.onnx"
+        model.write_bytes(tiny_onnx_model(seed=8))
+        converted = CliRunner().invoke(
+            cli,
+            [
+                "convert", str(model), "--parity", str(out), "--out", str(tmp_path / "next"),
+                "--formats", "onnx", "--precision", "fp32", "--scale", "0.00392",
+                "--softmax", "--labels", ",".join(LABELS),
+                "--max-accuracy-drop", "100", "--min-agreement", "0",
+            ],
+            env={"COLUMNS": "200"},
+        )  # fmt: skip
+        assert converted.exit_code == 0, converted.output
+        (bundle,) = (tmp_path / "next").glob("*.efb")
+        report = read_bundle(bundle).manifest.quality
+        assert report is not None and report.dataset.num_images == len(LABELS)
