@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from fleet_server.records import DeviceInfo, TimelineItem
+from fleet_server.records import TimelineItem
 from fleet_server.statuses import WORKING_PHASES
 from fleet_server.telemetry import TelemetrySample, device_figures, read_sample
 
 __all__ = [
     "STALE_AFTER_S",
     "DeviceFigures",
+    "DeviceState",
     "Health",
     "VersionRun",
     "class_shares",
@@ -35,6 +36,19 @@ ERROR_RATE_WARN = 0.01
 _SERVING = frozenset({"activating", "probation", "committed"})
 _WORKING = frozenset(phase.value for phase in WORKING_PHASES)
 """Phases in which a new bundle classifies the line's frames."""
+
+
+class DeviceState(Protocol):
+    """What health is judged on: a :class:`~fleet_server.records.DeviceInfo`, or a row of it."""
+
+    @property
+    def availability(self) -> str: ...
+    @property
+    def last_seen(self) -> float | None: ...
+    @property
+    def phase(self) -> str | None: ...
+    @property
+    def last_event_reason(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -80,7 +94,7 @@ def latest_figures(at: float, snapshot: Mapping[str, Any]) -> DeviceFigures:
     )
 
 
-def device_health(device: DeviceInfo, figures: DeviceFigures | None, now: float) -> Health:
+def device_health(device: DeviceState, figures: DeviceFigures | None, now: float) -> Health:
     """How the device is doing, first problem first: link, update, silence, errors."""
     if device.availability == "unknown" or device.last_seen is None:
         return Health("unknown", "never seen by this server")

@@ -9,9 +9,9 @@ page only when its stamp moved (the HTTP layer answers ``304`` otherwise).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -33,6 +33,43 @@ from fleet_server.rollout_plan import RolloutState
 __all__ = ["ConsoleViews"]
 
 _IN_CHUNK = 500
+_OVERVIEW_COLUMNS = (
+    db.Device.id,
+    db.Device.availability,
+    db.Device.last_seen,
+    db.Device.phase,
+    db.Device.active_bundle,
+    db.Device.active_version,
+    db.Device.pinned_bundle,
+    db.Device.last_event_reason,
+)
+
+
+class _OverviewRow(NamedTuple):
+    """What the overview reads of a device (the columns above, in order)."""
+
+    id: str
+    availability: str
+    last_seen: float | None
+    phase: str | None
+    active_bundle: str | None
+    active_version: str | None
+    pinned_bundle: str | None
+    last_event_reason: str | None
+
+
+def _figures_json(figures: DeviceFigures) -> dict[str, Any]:
+    return {
+        "at": figures.at,
+        "latency_p95_ms": figures.latency_p95_ms,
+        "mean_confidence": figures.mean_confidence,
+        "uncertain_rate": figures.uncertain_rate,
+        "error_rate": figures.error_rate,
+        "predictions_per_s": figures.predictions_per_s,
+        "bundle": figures.bundle,
+    }
+
+
 _HISTORY = 300
 """Telemetry snapshots and timeline entries a device page shows (its newest)."""
 
@@ -47,6 +84,9 @@ class ConsoleViews:
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
+        self._lock = threading.Lock()
+        self._figures: dict[int, DeviceFigures] = {}
+        """Figures of each device's newest snapshot, by telemetry row id."""
 
     def _read(self) -> Any:
         return self._registry._transaction()  # the registry package's own unit of work
@@ -98,47 +138,82 @@ class ConsoleViews:
     # --- fleet overview ------------------------------------------------------------------
 
     def fleet(self, now: float) -> dict[str, Any]:
-        """Every device with its state, health and newest telemetry figures; counts by version."""
+        """Every device with its state, health and newest telemetry figures; counts by version.
+
+        Plain column reads (no ORM objects), and each telemetry snapshot is read once: its
+        figures are kept by row id (stored snapshots never change) until a newer one comes.
+        """
         with self._read() as session:
-            devices = [device_info(row) for row in session.scalars(select(db.Device))]
-            figures = _newest_figures(session, [d.id for d in devices])
-            versions = {
-                row.sha256: (row.name, row.version)
-                for row in session.execute(
-                    select(db.Bundle.sha256, db.Bundle.name, db.Bundle.version)
-                )
-            }
-        devices.sort(key=lambda d: d.id)
-        rows = []
+            tags: dict[str, list[str]] = {}
+            for device_id, tag in session.execute(
+                select(db.DeviceTag.device_id, db.DeviceTag.tag).order_by(db.DeviceTag.tag)
+            ):
+                tags.setdefault(device_id, []).append(tag)
+            rows = session.execute(select(*_OVERVIEW_COLUMNS).order_by(db.Device.id)).all()
+            figures = self._newest_figures(session)
+            versions = dict(session.execute(select(db.Bundle.sha256, db.Bundle.version)).all())
+        devices = []
         by_version: dict[str, int] = {}
-        for device in devices:
-            mine = figures.get(device.id)
-            health = device_health(device, mine, now)
-            version = device.active_version or (
-                versions[device.active_bundle][1] if device.active_bundle in versions else None
-            )
+        for row in rows:
+            state = _OverviewRow(*row)
+            mine = figures.get(state.id)
+            health = device_health(state, mine, now)
+            version = state.active_version or versions.get(state.active_bundle or "")
             by_version[version or "none"] = by_version.get(version or "none", 0) + 1
-            rows.append(
+            devices.append(
                 {
-                    "id": device.id,
-                    "tags": list(device.tags),
-                    "availability": device.availability,
-                    "phase": device.phase,
+                    "id": state.id,
+                    "tags": tags.get(state.id, []),
+                    "availability": state.availability,
+                    "phase": state.phase,
                     "version": version,
-                    "bundle": device.active_bundle,
-                    "pinned": device.pinned_bundle,
-                    "last_seen": device.last_seen,
+                    "bundle": state.active_bundle,
+                    "pinned": state.pinned_bundle,
+                    "last_seen": state.last_seen,
                     "health": health.status,
                     "health_reason": health.reason,
-                    "figures": None if mine is None else asdict(mine),
+                    "figures": None if mine is None else _figures_json(mine),
                 }
             )
         return {
             "now": now,
-            "devices": rows,
+            "devices": devices,
             "by_version": dict(sorted(by_version.items())),
-            "tags": sorted({tag for d in devices for tag in d.tags}),
+            "tags": sorted({tag for found in tags.values() for tag in found}),
         }
+
+    def _newest_figures(self, session: Session) -> dict[str, DeviceFigures]:
+        """Each device's newest telemetry snapshot read into figures (one indexed seek per
+        device; only snapshots not read before are fetched and parsed)."""
+        newest = (
+            select(db.Telemetry.id)
+            .where(db.Telemetry.device_id == db.Device.id)
+            .order_by(db.Telemetry.at.desc(), db.Telemetry.id.desc())
+            .limit(1)
+            .correlate(db.Device)
+            .scalar_subquery()
+        )
+        ids = {
+            device_id: telemetry_id
+            for device_id, telemetry_id in session.execute(select(db.Device.id, newest))
+            if telemetry_id is not None
+        }
+        with self._lock:
+            known = dict(self._figures)
+        missing = sorted(set(ids.values()) - known.keys())
+        for start in range(0, len(missing), _IN_CHUNK):
+            chunk = missing[start : start + _IN_CHUNK]
+            for telemetry_id, at, snapshot in session.execute(
+                select(db.Telemetry.id, db.Telemetry.at, db.Telemetry.snapshot).where(
+                    db.Telemetry.id.in_(chunk)
+                )
+            ):
+                if isinstance(snapshot, dict):
+                    known[telemetry_id] = latest_figures(float(at), snapshot)
+        current = {i: known[i] for i in ids.values() if i in known}
+        with self._lock:
+            self._figures = current  # only the newest per device: bounded by the fleet's size
+        return {device_id: current[i] for device_id, i in ids.items() if i in current}
 
     # --- one device ----------------------------------------------------------------------
 
@@ -317,31 +392,6 @@ def _bundle_names(session: Session) -> dict[str, str]:
             select(db.Bundle.sha256, db.Bundle.name, db.Bundle.version)
         )
     }
-
-
-def _newest_figures(session: Session, device_ids: Sequence[str]) -> Mapping[str, DeviceFigures]:
-    """Each device's newest telemetry snapshot read into figures (one indexed seek per device)."""
-    newest = (
-        select(db.Telemetry.id)
-        .where(db.Telemetry.device_id == db.Device.id)
-        .order_by(db.Telemetry.at.desc(), db.Telemetry.id.desc())
-        .limit(1)
-        .correlate(db.Device)
-        .scalar_subquery()
-    )
-    ids = [i for i in session.scalars(select(newest).select_from(db.Device)) if i is not None]
-    found: dict[str, DeviceFigures] = {}
-    wanted = set(device_ids)
-    for start in range(0, len(ids), _IN_CHUNK):
-        chunk = ids[start : start + _IN_CHUNK]
-        for device_id, at, snapshot in session.execute(
-            select(db.Telemetry.device_id, db.Telemetry.at, db.Telemetry.snapshot).where(
-                db.Telemetry.id.in_(chunk)
-            )
-        ):
-            if device_id in wanted and isinstance(snapshot, dict):
-                found[device_id] = latest_figures(float(at), snapshot)
-    return found
 
 
 def _compact(part: object) -> str:
