@@ -510,7 +510,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--cameras", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--cameras", type=int, nargs="*", default=[1, 4], help="none: only --rss")
     parser.add_argument("--rss", action="store_true", help="also compare RSS: 1x4 cameras vs 4x1")
     parser.add_argument(
         "--switch-interval-ms",
