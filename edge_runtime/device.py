@@ -143,6 +143,7 @@ class DeviceRuntime:
         self.counted: list[ReportsOutputStats] = []
         """Every output that counts its deliveries and drops (queued ones and OPC UA's)."""
         self.registry.register(OutputQueueCollector(lambda: list(self.counted)))
+        self.health.add_detail("outputs", self._output_details)
         self.opcua_server: OpcUaServer | None = None
         opcua = config.outputs.opcua
         if opcua is not None and opcua.server is not None:
@@ -268,6 +269,21 @@ class DeviceRuntime:
 
         return check
 
+    def _output_details(self) -> list[dict[str, object]]:
+        """Per counted output: delivered, dropped, errors, waiting, thread alive (for ``/healthz``)."""
+        return [
+            {
+                "output": s.output,
+                "camera": s.camera,
+                "delivered": s.delivered,
+                "dropped": s.dropped,
+                "errors": s.errors,
+                "queued": s.queued,
+                "alive": s.alive,
+            }
+            for s in (c.stats() for c in self.counted)
+        ]
+
     def _info(self) -> dict[str, object]:
         classifier = self.model.current
         info: dict[str, object] = {
@@ -277,15 +293,7 @@ class DeviceRuntime:
             "backend": None if classifier is None else classifier.backend.name,
             "reconnects": self.capture.reconnects,
             "dropped": self.slot.dropped,
-            "outputs": [
-                {
-                    "output": q.name,
-                    "camera": q.camera,
-                    "delivered": q.delivered,
-                    "dropped": q.dropped,
-                }
-                for q in self.queued
-            ],
+            "outputs": self._output_details(),
         }
         if self.multi:
             info["cameras"] = [

@@ -73,6 +73,7 @@ class HealthState:
         self._last_inference_s: float | None = None
         self._bundle: dict[str, str] | None = None
         self._checks: list[tuple[Callable[[], str | None], bool]] = []
+        self._details: dict[str, Callable[[], Any]] = {}
 
     def add_check(self, check: Callable[[], str | None], *, fatal: bool = True) -> None:
         """A probe asked on every verdict (a worker thread alive, the store writable).
@@ -83,6 +84,11 @@ class HealthState:
         """
         with self._lock:
             self._checks.append((check, fatal))
+
+    def add_detail(self, name: str, detail: Callable[[], Any]) -> None:
+        """A JSON-friendly value asked on every verdict and shown as ``details[name]`` (counts, states)."""
+        with self._lock:
+            self._details[name] = detail
 
     def _now(self, now: float | None) -> float:
         return self._clock() if now is None else now
@@ -160,6 +166,10 @@ class HealthState:
             problem = check()
             if problem is not None:
                 (reasons if fatal else warnings).append(problem)
+        with self._lock:
+            extra = dict(self._details)
+        for name, detail in extra.items():
+            details[name] = detail()
         if warnings:
             details["warnings"] = warnings
         return HealthReport(healthy=not reasons, reasons=reasons, details=details)

@@ -111,6 +111,9 @@ def test_a_hung_sorter_never_stalls_classification_and_shows_in_metrics_and_heal
         health = json.loads(body)
         assert status == 200 and health["status"] == "ok"  # a hung output warns; frames still flow
         assert any("'hanging'" in w for w in health["details"]["warnings"])
+        outputs = {o["output"]: o for o in health["details"]["outputs"]}
+        assert outputs["hanging"]["dropped"] > 0 and outputs["hanging"]["delivered"] == 0
+        assert outputs["hanging"]["alive"] is True and outputs["jsonl"]["delivered"] >= 60
         found = samples(get(f"{status_url}/metrics")[1])
         hanging = (("camera", ""), ("output", "hanging"))
         assert found[("edgefleet_output_dropped_total", hanging)] > 0
