@@ -44,6 +44,7 @@ __all__ = ["FieldLabel", "FieldSettingsRequest", "field_routes"]
 Sha = Annotated[str, FastApiPath(pattern=r"^[0-9a-f]{64}$")]
 TagPath = Annotated[str, FastApiPath(min_length=1, max_length=64)]
 _MEDIA = {"jpeg": "image/jpeg", "png": "image/png"}
+_BINARY = {"type": "string", "format": "binary"}
 
 
 class FieldSettingsRequest(BaseModel):
@@ -138,7 +139,13 @@ def field_routes(
         """One sample's record."""
         return registry.field_sample(sha256).to_dict()
 
-    @app.get("/field-data/samples/{sha256}/image", tags=["field-data"], dependencies=guards.viewer)
+    @app.get(
+        "/field-data/samples/{sha256}/image",
+        tags=["field-data"],
+        dependencies=guards.viewer,
+        response_class=Response,
+        responses={200: {"content": {media: {"schema": _BINARY} for media in _MEDIA.values()}}},
+    )
     def field_image(sha256: Sha) -> Response:
         """The sample's image bytes."""
         sample = registry.field_sample(sha256)
