@@ -72,6 +72,16 @@ class Leases(UnitOfWork):
                     session.add(row)
                 elif row.holder == holder and row.expires_at > now:
                     row.expires_at = now + ttl_s
+                elif row.expires_at <= now and row.holder == holder:
+                    # lapsed, and nobody took it since: nobody wrote under another epoch, so
+                    # the holder's fence stays good (a new epoch would cost a full takeover)
+                    log.info(
+                        "lease %s: %s renews it %.1f s after it lapsed (nobody took it)",
+                        name,
+                        holder,
+                        now - row.expires_at,
+                    )
+                    row.expires_at = now + ttl_s
                 elif row.expires_at <= now:
                     if row.holder != holder:
                         log.warning(

@@ -27,6 +27,10 @@ def test_one_holder_at_a_time_and_each_takeover_bumps_the_epoch(
     clock.advance(9)
     renewed = a.acquire_lease("rollouts", "a", ttl_s=10)  # a renewal keeps the epoch
     assert renewed is not None and renewed.epoch == 1 and renewed.expires_at == clock.now + 10
+    clock.advance(12)  # a renews late (a long batch): nobody took it, so its epoch stays
+    late = a.acquire_lease("rollouts", "a", ttl_s=10)
+    assert late is not None and late.epoch == 1
+    a.check_fence(first.fence)
     clock.advance(9.5)
     assert b.acquire_lease("rollouts", "b", ttl_s=10) is None  # renewed: still a's
     clock.advance(1)
