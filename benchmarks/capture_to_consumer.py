@@ -237,7 +237,7 @@ def make_certs(folder: Path) -> dict[str, Path]:
     }
     if not paths["server.der"].exists():
         write_self_signed_certificate(
-            paths["server.der"], paths["server.pem"], application_uri="urn:freeopcua:python:server"
+            paths["server.der"], paths["server.pem"], application_uri="urn:edgefleet:camera-box"
         )
         write_self_signed_certificate(
             paths["client.der"], paths["client.pem"], application_uri=CLIENT_URI, server=False

@@ -62,6 +62,11 @@ class OpcUaServerConfig(_Strict):
         description="where to listen; 0.0.0.0 for every interface",
     )
     namespace: str = Field(default="urn:edgefleet:line", min_length=1)
+    application_uri: str = Field(
+        default="urn:edgefleet:camera-box",
+        min_length=1,
+        description="the server's application URI; its certificate must name it (subject alt. name)",
+    )
     security: list[SecurityName] = Field(default=["Basic256Sha256_SignAndEncrypt"], min_length=1)
     certificate: Path | None = Field(default=None, description="the server's certificate (DER/PEM)")
     private_key: Path | None = Field(default=None, description="its private key (PEM)")
@@ -76,6 +81,11 @@ class OpcUaServerConfig(_Strict):
             self.certificate is None or self.private_key is None
         ):
             raise ValueError("security other than None needs certificate and private_key")
+        if self.trusted_clients is not None and "None" in self.security:
+            raise ValueError(
+                "trusted_clients pins client certificates, but security None lets clients in"
+                " without one: drop one of them"
+            )
         return self
 
 

@@ -15,14 +15,18 @@ Two ways, either or both:
 Security is what OPC UA users expect: ``Basic256Sha256`` with ``Sign`` or
 ``SignAndEncrypt`` and application certificates (DER or PEM); the server can
 pin the client certificates it accepts. ``None`` (no security) is offered only
-when the config lists it. ``asyncua`` runs on its own event-loop thread; the
-pipeline reaches it through a :class:`~edge_runtime.output_queue.QueuedSink`,
-so a PLC that stops answering never stalls classification.
+when the config lists it. ``asyncua`` runs on its own event-loop thread. The
+server's camera sinks never wait (each has a bounded newest-first queue the
+loop drains: writing to its own address space waits for no client); the
+write sink waits for the PLC, so the device runs it behind a
+:class:`~edge_runtime.output_queue.QueuedSink`, and a PLC that stops
+answering never stalls classification.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import threading
@@ -72,7 +76,7 @@ class _LoopThread:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(timeout)
-        except TimeoutError as exc:
+        except concurrent.futures.TimeoutError as exc:  # not the builtin one before Python 3.11
             future.cancel()
             raise OutputError(f"OPC UA call did not finish within {timeout:g} s") from exc
 
@@ -162,6 +166,7 @@ class OpcUaServer:
         await server.init()
         server.set_endpoint(config.endpoint)
         server.set_server_name("edgefleet camera box")
+        await server.set_application_uri(config.application_uri)
         server.set_security_policy([_policy(name) for name in config.security])
         if config.certificate is not None and config.private_key is not None:
             try:

@@ -59,7 +59,7 @@ def certs(tmp_path: Path) -> dict[str, Path]:
         )
     }
     write_self_signed_certificate(
-        paths["server.der"], paths["server.pem"], application_uri="urn:freeopcua:python:server"
+        paths["server.der"], paths["server.pem"], application_uri="urn:edgefleet:camera-box"
     )
     write_self_signed_certificate(
         paths["client.der"], paths["client.pem"], application_uri=CLIENT_URI, server=False

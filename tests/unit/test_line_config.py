@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from edge_runtime.config import load_config
-from edge_runtime.line_config import OpcUaOutputConfig, OpcUaWriteConfig
+from edge_runtime.line_config import OpcUaOutputConfig, OpcUaServerConfig, OpcUaWriteConfig
 
 EXAMPLE = (
     Path(__file__).resolve().parents[2] / "devices" / "config" / "line.multi-camera.example.yaml"
@@ -32,5 +32,7 @@ def test_opc_ua_settings_are_checked() -> None:
         OpcUaWriteConfig(url="opc.tcp://plc:4840", nodes={"label": "ns=2;s=L"})
     with pytest.raises(ValidationError, match="nodes"):
         OpcUaWriteConfig(url="opc.tcp://plc:4840", security="None", nodes={"colour": "ns=2;s=C"})
+    with pytest.raises(ValidationError, match="security None lets clients in"):
+        OpcUaServerConfig(security=["None"], trusted_clients=[Path("plc.der")])
     with pytest.raises(ValidationError, match="opc"):
         OpcUaWriteConfig(url="http://plc", security="None", nodes={"label": "ns=2;s=L"})
