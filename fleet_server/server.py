@@ -394,6 +394,6 @@ class FleetServer:
             return self.rollouts.command(rollout_id, verb, reason, time.time(), by=by)
 
     def plan(self, rollout_id: int) -> RolloutState | None:
-        """The live planner state of a rollout still followed (None once finished and settled)."""
-        with self._lock:
-            return self.rollouts.plan(rollout_id)
+        """The live planner state of a rollout still followed (None once finished and settled);
+        no lock (states are immutable), so an API read never waits for a batch or a takeover."""
+        return self.rollouts.plan(rollout_id)
