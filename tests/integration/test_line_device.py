@@ -220,3 +220,30 @@ def test_single_and_multi_camera_configs_are_checked() -> None:
             + "    outputs: {opcua: {server: {security: ['None']}}}\n"
         )
     assert [c.id for c in parse_config(base + source).camera_list()] == ["box"]
+
+
+def test_a_silent_camera_makes_a_multi_camera_device_unhealthy_and_names_it(bundle: Path) -> None:
+    device = RunningDevice(
+        {
+            "device_id": "line-3-box",
+            "bundle": bundle,
+            "cameras": [
+                {"id": "belt-1", "source": {"type": "fake-camera", "fps": 20}},
+                {"id": "belt-2", "source": {"type": "fake-camera", "fps": 20, "frames": 10}},
+            ],
+            "health": {"max_frame_age_s": 1},
+            "metrics": {"port": 0},
+        }
+    )
+    try:
+        status_url = url_of(device)
+        device.wait_for(lambda: get(f"{status_url}/healthz")[0] == 503)
+        reasons = json.loads(get(f"{status_url}/healthz")[1])["reasons"]
+        assert any(r.startswith("camera belt-2: no frame for") for r in reasons), reasons
+        assert not any("belt-1" in r for r in reasons)
+        belt_1 = ("edgefleet_camera_predictions_total", (("camera", "belt-1"),))
+        device.wait_for(
+            lambda: samples(get(f"{status_url}/metrics")[1])[belt_1] > 30
+        )  # still served
+    finally:
+        device.close()
