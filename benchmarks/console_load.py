@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import shutil
 import statistics
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +150,111 @@ def open_console(browser: Any, url: str, fragment: str, ready: str) -> tuple[Any
     return context, page, time.perf_counter() - started
 
 
+def timed_get(url: str) -> float:
+    """Seconds from sending a GET (with the token, gzip accepted) to the reply's last byte."""
+    request = urllib.request.Request(  # noqa: S310 - our own server on loopback
+        url, headers={"Authorization": f"Bearer {TOKEN}", "Accept-Encoding": "gzip"}
+    )
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as reply:  # noqa: S310
+        reply.read()
+    return time.perf_counter() - started
+
+
 def median(values: list[float]) -> float:
     return round(statistics.median(values), 4)
+
+
+_NO_GATE = dict.fromkeys(  # every check off: simulated devices run no model
+    (
+        "max_latency_ratio",
+        "max_budget_ratio",
+        "max_error_rate",
+        "max_confidence_drop",
+        "max_baseline_confidence_drop",
+        "max_class_shift",
+        "max_baseline_class_shift",
+    ),
+)
+
+
+def page_loads(browser: Any, url: str, pages: dict[str, tuple[str, str]], n: int) -> dict[str, Any]:
+    """Navigation-to-data seconds of each page, ``n`` cold loads each (interleaved), medians."""
+    loads: dict[str, list[float]] = {name: [] for name in pages}
+    for _ in range(n):
+        for name, (fragment, ready) in pages.items():
+            context, _page, seconds = open_console(browser, url, fragment, ready)
+            loads[name].append(round(seconds, 3))
+            context.close()
+    for name, values in loads.items():
+        print(f"load {name:8} {values} median {median(values):.3f} s", flush=True)
+    return {name: {"runs": v, "median": median(v)} for name, v in loads.items()}
+
+
+def server_replies(url: str, paths: dict[str, str], n: int) -> dict[str, Any]:
+    """The server's part of a load: each page's JSON built afresh (no ETag sent; 1.1 s apart,
+    past the page cache's minimum age, while telemetry moves the stamp), medians."""
+    replies: dict[str, list[float]] = {}
+    for name, path in paths.items():
+        for _ in range(n):
+            time.sleep(1.1)
+            replies.setdefault(name, []).append(round(timed_get(url + path), 4))
+        print(f"server reply {name:8} median {median(replies[name]):.3f} s", flush=True)
+    return {name: {"runs": v, "median": median(v)} for name, v in replies.items()}
+
+
+def cpu_windows(
+    browser: Any, url: str, caption: str, *, pid: int, feed: TelemetryFeed, args: Any
+) -> dict[str, Any]:
+    """The server's CPU share over windows without and with consoles open, A B B A."""
+    windows: dict[str, list[float]] = {"closed": [], "open": []}
+    loads_seen: list[float] = []
+    requests = {"total": 0, "not_modified": 0}
+
+    def count(response: Any) -> None:
+        if "/console/api/" in response.url:
+            requests["total"] += 1
+            requests["not_modified"] += response.status == 304
+
+    for round_ in range(args.repeats):
+        for condition in ["closed", "open"] if round_ % 2 == 0 else ["open", "closed"]:
+            opened = []
+            for _ in range(args.tabs if condition == "open" else 0):
+                context, page, _ = open_console(browser, url, "/fleet", caption)
+                page.on("response", count)
+                opened.append(context)
+            if opened:
+                time.sleep(3)  # past the first load: steady polling
+            sent, before = feed.sent, cpu_seconds(pid)
+            time.sleep(args.window)
+            share = 100 * (cpu_seconds(pid) - before) / args.window
+            windows[condition].append(round(share, 2))
+            load = os.getloadavg()[0]
+            loads_seen.append(round(load, 1))
+            print(
+                f"cpu {condition:6} round {round_ + 1}: server {share:.1f}% of a core "
+                f"({(feed.sent - sent) / args.window:.0f} telemetry snapshots/s; machine load "
+                f"average {load:.1f})",
+                flush=True,
+            )
+            for context in opened:
+                context.close()
+    closed, opened_ = median(windows["closed"]), median(windows["open"])
+    ratio = round(opened_ / closed, 3) if closed > 0 else None
+    print(
+        f"server CPU: {closed:.1f}% of a core without a console, {opened_:.1f}% with "
+        f"{args.tabs} open (median of {args.repeats}); ratio {ratio}"
+    )
+    print(
+        f"console requests in the open windows: {requests['total']}, "
+        f"{requests['not_modified']} answered 304"
+    )
+    return {
+        "cpu_percent": {**windows, "closed_median": closed, "open_median": opened_},
+        "cpu_ratio_open_over_closed": ratio,
+        "console_requests": requests,
+        "machine_load_average": loads_seen,
+    }
 
 
 def main() -> None:
@@ -193,20 +298,8 @@ def main() -> None:
             fleet.start(timeout=600)
             stack.callback(fleet.stop)
             print("rolling the bundle out (canary of 10, then everyone)", flush=True)
-            gate = dict.fromkeys(  # every check off: simulated devices run no model
-                (
-                    "max_latency_ratio",
-                    "max_budget_ratio",
-                    "max_error_rate",
-                    "max_confidence_drop",
-                    "max_baseline_confidence_drop",
-                    "max_class_shift",
-                    "max_baseline_class_shift",
-                ),
-                None,
-            )
-            wave = {"device_timeout_s": 600, "health_window_s": 0, "gate": gate}
-            rollout = api(
+            wave = {"device_timeout_s": 600, "health_window_s": 0, "gate": _NO_GATE}
+            rollout_id = api(
                 "POST",
                 "/rollouts",
                 {
@@ -214,12 +307,9 @@ def main() -> None:
                     "target": {"kind": "tags", "values": [TAG]},
                     "waves": [{"count": 10, **wave}, {"percent": 100, **wave}],
                 },
-            )
-            rollout_id = rollout["id"]
+            )["id"]
             wait_until(
-                "the rollout",
-                lambda: api("GET", f"/rollouts/{rollout_id}")["finished"],
-                900,
+                "the rollout", lambda: api("GET", f"/rollouts/{rollout_id}")["finished"], 1800
             )
             report["rollout_status"] = api("GET", f"/rollouts/{rollout_id}")["status"]
             feed = TelemetryFeed(host, port, names, sha256, args.telemetry_interval)
@@ -235,64 +325,20 @@ def main() -> None:
                     "rollout": (f"/rollouts/{rollout_id}", "article.wave >> nth=1"),
                     "device": ("/devices/sim-0001", "figure.chart svg"),
                 }
-                loads: dict[str, list[float]] = {name: [] for name in pages}
-                for _ in range(args.loads):
-                    for name, (fragment, ready) in pages.items():
-                        context, _page, seconds = open_console(browser, url, fragment, ready)
-                        loads[name].append(round(seconds, 3))
-                        context.close()
-                for name, values in loads.items():
-                    print(f"load {name:8} {values} median {median(values):.3f} s", flush=True)
-                report["load_s"] = {
-                    name: {"runs": v, "median": median(v)} for name, v in loads.items()
-                }
-
-                windows: dict[str, list[float]] = {"closed": [], "open": []}
-                requests = {"total": 0, "not_modified": 0}
-                for round_ in range(args.repeats):
-                    order = ["closed", "open"] if round_ % 2 == 0 else ["open", "closed"]
-                    for condition in order:
-                        opened = []
-                        if condition == "open":
-                            for _ in range(args.tabs):
-                                context, page, _ = open_console(browser, url, "/fleet", caption)
-
-                                def count(response: Any) -> None:
-                                    if "/console/api/" in response.url:
-                                        requests["total"] += 1
-                                        requests["not_modified"] += response.status == 304
-
-                                page.on("response", count)
-                                opened.append(context)
-                            time.sleep(3)  # past the first load: steady polling
-                        sent = feed.sent
-                        before = cpu_seconds(server.process.pid)
-                        time.sleep(args.window)
-                        used = cpu_seconds(server.process.pid) - before
-                        share = 100 * used / args.window
-                        windows[condition].append(round(share, 2))
-                        rate = (feed.sent - sent) / args.window
-                        print(
-                            f"cpu {condition:6} round {round_ + 1}: server {share:.1f}% of a core "
-                            f"({rate:.0f} telemetry snapshots/s)",
-                            flush=True,
-                        )
-                        for context in opened:
-                            context.close()
+                report["load_s"] = page_loads(browser, url, pages, args.loads)
+                report["server_reply_s"] = server_replies(
+                    url,
+                    {
+                        "fleet": "/console/api/fleet",
+                        "rollout": f"/console/api/rollouts/{rollout_id}",
+                        "device": "/console/api/devices/sim-0001",
+                    },
+                    args.loads,
+                )
+                report |= cpu_windows(
+                    browser, url, caption, pid=server.process.pid, feed=feed, args=args
+                )
                 browser.close()
-            closed, opened_ = median(windows["closed"]), median(windows["open"])
-            ratio = round(opened_ / closed, 3) if closed > 0 else None
-            report["cpu_percent"] = {**windows, "closed_median": closed, "open_median": opened_}
-            report["cpu_ratio_open_over_closed"] = ratio
-            report["console_requests"] = requests
-            print(
-                f"server CPU: {closed:.1f}% of a core without a console, {opened_:.1f}% with "
-                f"{args.tabs} open (median of {args.repeats}); ratio {ratio}"
-            )
-            print(
-                f"console requests in the open windows: {requests['total']}, "
-                f"{requests['not_modified']} answered 304"
-            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json is not None:

@@ -206,6 +206,18 @@ def test_an_operator_rolls_out_through_the_console_and_a_viewer_cannot_abort(
             assert "2.0.0" in page.locator("section", has_text="Versions it ran").inner_text()
             page.locator("figure.chart svg").first.wait_for()
             shot(page, c.shots, "device")
+            # pin it to v1 and unpin it again: the registry keeps both, the page says so
+            page.select_option("#pin-bundle", value=c.sha["v1"])
+            page.get_by_role("button", name="Pin", exact=True).click()
+            pinned = page.locator("dl.facts dt", has_text="Pinned").locator(
+                "xpath=following-sibling::dd[1]"
+            )
+            pinned.filter(has_text="tiny-classifier 1.0.0").wait_for(timeout=WAIT_MS)
+            assert c.fleet.registry is not None
+            assert c.fleet.registry.device(canary_id).pinned_bundle == c.sha["v1"]
+            page.get_by_role("button", name="Unpin").click()
+            pinned.filter(has_text="no").wait_for(timeout=WAIT_MS)
+            assert c.fleet.registry.device(canary_id).pinned_bundle is None
 
             # the bundles: v2's release signature checked against the root
             page.get_by_role("link", name="Bundles").click()
