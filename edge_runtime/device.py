@@ -254,12 +254,18 @@ class DeviceRuntime:
     def _camera_check(self, slot: WakingSlot, camera: str) -> Callable[[], str | None]:
         """A multi-camera device's health check for one camera: frames keep arriving."""
         health = self.health
+        created = time.monotonic()
 
         def check() -> str | None:
             now = time.monotonic()
             last = slot.last_put
             if last is None:
-                return None  # the device-wide startup grace covers a camera that never started
+                if now - created > health.startup_grace_s:
+                    return (
+                        f"camera {camera}: no frame received yet ({now - created:.1f} s,"
+                        f" grace {health.startup_grace_s:g} s)"
+                    )
+                return None
             if now - last > health.max_frame_age_s:
                 return (
                     f"camera {camera}: no frame for {now - last:.1f} s"

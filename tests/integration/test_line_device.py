@@ -222,7 +222,7 @@ def test_single_and_multi_camera_configs_are_checked() -> None:
     assert [c.id for c in parse_config(base + source).camera_list()] == ["box"]
 
 
-def test_a_silent_camera_makes_a_multi_camera_device_unhealthy_and_names_it(bundle: Path) -> None:
+def test_silent_cameras_make_a_multi_camera_device_unhealthy_and_are_named(bundle: Path) -> None:
     device = RunningDevice(
         {
             "device_id": "line-3-box",
@@ -230,8 +230,9 @@ def test_a_silent_camera_makes_a_multi_camera_device_unhealthy_and_names_it(bund
             "cameras": [
                 {"id": "belt-1", "source": {"type": "fake-camera", "fps": 20}},
                 {"id": "belt-2", "source": {"type": "fake-camera", "fps": 20, "frames": 10}},
+                {"id": "belt-3", "source": {"type": "fake-camera", "refuse_opens": 1000}},
             ],
-            "health": {"max_frame_age_s": 1},
+            "health": {"max_frame_age_s": 1, "startup_grace_s": 2},
             "metrics": {"port": 0},
         }
     )
@@ -239,7 +240,11 @@ def test_a_silent_camera_makes_a_multi_camera_device_unhealthy_and_names_it(bund
         status_url = url_of(device)
         device.wait_for(lambda: get(f"{status_url}/healthz")[0] == 503)
         reasons = json.loads(get(f"{status_url}/healthz")[1])["reasons"]
+        device.wait_for(lambda: "belt-2" in get(f"{status_url}/healthz")[1])
+        device.wait_for(lambda: "belt-3" in get(f"{status_url}/healthz")[1])
+        reasons = json.loads(get(f"{status_url}/healthz")[1])["reasons"]
         assert any(r.startswith("camera belt-2: no frame for") for r in reasons), reasons
+        assert any(r.startswith("camera belt-3: no frame received yet") for r in reasons), reasons
         assert not any("belt-1" in r for r in reasons)
         belt_1 = ("edgefleet_camera_predictions_total", (("camera", "belt-1"),))
         device.wait_for(
