@@ -239,7 +239,6 @@ def test_silent_cameras_make_a_multi_camera_device_unhealthy_and_are_named(bundl
     try:
         status_url = url_of(device)
         device.wait_for(lambda: get(f"{status_url}/healthz")[0] == 503)
-        reasons = json.loads(get(f"{status_url}/healthz")[1])["reasons"]
         device.wait_for(lambda: "belt-2" in get(f"{status_url}/healthz")[1])
         device.wait_for(lambda: "belt-3" in get(f"{status_url}/healthz")[1])
         reasons = json.loads(get(f"{status_url}/healthz")[1])["reasons"]
