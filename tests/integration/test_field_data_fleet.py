@@ -1,4 +1,4 @@
-"""Field data end to end: a real device agent, a real broker (restarted mid-upload), the real server.
+"""Field data end to end: real device agents, Mosquitto (restarted mid-upload), the real server.
 
 Collection is off until the operator enables it for the device's group; under
 a flood of low-confidence frames the per-minute cap holds; samples taken
@@ -30,10 +30,12 @@ TOKEN = "field-token"
 
 
 @pytest.mark.broker
-def test_collect_upload_resume_label_and_export(tmp_path: Path, mqtt_broker: LocalBroker) -> None:
+def test_collect_upload_resume_label_and_export(
+    tmp_path: Path, mosquitto_broker: LocalBroker
+) -> None:
     # a model that is never sure: every frame is a low-confidence frame
     make_bundle(tmp_path / "v1.efb", tiny_onnx_model(scale=0.05), "onnx", "1.0.0", True)
-    with LocalFleet(tmp_path / "fleet", mqtt_broker.port) as fleet:
+    with LocalFleet(tmp_path / "fleet", mosquitto_broker.port) as fleet:
         fleet.release("v1", tmp_path / "v1.efb")
         fleet.provision("cam-1", tags=["line-1"])
         fleet.provision("cam-2", tags=["line-2"])
@@ -76,12 +78,12 @@ def test_collect_upload_resume_label_and_export(tmp_path: Path, mqtt_broker: Loc
         # more per minute, then the broker goes away: samples wait on the device's disk
         run("field-data", "enable", "line-1", "--below-confidence", "0.9", "--per-minute", "600")
         wait_for(lambda: cam1.settings.per_minute == 600, 30)
-        mqtt_broker.stop()
+        mosquitto_broker.stop()
         before = cam1.stored
         wait_for(lambda: cam1.stored >= before + 5, 30, message="nothing collected offline")
         waiting = {sha for sha, _ in cam1.ring.oldest(1000)}
         assert len(waiting) >= 5
-        mqtt_broker.start()
+        mosquitto_broker.start()
         # ... and go up once it is back (each image stored once, however often it was sent)
         wait_for(
             lambda: waiting <= {s.sha256 for s in registry.field_samples(limit=10_000)},
