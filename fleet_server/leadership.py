@@ -152,4 +152,12 @@ class LeaseKeeper:
                 self._stop.wait(1.0)
                 continue
             self._stalled = False
+            started = time.monotonic()
             self._renew()
+            took = time.monotonic() - started
+            if took > self.leadership.ttl_s / 3:  # the lease's slack is running out: say why
+                log.warning(
+                    "renewing the lease of the rollouts took %.1f s (its time to live is %g s)",
+                    took,
+                    self.leadership.ttl_s,
+                )

@@ -92,15 +92,18 @@ class Api:
                 f"{method} {path}: {self.urls[replica]} did not answer: {exc}"
             ) from exc
 
-    def to_any(self, method: str, path: str, body: Any = None) -> Any:
-        """The call to the first replica that takes it (rollout changes go to the leader only)."""
-        for replica in range(len(self.urls)):
-            try:
-                return self(method, path, body, replica=replica)
-            except NotLeaderError:  # not a time-out: that one may have acted on it
-                if replica == len(self.urls) - 1:
-                    raise
-        raise AssertionError("unreachable")
+    def to_any(self, method: str, path: str, body: Any = None, *, patience_s: float = 30.0) -> Any:
+        """The call to the first replica that takes it (rollout changes go to the leader only);
+        while the lead changes hands (every replica says 503), tried again for ``patience_s``."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            for replica in range(len(self.urls)):
+                try:
+                    return self(method, path, body, replica=replica)
+                except NotLeaderError:  # not a time-out: that one may have acted on it
+                    if replica == len(self.urls) - 1 and time.monotonic() >= deadline:
+                        raise
+            time.sleep(1.0)
 
     def metrics(self, replica: int) -> str | None:
         """Replica ``replica``'s ``/metrics`` text, or None when it does not answer one."""
