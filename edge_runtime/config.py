@@ -184,6 +184,11 @@ class DeviceConfig(_Strict):
     cameras: list[CameraConfig] | None = Field(
         default=None, min_length=1, description="several cameras in one process (instead of source)"
     )
+    inference: Literal["round-robin", "per-camera"] = Field(
+        default="round-robin",
+        description="several cameras: one interpreter taking them in turn, or one per camera"
+        " on its own thread",
+    )
     bundle: Path | None = Field(default=None, description="bundle to serve at start")
     store: Path = Field(default=Path("/var/lib/edgefleet"), description="bundle store folder")
     backend: str = Field(

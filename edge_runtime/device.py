@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_runtime.bundle import read_bundle
-from edge_runtime.cameras import RoundRobinInference, WakingSlot
+from edge_runtime.cameras import (
+    CameraModel,
+    PerCameraInference,
+    RoundRobinInference,
+    WakingSlot,
+)
 from edge_runtime.classifier import Classifier
 from edge_runtime.config import CameraConfig, DeviceConfig, OutputsConfig
 
@@ -76,9 +81,15 @@ class Camera:
     """One camera of the device: its slot, capture thread and outputs."""
 
     def __init__(
-        self, config: CameraConfig, slot: LatestFrameSlot, sinks: list[PredictionSink]
+        self,
+        config: CameraConfig,
+        slot: LatestFrameSlot,
+        sinks: list[PredictionSink],
+        model: ActiveModel,
     ) -> None:
         self.id = config.id
+        self.model = model
+        """The device's active model, or this camera's own interpreter of it (per-camera inference)."""
         self.config = config
         self.slot = slot
         self.sinks = sinks
@@ -201,7 +212,10 @@ class DeviceRuntime:
                 self.health.add_check(self._camera_check(waking, camera_config.id))
                 slot = waking
             sinks = self._sinks(camera_config.id, camera_config.outputs or self.config.outputs)
-            cameras.append(Camera(camera_config, slot, sinks))
+            model = self.model
+            if self.multi and self.config.inference == "per-camera":
+                model = CameraModel(self.model, self.config.backend, self.config.threads)
+            cameras.append(Camera(camera_config, slot, sinks, model))
         return cameras
 
     def _sinks(self, camera: str, outputs: OutputsConfig) -> list[PredictionSink]:
@@ -339,7 +353,7 @@ class DeviceRuntime:
             camera.id if self.multi else self.config.device_id,
             capture=camera.capture,
             slot=camera.slot,
-            model=self.model,
+            model=camera.model,
             sinks=camera.sinks,
             metrics=self.metrics,
             health=self.health,
@@ -403,7 +417,9 @@ class DeviceRuntime:
         pipelines = [self._pipeline(camera) for camera in self.cameras]
         deadline = None if duration_s is None else started + duration_s
         try:
-            if self.multi:
+            if self.multi and self.config.inference == "per-camera":
+                stats = PerCameraInference(pipelines).run(stop, max_frames, deadline)
+            elif self.multi:
                 loop = RoundRobinInference(pipelines, self._wake)
                 stats = loop.run(stop, max_frames=max_frames, deadline=deadline)
             else:

@@ -251,3 +251,46 @@ def test_silent_cameras_make_a_multi_camera_device_unhealthy_and_are_named(bundl
         )  # still served
     finally:
         device.close()
+
+
+def test_per_camera_inference_gives_each_camera_its_own_interpreter_and_follows_swaps(
+    tmp_path: Path, onnx_model: bytes
+) -> None:
+    from edge_runtime.bundle import read_bundle
+    from edge_runtime.classifier import Classifier
+
+    v1, v2 = tmp_path / "v1.efb", tmp_path / "v2.efb"
+    make_bundle(v1, onnx_model, "onnx", "1.0.0", softmax=True)
+    make_bundle(v2, onnx_model, "onnx", "2.0.0", softmax=True)
+    cameras = ["belt-1", "belt-2"]
+    device = RunningDevice(
+        {
+            "device_id": "line-3-box",
+            "bundle": v1,
+            "inference": "per-camera",
+            "cameras": [
+                {"id": camera, "source": {"type": "fake-camera", "fps": 30}} for camera in cameras
+            ],
+            "outputs": {"jsonl": {"path": str(tmp_path / "{camera}.jsonl")}},
+            "metrics": {"enabled": False},
+        }
+    )
+    try:
+        device.wait_for(lambda: all(len(lines(tmp_path / f"{c}.jsonl")) >= 5 for c in cameras))
+        models = [camera.model for camera in device.runtime.cameras]
+        own = [model.current for model in models]
+        assert own[0] is not own[1] and device.runtime.model.current not in own
+        device.runtime.model.swap(Classifier(read_bundle(v2)))
+        device.wait_for(
+            lambda: all(
+                any(p["bundle_version"] == "2.0.0" for p in lines(tmp_path / f"{c}.jsonl"))
+                for c in cameras
+            )
+        )
+    finally:
+        summary = device.close()
+    assert summary is not None and summary.stats.inference_errors == 0
+    for camera in cameras:
+        versions = [p["bundle_version"] for p in lines(tmp_path / f"{camera}.jsonl")]
+        switch = versions.index("2.0.0")
+        assert set(versions[:switch]) == {"1.0.0"} and set(versions[switch:]) == {"2.0.0"}
