@@ -219,13 +219,15 @@ def consumer_main(argv: list[str]) -> None:
 # --- the run ---------------------------------------------------------------------------------
 
 
-def make_bundle(folder: Path) -> Path:
+def make_bundle(folder: Path, model: str = "tiny") -> Path:
+    """The tests' tiny ONNX classifier, or their deliberately slow one (tens of ms per frame)."""
     from tests.media import make_bundle as assemble
-    from tests.models import tiny_onnx_model
+    from tests.models import slow_onnx_model, tiny_onnx_model
 
-    path = folder / "tiny-onnx.efb"
+    path = folder / f"{model}-onnx.efb"
     if not path.exists():
-        assemble(path, tiny_onnx_model(scale=40.0), "onnx", softmax=True)
+        data = tiny_onnx_model(scale=40.0) if model == "tiny" else slow_onnx_model()
+        assemble(path, data, "onnx", softmax=True)
     return path
 
 
@@ -270,6 +272,7 @@ def device_config(
         config["source"] = source
     else:
         config["cameras"] = [{"id": camera, "source": source} for camera in cameras]
+        config["inference"] = INFERENCE
     if opcua is not None:
         endpoint, certs = opcua
         config["outputs"]["opcua"] = {
@@ -286,6 +289,8 @@ def device_config(
     return config
 
 
+INFERENCE = "round-robin"
+"""--inference: how a multi-camera device shares the model."""
 SWITCH_INTERVAL_MS: float | None = None
 """--switch-interval-ms: the device process's GIL switch interval (None: Python's 5 ms)."""
 
@@ -479,6 +484,7 @@ def measure_rss(
 def print_table(result: dict[str, Any]) -> None:
     print(
         f"\n{result['cameras']} camera(s), {result['seconds']:g} s,"
+        f" {result['model']} model, inference {result['inference']},"
         f" GIL switch interval {result['switch_interval_ms']:g} ms,"
         f" load average {result['load_avg'][0]:.1f}; {result['predictions']} predictions;"
         f" invoke p50 {result['invoke_p50_ms']:.3f} ms p99 {result['invoke_p99_ms']:.3f} ms;"
@@ -524,6 +530,19 @@ def main() -> None:
         "--work", type=Path, default=Path(tempfile.gettempdir()) / "edgefleet-capture-to-consumer"
     )
     parser.add_argument(
+        "--inference",
+        nargs="+",
+        default=["round-robin"],
+        choices=["round-robin", "per-camera"],
+        help="how several cameras share the model; several: ABBA order",
+    )
+    parser.add_argument(
+        "--model",
+        choices=["tiny", "slow"],
+        default="tiny",
+        help="the tests' tiny or slow ONNX model",
+    )
+    parser.add_argument(
         "--nice",
         type=int,
         default=0,
@@ -537,7 +556,7 @@ def main() -> None:
         os.nice(args.nice)  # inherited by every process this run starts
 
     args.work.mkdir(parents=True, exist_ok=True)
-    bundle = make_bundle(args.work)
+    bundle = make_bundle(args.work, args.model)
     certs = make_certs(args.work)
     broker = LocalBroker.mosquitto(args.work / "mosquitto")
     report: dict[str, Any] = {
@@ -546,17 +565,21 @@ def main() -> None:
         "scenarios": [],
     }
     try:
-        global SWITCH_INTERVAL_MS  # noqa: PLW0603 - one setting for every device this run starts
-        values = args.switch_interval_ms
-        order = values if len(values) == 1 else [*values, *reversed(values)]
+        global SWITCH_INTERVAL_MS, INFERENCE  # one setting for every device of a scenario
+        variants = [(v, m) for v in args.switch_interval_ms for m in args.inference]
+        order = variants if len(variants) == 1 else [*variants, *reversed(variants)]
         for n in args.cameras:
-            for value in order:
-                SWITCH_INTERVAL_MS = value
+            for value, mode in order:
+                if n == 1 and mode != args.inference[0]:
+                    continue  # one camera: the inference mode does not apply
+                SWITCH_INTERVAL_MS, INFERENCE = value, mode
                 result = run_scenario(
                     args.work, bundle, certs, broker_port=broker.port, n_cameras=n,
                     seconds=args.seconds,
                 )  # fmt: skip
                 result["switch_interval_ms"] = 5.0 if value is None else value
+                result["inference"] = mode if n > 1 else "single"
+                result["model"] = args.model
                 result["load_avg"] = os.getloadavg()
                 report["scenarios"].append(result)
                 print_table(result)
