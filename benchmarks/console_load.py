@@ -51,6 +51,7 @@ from edge_runtime.bundle import read_bundle
 from edgefleet.fleet_sim import SimFleetProcesses
 from edgefleet.rollout_benchmark.payload import synthetic_bundle
 from edgefleet.rollout_benchmark.services import TOKEN, Api, broker, start_replicas, stop_replicas
+from fleet_server.api.console_routes import FLEET_MIN_AGE_S
 from fleet_server.process import connect_client
 from fleet_server.trust import Expiry, Repository, init_keys
 
@@ -192,12 +193,12 @@ def page_loads(browser: Any, url: str, pages: dict[str, tuple[str, str]], n: int
 
 
 def server_replies(url: str, paths: dict[str, str], n: int) -> dict[str, Any]:
-    """The server's part of a load: each page's JSON built afresh (no ETag sent; 1.1 s apart,
+    """The server's part of a load: each page's JSON built afresh (no ETag sent; 5.5 s apart,
     past the page cache's minimum age, while telemetry moves the stamp), medians."""
     replies: dict[str, list[float]] = {}
     for name, path in paths.items():
         for _ in range(n):
-            time.sleep(1.1)
+            time.sleep(FLEET_MIN_AGE_S + 0.5)
             replies.setdefault(name, []).append(round(timed_get(url + path), 4))
         print(f"server reply {name:8} median {median(replies[name]):.3f} s", flush=True)
     return {name: {"runs": v, "median": median(v)} for name, v in replies.items()}

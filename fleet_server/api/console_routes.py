@@ -34,6 +34,10 @@ __all__ = ["console_routes"]
 
 RolloutId = Annotated[int, FastApiPath(ge=1, le=2**31 - 1)]
 _JSON = "application/json"
+FLEET_MIN_AGE_S = 5.0
+"""The fleet overview is rebuilt at most this often: on a live fleet its telemetry figures move
+every second, and rebuilding a 1,000-device page on each poll is what an open console would
+cost the server (devices report every 10 s by default)."""
 
 
 def _schema(description: str) -> dict[int | str, dict[str, Any]]:
@@ -62,9 +66,13 @@ def console_routes(
     releases = ReleaseCheck(server.repository.folder)
 
     def page(
-        request: Request, key: str, stamp: Callable[[], str], build: Callable[[], Any]
+        request: Request,
+        key: str,
+        stamp: Callable[[], str],
+        build: Callable[[], Any],
+        min_age_s: float | None = None,
     ) -> Response:
-        return _reply(request, pages.get(key, stamp, build))
+        return _reply(request, pages.get(key, stamp, build, min_age_s=min_age_s))
 
     @app.get("/console/api/me", tags=["console"], dependencies=guards.viewer)
     def me(request: Request) -> dict[str, str]:
@@ -82,7 +90,11 @@ def console_routes(
     def fleet(request: Request) -> Response:
         """Every device: link, update phase, version, last seen, health, newest field figures."""
         return page(
-            request, "fleet", lambda: views.stamp("fleet"), lambda: views.fleet(time.time())
+            request,
+            "fleet",
+            lambda: views.stamp("fleet"),
+            lambda: views.fleet(time.time()),
+            FLEET_MIN_AGE_S,
         )
 
     @app.get(

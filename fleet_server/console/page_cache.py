@@ -56,14 +56,22 @@ class PageCache:
         self.builds = 0
         """How many times a page was built (for tests and benchmarks)."""
 
-    def get(self, key: str, stamp: Callable[[], str], build: Callable[[], Any]) -> Built:
-        """The page ``key``: cached while its stamp holds (or it is younger than ``min_age_s``),
-        else built now by ``build`` (JSON-ready values)."""
+    def get(
+        self,
+        key: str,
+        stamp: Callable[[], str],
+        build: Callable[[], Any],
+        *,
+        min_age_s: float | None = None,
+    ) -> Built:
+        """The page ``key``: cached while its stamp holds (or it is younger than ``min_age_s``,
+        default the cache's), else built now by ``build`` (JSON-ready values)."""
+        youngest = self.min_age_s if min_age_s is None else min_age_s
         with self._lock:
             page_lock = self._building.setdefault(key, threading.Lock())
         with page_lock:  # one build per page at a time; the others wait and take it
             cached = self._cached(key)
-            if cached is not None and self._clock() - cached.built_at < self.min_age_s:
+            if cached is not None and self._clock() - cached.built_at < youngest:
                 return cached
             current = stamp()
             if cached is not None and cached.etag == _etag(current):

@@ -136,8 +136,8 @@ def test_console_reads_need_a_token_and_answer_304_until_something_changes(api: 
             "quality": {"mean_confidence": 0.8},
         },
     )
-    # a page is rebuilt at most once a second however often consoles poll: the change shows
-    # within that second
+    # the overview is rebuilt at most every 5 s however often consoles poll: the change shows
+    # within those seconds
     deadline = time.monotonic() + 10
     while True:
         status, headers, body = fetch(
