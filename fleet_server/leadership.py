@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge_runtime.supervise import SupervisedThread, WorkerHealth
+from fleet_server.errors import NotLeaderError
 from fleet_server.registry import Registry
 from fleet_server.registry.leases import Fence, LeaseInfo
 
@@ -94,6 +95,15 @@ class Leadership:
         if self.fence is not None:
             self.registry.release_lease(self.fence)
             self.fence = None
+
+    def require(self) -> None:
+        """:class:`NotLeaderError` (a 503 naming the leader) unless this replica leads."""
+        if not self.leading:
+            leader = self.leader() or "no replica yet"
+            raise NotLeaderError(
+                f"replica {self.replica_id} does not lead the rollouts; {leader} does: "
+                "send rollout changes there"
+            )
 
     def leader(self) -> str | None:
         """The replica that holds the lease now, as stored (None: nobody, or it expired)."""

@@ -99,22 +99,18 @@ class FleetServer:
         """Events, telemetry and availability changes per device: 120 a minute, bursts of 240."""
         self._lock = threading.RLock()
         self.credentials = DeviceCredentials(registry, broker_auth, self._lock)
-        self.inbox = ReportInbox()
-        """Device reports, queued by paho's network thread, handled by the server's own thread."""
+        self.inbox = ReportInbox()  # queued by paho's network thread, read by the worker
         self.instruments = instruments or ServerInstruments()  # report batches, for /metrics
         self._stop = threading.Event()
         self._thread: SupervisedThread | None = None
         self.signer = OnlineSigner(
             repository, online_keys, MetadataPublisher(client, repository, prefix)
-        )
-        """The leader's signing of assignments and publishing of metadata."""
-        self.leadership = Leadership(registry, replica_id or default_replica_id(), lease_ttl_s)
-        """Whether this replica leads the rollouts (the lease on the shared database)."""
+        )  # the leader's signing of assignments and publishing of metadata
+        leases = registry.dedicated()  # renewals never wait for a pooled connection
+        self.leadership = Leadership(leases, replica_id or default_replica_id(), lease_ttl_s)
         self.keeper = LeaseKeeper(self.leadership, self._renew)  # renews on its own thread
-        self.share_group = share_group
-        """MQTT shared-subscription group: replicas split the device reports (None: all here)."""
-        self.rollouts = RolloutCoordinator(registry, self.signer.execute)
-        """The rollouts' planner states (while leading); fed reports, ticks and telemetry."""
+        self.share_group = share_group  # MQTT shared subscriptions: replicas split the reports
+        self.rollouts = RolloutCoordinator(registry, self.signer.execute)  # plans, while leading
         self._paths = BundleFolder(self.bundle_folder)  # shared by replicas: any imports, all serve
         self._prev_on_connect: Any = None
         self.chunks = ChunkServer(client, self._paths, prefix=prefix, share_group=share_group)
@@ -147,7 +143,8 @@ class FleetServer:
         self._prev_on_connect = self.client.on_connect
         self.client.on_connect = self._on_connect
         self.credentials.write_broker_files()
-        self._lead(time.monotonic())
+        self.leadership.renew(time.monotonic())
+        self._take_turn()
         self._thread = SupervisedThread(self._run, "fleet-server")
         self._thread.start()
         self.keeper.start()
@@ -163,6 +160,8 @@ class FleetServer:
         if self.sweep is not None:
             self.sweep.stop()
         self.leadership.release()
+        if self.leadership.registry is not self.registry:
+            self.leadership.registry.close()
         for leaf in REPORT_KINDS:
             self.client.message_callback_remove(f"{self.prefix}/devices/+/{leaf}")
             self.client.unsubscribe(f"{self.prefix}/devices/+/{leaf}")
@@ -204,6 +203,7 @@ class FleetServer:
         next_tick = time.monotonic() + self.tick_s
         while not self._stop.is_set():
             self.keeper.beat()
+            self._take_turn()
             if self.sweep is not None:
                 self.sweep.poll(time.monotonic(), self.leadership.leading)
             batch = self.inbox.gather(next_tick - time.monotonic())
@@ -234,36 +234,42 @@ class FleetServer:
             except Exception:  # logged; the next tick retries from the saved state
                 log.exception("rollout tick failed")
 
-    def _lead(self, monotonic_now: float) -> None:
-        """Renew the leader lease; on gaining it resume the rollouts from the database and
-        publish the metadata, on losing it drop every plan (the new leader has them)."""
-        turn = self.leadership.renew(monotonic_now)
-        with self._lock:
-            if turn.lost:
-                self.rollouts.forget_all()
-                if self.sweep is not None:
-                    self.sweep.stop()
-            if turn.gained:
-                self.rollouts = RolloutCoordinator(
-                    self.registry, self.signer.execute, self.leadership.fence
-                )
-                try:
-                    now = time.time()
-                    self.rollouts.resume(now)
-                    self.rollouts.catch_up(now, everyone=True)
-                    self.signer.republish_all.set()  # another leader's may be newer
-                    self.signer.publish()
-                    if self.sweep is not None:  # reports a dead leader took with it
-                        self.sweep.begin(monotonic_now, "this replica takes the lead")
-                except BaseException:  # lead half taken: let go, the next renewal retakes it
-                    self._step_down("taking over the rollouts failed")
-                    raise
-
     def _renew(self) -> None:
+        """The lease keeper's turn (its own thread): renew only; the worker acts on a change."""
         try:
-            self._lead(time.monotonic())
+            self.leadership.renew(time.monotonic())
         except Exception:  # the database is away: keep trying; the fence guards every write
             log.exception("renewing the leader lease failed")
+
+    def _take_turn(self) -> None:
+        """On the worker, follow the lease: lost, drop every plan; gained, resume the rollouts,
+        catch up with every device, publish metadata, sweep (the keeper renews meanwhile)."""
+        fence = self.leadership.fence
+        if fence == self.rollouts.fence:
+            return
+        with self._lock:
+            self.rollouts.forget_all()
+            self.rollouts = RolloutCoordinator(self.registry, self.signer.execute, fence)
+            if fence is None:
+                if self.sweep is not None:
+                    self.sweep.stop()
+                return
+            try:
+                now = time.time()
+                self.rollouts.resume(now)
+                self.rollouts.catch_up(now, everyone=True)
+                self.signer.republish_all.set()  # another leader's may be newer
+                self.signer.publish()
+                if self.sweep is not None:  # reports a dead leader took with it
+                    self.sweep.begin(time.monotonic(), "this replica takes the lead")
+            except BaseException:  # lead half taken: let go, the next renewal retakes it
+                self._step_down("taking over the rollouts failed")
+                raise
+
+    def _require_lead(self) -> None:
+        self.leadership.require()
+        if self.rollouts.fence != self.leadership.fence:  # gained, not yet resumed
+            raise NotLeaderError("this replica is taking over the rollouts: try again shortly")
 
     def _step_down(self, why: str) -> None:
         with self._lock:
@@ -271,13 +277,6 @@ class FleetServer:
             self.rollouts.forget_all()
             if self.sweep is not None:
                 self.sweep.stop()
-
-    def _require_lead(self) -> None:
-        if not self.leadership.leading:
-            leader = self.leadership.leader() or "no replica yet"
-            raise NotLeaderError(
-                f"replica {self.leadership.replica_id} does not lead the rollouts; {leader} does: send rollout changes there"
-            )
 
     def _handle_batch(self, batch: list[Inbound]) -> None:
         """Ingest a burst of reports in one database transaction; rollout plans are saved once.

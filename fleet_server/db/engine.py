@@ -67,7 +67,10 @@ def _safe(url: URL) -> str:
 
 
 def make_engine(
-    url: str = DEFAULT_DATABASE_URL, *, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S
+    url: str = DEFAULT_DATABASE_URL,
+    *,
+    busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S,
+    pool_size: int | None = None,
 ) -> Engine:
     """An engine for ``url`` set up for the fleet server.
 
@@ -75,7 +78,8 @@ def make_engine(
     busy timeout, and ``BEGIN IMMEDIATE`` for write transactions; the file's
     folder must exist. PostgreSQL (``postgresql://`` means psycopg 3):
     connections are checked before use (``pool_pre_ping``), so a restarted
-    database server costs no failed request.
+    database server costs no failed request; ``pool_size`` caps the pool
+    exactly (no overflow: a dedicated engine), else SQLAlchemy's default.
     """
     try:
         parsed = make_url(url)
@@ -88,7 +92,8 @@ def make_engine(
             engine = create_engine(parsed, connect_args={"timeout": busy_timeout_s})
             _configure_sqlite(engine, busy_timeout_s)
         else:
-            engine = create_engine(parsed, pool_pre_ping=True)
+            sizing = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": 0}
+            engine = create_engine(parsed, pool_pre_ping=True, **sizing)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise RegistryError(f"cannot use database {_safe(parsed)}: {exc}") from exc
     return engine

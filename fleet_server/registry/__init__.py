@@ -85,6 +85,18 @@ class Registry(
         registry._engine = engine
         return registry
 
+    def dedicated(self) -> Registry:
+        """The same database on a connection of its own (PostgreSQL), for work that must never
+        queue behind the shared pool (the leader lease's renewals, while API requests and
+        report batches hold every pooled connection); on SQLite, this registry. Close it after.
+        """
+        if self._engine is None or self._engine.dialect.name == "sqlite":
+            return self
+        engine = db.make_engine(self._engine.url.render_as_string(hide_password=False), pool_size=1)
+        registry = type(self)(db.session_factory(engine), clock=self._clock)
+        registry._engine = engine
+        return registry
+
     def close(self) -> None:
         """Release the database connections of a registry made by :meth:`open`."""
         if self._engine is not None:

@@ -250,13 +250,22 @@ def test_the_leader_killed_mid_wave_is_replaced_and_nothing_is_lost_or_doubled(
     active = {d.device_id: d.state.active.sha256 if d.state.active else None for d in sim.devices}
     assert active == dict.fromkeys(names, bundle.sha256)
     assert {d.device_id: d.errors for d in sim.devices if d.errors} == {}
+
     # no report lost or applied twice: each transition once, each outcome once
-    events = Counter(
-        item.device_id
-        for item in registry.timeline(limit=10_000)
-        if item.kind == "device-event" and item.device_id is not None
-    )
-    assert events == dict.fromkeys(names, _TRANSITIONS)
+    def events() -> Counter[str]:
+        return Counter(
+            item.device_id
+            for item in registry.timeline(limit=10_000)
+            if item.kind == "device-event" and item.device_id is not None
+        )
+
+    # the events the killed leader took with it come back with the new leader's sweep of the
+    # devices' retained states (`recent`), which may finish after the rollout did
+    try:
+        _wait(lambda: events() == dict.fromkeys(names, _TRANSITIONS), 30, "every event stored")
+    except AssertionError:
+        assert events() == dict.fromkeys(names, _TRANSITIONS)  # the difference, shown
+        raise
     outcomes = Counter(
         item.device_id
         for item in registry.timeline(rollout_id=rollout_id, limit=10_000)
