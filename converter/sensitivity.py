@@ -543,13 +543,25 @@ def onnx_output_error(
     reference = _onnx_scores(reference_model, samples)
     float_nodes = {node.name: node for node in reference_model.graph.node}
     float_inits = {init.name: init for init in reference_model.graph.initializer}
+    input_readers: dict[str, set[str]] = {
+        graph_input.name: set() for graph_input in reference_model.graph.input
+    }
+    for node in reference_model.graph.node:
+        for name in node.input:
+            if name in input_readers:
+                input_readers[name].add(node.name)
 
     def error(excluded: list[str]) -> float:
         model = onnx.ModelProto()
         model.CopyFrom(target)
         wanted = set(excluded)
+        _restore_removed_activations(model, wanted, float_nodes, float_inits)
         produced_by_excluded = {
             out for node in model.graph.node if node.name in wanted for out in node.output
+        }
+        # a model input read only by excluded nodes is not quantised either
+        produced_by_excluded |= {
+            name for name, readers in input_readers.items() if readers and readers <= wanted
         }
         present = {init.name for init in model.graph.initializer}
         for node in model.graph.node:
@@ -569,6 +581,43 @@ def onnx_output_error(
         return _score_error(reference, _onnx_scores(model, samples))
 
     return error
+
+
+def _restore_removed_activations(
+    model: Any, wanted: set[str], float_nodes: dict[str, Any], float_inits: dict[str, Any]
+) -> None:
+    """Put back the excluded Relu/Clip nodes that ONNX Runtime's QDQ quantiser removed.
+
+    It drops an activation whose job the output's int8 range already does
+    (a Clip(0, 6) before a [0, 6] range) and renames the producer's output to
+    the activation's. Excluded, the activation would stay: so it is inserted
+    again after its producer, and the producer's output gets its float name.
+    """
+    present = {node.name for node in model.graph.node}
+    inits = {init.name for init in model.graph.initializer}
+    for name in sorted(wanted - present):
+        original = float_nodes.get(name)
+        if original is None or not original.output or not original.input:
+            continue
+        position = next(
+            (i for i, node in enumerate(model.graph.node) if original.output[0] in node.output),
+            None,
+        )
+        if position is None:
+            continue
+        producer = model.graph.node[position]
+        slot = list(producer.output).index(original.output[0])
+        producer.output[slot] = original.input[0]
+        restored = type(original)()
+        restored.CopyFrom(original)
+        nodes = list(model.graph.node)
+        nodes.insert(position + 1, restored)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        for tensor in original.input[1:]:
+            if tensor and tensor in float_inits and tensor not in inits:
+                model.graph.initializer.append(float_inits[tensor])
+                inits.add(tensor)
 
 
 def _onnx_scores(model: Any, samples: Sequence[npt.NDArray[np.float32]]) -> npt.NDArray[np.float64]:

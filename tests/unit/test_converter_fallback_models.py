@@ -224,3 +224,46 @@ def test_tflite_bias_correction_subtracts_the_rounding_shift() -> None:
     ]
     assert any(np.allclose(b, expected, atol=1e-6) for b in found), (found, expected)
     assert not np.allclose(expected, bias, atol=1e-6)
+
+
+def test_onnx_candidate_error_matches_a_real_exclusion_where_the_quantiser_drops_a_clip() -> None:
+    """ONNX Runtime's QDQ quantiser removes a Clip(0, 6) whose int8 range does its job; a
+    candidate that keeps the Conv and its Clip in float must put the Clip back, as
+    ``nodes_to_exclude`` does, or its unclipped output ruins the measurement."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from converter.quantize import OnnxInt8Quantizer
+    from converter.sensitivity import onnx_ops, onnx_output_error
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Clip", ["c", "lo", "hi"], ["r"], name="clip"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        initializer=[
+            numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.normal(size=(4, 8, 1, 1)).astype(np.float32), "w2"),
+            numpy_helper.from_array(np.array(0, np.float32), "lo"),
+            numpy_helper.from_array(np.array(6, np.float32), "hi"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    data = [rng.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32) for _ in range(8)]
+    with OnnxInt8Quantizer(model.SerializeToString(), lambda: iter(data)) as quantizer:
+        full = quantizer.quantize()
+        assert "Clip" not in {n.op_type for n in onnx.load_model_from_string(full).graph.node}
+        prepared = quantizer.prepared_model()
+        first = onnx_ops(prepared)[0]
+        assert first.excluded == ("conv", "clip")
+        measured = onnx_output_error(full, prepared, data)(list(first.excluded))
+        real = quantizer.quantize(first.excluded)
+        actual = onnx_output_error(real, prepared, data)([])
+    assert measured == pytest.approx(actual, rel=0.25), (measured, actual)
