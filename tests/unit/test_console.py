@@ -1,10 +1,9 @@
 """The console's pure parts and its page cache: health, the versions a device ran, telemetry
-series, one build per change; and its reads on a real SQLite registry."""
+series, one build per change; and its reads on real SQLite and PostgreSQL registries."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -152,16 +151,25 @@ def test_a_page_is_built_once_per_change_and_at_most_once_per_min_age() -> None:
     assert cache.builds == 2
 
 
-def test_stamps_move_with_what_pages_show(tmp_path: Path) -> None:
-    with Registry.open(f"sqlite:///{tmp_path / 'fleet.db'}") as registry:
+def test_stamps_move_with_what_pages_show(database_url: str) -> None:
+    """On SQLite and PostgreSQL: the stamps, the overview and a device's page."""
+    with Registry.open(database_url) as registry:
         views = ConsoleViews(registry)
         registry.provision_device("cam-1", tags=["line1"])
+        registry.provision_device("cam-2", tags=["line2"])
         fleet, one = views.stamp("fleet"), views.stamp("device", "cam-1")
         assert views.stamp("fleet") == fleet
         registry.record_telemetry("cam-1", snapshot(100, 1))
+        registry.record_telemetry("cam-1", snapshot(200, 3))
         assert views.stamp("fleet") != fleet and views.stamp("device", "cam-1") != one
         page = views.fleet(NOW)
-        assert page["by_version"] == {"none": 1} and page["tags"] == ["line1"]
-        assert page["devices"][0]["figures"]["uncertain_rate"] == pytest.approx(0.01)
+        assert page["by_version"] == {"none": 2} and page["tags"] == ["line1", "line2"]
+        first, second = page["devices"]
+        assert first["figures"]["uncertain_rate"] == pytest.approx(0.015)  # the newest snapshot
+        assert second["figures"] is None and second["tags"] == ["line2"]
+        device = views.device("cam-1", NOW)
+        assert [p["uncertain_rate"] for p in device["series"]] == [None, pytest.approx(0.02)]
+        assert device["class_shares"] == {A: {"glass": 0.5, "paper": 0.5}}
+        assert [e["kind"] for e in device["events"]] == ["device-provisioned"]
         with pytest.raises(ValueError, match="no console page"):
             views.stamp("nothing")
