@@ -308,7 +308,8 @@ class ConsoleViews:
             "provenance": manifest.get("provenance"),
             "compatibility": manifest.get("compatibility"),
             "golden_vectors": len(golden.get("vectors", [])) if isinstance(golden, dict) else 0,
-            "flipped_images": None,  # the converter's parity report keeps no images in bundles
+            "flipped_images": None,  # in the converter's HTML report beside the bundle, not in it
+            "float_fallback": (manifest.get("model") or {}).get("float_fallback"),
             "devices_running": int(running or 0),
         }
 

@@ -111,7 +111,7 @@ export function bundlesPage(ctx, selected) {
         h("h4", {}, "Flipped images"),
         b.flipped_images && b.flipped_images.length
           ? h("ul", {}, b.flipped_images.map((f) => h("li", {}, f)))
-          : h("p", { class: "muted" }, "This bundle records no flipped images: the converter's quality report carries figures only."),
+          : h("p", { class: "muted" }, "The bundle carries no flipped images: the converter shows them in its HTML parity report, written beside the bundle on the workstation."),
       ),
       h(
         "section",
@@ -132,6 +132,9 @@ export function bundlesPage(ctx, selected) {
         h("h3", { id: "compat" }, "Compatibility and contents"),
         facts([
           ["Latency budget", c.latency_budget_ms ? `${c.latency_budget_ms} ms` : "none"],
+          ["Ops kept in float", b.float_fallback
+            ? `${b.float_fallback.ops.length} ops, ${pct(b.float_fallback.float_mac_fraction)} of the MACs (${b.float_fallback.ops.slice(0, 5).join(", ")}${b.float_fallback.ops.length > 5 ? ", ..." : ""})`
+            : "none"],
           ["Minimum runtime", c.min_runtime_version || "–"],
           ["Backends", (c.backends || []).join(", ") || "any"],
           ["Device profiles", (c.device_profiles || []).join(", ") || "any"],
