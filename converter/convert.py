@@ -452,9 +452,10 @@ class _Job:
         errors, images = onnx_tensor_errors(reference, int8_model, samples())
         return rank_ops(onnx_ops(reference), errors, fmt, images)
 
-    def latency_ratio(self, fmt: str, model: bytes, baseline: bytes, rounds: int = 30) -> float:
-        """Invoke p50 of ``model`` over ``baseline``'s: one thread each, the host's backend for
-        the format, timed alternately so that the machine's load hits both alike."""
+    def latency_ratio(self, fmt: str, model: bytes, baseline: bytes, rounds: int = 50) -> float:
+        """Invoke time of ``model`` over ``baseline``'s (median of back-to-back pairs): one
+        thread each, the host's backend for the format, timed alternately so that the
+        machine's load hits both alike."""
         backends = [create_backend("auto", fmt, m, threads=1) for m in (model, baseline)]
         try:
             spec = backends[0].inputs[0]
@@ -478,7 +479,9 @@ class _Job:
         finally:
             for backend in backends:
                 backend.close()
-        return float(np.median(times[0]) / max(np.median(times[1]), 1e-9))
+        # the median of back-to-back ratios: a busy moment slows both of a pair alike
+        pairs = np.asarray(times[0]) / np.maximum(np.asarray(times[1]), 1e-9)
+        return float(np.median(pairs))
 
     def input_range(self) -> tuple[float, float]:
         """The exact range of preprocessed input values: pixels 0..255 through mean/std."""

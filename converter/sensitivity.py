@@ -161,18 +161,22 @@ def measure_candidates(
     """Keep one candidate at a time in float and measure the output error it leaves
     (``output_error(excluded ids)``); candidates that help most first.
 
-    A candidate is each op with MACs and the ops that read its output; those
-    whose MACs alone exceed ``max_float_fraction`` are not measured.
+    A candidate is each op with MACs, or that reads the model input (kept in
+    float with its readers, a float model input is not rounded to int8 at
+    all), with the ops that read its output; those whose MACs alone exceed
+    ``max_float_fraction`` are not measured.
     """
     total = sum(op.macs for op in ops)
     readers: dict[str, list[QuantOp]] = {}
     for op in ops:
         for name in op.inputs:
             readers.setdefault(name, []).append(op)
+    produced = {name for op in ops for name in op.outputs}
     base = output_error([])
     candidates = []
     for op in ops:
-        if not op.macs:
+        reads_model_input = bool(set(op.inputs) - produced)
+        if not op.macs and not reads_model_input:
             continue
         group = [op]
         for name in op.outputs:
@@ -192,7 +196,8 @@ def measure_candidates(
 
 def count_candidates(ops: Sequence[QuantOp]) -> int:
     """How many candidates :func:`measure_candidates` may measure (for a progress bar)."""
-    return sum(1 for op in ops if op.macs)
+    produced = {name for op in ops for name in op.outputs}
+    return sum(1 for op in ops if op.macs or set(op.inputs) - produced)
 
 
 def rank_ops(

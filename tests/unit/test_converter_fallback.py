@@ -217,3 +217,13 @@ def test_the_manifest_records_ops_in_float_and_omits_the_field_without_fallback(
     )
     with pytest.raises(ValueError):
         FloatFallback(ops=[], float_mac_fraction=0.0)
+
+
+def test_an_op_reading_the_model_input_is_a_candidate_even_without_macs() -> None:
+    transpose = _op("transpose", 0, inputs=("image",), kind="Transpose")
+    conv = _op("conv", 10, inputs=("transpose:out",))
+    ranked = measure_candidates(
+        [transpose, conv], lambda excluded: 0.5 if "transpose" in excluded else 1.0
+    )
+    assert [c.op.name for c in ranked] == ["transpose", "conv"]
+    assert [op.name for op in ranked[0].group] == ["transpose", "conv"]  # the input stays float
