@@ -7,7 +7,9 @@ The house, one idea per module, imports pointing down the list::
     api/                HTTP: app.py (errors, health, metrics), models.py, routes.py; auth.py
                         (tokens and each route's role), audit.py (the audit trail),
                         access_routes.py (/tokens, /audit), drift_routes.py (/drift),
-                        field_routes.py (/field-data)
+                        field_routes.py (/field-data), console_routes.py (/console/api)
+    console/            the operator's console: the page, its scripts and styles (static/),
+                        served by the API; cached page reads (registry/console_views.py)
     metrics.py          /metrics for Prometheus: the registry's counts at each scrape, and
                         the server's own work (queue, reports, chunks, batch histograms)
     server.py           FleetServer, the broker-facing shell: reports in, assignments out
@@ -18,7 +20,9 @@ The house, one idea per module, imports pointing down the list::
       signer.py           the leader's signing: planner actions -> assignments, published
       credentials.py      devices' broker credentials (broker_auth.py: Mosquitto's files;
                           amqtt_auth.py: the embedded broker's)
-      leadership.py       which replica leads the rollouts: the lease, renewed and fenced
+      leadership.py       which replica leads the rollouts: the lease, renewed on its own
+                          thread (LeaseKeeper) and fenced
+      state_sweep.py      the leader re-reads retained device states a dead replica lost
       rate_limit.py       per-device token buckets for reports that add rows
       http_guard.py       the HTTP API's checks before a body is read
     coordinator.py      RolloutCoordinator: the followed rollouts, driven by plain values
