@@ -67,6 +67,11 @@ def quantile(values: list[float], q: float) -> float:
     return data[low] + (data[high] - data[low]) * (position - low)
 
 
+def stream(record: dict[str, Any]) -> str:
+    """Which camera a prediction record is about: its ``camera_id`` (several cameras), else the device."""
+    return str(record.get("camera_id") or record["device_id"])
+
+
 # --- consumers (each runs in its own process: `capture_to_consumer.py consume KIND ...`) ----------
 
 
@@ -77,7 +82,7 @@ def consume_mqtt(args: argparse.Namespace, out: Any, stop: threading.Event) -> N
     def on_message(_c: Any, _u: Any, message: Any) -> None:
         received = time.time()
         record = json.loads(message.payload)
-        out.write(json.dumps([record["device_id"], record["frame_id"], received]) + "\n")
+        out.write(json.dumps([stream(record), record["frame_id"], received]) + "\n")
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
     client.on_message = on_message
@@ -164,7 +169,7 @@ def consume_jsonl(args: argparse.Namespace, out: Any, stop: threading.Event) -> 
                 continue
             record = json.loads(pending)
             pending = ""
-            out.write(json.dumps([record["device_id"], record["frame_id"], received]) + "\n")
+            out.write(json.dumps([stream(record), record["frame_id"], received]) + "\n")
 
 
 def consume_http(args: argparse.Namespace, out: Any, stop: threading.Event) -> None:
@@ -400,7 +405,7 @@ def run_scenario(
     for line in (folder / "predictions.jsonl").read_text().splitlines():
         record = json.loads(line)
         if window[0] <= record["captured_at"] <= window[1]:
-            records[(record["device_id"], record["frame_id"])] = record
+            records[(stream(record), record["frame_id"])] = record
     pipeline = [r["latency_ms"] for r in records.values()]
     rows: dict[str, Any] = {}
     for kind in ("mqtt", "opcua", "jsonl"):

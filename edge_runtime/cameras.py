@@ -175,7 +175,9 @@ class PerCameraInference:
                 done.set()
 
         threads = [
-            threading.Thread(target=camera, args=(p,), name=f"inference-{p.device_id}", daemon=True)
+            threading.Thread(
+                target=camera, args=(p,), name=f"inference-{p.camera or p.device_id}", daemon=True
+            )
             for p in self.pipelines
         ]
         for thread in threads:

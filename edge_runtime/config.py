@@ -152,8 +152,8 @@ class CameraConfig(_Strict):
     """One camera of a multi-camera device: its own id, source and (optionally) outputs.
 
     Without ``outputs`` the camera uses the device's. The camera's id names
-    its predictions (their ``device_id``), its OPC UA object and its metrics
-    series (label ``camera``).
+    its predictions (their ``camera_id``; ``device_id`` stays the device's),
+    its OPC UA object and its metrics series (label ``camera``).
     """
 
     id: str = Field(pattern=_DEVICE_ID.pattern)

@@ -350,7 +350,7 @@ class DeviceRuntime:
 
     def _pipeline(self, camera: Camera) -> Pipeline:
         return Pipeline(
-            camera.id if self.multi else self.config.device_id,
+            self.config.device_id,
             capture=camera.capture,
             slot=camera.slot,
             model=camera.model,

@@ -131,7 +131,8 @@ class Pipeline:
     ) -> None:
         self.device_id = device_id
         self.camera = camera
-        """Set on a multi-camera device: this pipeline's camera, the label of its metrics series."""
+        """Set on a multi-camera device: this pipeline's camera, its predictions' ``camera_id`` and
+        the label of its metrics series."""
         self.capture = capture
         self.slot = slot
         self.model = model
@@ -199,6 +200,7 @@ class Pipeline:
             bundle_name=manifest.name,
             bundle_version=manifest.version,
             bundle_sha256=classifier.bundle.sha256,
+            camera_id=self.camera,
         )
         for sink in self.sinks:
             try:

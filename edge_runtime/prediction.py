@@ -29,12 +29,15 @@ class Prediction:
     bundle_name: str
     bundle_version: str
     bundle_sha256: str
+    camera_id: str | None = None
+    """The camera of a multi-camera device (``device_id`` is then the device's); None on a single-camera one."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (top-k as ``[{"label", "score"}]``; non-finite numbers as null)."""
         # built by hand: dataclasses.asdict deep-copies and costs more than the rest of a frame's output
         return {
             "device_id": self.device_id,
+            "camera_id": self.camera_id,
             "frame_id": self.frame_id,
             "captured_at": self.captured_at,
             "label": self.label,

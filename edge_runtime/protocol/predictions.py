@@ -33,6 +33,9 @@ class PredictionReport(DeviceReport):
     kind_name: ClassVar[str] = "prediction"
 
     device_id: DeviceId
+    """The device (the box), as in the topic."""
+    camera_id: DeviceId | None = None
+    """The camera of a multi-camera device; null on a single-camera device."""
     frame_id: int = Field(ge=0)
     captured_at: Timestamp
     """Wall-clock capture time (Unix seconds)."""

@@ -9,6 +9,7 @@ device, NaN and infinity, wrong types and lengths.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -208,6 +209,20 @@ def test_prediction_model_is_the_object_the_device_writes() -> None:
     assert report.to_dict() == sent.to_dict()
     assert report.top_k[1].score is None  # NaN scores are written as null
     assert set(PredictionReport.model_fields) == set(sent.to_dict())
+
+
+def test_a_multi_camera_prediction_names_the_device_and_its_camera() -> None:
+    single = prediction()
+    assert single.to_dict()["camera_id"] is None
+    assert PredictionReport.parse(single.to_json().encode(), "cam-1").camera_id is None
+    sent = dataclasses.replace(single, device_id="line-3-box", camera_id="belt-2")
+    report = PredictionReport.parse(sent.to_json().encode(), "line-3-box")  # the box's topic
+    assert (report.device_id, report.camera_id) == ("line-3-box", "belt-2")
+    assert report.to_dict() == sent.to_dict()
+    with pytest.raises(MalformedMessageError, match="names device"):
+        PredictionReport.parse(sent.to_json().encode(), "belt-2")
+    with pytest.raises(MalformedMessageError, match="camera_id"):
+        PredictionReport.parse({**sent.to_dict(), "camera_id": "b" * 65}, "line-3-box")
 
 
 def test_one_phase_vocabulary_and_one_error_tree() -> None:
