@@ -5,7 +5,8 @@ decision is taken in order: TUF metadata arrives retained over MQTT and is
 verified by :class:`TrustClient`; a verified assignment starts a
 receiver-driven chunk download; the download is checked against the signed
 length and hash, moved into the store, smoke-tested, swapped in between two
-frames, and watched during probation by the predictions the pipeline makes.
+frames, and watched during probation by the predictions the pipeline makes
+(on a multi-camera device, each camera's stream judged on its own).
 A failure anywhere brings back (or keeps) the last good bundle. The state is
 persisted atomically after every transition and reported retained, with an
 event that says why.
@@ -39,6 +40,7 @@ from edge_runtime.trust import Assignment, TrustClient
 from edge_runtime.update import (
     BundleRef,
     BundleStore,
+    CameraProbation,
     ProbationMonitor,
     Transition,
     UpdatePhase,
@@ -59,7 +61,7 @@ _TICK_S = 0.2
 
 @dataclass
 class _Probation:
-    monitor: ProbationMonitor
+    monitor: CameraProbation
     previous: Classifier | None
     sha256: str
 
@@ -94,7 +96,8 @@ class UpdateAgent:
         self._stop = threading.Event()
         self._thread: SupervisedThread | None = None
         self._lock = threading.Lock()
-        self._recent_confidence: deque[float] = deque(maxlen=200)
+        self._recent_confidence: dict[str | None, deque[float]] = {}
+        """Per camera (None on a single-camera device): the serving bundle's recent confidences."""
         self._probation: _Probation | None = None
         self._fetcher: BundleFetcher | None = None
         self._assignment: Assignment | None = None
@@ -173,13 +176,17 @@ class UpdateAgent:
             if probation is not None and prediction.bundle_sha256 == probation.sha256:
                 probation.monitor.record(prediction, finite=math.isfinite(prediction.confidence))
             elif math.isfinite(prediction.confidence):
-                self._recent_confidence.append(prediction.confidence)
+                recent = self._recent_confidence.get(prediction.camera_id)
+                if recent is None:
+                    recent = self._recent_confidence[prediction.camera_id] = deque(maxlen=200)
+                recent.append(prediction.confidence)
 
-    def record_inference_error(self, message: str) -> None:
-        """An inference failed on the serving model (counts against probation)."""
+    def record_inference_error(self, message: str, camera: str | None = None) -> None:
+        """An inference failed on the serving model, on ``camera`` of a multi-camera device
+        (counts against probation)."""
         with self._lock:
             if self._probation is not None:
-                self._probation.monitor.record_error(message)
+                self._probation.monitor.record_error(message, camera)
 
     # --- the worker --------------------------------------------------------------
 
@@ -325,27 +332,38 @@ class UpdateAgent:
         if self.state.target is None or self.state.target.key != key:
             return  # superseded while testing: never activate an old result
         self._apply(self.state.smoke_passed(time.time()))
+        cameras: list[str | None] = (
+            [None] if self.config.cameras is None else [c.id for c in self.config.cameras]
+        )
         with self._lock:
-            baseline = (
-                sum(self._recent_confidence) / len(self._recent_confidence)
-                if len(self._recent_confidence) >= 20
-                else None
-            )
+            baselines = {camera: self._baseline(camera) for camera in cameras}
             previous = self.model.swap(report.classifier)
             now = time.time()
-            self._probation = _Probation(
-                monitor=ProbationMonitor(
+            monitors = {
+                camera: ProbationMonitor(
                     now,
                     window_s=self.settings.probation_s,
                     min_predictions=self.settings.probation_min_predictions,
-                    baseline_confidence=baseline,
+                    baseline_confidence=baselines[camera],
                     latency_budget_ms=bundle.manifest.compatibility.latency_budget_ms,
                     min_confidence_ratio=self.settings.min_confidence_ratio,
-                ),
+                )
+                for camera in cameras
+            }
+            # several cameras: one that stops answering with the new bundle for as long as
+            # /healthz allows a camera without frames fails it (a single camera waits, as ever)
+            silence = None if self.config.cameras is None else self.config.health.max_frame_age_s
+            self._probation = _Probation(
+                monitor=CameraProbation(monitors, silence_s=silence),
                 previous=previous,
                 sha256=bundle.sha256,
             )
         self._apply(self.state.activated(now))
+
+    def _baseline(self, camera: str | None) -> float | None:
+        """Mean confidence of the serving bundle's recent predictions on ``camera`` (20 at least)."""
+        recent = self._recent_confidence.get(camera, ())
+        return sum(recent) / len(recent) if len(recent) >= 20 else None
 
     def _judge_probation(self) -> None:
         with self._lock:

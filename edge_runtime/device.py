@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from edge_runtime.bundle import read_bundle
@@ -358,7 +359,11 @@ class DeviceRuntime:
             metrics=self.metrics,
             health=self.health,
             read_timeout_s=camera.read_timeout_s,
-            on_inference_error=None if self.agent is None else self.agent.record_inference_error,
+            on_inference_error=None
+            if self.agent is None
+            else partial(
+                self.agent.record_inference_error, camera=camera.id if self.multi else None
+            ),
             observers=self.observers,
             camera=camera.id if self.multi else None,
         )

@@ -22,7 +22,12 @@ from edge_runtime.update.lifecycle import (
     reported_state,
     state_report,
 )
-from edge_runtime.update.probation import ProbationMonitor, ProbationVerdict, confidence_baseline
+from edge_runtime.update.probation import (
+    CameraProbation,
+    ProbationMonitor,
+    ProbationVerdict,
+    confidence_baseline,
+)
 from edge_runtime.update.smoke import SmokeReport, smoke_test
 from edge_runtime.update.store import BundleStore
 
@@ -30,6 +35,7 @@ __all__ = [
     "HISTORY_LIMIT",
     "BundleRef",
     "BundleStore",
+    "CameraProbation",
     "ProbationMonitor",
     "ProbationVerdict",
     "SmokeReport",

@@ -5,20 +5,22 @@ the new bundle and every inference error, and asks for a verdict with the
 current time. It fails the bundle on an inference error, a NaN/inf output,
 a latency p95 over the budget, or a confidence collapse against the
 previous bundle; it passes the bundle when the window ends without any.
+:class:`CameraProbation` judges each camera's stream of a multi-camera
+device with its own monitor (and a single camera's with one, unchanged).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from edge_runtime.prediction import Prediction
 
-__all__ = ["ProbationMonitor", "ProbationVerdict", "confidence_baseline"]
+__all__ = ["CameraProbation", "ProbationMonitor", "ProbationVerdict", "confidence_baseline"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class ProbationMonitor:
         self._confidence_sum = 0.0
         self._latencies: list[float] = []
         self._failure: ProbationVerdict | None = None
+        self.last_captured_at: float | None = None
+        """Capture time of the newest frame recorded through :meth:`record` (None before one)."""
 
     @property
     def predictions(self) -> int:
@@ -104,6 +108,8 @@ class ProbationMonitor:
 
     def record(self, prediction: Prediction, *, finite: bool = True) -> None:
         """Record one pipeline prediction (its ``inference_ms`` is the latency watched)."""
+        if self.last_captured_at is None or prediction.captured_at > self.last_captured_at:
+            self.last_captured_at = prediction.captured_at
         self.record_prediction(
             prediction.label, prediction.confidence, prediction.inference_ms, finite=finite
         )
@@ -175,3 +181,85 @@ class ProbationMonitor:
     def _fail(self, reason: str) -> None:
         if self._failure is None:
             self._failure = ProbationVerdict(passed=False, reason=reason)
+
+
+class CameraProbation:
+    """One probation judged per camera stream: a :class:`ProbationMonitor` for each camera.
+
+    ``monitors`` maps each camera id to its monitor; a single-camera device
+    has one stream under the key None, whose verdicts are its monitor's, word
+    for word. On several cameras the bundle fails as soon as one camera's
+    monitor fails (the reason names the camera), or, with ``silence_s``, when
+    a camera made no prediction with the bundle for ``silence_s`` seconds
+    (counted from the start of probation, then from the capture of its
+    newest frame recorded); it passes once every camera's window is over.
+    """
+
+    def __init__(
+        self, monitors: Mapping[str | None, ProbationMonitor], *, silence_s: float | None = None
+    ) -> None:
+        if not monitors:
+            raise ValueError("probation needs at least one camera stream")
+        if silence_s is not None and silence_s <= 0:
+            raise ValueError("silence_s must be positive")
+        self.monitors = dict(monitors)
+        self.silence_s = silence_s
+        self._failure: ProbationVerdict | None = None
+
+    @property
+    def predictions(self) -> int:
+        """How many predictions were recorded, all cameras together."""
+        return sum(monitor.predictions for monitor in self.monitors.values())
+
+    def record(self, prediction: Prediction, *, finite: bool = True) -> None:
+        """Record one prediction on its camera's stream (``prediction.camera_id``; others are ignored)."""
+        monitor = self.monitors.get(prediction.camera_id)
+        if monitor is not None:
+            monitor.record(prediction, finite=finite)
+
+    def record_error(self, message: str, camera: str | None = None) -> None:
+        """An inference error of the new bundle on ``camera``'s stream: probation fails."""
+        monitor = self.monitors.get(camera)
+        if monitor is not None:
+            monitor.record_error(message)
+        elif self._failure is None:  # not a stream being judged: it still counts against the bundle
+            self._failure = ProbationVerdict(passed=False, reason=f"inference error: {message}")
+
+    def verdict(self, now: float) -> ProbationVerdict | None:
+        """Failed (naming the camera) or passed, or None while some camera's window is open."""
+        if self._failure is not None:
+            return self._failure
+        verdicts: list[tuple[str | None, ProbationVerdict | None]] = []
+        for camera, monitor in self.monitors.items():
+            verdict = monitor.verdict(now)
+            if verdict is not None and not verdict.passed:
+                return self._fail(camera, verdict.reason)
+            verdicts.append((camera, verdict))
+        if self.silence_s is not None:
+            for camera, monitor in self.monitors.items():
+                since = max(monitor.started_at, monitor.last_captured_at or monitor.started_at)
+                if now - since > self.silence_s:
+                    what = (
+                        "since activation"
+                        if monitor.predictions == 0
+                        else f"after {monitor.predictions} predictions"
+                    )
+                    return self._fail(
+                        camera,
+                        f"no prediction with the new bundle for {now - since:.1f} s {what}"
+                        f" (limit {self.silence_s:g} s)",
+                    )
+        if any(verdict is None for _, verdict in verdicts):
+            return None
+        if len(verdicts) == 1 and verdicts[0][0] is None:
+            return verdicts[0][1]
+        return ProbationVerdict(
+            passed=True,
+            reason=f"{len(verdicts)} cameras without failure: "
+            + "; ".join(f"{camera}: {verdict.reason}" for camera, verdict in verdicts if verdict),
+        )
+
+    def _fail(self, camera: str | None, reason: str) -> ProbationVerdict:
+        named = reason if camera is None else f"camera {camera}: {reason}"
+        self._failure = ProbationVerdict(passed=False, reason=named)
+        return self._failure
