@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.testing.broker import LocalBroker
 from fleet_server.state_sweep import RetainedSweep
