@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "VARIABLES",
+    "WRITTEN_FIRST",
     "LocalServiceConfig",
     "OpcUaOutputConfig",
     "OpcUaServerConfig",
@@ -24,6 +25,8 @@ __all__ = [
 
 SecurityName = Literal["None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt"]
 PredictionField = Literal[
+    "device_id",
+    "camera_id",
     "label",
     "confidence",
     "uncertain",
@@ -47,6 +50,13 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("FrameId", "UInt64", "frame_id"),
 )
 """(browse name, OPC UA built-in type, prediction field) per camera; written in this order, FrameId last."""
+
+WRITTEN_FIRST: tuple[tuple[str, str, str], ...] = (
+    ("DeviceId", "String", "device_id"),
+    ("CameraId", "String", "camera_id"),
+)
+"""Fields a ``write`` section may also send, before :data:`VARIABLES` (the device's own
+server names the camera by its object instead); ``camera_id`` is '' on a single-camera device."""
 
 
 class _Strict(BaseModel):

@@ -49,6 +49,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from edge_runtime.errors import OutputError
 from edge_runtime.line_config import (
     VARIABLES,
+    WRITTEN_FIRST,
     OpcUaServerConfig,
     OpcUaWriteConfig,
     SecurityName,
@@ -387,8 +388,9 @@ class OpcUaWriteSink(PredictionSink):
                 mode=mode,
             )
         await client.connect()
-        types = {field: type_name for _, type_name, field in VARIABLES}
-        order = [field for _, _, field in VARIABLES]
+        writable = (*WRITTEN_FIRST, *VARIABLES)
+        types = {field: type_name for _, type_name, field in writable}
+        order = [field for _, _, field in writable]
         fields = sorted(config.nodes, key=order.index)
         self._nodes = [
             (client.get_node(config.nodes[field]), types[field], field) for field in fields
@@ -400,8 +402,9 @@ class OpcUaWriteSink(PredictionSink):
             self._client = await self._connect()
         try:
             for node, type_name, field in self._nodes:
+                value = getattr(prediction, field)
                 await node.write_value(
-                    ua.DataValue(_variant(getattr(prediction, field), type_name))
+                    ua.DataValue(_variant("" if value is None else value, type_name))
                 )
         except Exception:
             client, self._client = self._client, None

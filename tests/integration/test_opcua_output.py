@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,7 @@ def test_write_mode_writes_each_prediction_to_the_plcs_nodes(certs: dict[str, Pa
     """The device as a client of the PLC's server (a real asyncua server stands for the PLC)."""
     port = free_port()
     url = f"opc.tcp://127.0.0.1:{port}/plc/"
-    seen: list[tuple[int, str]] = []
+    seen: list[tuple[int, str, str]] = []
 
     async def plc(ready: asyncio.Event, done: asyncio.Event) -> None:
         server = Server()
@@ -257,14 +258,20 @@ def test_write_mode_writes_each_prediction_to_the_plcs_nodes(certs: dict[str, Pa
             "Label",
             ua.Variant("", ua.VariantType.String),
         )
+        camera = await sorter.add_variable(
+            ua.NodeId.from_string(f"ns={ns};s=Sorter.CameraId"),
+            "CameraId",
+            ua.Variant("", ua.VariantType.String),
+        )
         await frame.set_writable()
         await label.set_writable()
+        await camera.set_writable()
         async with server:
             ready.set()
             while not done.is_set():
                 value = await frame.read_value()
                 if not seen or seen[-1][0] != value:
-                    seen.append((value, await label.read_value()))
+                    seen.append((value, await label.read_value(), await camera.read_value()))
                 await asyncio.sleep(0.01)
 
     async def run() -> None:
@@ -277,11 +284,16 @@ def test_write_mode_writes_each_prediction_to_the_plcs_nodes(certs: dict[str, Pa
                 certificate=certs["client.der"],
                 private_key=certs["client.pem"],
                 server_certificate=certs["server.der"],
-                nodes={"frame_id": "ns=2;s=Sorter.FrameId", "label": "ns=2;s=Sorter.Label"},
+                nodes={
+                    "frame_id": "ns=2;s=Sorter.FrameId",
+                    "label": "ns=2;s=Sorter.Label",
+                    "camera_id": "ns=2;s=Sorter.CameraId",
+                },
             )
         )
-        for i in range(1, 6):
-            await asyncio.to_thread(sink.emit, prediction(i, label=f"l{i}"))
+        for i in range(1, 6):  # a multi-camera device's cameras, then a single camera's ('')
+            sent = replace(prediction(i, label=f"l{i}"), camera_id=f"belt-{i}" if i < 5 else None)
+            await asyncio.to_thread(sink.emit, sent)
             await asyncio.sleep(0.05)
         bad = OpcUaWriteSink(
             OpcUaWriteConfig(url=url, security="None", nodes={"label": "ns=2;s=Sorter.Label"})
@@ -294,4 +306,5 @@ def test_write_mode_writes_each_prediction_to_the_plcs_nodes(certs: dict[str, Pa
         await task
 
     asyncio.run(run())
-    assert [s for s in seen if s[0] > 0] == [(i, f"l{i}") for i in range(1, 6)]
+    expected = [(i, f"l{i}", f"belt-{i}" if i < 5 else "") for i in range(1, 6)]
+    assert [s for s in seen if s[0] > 0] == expected
