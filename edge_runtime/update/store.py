@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -249,14 +250,26 @@ class BundleStore:
         try:
             tmp = _write_temp(self.root, STATE_NAME, lambda handle: handle.write(data))
             if self._readable_state(self.state_path) is not None:
-                os.replace(self.state_path, self.backup_path)
-            os.replace(tmp, self.state_path)
+                self._keep_backup()
+            os.replace(tmp, self.state_path)  # state.json is there at every moment
         except OSError as exc:
             if tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
             raise _store_error(exc, f"save the update state in {self.root}") from exc
         fsync_dir(self.root)
+
+    def _keep_backup(self) -> None:
+        """The valid state.json becomes state.json.bak, and stays where it is until replaced
+        (a hard link, else a copy): a reader never finds state.json missing."""
+        staged = self.backup_path.with_name(self.backup_path.name + ".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+        try:
+            os.link(self.state_path, staged)
+        except OSError:  # a filesystem without hard links (FAT on some SD cards)
+            shutil.copyfile(self.state_path, staged)
+        os.replace(staged, self.backup_path)
 
     def load_state(self, now: float = 0.0) -> UpdateState:
         """The persisted state: state.json, else state.json.bak, else a fresh idle state.

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,34 @@ def test_state_round_trip_keeps_the_previous_copy(tmp_path: Path) -> None:
     assert store.load_state() == second and store.state_source == "state.json"
     assert UpdateState.model_validate_json(store.backup_path.read_bytes()) == first
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_reader_always_finds_the_state_while_it_is_saved(tmp_path: Path) -> None:
+    """Saving moves the old copy to the backup without ever taking state.json away (a status
+    page or a test polling the file never sees it missing)."""
+    store = BundleStore(tmp_path)
+    store.save_state(UpdateState.initial(A, now=T0))
+    missing = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                UpdateState.model_validate_json(store.state_path.read_bytes())
+            except FileNotFoundError:
+                missing.append(1)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(300):
+            store.save_state(UpdateState.initial(A, now=T0 + i))
+    finally:
+        stop.set()
+        reader.join()
+    assert missing == []
+    assert UpdateState.model_validate_json(store.backup_path.read_bytes()).updated_at == T0 + 298
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_killed_mid_write_boots_from_the_backup(
