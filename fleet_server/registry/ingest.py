@@ -121,8 +121,19 @@ class Ingest(Devices, TelemetryStore):
         the broker handed it the event messages): repeats are skipped by their keys, and events
         older than :data:`RECOVER_EVENTS_S` on the device's clock are left alone (retention may
         have pruned them on purpose)."""
+        keys = {event.dedupe_key(device_id) for event in recent}
+        with self._transaction() as session:  # one query for all: most are stored already
+            stored = set(
+                session.scalars(
+                    select(db.TimelineEntry.dedupe_key).where(db.TimelineEntry.dedupe_key.in_(keys))
+                )
+            )
         for position, event in enumerate(recent):
-            if event.device_id not in (None, device_id) or event.at < device_now - RECOVER_EVENTS_S:
+            if (
+                event.device_id not in (None, device_id)
+                or event.at < device_now - RECOVER_EVENTS_S
+                or event.dedupe_key(device_id) in stored
+            ):
                 continue
             newest = position == len(recent) - 1
             if self.record_event(device_id, event, keep_reason=not newest) is not None:
