@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-import pytest
 
 from converter.convert import ConvertOptions, convert
 from edge_runtime.bundle import read_bundle
+from tests.trashnet import TRASHNET, needs_trashnet
 
-TRASHNET = Path(
-    os.environ.get(
-        "EDGEFLEET_TRASHNET",
-        Path(__file__).resolve().parents[3] / "shared" / "datasets" / "trashnet",
-    )
-)
-
-pytestmark = [
-    pytest.mark.real_data,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (TRASHNET / "train").is_dir(),
-        reason=f"TrashNet photos not found at {TRASHNET} (set EDGEFLEET_TRASHNET to the folder with train/ and val/)",
-    ),
-]
+pytestmark = needs_trashnet
 
 
 def test_int8_conversion_of_a_model_trained_on_trashnet(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ can always get there (the whole model in float agrees with itself).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +16,9 @@ import pytest
 from converter.convert import ConvertOptions, convert
 from edge_runtime.bundle import read_bundle
 from edge_runtime.classifier import Classifier
+from tests.trashnet import TRASHNET, needs_trashnet
 
-TRASHNET = Path(
-    os.environ.get(
-        "EDGEFLEET_TRASHNET",
-        Path(__file__).resolve().parents[3] / "shared" / "datasets" / "trashnet",
-    )
-)
-
-pytestmark = [
-    pytest.mark.real_data,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (TRASHNET / "train").is_dir(),
-        reason=f"TrashNet photos not found at {TRASHNET} (set EDGEFLEET_TRASHNET to the folder "
-        "with train/ and val/)",
-    ),
-]
+pytestmark = needs_trashnet
 
 
 @pytest.fixture(scope="module")
