@@ -115,13 +115,13 @@ prometheus:
 
 # The operator console is tested in a real browser: Playwright drives Debian's chromium
 # (never a browser Playwright downloads itself). Install it when we can, otherwise
-# the browser tests skip.
+# the browser tests fail saying so (as a missing Mosquitto does).
 chromium:
 	@if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing chromium with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; \
-	else echo "warning: chromium is not installed and this is not root; the browser tests will skip (sudo apt-get install chromium)"; fi
+	else echo "warning: chromium is not installed and this is not root; the browser tests will fail (sudo apt-get install chromium)"; fi
 
 lint: venv
 	$(BIN)/ruff check .

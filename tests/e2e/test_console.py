@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright import sync_api
 
 from edgefleet.testing.fleet import LocalFleet
 from fleet_server.access import Role
@@ -30,6 +31,7 @@ from fleet_server.records import TargetSelector
 from fleet_server.rollout_spec import WaveSpec
 from tests.media import make_bad_golden_bundle, make_bundle
 from tests.models import tiny_onnx_model
+from tests.services import service_missing
 
 pytestmark = [pytest.mark.broker]
 
@@ -38,13 +40,16 @@ TOKEN = "console-bootstrap-token"
 CAMERAS = ("cam-01", "cam-02", "cam-03")
 WAIT_MS = 90_000
 
-if not CHROMIUM.exists():
-    pytest.skip(
-        "the console's browser tests need Debian's chromium at /usr/bin/chromium "
-        "(`make test` installs it as root; or: sudo apt-get install chromium)",
-        allow_module_level=True,
-    )
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+def require_chromium() -> Path:
+    """Debian's chromium, which Playwright drives (never a browser of its own); like the broker
+    and the database, a missing browser fails the test: a run never passes by skipping it."""
+    if not CHROMIUM.exists():
+        service_missing(
+            "the console's browser tests need Debian's chromium at /usr/bin/chromium "
+            "(make test installs it with apt-get when run as root)"
+        )
+    return CHROMIUM
 
 
 @dataclass
@@ -143,10 +148,11 @@ def wait_status(page: Any, wanted: str) -> None:
 def test_an_operator_rolls_out_through_the_console_and_a_viewer_cannot_abort(
     console_fleet: ConsoleFleet,
 ) -> None:
+    chromium = require_chromium()
     c = console_fleet
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("pageerror", lambda exc: errors.append(str(exc)))
