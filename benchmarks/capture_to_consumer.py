@@ -156,10 +156,10 @@ def consume_jsonl(args: argparse.Namespace, out: Any, stop: threading.Event) -> 
     while not path.exists() and not stop.is_set():
         time.sleep(0.001)
     Path(args.ready).touch()
-    with path.open("r", encoding="utf-8") as stream:
+    with path.open("r", encoding="utf-8") as lines:
         pending = ""
         while not stop.is_set():
-            chunk = stream.readline()
+            chunk = lines.readline()
             if not chunk:
                 time.sleep(0.001)
                 continue
