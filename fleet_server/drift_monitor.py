@@ -2,8 +2,12 @@
 
 :class:`DriftMonitor` runs :meth:`~fleet_server.registry.Registry.watch_drift`
 every ``interval_s`` seconds in a supervised thread (a failed pass is logged
-and the next one tries again). Several replicas may run it: statuses are
-upserts and each alert is recorded once (its dedupe key). :class:`DriftCollector`
+and the next one tries again; from three failed passes in a row on, until one
+succeeds, the worker counts as down in ``/healthz``). With replicas, only the
+leader of the rollouts judges the fleet (``leading``); the others only read
+the thresholds each interval, so a replica whose database went away shows it
+too. Statuses are upserts and each alert is recorded once (its dedupe key),
+so a pass during a change of leader costs nothing twice. :class:`DriftCollector`
 adds the drift series to the server's Prometheus registry, read from the
 stored statuses at each scrape:
 
@@ -32,6 +36,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from edge_runtime.supervise import SupervisedThread, WorkerHealth
 from fleet_server.drift import DriftThresholds
 from fleet_server.drift_fleet import Change
+from fleet_server.workers import DEFAULT_FAILURE_LIMIT, FailureStreak
 
 if TYPE_CHECKING:
     from fleet_server.registry import Registry
@@ -53,6 +58,8 @@ class DriftMonitor:
         *,
         interval_s: float = DEFAULT_DRIFT_INTERVAL_S,
         clock: Callable[[], float] = time.time,
+        leading: Callable[[], bool] | None = None,
+        failure_limit: int = DEFAULT_FAILURE_LIMIT,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"drift interval must be positive, got {interval_s}")
@@ -63,9 +70,14 @@ class DriftMonitor:
         """The limits of the last pass."""
         self.interval_s = interval_s
         self._clock = clock
+        self._leading = leading
+        """Whether this replica leads the rollouts (None: a lone server, always)."""
+        self.streak = FailureStreak(failure_limit)
         self._stop = threading.Event()
         self._thread: SupervisedThread | None = None
         self.passes = 0
+        self.skipped = 0
+        """Intervals this replica did not lead, so left the pass to the leader."""
         self.last_pass_s: float | None = None
         """How long the last pass took (seconds)."""
 
@@ -98,17 +110,30 @@ class DriftMonitor:
         thread.stop(timeout=timeout)
 
     def health(self) -> WorkerHealth:
-        """The worker's health (alive, restarts, last error)."""
+        """The worker's health (alive, restarts, last error); down after failed passes in a row."""
         if self._thread is None:
             return WorkerHealth("drift-monitor", False, 0, "not started")
-        return self._thread.health()
+        return self.streak.judge(self._thread.health())
+
+    def turn(self) -> bool:
+        """The worker's turn: a pass when this replica leads, else a read of the thresholds (the
+        database answers); whether a pass ran. Raises what the database raised."""
+        if self._leading is None or self._leading():
+            self.check()
+            return True
+        self.thresholds = self.fixed or self.registry.drift_thresholds()
+        self.skipped += 1
+        return False
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.check()
-            except Exception:  # the database is away: the next pass tries again
+                self.turn()
+            except Exception as exc:  # the database is away: the next pass tries again
+                self.streak.failed(exc)
                 log.exception("drift pass failed")
+            else:
+                self.streak.passed()
 
 
 class DriftCollector:

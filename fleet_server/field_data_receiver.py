@@ -15,7 +15,10 @@ The worker also publishes each device's collection settings, retained, on
 ``PREFIX/devices/<id>/field-data/settings`` (those of its first tag with
 settings; the disabled default otherwise) whenever they change, at start and
 every ``settings_every_s`` (devices provisioned or re-tagged since), and
-applies the field samples' retention bounds.
+applies the field samples' retention bounds. Its database work that fails
+(a sample not stored, settings not read) is logged and tried again; from
+three failures in a row on, until some succeeds, the worker counts as down
+in ``/healthz``.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ import paho.mqtt.client as mqtt
 from edge_runtime.errors import EdgefleetError
 from edge_runtime.protocol.field_data import FieldAck, FieldSample
 from edge_runtime.supervise import SupervisedThread, WorkerHealth
-from fleet_server.errors import NotFoundError
+from fleet_server.errors import NotFoundError, RegistryStorageError
 from fleet_server.field_data import FieldRetention, FieldStore
 from fleet_server.rate_limit import DeviceRateLimiter
 from fleet_server.registry import Registry
+from fleet_server.workers import FailureStreak
 
 __all__ = ["FieldDataReceiver"]
 
@@ -74,6 +78,8 @@ class FieldDataReceiver:
         self._stop = threading.Event()
         self._thread: SupervisedThread | None = None
         self._prev_on_connect: Any = None
+        self.streak = FailureStreak()
+        """Database work failed in a row (storing samples, reading settings, retention)."""
         self.received = 0
         self.stored = 0
         self.repeats = 0
@@ -109,10 +115,10 @@ class FieldDataReceiver:
         self.client.unsubscribe(self._share(self._filter))
 
     def health(self) -> WorkerHealth:
-        """The worker's health."""
+        """The worker's health; down after its database work failed several times in a row."""
         if self._thread is None:
             return WorkerHealth("field-data", False, 0, "not started")
-        return self._thread.health()
+        return self.streak.judge(self._thread.health())
 
     def refresh_settings(self) -> None:
         """Publish the devices' settings soon (after an operator changed a group's)."""
@@ -147,6 +153,8 @@ class FieldDataReceiver:
         try:
             sample = FieldSample.parse(payload, device_id)
             self.registry.device(device_id)
+        except RegistryStorageError:
+            raise  # the database is away, the sample is fine: unacknowledged, it comes again
         except NotFoundError:
             log.warning("field sample from unknown device %s dropped", device_id[:64])
             self.malformed += 1
@@ -200,20 +208,28 @@ class FieldDataReceiver:
                 pass
             else:
                 try:
-                    self.handle(topic, payload)
-                except Exception:  # the database is away: the device resends, unacknowledged
+                    stored = self.handle(topic, payload)
+                except Exception as exc:  # the database is away: the device resends, unacked
+                    self.streak.failed(exc)
                     log.exception("storing a field sample failed")
+                else:
+                    if stored:  # a refused one may never have reached the database
+                        self.streak.passed()
             now = time.monotonic()
             if self._refresh.is_set() or now - last_settings >= self.settings_every_s:
                 self._refresh.clear()
                 last_settings = now
                 try:
                     self.publish_settings()
-                except Exception:
+                except Exception as exc:
+                    self.streak.failed(exc)
                     log.exception("publishing field-data settings failed")
+                else:
+                    self.streak.passed()
             if now - last_prune >= self.prune_every_s:
                 last_prune = now
                 try:
                     self.prune()
-                except Exception:
+                except Exception as exc:
+                    self.streak.failed(exc)
                     log.exception("field-data retention failed")

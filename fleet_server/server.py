@@ -50,6 +50,7 @@ from fleet_server.rollout_spec import WaveSpec
 from fleet_server.signer import OnlineSigner
 from fleet_server.state_sweep import RetainedSweep
 from fleet_server.trust import KeySet, Repository
+from fleet_server.workers import WorkerBoard
 
 __all__ = ["FleetServer"]
 
@@ -115,6 +116,7 @@ class FleetServer:
         self._prev_on_connect: Any = None
         self.chunks = ChunkServer(client, self._paths, prefix=prefix, share_group=share_group)
         self.sweep = RetainedSweep(client, prefix) if share_group else None  # a lone server: none
+        self.workers = WorkerBoard()  # those beside ours (the app's: drift, field data)
 
     # --- bundles -----------------------------------------------------------------------
 
@@ -167,13 +169,11 @@ class FleetServer:
             self.client.unsubscribe(f"{self.prefix}/devices/+/{leaf}")
 
     def health(self) -> dict[str, WorkerHealth]:
-        """Each worker thread (report ingestion and ticks, chunk delivery): alive, restarts, error."""
-        mine = (
-            self._thread.health()
-            if self._thread
-            else WorkerHealth("fleet-server", False, 0, "not started")
-        )
-        workers = (mine, self.chunks.health(), self.keeper.health())
+        """Each worker (report ingestion and ticks, chunk delivery, the lease, and the board's):
+        alive, restarts, error."""
+        thread = self._thread
+        mine = thread.health() if thread else WorkerHealth("fleet-server", False, 0, "not started")
+        workers = (mine, self.chunks.health(), self.keeper.health(), *self.workers.health())
         return {worker.name: worker for worker in workers}
 
     def _subscribe_reports(self) -> None:

@@ -62,6 +62,7 @@ class LocalFleet:
         tick_s: float = 0.2,
         prefix: str = "edgefleet",
         client_id: str = "edgefleet-test-fleet",
+        db_url: str | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -77,8 +78,11 @@ class LocalFleet:
         """Root v1, as a device is provisioned with it (``update.trusted_root``)."""
         self.root_file.write_bytes(self.repo.root_bytes(1))
         self.registry: Registry | None = (
-            Registry.open(f"sqlite:///{self.folder / 'fleet.db'}") if fleet_server else None
+            Registry.open(db_url or f"sqlite:///{self.folder / 'fleet.db'}")
+            if fleet_server
+            else None
         )
+        """The fleet server's registry: on ``db_url`` when given, else a SQLite file in ``folder``."""
         self.bundles: dict[str, Bundle] = {}
         """Released bundles by the name the test gave them."""
         self.paths: dict[str, Path] = {}

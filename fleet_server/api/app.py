@@ -21,6 +21,7 @@ from fleet_server.api.routes import broker_routes, bundle_routes, device_routes,
 from fleet_server.api.window_routes import window_routes
 from fleet_server.console.assets import console_assets
 from fleet_server.console.assets import public_paths as console_paths
+from fleet_server.drift_monitor import DEFAULT_DRIFT_INTERVAL_S
 from fleet_server.errors import (
     LeaseLostError,
     NotFoundError,
@@ -60,6 +61,7 @@ def create_app(
     public_docs: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     fleet_ca_pem: bytes | None = None,
+    drift_interval_s: float = DEFAULT_DRIFT_INTERVAL_S,
 ) -> FastAPI:
     """The HTTP API over ``server``, guarded by bearer tokens with roles.
 
@@ -71,7 +73,8 @@ def create_app(
     broker) is what a newly provisioned device should connect to; it is
     returned by ``POST /devices`` for its config.
     ``fleet_ca_pem`` (the fleet CA's certificate) checks the revocation lists
-    ``PUT /broker/crl`` installs.
+    ``PUT /broker/crl`` installs. ``drift_interval_s``: how often the drift monitor
+    judges the fleet (on the leading replica).
     """
     authenticate = Authenticator(server.registry, token)
     mqtt_settings = dict(device_mqtt or {"topic_prefix": server.prefix})
@@ -148,6 +151,6 @@ def create_app(
     window_routes(app, server.registry, guards)
     console_routes(app, server, guards)
     app.router.routes.extend(console_assets())  # the console's page: public files, no data
-    drift_routes(app, server.registry, guards, fleet_metrics.registry)
+    drift_routes(app, server, guards, fleet_metrics.registry, interval_s=drift_interval_s)
     field_routes(app, server, guards, fleet_metrics.registry)
     return app

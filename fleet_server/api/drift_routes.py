@@ -2,13 +2,15 @@
 ``POST /drift/check`` and ``PUT /drift/thresholds`` (operators).
 
 Mounting the routes also runs a :class:`~fleet_server.drift_monitor.DriftMonitor`
-while the app serves (started and stopped with it) and adds its series to
+while the app serves (started and stopped with it; it judges the fleet while
+this replica leads the rollouts), reports it among the server's workers
+(``/healthz``, ``edgefleet_server_worker_up``) and adds its series to
 ``/metrics`` (:class:`~fleet_server.drift_monitor.DriftCollector`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from prometheus_client import CollectorRegistry
@@ -16,8 +18,11 @@ from pydantic import BaseModel, ConfigDict
 
 from fleet_server.api.auth import Guards, principal_of
 from fleet_server.drift import DriftStatus, DriftThresholds
-from fleet_server.drift_monitor import DriftCollector, DriftMonitor
-from fleet_server.registry import MAX_TIMELINE_LIMIT, Registry
+from fleet_server.drift_monitor import DEFAULT_DRIFT_INTERVAL_S, DriftCollector, DriftMonitor
+from fleet_server.registry import MAX_TIMELINE_LIMIT
+
+if TYPE_CHECKING:
+    from fleet_server.server import FleetServer
 
 __all__ = ["DriftCheck", "DriftView", "drift_routes"]
 
@@ -64,13 +69,21 @@ class DriftCheck(BaseModel):
 
 def drift_routes(
     app: FastAPI,
-    registry: Registry,
+    server: FleetServer,
     guards: Guards,
     metrics: CollectorRegistry,
     monitor: DriftMonitor | None = None,
+    *,
+    interval_s: float = DEFAULT_DRIFT_INTERVAL_S,
 ) -> DriftMonitor:
-    """Mount ``/drift`` and run ``monitor`` (a default one when None) while the app serves."""
-    watch = monitor or DriftMonitor(registry)
+    """Mount ``/drift`` and run ``monitor`` (when None, one that passes every ``interval_s``
+    while ``server`` leads the rollouts) while the app serves, as one of the server's workers."""
+    registry = server.registry
+    leadership = server.leadership
+    watch = monitor or DriftMonitor(
+        registry, interval_s=interval_s, leading=lambda: leadership.leading
+    )
+    server.workers.add("drift-monitor", watch.health)
     metrics.register(DriftCollector(registry))
     app.router.on_startup.append(watch.start)
     app.router.on_shutdown.append(watch.stop)

@@ -4,7 +4,8 @@ Any token reads; operators switch collection on and off per group (tag) and
 label samples (confirm the device's answer or correct it). Mounting the
 routes also runs a :class:`~fleet_server.field_data_receiver.FieldDataReceiver`
 on the server's MQTT client while the app serves (samples in, acks and
-settings out), storing images under ``<state>/field-data``.
+settings out; one of the server's workers in ``/healthz``), storing images
+under ``<state>/field-data``.
 
 =========================================  ========  ==========================================
 route                                      role      what
@@ -87,6 +88,7 @@ def field_routes(
         server.client, registry, store, prefix=server.prefix, share_group=server.share_group
     )
     metrics.register(FieldDataMetrics(receiver))
+    server.workers.add("field-data", receiver.health)
     app.router.on_startup.append(receiver.start)
     app.router.on_shutdown.append(receiver.stop)
 

@@ -284,7 +284,13 @@ def test_healthz_is_503_naming_a_dead_worker(api: Api) -> None:
     """A worker thread that dies must never hide behind a green /healthz (issue #15)."""
     healthy = api.client.get("/healthz")
     assert healthy.status_code == 200 and healthy.body["status"] == "ok"
-    assert set(healthy.body["workers"]) == {"fleet-server", "chunk-server", "leader-lease"}
+    assert set(healthy.body["workers"]) == {
+        "fleet-server",
+        "chunk-server",
+        "leader-lease",
+        "drift-monitor",
+        "field-data",
+    }
     assert all(w["alive"] and w["restarts"] == 0 for w in healthy.body["workers"].values())
 
     sha = api.client.post(
