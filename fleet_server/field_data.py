@@ -6,11 +6,12 @@ was not acknowledged) is stored once. The database keeps what each one is
 (:mod:`fleet_server.registry.field_data`); :class:`FieldRetention` bounds
 how many are kept; :func:`export_folder` writes the labelled ones as
 ``<out>/<label>/<sha256>.jpg``, the layout ``edgefleet convert --parity``
-and ``train-reference`` read.
+and ``train-reference`` read, with what each one is in ``<out>/samples.jsonl``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,7 @@ from edge_runtime.atomic import atomic_write_bytes
 from fleet_server.errors import FleetError
 
 __all__ = [
+    "EXPORT_METADATA",
     "FieldDataError",
     "FieldRetention",
     "FieldSampleInfo",
@@ -34,6 +36,22 @@ log = logging.getLogger(__name__)
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _EXTENSIONS = {"jpeg": ".jpg", "png": ".png"}
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
+EXPORT_METADATA = "samples.jsonl"
+"""The file of an export that says what each image is."""
+_EXPORTED = (
+    "sha256",
+    "true_label",
+    "label",
+    "confidence",
+    "reason",
+    "device_id",
+    "camera_id",
+    "bundle_name",
+    "bundle_version",
+    "bundle_sha256",
+    "captured_at",
+    "labelled_by",
+)
 
 
 class FieldDataError(FleetError):
@@ -70,6 +88,8 @@ class FieldSampleInfo:
     true_label: str | None
     labelled_by: str | None
     labelled_at: float | None
+    camera_id: str | None = None
+    """The camera that took it on a multi-camera device (None: the device named none)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON values."""
@@ -139,16 +159,25 @@ def export_folder(
     """Write labelled samples as ``out/<true label>/<sha256>.<ext>``; images per label written.
 
     ``images`` yields each sample's bytes in the same order. A sample
-    without a person's label is skipped.
+    without a person's label is skipped. What each written image is goes to
+    ``out/`` :data:`EXPORT_METADATA` (one JSON object a line: its ``file``
+    under ``out``, the person's ``true_label``, the device's answer, the device
+    and camera, the bundle, when it was taken); the parity loader reads only the
+    class folders.
     """
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, int] = {}
+    lines: list[str] = []
     for sample, data in zip(samples, images, strict=True):
         if sample.true_label is None:
             continue
         label = check_label(sample.true_label)
         folder = out / label
         folder.mkdir(exist_ok=True)
-        atomic_write_bytes(folder / f"{sample.sha256}{_EXTENSIONS[sample.image_format]}", data)
+        name = f"{sample.sha256}{_EXTENSIONS[sample.image_format]}"
+        atomic_write_bytes(folder / name, data)
         written[label] = written.get(label, 0) + 1
+        record = {key: getattr(sample, key) for key in _EXPORTED}
+        lines.append(json.dumps({"file": f"{label}/{name}", **record}, sort_keys=True))
+    atomic_write_bytes(out / EXPORT_METADATA, "".join(f"{line}\n" for line in lines).encode())
     return dict(sorted(written.items()))

@@ -222,6 +222,7 @@ class FieldCollector:
             bundle_sha256=prediction.bundle_sha256,
             bundle_name=prediction.bundle_name,
             bundle_version=prediction.bundle_version,
+            camera_id=prediction.camera_id,
         )
         payload = FieldSample(header, data).encode()
         if len(payload) > MAX_SAMPLE_BYTES:

@@ -120,6 +120,9 @@ class FieldSampleHeader(DeviceReport):
     bundle_sha256: Sha256
     bundle_name: Annotated[str, Field(max_length=64)]
     bundle_version: Annotated[str, Field(max_length=64)]
+    camera_id: DeviceId | None = None
+    """The camera that took the frame (its id in ``cameras:``) on a multi-camera device; null
+    on a single-camera device. Optional: devices from before it send none."""
 
 
 class FieldSample:

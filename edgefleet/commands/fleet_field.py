@@ -173,9 +173,13 @@ def _samples(api: FleetApi, query: dict[str, str], limit: int | None) -> Iterato
 
 
 def _filters(
-    device: str | None, version: str | None, reason: str | None, labelled: bool | None
+    device: str | None,
+    version: str | None,
+    reason: str | None,
+    labelled: bool | None,
+    camera: str | None = None,
 ) -> dict[str, str]:
-    query = {"device": device, "version": version, "reason": reason}
+    query = {"device": device, "version": version, "reason": reason, "camera": camera}
     found = {k: v for k, v in query.items() if v is not None}
     if labelled is not None:
         found["labelled"] = "true" if labelled else "false"
@@ -184,6 +188,7 @@ def _filters(
 
 @field_data.command("list")
 @click.option("--device", help="Only this device's samples.")
+@click.option("--camera", help="Only this camera's samples (its id on a multi-camera device).")
 @click.option("--version", help="Only samples taken with this bundle version.")
 @click.option("--reason", type=click.Choice(["low-confidence", "class", "random"]))
 @click.option(
@@ -200,21 +205,25 @@ def list_samples(
     labelled: bool | None,
     limit: int,
     as_json: bool,
+    camera: str | None,
 ) -> None:
     """Collected samples, newest first."""
-    rows = list(_samples(api, _filters(device, version, reason, labelled), limit))
+    rows = list(_samples(api, _filters(device, version, reason, labelled, camera), limit))
     if as_json:
         _print_json(rows)
         return
     if not rows:
         make_console().print("no field samples")
         return
-    table = Table("sample", "device", "version", "received", "reason", "answer", "conf.", "label")
+    table = Table(
+        "sample", "device", "camera", "version", "received", "reason", "answer", "conf.", "label"
+    )
     for row in rows:
         confidence = row["confidence"]
         table.add_row(
             row["sha256"][:12],
             row["device_id"],
+            row.get("camera_id") or "",
             row["bundle_version"],
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["received_at"])),
             row["reason"],
@@ -260,6 +269,7 @@ def label(api: FleetApi, sample: str, label: str | None, confirm: bool, as_json:
 @field_data.command("export")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--device", help="Only this device's samples.")
+@click.option("--camera", help="Only this camera's samples.")
 @click.option("--version", help="Only samples taken with this bundle version.")
 @click.option(
     "--labels",
@@ -268,12 +278,18 @@ def label(api: FleetApi, sample: str, label: str | None, confirm: bool, as_json:
 )
 @click.pass_obj
 def export(
-    api: FleetApi, out: Path, device: str | None, version: str | None, labels: str | None
+    api: FleetApi,
+    out: Path,
+    device: str | None,
+    version: str | None,
+    labels: str | None,
+    camera: str | None,
 ) -> None:
-    """Write the labelled samples to OUT/<label>/<sha256>.jpg (a parity or training folder)."""
+    """Write the labelled samples to OUT/<label>/<sha256>.jpg (a parity or training folder),
+    and what each one is (device, camera, the device's answer, bundle) to OUT/samples.jsonl."""
     from fleet_server.field_data import export_folder
 
-    rows = list(_samples(api, _filters(device, version, None, True), None))
+    rows = list(_samples(api, _filters(device, version, None, True, camera), None))
     if not rows:
         raise click.ClickException("no labelled field samples to export: label some first")
     from fleet_server.field_data import FieldSampleInfo

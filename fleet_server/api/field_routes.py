@@ -13,7 +13,7 @@ route                                      role      what
 ``GET /field-data/settings``               viewer    every group's settings
 ``PUT /field-data/settings/{tag}``         operator  switch a group on (or change its rules)
 ``DELETE /field-data/settings/{tag}``      operator  switch a group off
-``GET /field-data/samples``                viewer    samples, filtered (device, version, reason)
+``GET /field-data/samples``                viewer    samples, filtered (device, camera, version, reason)
 ``GET /field-data/samples/{sha256}``       viewer    one sample's record
 ``GET /field-data/samples/{sha256}/image`` viewer    its image (JPEG or PNG)
 ``PUT /field-data/samples/{sha256}/label`` operator  a person's label for it
@@ -120,6 +120,7 @@ def field_routes(
         version: Annotated[str | None, Query(max_length=64)] = None,
         reason: Literal["low-confidence", "class", "random"] | None = None,
         labelled: bool | None = None,
+        camera: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_FIELD_LIMIT)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> list[dict[str, Any]]:
@@ -131,6 +132,7 @@ def field_routes(
                 version=version,
                 reason=reason,
                 labelled=labelled,
+                camera_id=camera,
                 limit=limit,
                 offset=offset,
             )

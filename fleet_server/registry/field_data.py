@@ -6,10 +6,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, delete, func, select
 
 from edge_runtime.protocol.field_data import FieldDataSettings, FieldSampleHeader
 from fleet_server import db
+from fleet_server.db.field_cameras import FieldSampleCameraRow
 from fleet_server.db.field_data import FieldSampleRow, FieldSettingsRow
 from fleet_server.errors import NotFoundError, RegistryError
 from fleet_server.field_data import FieldRetention, FieldSampleInfo, check_label
@@ -24,7 +25,7 @@ MAX_FIELD_LIMIT = 10_000
 """The most samples one query returns."""
 
 
-def _info(row: FieldSampleRow) -> FieldSampleInfo:
+def _info(row: FieldSampleRow, camera_id: str | None) -> FieldSampleInfo:
     return FieldSampleInfo(
         sha256=row.sha256,
         device_id=row.device_id,
@@ -43,6 +44,14 @@ def _info(row: FieldSampleRow) -> FieldSampleInfo:
         true_label=row.true_label,
         labelled_by=row.labelled_by,
         labelled_at=row.labelled_at,
+        camera_id=camera_id,
+    )
+
+
+def _with_camera() -> Select[FieldSampleRow, str]:
+    """Samples with their camera (None: the device named none)."""
+    return select(FieldSampleRow, FieldSampleCameraRow.camera_id).outerjoin(
+        FieldSampleCameraRow, FieldSampleCameraRow.sha256 == FieldSampleRow.sha256
     )
 
 
@@ -75,6 +84,9 @@ class FieldData(UnitOfWork):
                     uploads=1,
                 )
             )
+            if header.camera_id is not None:
+                session.flush()  # the sample's row first: the camera's refers to it
+                session.add(FieldSampleCameraRow(sha256=header.sha256, camera_id=header.camera_id))
             return True
 
     def field_samples(
@@ -84,15 +96,19 @@ class FieldData(UnitOfWork):
         version: str | None = None,
         reason: str | None = None,
         labelled: bool | None = None,
+        camera_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[FieldSampleInfo]:
-        """Samples, newest first, filtered by device, bundle version, reason, labelled or not."""
+        """Samples, newest first, filtered by device, bundle version, reason, labelled or not,
+        and camera."""
         if not 1 <= limit <= MAX_FIELD_LIMIT:
             raise RegistryError(f"limit must be between 1 and {MAX_FIELD_LIMIT}, not {limit}")
         if offset < 0:
             raise RegistryError(f"offset must not be negative, not {offset}")
-        query = select(FieldSampleRow)
+        query = _with_camera()
+        if camera_id is not None:
+            query = query.where(FieldSampleCameraRow.camera_id == camera_id)
         if device_id is not None:
             query = query.where(FieldSampleRow.device_id == device_id)
         if version is not None:
@@ -104,16 +120,16 @@ class FieldData(UnitOfWork):
             query = query.where(column.is_not(None) if labelled else column.is_(None))
         query = query.order_by(FieldSampleRow.received_at.desc(), FieldSampleRow.sha256)
         with self._transaction() as session:
-            rows = session.scalars(query.offset(offset).limit(limit))
-            return [_info(row) for row in rows]
+            rows = session.execute(query.offset(offset).limit(limit))
+            return [_info(row, camera) for row, camera in rows]
 
     def field_sample(self, sha256: str) -> FieldSampleInfo:
         """One sample; :class:`NotFoundError` when unknown."""
         with self._transaction() as session:
-            row = session.get(FieldSampleRow, sha256)
-            if row is None:
+            found = session.execute(_with_camera().where(FieldSampleRow.sha256 == sha256)).first()
+            if found is None:
                 raise NotFoundError(f"no field sample {sha256[:64]!r}")
-            return _info(row)
+            return _info(found[0], found[1])
 
     def label_field_sample(self, sha256: str, label: str, by: str | None = None) -> FieldSampleInfo:
         """Record what a person says the frame shows (one of its bundle's labels, when known)."""
@@ -131,7 +147,8 @@ class FieldData(UnitOfWork):
             row.true_label = label
             row.labelled_by = by
             row.labelled_at = self._clock()
-            return _info(row)
+            camera = session.get(FieldSampleCameraRow, sha256)
+            return _info(row, None if camera is None else camera.camera_id)
 
     def prune_field_samples(
         self, retention: FieldRetention, now: float | None = None
@@ -162,11 +179,11 @@ class FieldData(UnitOfWork):
                         excess -= 1
             shas = [sha for sha, _ in dropped]
             for start in range(0, len(shas), 500):
+                chunk = shas[start : start + 500]
                 session.execute(
-                    delete(FieldSampleRow).where(
-                        FieldSampleRow.sha256.in_(shas[start : start + 500])
-                    )
+                    delete(FieldSampleCameraRow).where(FieldSampleCameraRow.sha256.in_(chunk))
                 )
+                session.execute(delete(FieldSampleRow).where(FieldSampleRow.sha256.in_(chunk)))
         if dropped:
             log.info("dropped %d field samples beyond the retention bounds", len(dropped))
         return dropped
