@@ -6,7 +6,9 @@ verified by :class:`TrustClient`; a verified assignment starts a
 receiver-driven chunk download; the download is checked against the signed
 length and hash, moved into the store, smoke-tested, swapped in between two
 frames, and watched during probation by the predictions the pipeline makes
-(on a multi-camera device, each camera's stream judged on its own).
+(on a multi-camera device, each camera's stream judged on its own, but for
+the cameras that were already dead at activation). The event that ends
+probation carries each stream's figures.
 A failure anywhere brings back (or keeps) the last good bundle. The state is
 persisted atomically after every transition and reported retained, with an
 event that says why.
@@ -20,6 +22,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,7 @@ from edge_runtime.mqtt_link import MqttLink, device_topic
 from edge_runtime.outputs import PredictionSink
 from edge_runtime.pipeline import ActiveModel
 from edge_runtime.prediction import Prediction
-from edge_runtime.protocol import EventReport, WireMessage
+from edge_runtime.protocol import EventReport, ProbationFigures, WireMessage
 from edge_runtime.supervise import SupervisedThread
 from edge_runtime.trust import Assignment, TrustClient
 from edge_runtime.update import (
@@ -45,6 +48,7 @@ from edge_runtime.update import (
     Transition,
     UpdatePhase,
     UpdateState,
+    dead_cameras,
     event_report,
     protected_bundles,
     recover,
@@ -105,6 +109,9 @@ class UpdateAgent:
         self._unsaved: UpdateState | None = None
         self.store_problem: str | None = None
         """Why the update state cannot be persisted now (a full disk); None when it can."""
+        self._frame_ages: dict[str, Callable[[], float | None]] = {}
+        self.probation_excluded: dict[str, str] = {}
+        """The cameras the latest activated bundle was not judged on (dead at activation), with why."""
         self.state = self._boot_state()
 
     # --- start-up ----------------------------------------------------------------
@@ -180,6 +187,11 @@ class UpdateAgent:
                 if recent is None:
                     recent = self._recent_confidence[prediction.camera_id] = deque(maxlen=200)
                 recent.append(prediction.confidence)
+
+    def watch_camera(self, camera: str, frame_age: Callable[[], float | None]) -> None:
+        """How to ask a camera of a multi-camera device for the seconds since its newest frame
+        (None: none yet); asked when a bundle is activated, to leave dead cameras out."""
+        self._frame_ages[camera] = frame_age
 
     def record_inference_error(self, message: str, camera: str | None = None) -> None:
         """An inference failed on the serving model, on ``camera`` of a multi-camera device
@@ -331,13 +343,25 @@ class UpdateAgent:
             return
         if self.state.target is None or self.state.target.key != key:
             return  # superseded while testing: never activate an old result
-        self._apply(self.state.smoke_passed(time.time()))
         cameras: list[str | None] = (
             [None] if self.config.cameras is None else [c.id for c in self.config.cameras]
         )
+        excluded = self._dead_cameras()
+        if excluded and len(excluded) == len(cameras):
+            self._apply(
+                self.state.failed(
+                    "not activated: every camera is dead, the bundle cannot be judged on any "
+                    "stream ("
+                    + "; ".join(f"{camera}: {why}" for camera, why in excluded.items())
+                    + ")",
+                    time.time(),
+                )
+            )
+            return
+        self._apply(self.state.smoke_passed(time.time()))
+        judged = [camera for camera in cameras if camera is None or camera not in excluded]
         with self._lock:
-            baselines = {camera: self._baseline(camera) for camera in cameras}
-            previous = self.model.swap(report.classifier)
+            baselines = {camera: self._baseline(camera) for camera in judged}
             now = time.time()
             monitors = {
                 camera: ProbationMonitor(
@@ -348,17 +372,32 @@ class UpdateAgent:
                     latency_budget_ms=bundle.manifest.compatibility.latency_budget_ms,
                     min_confidence_ratio=self.settings.min_confidence_ratio,
                 )
-                for camera in cameras
+                for camera in judged
             }
             # several cameras: one that stops answering with the new bundle for as long as
             # /healthz allows a camera without frames fails it (a single camera waits, as ever)
             silence = None if self.config.cameras is None else self.config.health.max_frame_age_s
-            self._probation = _Probation(
-                monitor=CameraProbation(monitors, silence_s=silence),
-                previous=previous,
-                sha256=bundle.sha256,
+            judge = CameraProbation(monitors, silence_s=silence, excluded=excluded)
+            previous = self.model.swap(
+                report.classifier
+            )  # the monitors are built: nothing fails now
+            self._probation = _Probation(monitor=judge, previous=previous, sha256=bundle.sha256)
+            self.probation_excluded = excluded
+        if excluded:
+            log.warning(
+                "bundle %s is not judged on %s: %s",
+                bundle.sha256[:12],
+                ", ".join(excluded),
+                "; ".join(excluded.values()),
             )
         self._apply(self.state.activated(now))
+
+    def _dead_cameras(self) -> dict[str, str]:
+        """The cameras of a multi-camera device that are dead now (none when they are judged anyway)."""
+        if self.config.cameras is None or not self.settings.exclude_dead_cameras:
+            return {}
+        ages = {camera: age() for camera, age in self._frame_ages.items()}
+        return dead_cameras(ages, self.config.health.max_frame_age_s)
 
     def _baseline(self, camera: str | None) -> float | None:
         """Mean confidence of the serving bundle's recent predictions on ``camera`` (20 at least)."""
@@ -373,15 +412,16 @@ class UpdateAgent:
                 self._apply(self.state.probation_failed("probation lost its monitor", time.time()))
                 return
             verdict = probation.monitor.verdict(time.time())
+            figures = probation.monitor.figures() if verdict is not None else None
         if verdict is None:
             return
         if verdict.passed:
             self._end_probation(restore=False)
-            self._apply(self.state.probation_passed(time.time()))
+            self._apply(self.state.probation_passed(time.time()), probation=figures)
             self.store.prune(protected_bundles(self.state))
         else:
             self._end_probation(restore=True)
-            self._apply(self.state.probation_failed(verdict.reason, time.time()))
+            self._apply(self.state.probation_failed(verdict.reason, time.time()), probation=figures)
 
     def _end_probation(self, restore: bool) -> None:
         with self._lock:
@@ -408,11 +448,19 @@ class UpdateAgent:
 
     # --- state, events ---------------------------------------------------------------
 
-    def _apply(self, transition: Transition) -> None:
-        self.state = self._commit_transition(transition, publish=True)
+    def _apply(
+        self, transition: Transition, *, probation: list[ProbationFigures] | None = None
+    ) -> None:
+        """Persist and publish ``transition``; ``probation``: the figures of the probation it ends."""
+        self.state = self._commit_transition(transition, publish=True, probation=probation)
 
     def _commit_transition(
-        self, transition: Transition, publish: bool, *, tolerate_store: bool = False
+        self,
+        transition: Transition,
+        publish: bool,
+        *,
+        tolerate_store: bool = False,
+        probation: list[ProbationFigures] | None = None,
     ) -> UpdateState:
         state = transition.state
         try:
@@ -429,7 +477,9 @@ class UpdateAgent:
                     event.to_state.value,
                     event.reason,
                 )
-                self._publish("events", event_report(self.config.device_id, event), retain=False)
+                figures = probation if event.from_state == UpdatePhase.PROBATION else None
+                report = event_report(self.config.device_id, event, figures)
+                self._publish("events", report, retain=False)
             if transition.events:
                 self.state = state
                 self._publish_state()

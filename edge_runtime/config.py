@@ -142,7 +142,16 @@ class UpdateConfig(_Strict):
         default_factory=list, description="group names this device belongs to"
     )
     probation_s: float = Field(default=30.0, ge=0)
-    probation_min_predictions: int = Field(default=10, ge=0)
+    probation_min_predictions: int = Field(
+        default=10,
+        ge=0,
+        description="predictions (per camera) before probation may end; 0: probation_s alone",
+    )
+    exclude_dead_cameras: bool = Field(
+        default=True,
+        description="several cameras: one without a frame for health.max_frame_age_s at "
+        "activation is not judged (false: it fails the new bundle)",
+    )
     min_confidence_ratio: float = Field(default=0.5, ge=0, le=1)
     smoke_latency_runs: int = Field(default=20, ge=1)
     window_timeout_s: float = Field(default=10.0, gt=0)

@@ -165,6 +165,7 @@ class DeviceRuntime:
         self.multi = config.cameras is not None
         self._wake = threading.Event()
         self.cameras = self._cameras()
+        self._watch_cameras()
         first = self.cameras[0]
         self.slot, self.capture, self.read_timeout_s = (
             first.slot,
@@ -218,6 +219,14 @@ class DeviceRuntime:
                 model = CameraModel(self.model, self.config.backend, self.config.threads)
             cameras.append(Camera(camera_config, slot, sinks, model))
         return cameras
+
+    def _watch_cameras(self) -> None:
+        """Several cameras: the update agent leaves those dead at activation out of probation."""
+        if self.agent is not None and self.multi:
+            from edge_runtime.probation_cameras import watch_cameras
+
+            slots = {c.id: c.slot for c in self.cameras if isinstance(c.slot, WakingSlot)}
+            watch_cameras(self.agent, slots, self.health, self.registry)
 
     def _sinks(self, camera: str, outputs: OutputsConfig) -> list[PredictionSink]:
         """The camera's outputs, each behind its own queue thread, then the update agent's and quality's taps."""

@@ -32,6 +32,7 @@ __all__ = [
     "RECENT_REASON_CHARS",
     "Availability",
     "EventReport",
+    "ProbationFigures",
     "ReportedBundle",
     "ReportedTarget",
     "StateReport",
@@ -145,6 +146,52 @@ class StateReport(DeviceReport):
         return self.sequence >= sequence
 
 
+MAX_PROBATION_STREAMS: Final = 64
+"""The most camera streams an event's ``probation`` lists."""
+
+
+class ProbationFigures(WireMessage):
+    """One camera stream's figures at the end of a probation (an event's ``probation`` entry).
+
+    ``camera`` is None on a single-camera device. A camera that had sent no
+    frame for ``health.max_frame_age_s`` when the bundle was activated is
+    listed with ``judged`` false and ``note`` saying why: the bundle was not
+    judged on it.
+    """
+
+    camera: str | None = Field(default=None, max_length=64)
+    judged: bool = True
+    """False: excluded from the judgement (the camera was dead before activation)."""
+    predictions: _Count = 0
+    """Predictions the new bundle made on this stream during probation."""
+    errors: _Count = 0
+    """Inference errors of the new bundle on this stream."""
+    latency_p95_ms: float | None = Field(default=None, ge=0)
+    """The stream's inference latency p95 with the new bundle (None without a prediction)."""
+    mean_confidence: float | None = None
+    baseline_confidence: float | None = None
+    """The previous bundle's recent mean confidence on this stream (None: not enough of it)."""
+    note: str | None = Field(default=None, max_length=300)
+    """Why the camera was not judged, or what failed on its stream."""
+
+    def summary(self) -> str:
+        """The stream's figures as a few words for people."""
+        name = "" if self.camera is None else f"{self.camera}: "
+        if not self.judged:
+            return f"{name}not judged ({self.note or 'excluded'})"
+        words = [f"{self.predictions} predictions"]
+        if self.errors:
+            words.append(f"{self.errors} errors")
+        if self.latency_p95_ms is not None:
+            words.append(f"p95 {self.latency_p95_ms:.2f} ms")
+        if self.mean_confidence is not None:
+            confidence = f"confidence {self.mean_confidence:.3f}"
+            if self.baseline_confidence is not None:
+                confidence += f" (before {self.baseline_confidence:.3f})"
+            words.append(confidence)
+        return name + ", ".join(words)
+
+
 class EventReport(DeviceReport):
     """One ``devices/<id>/events`` payload: a lifecycle transition, or a refusal.
 
@@ -164,6 +211,9 @@ class EventReport(DeviceReport):
     to_state: _Phase | None = Field(default=None, alias="to")
     reason: str = Field(default="", max_length=MAX_REASON_CHARS)
     at: Timestamp
+    probation: list[ProbationFigures] | None = Field(default=None, max_length=MAX_PROBATION_STREAMS)
+    """On the event that ends a probation (``from`` probation): each camera stream's figures.
+    Absent on other events, and from devices that predate it."""
 
     @model_validator(mode="after")
     def _transition_is_complete(self) -> EventReport:
@@ -184,8 +234,9 @@ class EventReport(DeviceReport):
         to_state: UpdatePhase,
         reason: str,
         at: float,
+        probation: list[ProbationFigures] | None = None,
     ) -> EventReport:
-        """The event of one lifecycle transition."""
+        """The event of one lifecycle transition (``probation``: the figures of the probation it ends)."""
         return cls(
             device_id=device_id,
             bundle=bundle,
@@ -194,6 +245,7 @@ class EventReport(DeviceReport):
             to_state=to_state,
             reason=clip(reason, _SENT_REASON_CHARS),
             at=at,
+            probation=probation or None,
         )
 
     @classmethod
@@ -228,7 +280,10 @@ class EventReport(DeviceReport):
         to_state = self.to_state.value if self.to_state else "?"
         bundle = (self.bundle or "?")[:12]
         text = f"{from_state} -> {to_state} (bundle {bundle}, assignment {self.assignment})"
-        return f"{text}: {self.reason}" if self.reason else text
+        text = f"{text}: {self.reason}" if self.reason else text
+        if self.probation:
+            text += " [" + "; ".join(figures.summary() for figures in self.probation) + "]"
+        return text
 
 
 StateReport.model_rebuild()  # its `recent` holds EventReports, defined after it

@@ -27,6 +27,7 @@ from edge_runtime.update.probation import (
     ProbationMonitor,
     ProbationVerdict,
     confidence_baseline,
+    dead_cameras,
 )
 from edge_runtime.update.smoke import SmokeReport, smoke_test
 from edge_runtime.update.store import BundleStore
@@ -45,6 +46,7 @@ __all__ = [
     "UpdatePhase",
     "UpdateState",
     "confidence_baseline",
+    "dead_cameras",
     "event_payload",
     "event_report",
     "protected_bundles",

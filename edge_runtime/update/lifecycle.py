@@ -43,6 +43,7 @@ from edge_runtime.protocol import (
     RECENT_EVENTS,
     RECENT_REASON_CHARS,
     EventReport,
+    ProbationFigures,
     ReportedBundle,
     ReportedTarget,
     StateReport,
@@ -421,8 +422,11 @@ def state_report(
     )
 
 
-def event_report(device_id: str, event: UpdateEvent) -> EventReport:
-    """The ``devices/<id>/events`` message for one lifecycle event (``docs/protocol.md``)."""
+def event_report(
+    device_id: str, event: UpdateEvent, probation: list[ProbationFigures] | None = None
+) -> EventReport:
+    """The ``devices/<id>/events`` message for one lifecycle event (``docs/protocol.md``);
+    ``probation``: the per-camera figures of the probation it ends."""
     return EventReport.transition(
         device_id,
         bundle=event.bundle,
@@ -431,6 +435,7 @@ def event_report(device_id: str, event: UpdateEvent) -> EventReport:
         to_state=event.to_state,
         reason=event.reason,
         at=event.at,
+        probation=probation,
     )
 
 

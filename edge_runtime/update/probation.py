@@ -6,7 +6,9 @@ current time. It fails the bundle on an inference error, a NaN/inf output,
 a latency p95 over the budget, or a confidence collapse against the
 previous bundle; it passes the bundle when the window ends without any.
 :class:`CameraProbation` judges each camera's stream of a multi-camera
-device with its own monitor (and a single camera's with one, unchanged).
+device with its own monitor (and a single camera's with one, unchanged),
+leaving out the cameras that were already dead when the bundle was activated,
+and gives each stream's figures for the event that ends probation.
 """
 
 from __future__ import annotations
@@ -19,8 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_runtime.prediction import Prediction
+from edge_runtime.protocol import ProbationFigures
 
-__all__ = ["CameraProbation", "ProbationMonitor", "ProbationVerdict", "confidence_baseline"]
+__all__ = [
+    "CameraProbation",
+    "ProbationMonitor",
+    "ProbationVerdict",
+    "confidence_baseline",
+    "dead_cameras",
+]
 
 
 @dataclass(frozen=True)
@@ -46,12 +55,30 @@ def confidence_baseline(
     return fallback
 
 
+def dead_cameras(frame_ages: Mapping[str, float | None], max_frame_age_s: float) -> dict[str, str]:
+    """The cameras that are dead now, each with why: no frame for over ``max_frame_age_s``.
+
+    ``frame_ages`` maps each camera to the seconds since its newest frame
+    (None: it never sent one). Asked when a bundle is activated: these
+    cameras are not judged by its probation.
+    """
+    dead = {}
+    for camera, age in frame_ages.items():
+        if age is None:
+            dead[camera] = "no frame since the device started, before activation"
+        elif age > max_frame_age_s:
+            dead[camera] = (
+                f"no frame for {age:.1f} s before activation (limit {max_frame_age_s:g} s)"
+            )
+    return dead
+
+
 class ProbationMonitor:
     """Watches one bundle's probation and decides it.
 
     The window ends once ``window_s`` seconds have passed since
     ``started_at`` (when given) and at least ``min_predictions`` predictions
-    were seen. Latency and confidence are judged once ``min_samples``
+    were seen (0: time alone ends it, even without a prediction). Latency and confidence are judged once ``min_samples``
     predictions are in, and always at the end of the window. The first
     failure is final.
     """
@@ -70,8 +97,8 @@ class ProbationMonitor:
     ) -> None:
         if window_s is not None and window_s < 0:
             raise ValueError("window_s must not be negative")
-        if min_predictions < 1:
-            raise ValueError("min_predictions must be at least 1")
+        if min_predictions < 0:
+            raise ValueError("min_predictions must not be negative")
         if not 0.0 < min_confidence_ratio <= 1.0:
             raise ValueError("min_confidence_ratio must be in (0, 1]")
         self.started_at = started_at
@@ -85,6 +112,8 @@ class ProbationMonitor:
         self.labels: Counter[str] = Counter()
         self._confidence_sum = 0.0
         self._latencies: list[float] = []
+        self.errors = 0
+        """Inference errors recorded (the first fails probation)."""
         self._failure: ProbationVerdict | None = None
         self.last_captured_at: float | None = None
         """Capture time of the newest frame recorded through :meth:`record` (None before one)."""
@@ -130,6 +159,7 @@ class ProbationMonitor:
 
     def record_error(self, message: str) -> None:
         """An inference error or crash of the new bundle: probation fails."""
+        self.errors += 1
         self._fail(f"inference error: {message}")
 
     def window_over(self, now: float) -> bool:
@@ -178,6 +208,18 @@ class ProbationMonitor:
                     f"({self.predictions} predictions)"
                 )
 
+    def figures(self, camera: str | None = None) -> ProbationFigures:
+        """This stream's figures so far (``note``: its failure, if it failed)."""
+        return ProbationFigures(
+            camera=camera,
+            predictions=self.predictions,
+            errors=self.errors,
+            latency_p95_ms=self.latency_p95_ms,
+            mean_confidence=self.mean_confidence,
+            baseline_confidence=self.baseline_confidence,
+            note=None if self._failure is None else self._failure.reason[:300],
+        )
+
     def _fail(self, reason: str) -> None:
         if self._failure is None:
             self._failure = ProbationVerdict(passed=False, reason=reason)
@@ -193,10 +235,18 @@ class CameraProbation:
     a camera made no prediction with the bundle for ``silence_s`` seconds
     (counted from the start of probation, then from the capture of its
     newest frame recorded); it passes once every camera's window is over.
+
+    ``excluded`` maps the cameras left out of the judgement (dead before
+    activation) to why: their predictions and errors are not judged, and
+    they are listed, not judged, in :meth:`figures` and the passing reason.
     """
 
     def __init__(
-        self, monitors: Mapping[str | None, ProbationMonitor], *, silence_s: float | None = None
+        self,
+        monitors: Mapping[str | None, ProbationMonitor],
+        *,
+        silence_s: float | None = None,
+        excluded: Mapping[str, str] | None = None,
     ) -> None:
         if not monitors:
             raise ValueError("probation needs at least one camera stream")
@@ -204,7 +254,12 @@ class CameraProbation:
             raise ValueError("silence_s must be positive")
         self.monitors = dict(monitors)
         self.silence_s = silence_s
+        self.excluded = dict(excluded or {})
+        if set(self.excluded) & set(self.monitors):
+            raise ValueError("a camera is either judged or excluded, not both")
         self._failure: ProbationVerdict | None = None
+        self._failed_camera: str | None = None
+        self._failed_note: str | None = None
 
     @property
     def predictions(self) -> int:
@@ -222,6 +277,8 @@ class CameraProbation:
         monitor = self.monitors.get(camera)
         if monitor is not None:
             monitor.record_error(message)
+        elif camera is not None and camera in self.excluded:
+            return  # a camera left out of the judgement (it was dead at activation)
         elif self._failure is None:  # not a stream being judged: it still counts against the bundle
             self._failure = ProbationVerdict(passed=False, reason=f"inference error: {message}")
 
@@ -253,13 +310,30 @@ class CameraProbation:
             return None
         if len(verdicts) == 1 and verdicts[0][0] is None:
             return verdicts[0][1]
-        return ProbationVerdict(
-            passed=True,
-            reason=f"{len(verdicts)} cameras without failure: "
-            + "; ".join(f"{camera}: {verdict.reason}" for camera, verdict in verdicts if verdict),
+        reason = f"{len(verdicts)} cameras without failure: " + "; ".join(
+            f"{camera}: {verdict.reason}" for camera, verdict in verdicts if verdict
         )
+        if self.excluded:
+            reason += "; not judged: " + "; ".join(
+                f"{camera} ({why})" for camera, why in self.excluded.items()
+            )
+        return ProbationVerdict(passed=True, reason=reason)
+
+    def figures(self) -> list[ProbationFigures]:
+        """Each camera stream's figures, judged ones first (the event that ends probation carries them)."""
+        judged = []
+        for camera, monitor in self.monitors.items():
+            figures = monitor.figures(camera)
+            if figures.note is None and camera == self._failed_camera and self._failed_note:
+                figures = figures.model_copy(update={"note": self._failed_note[:300]})
+            judged.append(figures)
+        return judged + [
+            ProbationFigures(camera=camera, judged=False, note=why[:300])
+            for camera, why in self.excluded.items()
+        ]
 
     def _fail(self, camera: str | None, reason: str) -> ProbationVerdict:
         named = reason if camera is None else f"camera {camera}: {reason}"
         self._failure = ProbationVerdict(passed=False, reason=named)
+        self._failed_camera, self._failed_note = camera, reason
         return self._failure

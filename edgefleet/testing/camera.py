@@ -13,6 +13,7 @@ entry-point group as ``fake-camera``, so a device config can name it::
 
 Frame ``k`` is one solid BGR colour that depends only on ``k`` (or on ``colors``
 when given), so a test knows what every frame looks like: :meth:`FakeCamera.frame`.
+:meth:`FakeCamera.unplug` pulls its cable while it runs.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class FakeCamera(FrameSource):
         self.delivered = 0
         """Frames returned by ``read`` in all, across connections."""
         self.is_open = False
+        self.unplugged = False
+        """Set by :meth:`unplug`: the stream is lost and every open is refused from then on."""
         self._left_in_connection: int | None = None
         self._pacer = Pacer(self.config.fps)
         self._lock = threading.Lock()
@@ -93,6 +96,8 @@ class FakeCamera(FrameSource):
         """Connect; the first ``refuse_opens`` attempts fail with ``SourceUnavailableError``."""
         with self._lock:
             self.opens.append(time.monotonic())
+            if self.unplugged:
+                raise SourceUnavailableError(f"{self.name}: no answer (unplugged)")
             if len(self.opens) <= self.config.refuse_opens:
                 raise SourceUnavailableError(
                     f"{self.name}: connection refused (attempt {len(self.opens)})"
@@ -108,7 +113,7 @@ class FakeCamera(FrameSource):
                 raise SourceError(f"{self.name} is not open")
             if self.config.frames is not None and self.delivered >= self.config.frames:
                 return None
-            if self._left_in_connection == 0:
+            if self._left_in_connection == 0 or self.unplugged:
                 self.is_open = False
                 raise SourceError(f"{self.name}: stream lost")
             if self._left_in_connection is not None:
@@ -117,6 +122,12 @@ class FakeCamera(FrameSource):
             self.delivered += 1
         self._pacer.wait()
         return image
+
+    def unplug(self) -> None:
+        """Pull the cable: the next read loses the stream, and no open succeeds any more."""
+        with self._lock:
+            self.unplugged = True
+        self._pacer.interrupt()
 
     def close(self) -> None:
         """Disconnect (safe to call twice, or before ``open``)."""
