@@ -54,6 +54,7 @@ from edge_runtime.line_config import (
     OpcUaWriteConfig,
     SecurityName,
 )
+from edge_runtime.opcua_keepalive import keep_alive
 from edge_runtime.output_queue import OutputQueueStats
 from edge_runtime.outputs import PredictionSink
 from edge_runtime.prediction import Prediction
@@ -156,6 +157,7 @@ class OpcUaServer:
             else {_fingerprint(_load_certificate(p)) for p in config.trusted_clients}
         )
         self._serving = False
+        self._keep_alive: asyncio.Task[None] | None = None
         try:
             self._loop.call(self._prepare(), timeout=30.0)
         except Exception:
@@ -196,6 +198,8 @@ class OpcUaServer:
             await self._server.start()
         except OSError as exc:
             raise OutputError(f"cannot serve OPC UA on {config.endpoint}: {exc}") from exc
+        # subscriptions at publishing interval 0 get keep-alives (see opcua_keepalive)
+        self._keep_alive = asyncio.get_running_loop().create_task(keep_alive(self._server))
         log.info("OPC UA server on %s (security %s)", config.endpoint, ", ".join(config.security))
 
     async def _validate_client(self, cert: x509.Certificate, _app: object) -> None:
@@ -279,6 +283,8 @@ class OpcUaServer:
         """Stop serving and free the port."""
         if self._serving:
             self._serving = False
+            if self._keep_alive is not None:
+                self._loop.loop.call_soon_threadsafe(self._keep_alive.cancel)
             try:
                 self._loop.call(self._server.stop(), timeout=5.0)
             except Exception:  # shutting down: say so, and still stop the loop
