@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_runtime.bundle import ClassQuality, DatasetRef, QualityReport
+from edge_runtime.confidence_histogram import confidence_counts, confidence_shares
 
 __all__ = ["compare_scores", "confusion_matrix"]
 
@@ -71,6 +72,8 @@ def compare_scores(
             )
         )
     distribution = np.bincount(pred, minlength=classes) / len(pred)
+    top1 = np.max(scores, axis=1)
+    histogram = confidence_shares(confidence_counts(float(c) for c in top1))
     return QualityReport(
         dataset=dataset,
         float_accuracy=float_acc,
@@ -83,7 +86,8 @@ def compare_scores(
         confusion_float=confusion_matrix(y_true, float_pred, classes),
         confusion=confusion_matrix(y_true, pred, classes),
         class_distribution=[float(v) for v in distribution],
-        mean_confidence=float(np.mean(np.max(scores, axis=1))),
+        mean_confidence=float(np.mean(top1)),
+        confidence_histogram=histogram,
         passed=drop <= max_accuracy_drop and agreement >= min_agreement,
         thresholds={"max_accuracy_drop": max_accuracy_drop, "min_agreement": min_agreement},
     )

@@ -5,7 +5,8 @@ The fleet server's quality gate reads these snapshots
 counters, the fps gauge, the p95 of the ``invoke`` stage latency and the
 ``quality`` section this module adds. :class:`QualityTracker` is a
 prediction sink that keeps, for the bundle serving now, how many predictions
-of each label it made and their mean confidence; :class:`TelemetryPublisher`
+of each label it made, their mean confidence and a histogram of their
+confidences (:mod:`edge_runtime.confidence_histogram`); :class:`TelemetryPublisher`
 publishes the whole snapshot every ``interval_s`` seconds, QoS 0 and not
 retained, on ``{prefix}/devices/{id}/telemetry`` (``docs/protocol.md``).
 Telemetry is advisory: a snapshot that cannot be built or published is
@@ -23,6 +24,7 @@ from typing import Any, cast
 
 from pydantic import JsonValue
 
+from edge_runtime.confidence_histogram import CONFIDENCE_BINS, confidence_bin
 from edge_runtime.health import HealthReport, HealthState
 from edge_runtime.metrics import RuntimeMetrics
 from edge_runtime.outputs import PredictionSink, Publisher
@@ -42,7 +44,7 @@ DEFAULT_TELEMETRY_INTERVAL_S = 10.0
 
 
 class QualityTracker(PredictionSink):
-    """Running class counts and mean confidence of the bundle serving now.
+    """Running class counts, mean confidence and confidence histogram of the bundle serving now.
 
     The figures start again from zero when a prediction comes from another
     bundle than the previous one (keyed by ``bundle_sha256``), so they always
@@ -60,6 +62,7 @@ class QualityTracker(PredictionSink):
         self._predictions = 0
         self._confidence_sum = 0.0
         self._confidences = 0
+        self._histogram = [0] * CONFIDENCE_BINS
 
     def emit(self, prediction: Prediction) -> None:
         """Count one prediction (starting afresh when its bundle differs from the last one's)."""
@@ -71,6 +74,7 @@ class QualityTracker(PredictionSink):
             if math.isfinite(prediction.confidence):
                 self._confidence_sum += prediction.confidence
                 self._confidences += 1
+                self._histogram[confidence_bin(prediction.confidence) or 0] += 1
 
     def _reset(self, bundle: str | None) -> None:
         if self._bundle is not None:
@@ -80,6 +84,7 @@ class QualityTracker(PredictionSink):
         self._predictions = 0
         self._confidence_sum = 0.0
         self._confidences = 0
+        self._histogram = [0] * CONFIDENCE_BINS
 
     def snapshot(self, bundle: str | None = None) -> TelemetryQuality:
         """The figures so far (the telemetry's ``quality`` section); for ``bundle``, when given,
@@ -93,6 +98,7 @@ class QualityTracker(PredictionSink):
                 predictions=self._predictions,
                 mean_confidence=mean if mean is None or math.isfinite(mean) else None,
                 class_counts=dict(sorted(self._counts.items())),
+                confidence_histogram=list(self._histogram),
             )
 
 

@@ -4,11 +4,11 @@ The baseline is what the bundle's manifest carries (its quality report's
 class shares and mean confidence, :class:`~fleet_server.quality_figures.Baseline`).
 The live figures come from the telemetry the devices already send: its
 ``quality`` section holds, for the bundle serving now, running totals (the
-predictions, each label's count, the mean confidence since that bundle
-started). Two snapshots of one device, the first and the last of a sliding
-window, give what the device predicted *in that window*
-(:func:`window_between`); devices of a group that run the same bundle pool
-their windows (:func:`pool`).
+predictions, each label's count, the mean confidence, the predictions per
+confidence bin since that bundle started). Two snapshots of one device, the
+first and the last of a sliding window, give what the device predicted *in
+that window*; devices of a group that run the same bundle pool their windows
+(:mod:`fleet_server.drift_window`: :func:`window_between`, :func:`pool`).
 
 From a window and a baseline, :func:`measure` gives the divergence figures:
 
@@ -19,7 +19,13 @@ From a window and a baseline, :func:`measure` gives the divergence figures:
 - ``psi``: the population stability index over the same shares (smoothed,
   so an empty class is not infinite); the usual reading is under 0.1 stable,
   0.1-0.25 moving, over 0.25 shifted;
-- ``confidence_drop``: the baseline's mean confidence minus the window's.
+- ``confidence_drop``: the baseline's mean confidence minus the window's;
+- ``confidence_divergence``: Jensen-Shannon divergence (base 2, 0..1) between
+  the window's histogram of top-1 confidence and the baseline's (the bundle's
+  quality report carries one since bundles made with it; older ones have
+  none, so the figure is None and not judged): a model that stays as sure
+  on average but is now often unsure and often certain shows here, not in
+  the mean.
 
 :func:`judge` applies :class:`DriftThresholds` with hysteresis (an alert is
 raised over a limit and cleared only under ``clear_ratio`` of it), and
@@ -36,6 +42,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge_runtime.confidence_histogram import confidence_shares
+from fleet_server.drift_window import QualityPoint, WindowFigures, pool, read_point, window_between
 from fleet_server.quality_figures import Baseline
 
 __all__ = [
@@ -79,113 +87,10 @@ class DriftThresholds(BaseModel):
     """Population stability index over the class shares (0.25 is the usual 'shifted')."""
     max_confidence_drop: float | None = Field(default=0.15, gt=0, le=1)
     """The baseline's mean confidence minus the window's."""
+    max_confidence_divergence: float | None = Field(default=0.15, gt=0, le=1)
+    """Jensen-Shannon divergence (base 2) of the top-1 confidence histogram from the baseline's."""
     clear_ratio: float = Field(default=0.8, gt=0, le=1)
     """A drifting subject clears once every figure is under this share of its limit."""
-
-
-@dataclass(frozen=True)
-class QualityPoint:
-    """The ``quality`` section of one telemetry snapshot: running totals for one bundle."""
-
-    at: float
-    bundle: str | None
-    predictions: float
-    mean_confidence: float | None
-    class_counts: Mapping[str, float]
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def read_point(snapshot: Mapping[str, Any], at: float) -> QualityPoint | None:
-    """The quality totals of a stored telemetry snapshot; None when it has none."""
-    quality = snapshot.get("quality")
-    if not isinstance(quality, Mapping):
-        return None
-    bundle = quality.get("bundle")
-    predictions = _number(quality.get("predictions"))
-    counts_in = quality.get("class_counts")
-    counts: dict[str, float] = {}
-    if isinstance(counts_in, Mapping):
-        for label, value in counts_in.items():
-            count = _number(value)
-            if count is not None and count >= 0:
-                counts[str(label)] = count
-    confidence = _number(quality.get("mean_confidence"))
-    return QualityPoint(
-        at=at,
-        bundle=bundle if isinstance(bundle, str) else None,
-        predictions=predictions if predictions is not None and predictions >= 0 else 0.0,
-        mean_confidence=confidence if confidence is not None and 0 <= confidence <= 1 else None,
-        class_counts=counts,
-    )
-
-
-@dataclass(frozen=True)
-class WindowFigures:
-    """What one device (or a pool of them) predicted in a window, on one bundle."""
-
-    bundle: str | None
-    predictions: float
-    class_counts: Mapping[str, float]
-    mean_confidence: float | None
-    devices: int = 1
-
-
-def window_between(first: QualityPoint, last: QualityPoint) -> WindowFigures:
-    """What a device predicted between two of its snapshots (``first`` the older).
-
-    The totals restart when the bundle changes or the device restarts; then
-    ``last``'s totals alone are the window (everything since the restart).
-    """
-    restarted = (
-        first is last
-        or first.bundle != last.bundle
-        or last.predictions < first.predictions
-        or any(last.class_counts.get(k, 0.0) < v for k, v in first.class_counts.items())
-    )
-    if restarted:
-        return WindowFigures(
-            last.bundle, last.predictions, dict(last.class_counts), last.mean_confidence
-        )
-    predictions = last.predictions - first.predictions
-    counts = {
-        label: count - first.class_counts.get(label, 0.0)
-        for label, count in last.class_counts.items()
-        if count - first.class_counts.get(label, 0.0) > 0
-    }
-    confidence: float | None = None
-    if predictions > 0 and last.mean_confidence is not None:
-        if first.mean_confidence is None or first.predictions == 0:
-            confidence = last.mean_confidence
-        else:
-            total = last.mean_confidence * last.predictions
-            earlier = first.mean_confidence * first.predictions
-            confidence = min(1.0, max(0.0, (total - earlier) / predictions))
-    return WindowFigures(last.bundle, predictions, counts, confidence)
-
-
-def pool(windows: Sequence[WindowFigures]) -> WindowFigures:
-    """Several devices' windows on one bundle as one: counts summed, confidence weighted."""
-    counts: dict[str, float] = {}
-    weighted, weight = 0.0, 0.0
-    for window in windows:
-        for label, count in window.class_counts.items():
-            counts[label] = counts.get(label, 0.0) + count
-        if window.mean_confidence is not None and window.predictions > 0:
-            weighted += window.mean_confidence * window.predictions
-            weight += window.predictions
-    bundles = {w.bundle for w in windows}
-    return WindowFigures(
-        bundle=bundles.pop() if len(bundles) == 1 else None,
-        predictions=sum(w.predictions for w in windows),
-        class_counts=counts,
-        mean_confidence=weighted / weight if weight > 0 else None,
-        devices=sum(w.devices for w in windows),
-    )
 
 
 def shares(counts: Mapping[str, float], labels: Sequence[str]) -> dict[str, float] | None:
@@ -241,6 +146,10 @@ class DriftFigures:
     baseline_distribution: Mapping[str, float] | None
     biggest_shift: tuple[str, float] | None
     """The label whose share moved most, and by how much (signed, live minus baseline)."""
+    confidence_divergence: float | None = None
+    confidence_histogram: Sequence[float] | None = None
+    """The window's share of predictions per confidence bin."""
+    baseline_confidence_histogram: Sequence[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The figures as JSON values."""
@@ -259,11 +168,27 @@ class DriftFigures:
                 None if self.baseline_distribution is None else dict(self.baseline_distribution)
             ),
             "biggest_shift": None if self.biggest_shift is None else list(self.biggest_shift),
+            "confidence_divergence": self.confidence_divergence,
+            "confidence_histogram": _listed(self.confidence_histogram),
+            "baseline_confidence_histogram": _listed(self.baseline_confidence_histogram),
         }
 
 
-def measure(window: WindowFigures, baseline: Baseline | None) -> DriftFigures:
-    """The window's divergence from ``baseline`` (the manifest's figures of the window's bundle)."""
+def _listed(values: Sequence[float] | None) -> list[float] | None:
+    return None if values is None else [round(v, 6) for v in values]
+
+
+def _bins(values: Sequence[float]) -> dict[str, float]:
+    return {str(i): v for i, v in enumerate(values)}
+
+
+def measure(
+    window: WindowFigures,
+    baseline: Baseline | None,
+    confidence_baseline: Sequence[float] | None = None,
+) -> DriftFigures:
+    """The window's divergence from ``baseline`` (the manifest's figures of the window's bundle)
+    and from ``confidence_baseline`` (its quality report's confidence histogram, if any)."""
     base = baseline or Baseline()
     expected = base.class_distribution
     live = None
@@ -284,6 +209,15 @@ def measure(window: WindowFigures, baseline: Baseline | None) -> DriftFigures:
     drop = None
     if base.mean_confidence is not None and window.mean_confidence is not None:
         drop = base.mean_confidence - window.mean_confidence
+    histogram = confidence_shares(window.confidence_histogram)
+    expected_histogram = None if not confidence_baseline else confidence_shares(confidence_baseline)
+    confidence_divergence = None
+    if (
+        histogram is not None
+        and expected_histogram is not None
+        and len(histogram) == len(expected_histogram)
+    ):
+        confidence_divergence = js_divergence(_bins(histogram), _bins(expected_histogram))
     return DriftFigures(
         bundle=window.bundle,
         devices=window.devices,
@@ -297,6 +231,9 @@ def measure(window: WindowFigures, baseline: Baseline | None) -> DriftFigures:
         distribution=live,
         baseline_distribution=expected,
         biggest_shift=shift,
+        confidence_divergence=confidence_divergence,
+        confidence_histogram=histogram,
+        baseline_confidence_histogram=expected_histogram,
     )
 
 
@@ -326,6 +263,11 @@ def judge(figures: DriftFigures, thresholds: DriftThresholds, drifting: bool) ->
         ),
         ("class PSI", figures.psi, thresholds.max_psi),
         ("confidence drop", figures.confidence_drop, thresholds.max_confidence_drop),
+        (
+            "confidence divergence (Jensen-Shannon)",
+            figures.confidence_divergence,
+            thresholds.max_confidence_divergence,
+        ),
     ]
     judged = [
         (name, value, limit)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fleet_server.drift import (
     DriftStatus,
@@ -41,6 +41,8 @@ class FleetDriftInputs:
     """Bundle sha256 -> the baseline its manifest carries."""
     bundle_names: Mapping[str, str]
     """Bundle sha256 -> ``name version``, for the alerts."""
+    confidence_baselines: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    """Bundle sha256 -> its quality report's confidence histogram (bundles without one: absent)."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,11 @@ def assess(
     for scope, name, window in subjects:
         before = previous.get((scope, name))
         baseline = None if window.bundle is None else inputs.baselines.get(window.bundle)
-        figures = measure(window, baseline)
+        figures = measure(
+            window,
+            baseline,
+            None if window.bundle is None else inputs.confidence_baselines.get(window.bundle),
+        )
         drifting = before is not None and before.drifting and before.bundle == window.bundle
         verdict = judge(figures, thresholds, drifting)
         status, alert = next_status(before, scope, name, figures=figures, verdict=verdict, now=now)

@@ -16,6 +16,9 @@ stored statuses at each scrape:
 - ``edgefleet_server_drift_psi{scope,name}``: population stability index of them;
 - ``edgefleet_server_drift_confidence_drop{scope,name}``: baseline mean
   confidence minus the live one;
+- ``edgefleet_server_drift_confidence_divergence{scope,name}``: Jensen-Shannon
+  divergence (base 2) of the live top-1 confidence histogram from the
+  baseline's (bundles whose quality report has one);
 - ``edgefleet_server_drifting{scope,name}``: 1 while the subject drifts, else 0;
 - ``edgefleet_server_drifting_subjects{scope}``: how many drift now.
 
@@ -160,6 +163,12 @@ class DriftCollector:
             "The bundle's baseline mean confidence minus the live one.",
             labels=labels,
         )
+        confidence = GaugeMetricFamily(
+            "edgefleet_server_drift_confidence_divergence",
+            "Jensen-Shannon divergence (base 2) of the live top-1 confidence histogram from the "
+            "bundle's baseline.",
+            labels=labels,
+        )
         drifting = GaugeMetricFamily(
             "edgefleet_server_drifting",
             "1 while a device or group drifts from its bundle's baseline, else 0.",
@@ -177,6 +186,7 @@ class DriftCollector:
                 (divergence, "class_divergence"),
                 (stability, "psi"),
                 (drop, "confidence_drop"),
+                (confidence, "confidence_divergence"),
             ):
                 value = status.figures.get(figure)
                 if isinstance(value, int | float):
@@ -185,4 +195,4 @@ class DriftCollector:
             per_scope[status.scope] += int(status.drifting)
         for scope, count in per_scope.items():
             counts.add_metric([scope], count)
-        return [divergence, stability, drop, drifting, counts]
+        return [divergence, stability, drop, confidence, drifting, counts]

@@ -281,8 +281,23 @@ class QualityReport(_Strict):
         default=None, description="share of predictions per label on the dataset (drift baseline)"
     )
     mean_confidence: Fraction | None = None
+    confidence_histogram: list[Fraction] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=100,
+        description="share of predictions per equal bin of top-1 confidence over 0..1 (drift "
+        "baseline); absent from bundles made before it",
+    )
     passed: bool | None = None
     thresholds: dict[str, float] = Field(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_histogram(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # a report without one serialises as before: same bytes, readable by older runtimes
+        data: dict[str, Any] = handler(self)
+        if data.get("confidence_histogram") is None:
+            data.pop("confidence_histogram", None)
+        return data
 
 
 class Provenance(_Strict):

@@ -311,6 +311,9 @@ class TelemetryQuality(WireMessage):
     """Mean of the finite confidences; null before any."""
     class_counts: dict[_Label, _Count] = Field(default_factory=dict, max_length=1024)
     """Label (the uncertain label included) -> predictions of that label."""
+    confidence_histogram: list[_Count] = Field(default_factory=list, max_length=100)
+    """Predictions per equal bin of their top-1 confidence over 0..1 (10 bins: ``[0, 0.1)`` ...
+    ``[0.9, 1]``; non-finite ones in none); empty from devices that predate it."""
 
 
 class TelemetryReport(DeviceReport):

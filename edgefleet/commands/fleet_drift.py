@@ -36,7 +36,16 @@ def _since(at: Any) -> str:
 
 def _table(rows: list[dict[str, Any]]) -> Table:
     table = Table(
-        "scope", "name", "state", "since", "predictions", "JS", "PSI", "conf. drop", "why"
+        "scope",
+        "name",
+        "state",
+        "since",
+        "predictions",
+        "JS",
+        "PSI",
+        "conf. drop",
+        "conf. JS",
+        "why",
     )
     for row in rows:
         figures = row.get("figures") or {}
@@ -49,6 +58,7 @@ def _table(rows: list[dict[str, Any]]) -> Table:
             _figure(figures.get("class_divergence")),
             _figure(figures.get("psi")),
             _figure(figures.get("confidence_drop")),
+            _figure(figures.get("confidence_divergence")),
             "; ".join(row.get("reasons") or []),
         )
     return table
@@ -129,6 +139,11 @@ def alerts(api: FleetApi, limit: int, as_json: bool) -> None:
 )
 @click.option("--max-psi", type=float, help="Population stability index limit (0: off).")
 @click.option("--max-confidence-drop", type=float, help="Confidence drop limit (0..1; 0: off).")
+@click.option(
+    "--max-confidence-divergence",
+    type=float,
+    help="Jensen-Shannon limit on the confidence histogram (0..1; 0: off).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_obj
 def limits(
@@ -138,6 +153,7 @@ def limits(
     max_class_divergence: float | None,
     max_psi: float | None,
     max_confidence_drop: float | None,
+    max_confidence_divergence: float | None,
     as_json: bool,
 ) -> None:
     """Show the limits drift is judged by; with options, change them (operator token)."""
@@ -148,10 +164,16 @@ def limits(
         "max_class_divergence": max_class_divergence,
         "max_psi": max_psi,
         "max_confidence_drop": max_confidence_drop,
+        "max_confidence_divergence": max_confidence_divergence,
     }
     wanted: dict[str, float | None] = {k: v for k, v in changes.items() if v is not None}
     if wanted:
-        for key in ("max_class_divergence", "max_psi", "max_confidence_drop"):
+        for key in (
+            "max_class_divergence",
+            "max_psi",
+            "max_confidence_drop",
+            "max_confidence_divergence",
+        ):
             if wanted.get(key) == 0:
                 wanted[key] = None  # 0 switches the check off
         current = api.request("PUT", "/drift/thresholds", {**current, **wanted})

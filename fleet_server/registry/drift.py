@@ -12,8 +12,8 @@ the time the drift began, so two replicas never record it twice).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -62,6 +62,16 @@ def _status(row: DriftStatusRow) -> DriftStatus:
     )
 
 
+def _confidence_histogram(quality: Mapping[str, Any] | None) -> list[float] | None:
+    """The confidence histogram a stored quality report carries (bundles made before it: None)."""
+    found = None if quality is None else quality.get("confidence_histogram")
+    if not isinstance(found, list) or not found:
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in found):
+        return None
+    return [float(v) for v in found]
+
+
 class DriftWatch(UnitOfWork):
     """Drift statuses per device and group, and the pass that updates them."""
 
@@ -100,15 +110,18 @@ class DriftWatch(UnitOfWork):
             groups: dict[str, list[str]] = {}
             for tag, device_id in session.execute(select(db.DeviceTag.tag, db.DeviceTag.device_id)):
                 groups.setdefault(tag, []).append(device_id)
-            baselines, names = {}, {}
+            baselines, names, histograms = {}, {}, {}
             for bundle in session.scalars(select(db.Bundle)):
                 names[bundle.sha256] = f"{bundle.name} {bundle.version}"
+                histogram = _confidence_histogram(bundle.quality)
+                if histogram is not None:
+                    histograms[bundle.sha256] = histogram
                 baselines[bundle.sha256] = Baseline(
                     mean_confidence=bundle.baseline_mean_confidence,
                     class_distribution=bundle.baseline_class_distribution,
                     latency_budget_ms=bundle.latency_budget_ms,
                 )
-        return FleetDriftInputs(windows, groups, baselines, names)
+        return FleetDriftInputs(windows, groups, baselines, names, histograms)
 
     def drift_statuses(
         self, scope: str | None = None, *, drifting_only: bool = False

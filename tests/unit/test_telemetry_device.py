@@ -66,6 +66,7 @@ def test_tracker_counts_labels_and_averages_finite_confidences() -> None:
         "predictions": 0,
         "mean_confidence": None,
         "class_counts": {},
+        "confidence_histogram": [0] * 10,
     }
     tracker.emit(prediction("glass", 0.9))
     tracker.emit(prediction("glass", 0.7))
@@ -75,6 +76,8 @@ def test_tracker_counts_labels_and_averages_finite_confidences() -> None:
     assert snap.bundle == BUNDLE_A and snap.predictions == 4
     assert snap.class_counts == {"glass": 2, "paper": 1, "uncertain": 1}
     assert snap.mean_confidence == pytest.approx(0.7)  # NaN counted as a class, not in the mean
+    # 0.5 in [0.5, 0.6), 0.7 in [0.7, 0.8), 0.9 in [0.9, 1]; NaN in no bin
+    assert snap.confidence_histogram == [0, 0, 0, 0, 0, 1, 0, 1, 0, 1]
 
 
 def test_tracker_starts_again_when_the_serving_bundle_changes() -> None:
@@ -85,12 +88,14 @@ def test_tracker_starts_again_when_the_serving_bundle_changes() -> None:
     snap = tracker.snapshot()
     assert snap.bundle == BUNDLE_B and snap.predictions == 1
     assert snap.class_counts == {"metal": 1} and snap.mean_confidence == pytest.approx(0.4)
+    assert snap.confidence_histogram == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0]  # bundle A's bins gone
     # swapped in, but no prediction of bundle A yet: nothing is known about it
     assert tracker.snapshot(BUNDLE_A).to_dict() == {
         "bundle": BUNDLE_A,
         "predictions": 0,
         "mean_confidence": None,
         "class_counts": {},
+        "confidence_histogram": [],
     }
     tracker.emit(prediction("glass", 0.8, BUNDLE_A))  # a rollback: counts start again too
     assert tracker.snapshot(BUNDLE_A).class_counts == {"glass": 1}
