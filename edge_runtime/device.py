@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from edge_runtime.http_status import StatusServer
     from edge_runtime.local_service import LocalClassifyService
     from edge_runtime.opcua_output import OpcUaServer
+    from edge_runtime.shadow import ShadowController
 from edge_runtime.health import HealthState
 from edge_runtime.metrics import MetricsRegistry, RuntimeMetrics
 from edge_runtime.mqtt_link import MqttLink, device_topic
@@ -176,6 +177,7 @@ class DeviceRuntime:
         self.observers: list[FrameObserver] = []
         """Called with every camera's classified frames (see :data:`~edge_runtime.pipeline.FrameObserver`)."""
         self.field_data = self._field_collector()
+        self.shadow = self._shadow_controller()
         self.local_service: LocalClassifyService | None = None
         self.status_server: StatusServer | None = None
         self._local_endpoints()
@@ -358,6 +360,24 @@ class DeviceRuntime:
         self.health.add_check(collector.worker_problem)
         return collector
 
+    def _shadow_controller(self) -> ShadowController | None:
+        """Shadow evaluation (idle until the server asks), for a device the update agent runs."""
+        if self.agent is None or self.mqtt is None:
+            return None
+        from edge_runtime.shadow import ShadowController
+
+        controller = ShadowController(
+            self.config.device_id,
+            self.mqtt,
+            self.agent.trust,
+            self.agent.store,
+            self.config.store / "shadow",
+            backend=self.config.backend,
+        )
+        self.observers.append(controller.observe)
+        self.health.add_check(controller.worker_problem)
+        return controller
+
     def _pipeline(self, camera: Camera) -> Pipeline:
         return Pipeline(
             self.config.device_id,
@@ -393,12 +413,16 @@ class DeviceRuntime:
             self.agent.start()
         if self.telemetry is not None:
             self.telemetry.start()
-        if self.field_data is not None:
-            self.field_data.start()
+        for worker in self._workers():
+            worker.start()
+
+    def _workers(self) -> list[FieldCollector | ShadowController]:
+        """Field-data collection and shadow evaluation, where the device has them."""
+        return [worker for worker in (self.field_data, self.shadow) if worker is not None]
 
     def _stop(self) -> None:
-        if self.field_data is not None:
-            self.field_data.stop()
+        for worker in self._workers():
+            worker.stop()
         if self.telemetry is not None:
             self.telemetry.stop()
         if self.agent is not None:

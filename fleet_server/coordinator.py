@@ -25,11 +25,13 @@ from fleet_server.registry import Registry
 from fleet_server.registry.leases import Fence
 from fleet_server.rollout_plan import Action, RolloutEvent, RolloutState, Step, recover
 from fleet_server.rollout_spec import RolloutSpec, TargetDevice, WaveSpec
+from fleet_server.shadow_gate import ShadowFigures, sum_reports
 from fleet_server.statuses import (
     LIVE_ROLLOUT_STATUSES,
     UNANSWERED_DEVICE_STATUSES,
     DeviceStatus,
     RolloutStatus,
+    WaveStatus,
 )
 
 _OPEN = frozenset({DeviceStatus.SENT, DeviceStatus.IN_PROGRESS, DeviceStatus.TIMED_OUT})
@@ -216,7 +218,21 @@ class RolloutCoordinator:
         figures = telemetry or {}
         for rollout_id, state in list(self._plans.items()):
             mine = {index: t for (rid, index), t in figures.items() if rid == rollout_id}
-            self.apply(rollout_id, state.tick(now, mine))
+            self.apply(rollout_id, state.tick(now, mine, shadow=self._shadow_figures(state)))
+
+    def _shadow_figures(self, state: RolloutState) -> ShadowFigures | None:
+        """A running shadow wave's reports since it started, summed; None for any other wave."""
+        index = state.current_wave
+        wave = state.waves[index]
+        if (
+            state.status is not RolloutStatus.RUNNING
+            or state.spec.waves[index].shadow is None
+            or wave.status is not WaveStatus.RUNNING
+            or wave.started_at is None
+        ):
+            return None
+        reports = self.registry.shadow_reports(state.spec.bundle, wave.devices, wave.started_at)
+        return sum_reports(reports)
 
     def command(
         self, rollout_id: int, verb: Verb, reason: str, now: float, *, by: str | None = None

@@ -48,6 +48,7 @@ from fleet_server.rollout_progress import (
     clip,
     with_changes,
 )
+from fleet_server.rollout_shadow import ShadowFigures, judge_shadow, shadow_resume
 from fleet_server.rollout_spec import RolloutSpec, plan_waves, wave_label
 from fleet_server.statuses import (
     RESTING_PHASES,
@@ -284,18 +285,24 @@ class RolloutState(Frozen):
         return Step(state, [], events)
 
     def tick(
-        self, now: float, telemetry_by_wave: Mapping[int, WaveTelemetry] | None = None
+        self,
+        now: float,
+        telemetry_by_wave: Mapping[int, WaveTelemetry] | None = None,
+        *,
+        shadow: ShadowFigures | None = None,
     ) -> Step:
         """Let time pass: device timeouts, wave completion, health window, quality gate, next wave.
 
         ``telemetry_by_wave`` maps a wave index to its devices' figures on the
-        new bundle (and on the previous one); a wave with none is undecided.
-        Only a running rollout moves.
+        new bundle (and on the previous one); a wave with none is undecided; ``shadow``, a
+        running shadow wave's figures (:mod:`fleet_server.rollout_shadow`). Only a running rollout moves.
         """
         if self.status is not RolloutStatus.RUNNING:
             return Step(self, [], [])
         index = self.current_wave
         wave, spec = self.waves[index], self.spec.waves[index]
+        if spec.shadow is not None and wave.status is WaveStatus.RUNNING:
+            return judge_shadow(self, index, now, shadow)
         telemetry = telemetry_by_wave or {}
         events: list[RolloutEvent] = []
         expired = [
@@ -370,7 +377,7 @@ def recover(state: RolloutState, now: float) -> Step:
     that committed, failed or timed out get nothing again; the state itself
     is unchanged.
     """
-    actions: list[Action] = []
+    actions: list[Action] = shadow_resume(state)
     if not state.finished:  # a pending one has sent nothing yet
         unfinished = sorted(
             d

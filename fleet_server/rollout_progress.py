@@ -29,7 +29,9 @@ __all__ = [
     "Notify",
     "Rollback",
     "RolloutEvent",
+    "StartShadow",
     "Step",
+    "StopShadow",
     "Timestamp",
     "WaveProgress",
     "clip",
@@ -76,7 +78,25 @@ class Notify:
     message: str
 
 
-Action = Assign | Rollback | Notify
+@dataclass(frozen=True)
+class StartShadow:
+    """Ask each of ``device_ids`` to run ``bundle_sha`` in shadow (a retained request)."""
+
+    device_ids: tuple[str, ...]
+    bundle_sha: str
+    every_nth: int
+    cpu_budget: float
+    window_s: float
+
+
+@dataclass(frozen=True)
+class StopShadow:
+    """End the shadow run of each of ``device_ids`` (clear their retained request)."""
+
+    device_ids: tuple[str, ...]
+
+
+Action = Assign | Rollback | Notify | StartShadow | StopShadow
 """Everything a transition can ask the server to do."""
 
 
@@ -89,6 +109,8 @@ class EventKind(str, Enum):
     STARTED = "started"
     DEVICES_SKIPPED = "devices-skipped"
     WAVE_STARTED = "wave-started"
+    SHADOW_STARTED = "shadow-started"
+    """A shadow wave's devices were asked to run the bundle beside their active model."""
     WAVE_SKIPPED = "wave-skipped"
     WINDOW_WAITING = "window-waiting"
     """Devices of a starting wave wait for their maintenance window (said once per wave)."""

@@ -32,6 +32,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from fleet_server import rollout_shadow
 from fleet_server.quality_gate import GateOutcome, GateVerdict, WaveTelemetry, evaluate_gate
 from fleet_server.rollout_progress import (
     Action,
@@ -146,6 +147,10 @@ def open_from(
             current_wave=max(len(waves) - 1, 0),
         )
         return Step(state, actions, events)
+    if rollout.spec.waves[index].shadow is not None:
+        return rollout_shadow.open_shadow(
+            rollout._changed(now, waves=tuple(waves)), index, now, actions, events
+        )
     devices = dict(rollout.devices)
     waves[index] = with_changes(waves[index], status=WaveStatus.RUNNING, started_at=now)
     send_wave(rollout, index, now, devices, actions=actions, events=events, starting=True)
@@ -291,7 +296,9 @@ def stop(
     *,
     rollback: bool,
 ) -> Step:
-    """End the rollout: ``rolled-back`` (previous bundle re-assigned) or ``aborted``."""
+    """End the rollout: ``rolled-back`` (previous bundle re-assigned) or ``aborted``; any
+    shadow run it asked for ends too."""
+    actions.extend(rollout_shadow.shadow_stop(rollout))
     affected = tuple(
         sorted(d for d, p in rollout.devices.items() if p.status is not DeviceStatus.PENDING)
     )

@@ -36,6 +36,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from fleet_server.errors import RolloutPlanError
 from fleet_server.quality_gate import Baseline, GateThresholds
+from fleet_server.shadow_gate import ShadowStage
 from fleet_server.windows import Schedule, WindowsNeverOpenError, WindowSpecError, parse_window
 
 __all__ = [
@@ -116,6 +117,10 @@ class WaveSpec(_Frozen):
     """After this wave passes, the next one waits for an operator's approval."""
     approvals_required: Literal[1, 2] = 1
     """How many different people must approve the next wave (2: four-eyes)."""
+    shadow: ShadowStage | None = None
+    """A shadow wave (the first wave only): its devices run the bundle beside their active model
+    and never activate it; :mod:`fleet_server.shadow_gate` judges their reports. Its devices
+    are taken again by the waves after it, which activate the bundle."""
 
     @model_validator(mode="after")
     def _one_selector(self) -> WaveSpec:
@@ -164,6 +169,10 @@ class RolloutSpec(_Frozen):
     def _consistent(self) -> RolloutSpec:
         if self.bundle == self.previous_bundle:
             raise ValueError("previous_bundle is the bundle being rolled out")
+        if any(wave.shadow is not None for wave in self.waves[1:]):
+            raise ValueError("only the first wave may be a shadow wave")
+        if self.waves[0].shadow is not None and len(self.waves) < 2:
+            raise ValueError("a shadow wave needs a wave after it that activates the bundle")
         seen: set[str] = set()
         for device in self.devices:
             if device.device_id in seen:
@@ -227,6 +236,14 @@ def plan_waves(
     named device that is not a target, a device named in two waves, or a
     device that no wave takes.
     """
+    if waves_spec and waves_spec[0].shadow is not None:
+        # a shadow wave takes its devices without placing them: the waves after it take all
+        real = plan_waves(device_ids, waves_spec[1:], seed, tags=tags, skip=skip)
+        chooser = waves_spec[0].model_copy(update={"shadow": None})
+        shadow = plan_waves(
+            device_ids, [chooser, WaveSpec(percent=100.0)], seed, tags=tags, skip=skip
+        )[0]
+        return [shadow, *real]
     ids = sorted(device_ids)
     if len(set(ids)) != len(ids):
         repeated = sorted({d for d in ids if ids.count(d) > 1})

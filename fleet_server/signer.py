@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 from fleet_server.publisher import MetadataPublisher
 from fleet_server.rollout_plan import Action, Assign, Notify, Rollback
+from fleet_server.rollout_progress import StartShadow, StopShadow
+from fleet_server.shadow_requests import publish_shadow
 from fleet_server.trust import KeySet, Repository
 
 __all__ = ["OnlineSigner"]
@@ -55,6 +57,8 @@ class OnlineSigner:
                 changed = True
             elif isinstance(action, Notify):
                 log.info("%s", action.message)
+            elif isinstance(action, StartShadow | StopShadow):
+                publish_shadow(self.publisher.client, self.publisher.prefix, action)
         if changed:
             self.publish()
 

@@ -35,6 +35,7 @@ from edge_runtime.protocol.reports import (
     StateReport,
     TelemetryReport,
 )
+from edge_runtime.protocol.shadow import ShadowReport, ShadowRequest
 
 __all__ = ["MESSAGES", "SCHEMA_PATH", "Message", "json_schemas", "schema_document", "schema_text"]
 
@@ -176,6 +177,26 @@ MESSAGES: Final[tuple[Message, ...]] = (
         "json",
         FieldAck.max_bytes,
         FieldAck,
+    ),
+    Message(
+        "shadow_request",
+        "PREFIX/devices/<id>/shadow/request",
+        "server -> device",
+        1,
+        True,
+        "json",
+        ShadowRequest.max_bytes,
+        ShadowRequest,
+    ),
+    Message(
+        "shadow_report",
+        "PREFIX/devices/<id>/shadow/report",
+        "device -> server",
+        1,
+        False,
+        "json",
+        ShadowReport.max_bytes,
+        ShadowReport,
     ),
 )
 """Every message edgefleet defines (TUF metadata is python-tuf's, see ``docs/security.md``)."""

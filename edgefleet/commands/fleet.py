@@ -23,6 +23,7 @@ import click
 import yaml
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from edge_runtime.atomic import atomic_write_bytes, atomic_write_text
@@ -32,6 +33,7 @@ from edgefleet.commands.fleet_access import audit, tokens
 from edgefleet.commands.fleet_ca import ca, ca_dir_option, open_ca, passphrase_option
 from edgefleet.commands.fleet_drift import drift
 from edgefleet.commands.fleet_field import field_data
+from edgefleet.commands.fleet_shadow import rollout_shadow, shadow_options, shadow_wave
 from edgefleet.commands.fleet_windows import waiting_line, windows
 from fleet_server.errors import FleetError
 from fleet_server.statuses import DeviceStatus
@@ -542,10 +544,12 @@ def rollouts(api: FleetApi, as_json: bool) -> None:
     help="Send every wave at once, whatever the devices' maintenance windows (an emergency: "
     "recorded in the rollout's timeline and the audit log).",
 )
+@shadow_options
 @_json_option
 @click.pass_obj
 def rollout_create(
     api: FleetApi,
+    /,
     bundle_sha: str,
     tags: tuple[str, ...],
     device_ids: tuple[str, ...],
@@ -558,8 +562,10 @@ def rollout_create(
     four_eyes: bool,
     ignore_windows: bool,
     as_json: bool,
+    **shadow: Any,
 ) -> None:
-    """Start a staged rollout of BUNDLE_SHA (all devices unless --tags or --devices)."""
+    """Start a staged rollout of BUNDLE_SHA (all devices unless --tags or --devices); with
+    --shadow, begin with a shadow wave whose figures decide whether it goes on."""
     tag_list, id_list = _csv(tags), _csv(device_ids)
     if tag_list and id_list:
         raise click.UsageError("give --tags or --devices, not both")
@@ -581,6 +587,8 @@ def rollout_create(
             f"not a list of percentages: {waves}", param_hint="--waves"
         ) from exc
     spec = [{"count": canary, **common}] if canary else []
+    shadow_spec = shadow_wave(**shadow, common=common)
+    spec = [shadow_spec, *spec] if shadow_spec else spec
     spec += [{"percent": p, **common} for p in percents]
     body: dict[str, Any] = {"bundle_sha256": bundle_sha, "target": target, "waves": spec}
     if previous_sha:
@@ -696,6 +704,16 @@ rollout.add_command(
 rollout.add_command(_command("abort", "Stop a rollout and roll its devices back."))
 
 
+@rollout.command("shadow")
+@click.argument("rollout_id", type=int)
+@_json_option
+@click.pass_obj
+def rollout_shadow_command(api: FleetApi, rollout_id: int, as_json: bool) -> None:
+    """What a rollout's shadow wave saw: agreement with the active model, confidence, class
+    shift and time a frame, per device and in all, and the gate's verdict."""
+    rollout_shadow(api, rollout_id, as_json)
+
+
 @rollout.command("timeline")
 @click.argument("rollout_id", type=int)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
@@ -710,7 +728,8 @@ def rollout_timeline(api: FleetApi, rollout_id: int, limit: int, as_json: bool) 
     table = Table("at", "kind", "device", "message")
     for t in rows:
         at = time.strftime("%H:%M:%S", time.localtime(t["at"]))
-        table.add_row(at, t["kind"], t.get("device_id") or "", t["message"])
+        # a device's words are shown as they are: '[belt-1: ...]' is not rich markup
+        table.add_row(at, t["kind"], t.get("device_id") or "", escape(t["message"]))
     make_console().print(table)
 
 

@@ -18,6 +18,7 @@ from fleet_server.api.console_routes import console_routes
 from fleet_server.api.drift_routes import drift_routes
 from fleet_server.api.field_routes import field_routes
 from fleet_server.api.routes import broker_routes, bundle_routes, device_routes, rollout_routes
+from fleet_server.api.shadow_routes import shadow_routes
 from fleet_server.api.window_routes import window_routes
 from fleet_server.console.assets import console_assets
 from fleet_server.console.assets import public_paths as console_paths
@@ -153,4 +154,5 @@ def create_app(
     app.router.routes.extend(console_assets())  # the console's page: public files, no data
     drift_routes(app, server, guards, fleet_metrics.registry, interval_s=drift_interval_s)
     field_routes(app, server, guards, fleet_metrics.registry)
+    shadow_routes(app, server, guards)
     return app

@@ -21,6 +21,7 @@ same :class:`~.unit.UnitOfWork` (sessions, transactions, batches)::
     windows.py     maintenance windows per tag (when a group may change models)
     drift.py       drift per device and group against the bundles' baselines, its alerts
     field_data.py  field samples (one row per image), people's labels, settings per group
+    shadow.py      shadow reports (one row per device window), read back for a shadow wave's gate
     _rows.py       argument checks, row lookups, rows -> records (no transactions)
 
 Unknown devices, bundles and rollouts are :class:`RegistryError` naming them;
@@ -45,6 +46,7 @@ from fleet_server.registry.retention import (
     TimelineRetention,
 )
 from fleet_server.registry.rollouts import Rollouts
+from fleet_server.registry.shadow import ShadowReports
 from fleet_server.registry.stats import FleetCounts, Stats
 from fleet_server.registry.timeline import MAX_TIMELINE_LIMIT, Timeline
 from fleet_server.registry.windows import TagWindows, Windows
@@ -63,7 +65,17 @@ __all__ = [
 
 
 class Registry(
-    Catalogue, Ingest, Rollouts, Timeline, Leases, Stats, Access, Windows, DriftWatch, FieldData
+    Catalogue,
+    Ingest,
+    Rollouts,
+    Timeline,
+    Leases,
+    Stats,
+    Access,
+    Windows,
+    DriftWatch,
+    FieldData,
+    ShadowReports,
 ):
     """The fleet server's state, over a SQLAlchemy session factory.
 

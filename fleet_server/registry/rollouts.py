@@ -214,7 +214,8 @@ def _project_waves(session: Session, rollout: db.Rollout, state: RolloutState, n
             continue
         row = rows.get(index)
         if row is None:
-            row = _create_wave(session, rollout, index, wave.devices, now)
+            shadow = state.spec.waves[index].shadow is not None
+            row = _create_wave(session, rollout, index, wave.devices, now, shadow=shadow)
             rows[index] = row
             created = True
         status = wave.status.value
@@ -235,28 +236,37 @@ def _project_waves(session: Session, rollout: db.Rollout, state: RolloutState, n
 
 
 def _create_wave(
-    session: Session, rollout: db.Rollout, index: int, device_ids: Sequence[str], now: float
+    session: Session,
+    rollout: db.Rollout,
+    index: int,
+    device_ids: Sequence[str],
+    now: float,
+    *,
+    shadow: bool = False,
 ) -> db.Wave:
+    """A wave's row and its devices' rows; a shadow wave's devices have theirs in the wave
+    that activates the bundle on them (:mod:`fleet_server.rollout_shadow`)."""
     wave = db.Wave(rollout_id=rollout.id, index=index, status="pending", settings={})
     session.add(wave)
     session.flush()
-    session.execute(  # one multi-row INSERT, not an ORM object per device
-        insert(db.WaveDevice),
-        [
-            {
-                "rollout_id": rollout.id,
-                "wave_id": wave.id,
-                "device_id": device_id,
-                "status": DeviceStatus.PENDING.value,
-                "updated_at": now,
-            }
-            for device_id in device_ids
-        ],
-    )
+    if not shadow:
+        session.execute(  # one multi-row INSERT, not an ORM object per device
+            insert(db.WaveDevice),
+            [
+                {
+                    "rollout_id": rollout.id,
+                    "wave_id": wave.id,
+                    "device_id": device_id,
+                    "status": DeviceStatus.PENDING.value,
+                    "updated_at": now,
+                }
+                for device_id in device_ids
+            ],
+        )
     session.add(
         timeline_entry(
             "wave-created",
-            f"{wave_label(index)} with {len(device_ids)} devices",
+            f"{wave_label(index)}{' (shadow)' if shadow else ''} with {len(device_ids)} devices",
             rollout_id=rollout.id,
             data={"wave": index, "devices": list(device_ids)},
             at=now,

@@ -32,6 +32,7 @@ from edge_runtime.protocol import (
     schema_document,
     schema_text,
 )
+from edge_runtime.protocol.shadow import ShadowRequest
 from edgefleet.cli import cli
 
 ROOT = Path(__file__).parents[2]
@@ -210,6 +211,8 @@ def test_the_reference_examples_are_accepted_by_the_reader(message: Message) -> 
         parsed = model.parse(payload, "cam-1")
     elif model is FieldDataSettings or model is FieldAck:  # server -> device messages
         parsed = model.parse(payload)
+    elif model is ShadowRequest:
+        parsed = ShadowRequest.parse(payload)
     else:
         assert model is ChunkMeta
         parsed = ChunkMeta.parse(payload)
