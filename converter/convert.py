@@ -30,6 +30,7 @@ from converter.dataset import LabelledFolder
 from converter.disagreements import Disagreement, find_disagreements
 from converter.errors import ConversionError, DatasetError, ParityGateError
 from converter.fallback import FallbackLimits, FallbackOutcome, Trial, search_fallback
+from converter.input_grid import input_levels
 from converter.packaging import assemble_bundle
 from converter.parity import compare_scores
 from converter.quantize import (
@@ -72,7 +73,7 @@ from edge_runtime.bundle import (
 from edge_runtime.bundle.manifest import FloatFallback
 from edge_runtime.classifier import Classifier
 from edge_runtime.postprocess import softmax
-from edge_runtime.preprocess import Preprocessor
+from edge_runtime.preprocess import Preprocessor, half_way_down, quantize_half_way
 
 __all__ = [
     "ConversionResult",
@@ -362,12 +363,14 @@ class _Job:
         """
         low, high = self.input_range()
         scale = (high - low) / 255.0
-        zero_point = np.round(-128.0 - low / scale)
+        zero_point = int(np.floor(-128.0 - low / scale + 0.5))
+        levels = input_levels(list(self.contract.mean), list(self.contract.std))
+        down = half_way_down(levels, scale, zero_point, -128, 127)
         self.progress("float model, int8-rounded input", 0, len(frames))
         chunks = []
         for start in range(0, len(frames), 32):
             batch = np.concatenate([self.preprocess(f) for f in frames[start : start + 32]])
-            q = np.clip(np.round(batch / scale) + zero_point, -128, 127)
+            q = np.clip(quantize_half_way(batch, scale, zero_point, down=down), -128, 127)
             rounded = ((q - zero_point) * scale).astype(np.float32)
             chunks.append(self.source.float_scores(rounded).reshape(len(batch), -1))
             self.progress("float model, int8-rounded input", len(batch), None)
@@ -430,6 +433,8 @@ class _Job:
             method=self.options.onnx_calibration,
             quant_format=self.options.onnx_format,
             prepare=correct if bias else None,
+            input_levels=input_levels(list(self.contract.mean), list(self.contract.std)),
+            channel_axis=3 if self.contract.layout == "nhwc" else 1,
         )
 
     def sensitivity(

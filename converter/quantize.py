@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from converter.errors import QuantizationError
+from converter.input_grid import snap_onnx_input
 
 __all__ = [
     "IoType",
@@ -466,6 +467,8 @@ class OnnxInt8Quantizer:
         quant_format: Literal["qdq", "qoperator"] = "qdq",
         activation_type: Literal["int8", "uint8"] = "int8",
         prepare: Callable[[Any], Any] | None = None,
+        input_levels: npt.NDArray[np.float64] | None = None,
+        channel_axis: int = -1,
     ) -> None:
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -483,6 +486,8 @@ class OnnxInt8Quantizer:
         self.method = method
         self.quant_format = quant_format
         self.activation_type = activation_type
+        self.input_levels = input_levels
+        self.channel_axis = channel_axis
         self._tmp = tempfile.TemporaryDirectory(prefix="edgefleet-ortq-")
         tmp = Path(self._tmp.name)
         source, self.prepared = tmp / "fp32.onnx", tmp / "pre.onnx"
@@ -566,6 +571,13 @@ class OnnxInt8Quantizer:
             def samples() -> Iterator[npt.NDArray[np.float32]]:
                 return itertools.islice(iter(self.samples()), _REQUANTIZE_SAMPLES)
 
+        if self.input_levels is not None:
+            # the input's exact range (every pixel value), as the TFLite path has it
+            overrides[self.input_name] = (
+                float(self.input_levels.min()),
+                float(self.input_levels.max()),
+            )
+
         try:
             # ONNX Runtime's histogram calibrators print to stdout, which --json owns
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -579,7 +591,8 @@ class OnnxInt8Quantizer:
                         name: [{"rmin": np.float32(low), "rmax": np.float32(high)}]
                         for name, (low, high) in overrides.items()
                     }
-                    calibrate = CalibrationMethod.MinMax
+                    if self.ranges:
+                        calibrate = CalibrationMethod.MinMax
                 quantize_static(
                     str(self.prepared),
                     str(output),
@@ -600,4 +613,13 @@ class OnnxInt8Quantizer:
             raise QuantizationError(
                 f"ONNX Runtime quantisation failed: {type(exc).__name__}: {exc}"
             ) from exc
-        return output.read_bytes()
+        if self.input_levels is None:
+            return output.read_bytes()
+        snapped, channels = snap_onnx_input(
+            output.read_bytes(), self.input_levels, self.channel_axis
+        )
+        if channels:
+            log.debug(
+                "input offset by a quarter level on %d channel(s), no half-way pixels", channels
+            )
+        return snapped

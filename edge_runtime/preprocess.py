@@ -8,7 +8,8 @@ accuracy the device gets. A frame is what OpenCV delivers: ``uint8``,
 Per frame the work is one ``cv2.resize`` (after an optional crop view), an
 optional channel swap, and one ``cv2.LUT`` pass that fuses normalisation and
 input quantisation: because pixels are uint8, ``(p - mean) / std`` followed
-by ``round(x / scale) + zero_point`` is a 256-entry table per channel.
+by ``round(x / scale) + zero_point`` (:func:`quantize_half_way`) is a 256-entry
+table per channel.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy.typing as npt
 from edge_runtime.bundle.manifest import Preprocessing, TensorSpec
 from edge_runtime.errors import PreprocessingError
 
-__all__ = ["Preprocessor", "crop_box", "resize_frame"]
+__all__ = ["Preprocessor", "crop_box", "half_way_down", "quantize_half_way", "resize_frame"]
 
 _INTERPOLATION = {
     "nearest": cv2.INTER_NEAREST,
@@ -61,6 +62,38 @@ def crop_box(frame_height: int, frame_width: int, contract: Preprocessing) -> _B
     crop_h = max(1, round(height * contract.crop_fraction))
     crop_w = max(1, round(width * contract.crop_fraction))
     return _Box((frame_height - crop_h) // 2, (frame_width - crop_w) // 2, crop_h, crop_w)
+
+
+_TIE = 1e-3
+"""How close to half a step a value must be to count as a tie (in steps). Normalised
+pixels often land exactly half-way between two int8 levels (mean 127.5 with a scale of
+1/127.5: every pixel does), where float rounding noise in ``x / scale`` would otherwise
+decide: some pixels went up and others down, two neighbouring pixel values fell on one
+level and the image lost contrast. A model's float32 scale is off by up to ~1e-7
+relatively, which moves a value by up to ~3e-5 steps."""
+
+
+def quantize_half_way(
+    values: npt.NDArray[np.floating[Any]], scale: float, zero_point: int, *, down: bool = False
+) -> npt.NDArray[np.float64]:
+    """``round(values / scale) + zero_point`` with every half-way case rounded the same
+    way (up, or ``down``), whatever float rounding noise says (see ``_TIE``): every
+    distinct pixel keeps a level of its own."""
+    steps = np.asarray(values, dtype=np.float64) / float(scale)
+    below = np.floor(steps)
+    tie = np.abs(steps - below - 0.5) < _TIE
+    return np.where(tie, below + (0.0 if down else 1.0), np.floor(steps + 0.5)) + zero_point
+
+
+def half_way_down(
+    levels: npt.NDArray[np.floating[Any]], scale: float, zero_point: int, low: int, high: int
+) -> bool:
+    """Whether half-way cases must round down for every level in ``levels`` to fit
+    ``low..high``: up would push the top level past ``high`` (zero point 0 with the
+    range [-1, 1]: pixel 255 would land on 128) and down fits."""
+    up = quantize_half_way(levels, scale, zero_point)
+    down = quantize_half_way(levels, scale, zero_point, down=True)
+    return bool(up.max() > high and down.min() >= low and down.max() <= high)
 
 
 def resize_frame(frame: npt.NDArray[np.uint8], contract: Preprocessing) -> npt.NDArray[np.uint8]:
@@ -155,7 +188,10 @@ class Preprocessor:
                         f"input {self.input_spec.name!r} is quantised per channel; "
                         "image inputs must be quantised per tensor"
                     )
-                values = np.floor(values / quant.scale[0] + 0.5) + quant.zero_point[0]
+                info = np.iinfo(self.dtype)
+                scale, zero = quant.scale[0], quant.zero_point[0]
+                down = half_way_down(values, scale, zero, int(info.min), int(info.max))
+                values = quantize_half_way(values, scale, zero, down=down)
             info = np.iinfo(self.dtype)
             values = np.clip(values, info.min, info.max)
         return np.ascontiguousarray(values.astype(self.dtype).reshape(1, 256, 3))

@@ -358,17 +358,23 @@ def test_a_model_too_sensitive_for_int8_input_rounding_is_named(tmp_path: Path) 
     dense = keras.layers.Dense(6)
     logits = dense(pooled)
     model = keras.Model(inputs, keras.layers.Softmax()(logits))
+    # class "a" when the mean is above the value of pixel 129.75, "b" below
+    threshold = (129.75 - 127.5) / 127.5
     kernel = np.zeros((3, 6), dtype=np.float32)
-    kernel[:, 0], kernel[:, 1] = 1e4, -1e4  # class "a" when the mean is above 0, "b" below
-    dense.set_weights([kernel, np.zeros(6, dtype=np.float32)])
+    kernel[:, 0], kernel[:, 1] = 1e4, -1e4
+    bias = np.zeros(6, dtype=np.float32)
+    bias[0], bias[1] = -3e4 * threshold, 3e4 * threshold
+    dense.set_weights([kernel, bias])
     model_path = tmp_path / "sensitive.keras"
     model.save(model_path)
-    # pixel 127 is (127 - 127.5) / 127.5 < 0 ("b") in float, but rounds to the int8 grid
-    # point 0, which is "a"; 126 and 128-130 keep their answer.
+    # Every pixel lies half-way between two levels of the exact range's int8 grid and
+    # rounds down by half a step (up would push pixel 255 off the grid): pixel 130 is
+    # above the threshold ("a") in float but lands on the level of pixel 129.5, below
+    # it ("b"); 126, 129 and 131 keep their answer.
     data = tmp_path / "data"
     _solid_frames(
         data,
-        {"a": [128, 129, 130], "b": [127, 127, 126], **{c: [60, 200] for c in "cdef"}},
+        {"a": [130, 130, 131], "b": [129, 129, 126], **{c: [60, 200] for c in "cdef"}},
     )
     options = ConvertOptions(
         model=model_path,
