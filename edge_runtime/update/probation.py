@@ -99,8 +99,8 @@ class ProbationMonitor:
             raise ValueError("window_s must not be negative")
         if min_predictions < 0:
             raise ValueError("min_predictions must not be negative")
-        if not 0.0 < min_confidence_ratio <= 1.0:
-            raise ValueError("min_confidence_ratio must be in (0, 1]")
+        if not 0.0 <= min_confidence_ratio <= 1.0:
+            raise ValueError("min_confidence_ratio must be in [0, 1] (0: no confidence check)")
         self.started_at = started_at
         self.window_s = window_s
         self.min_predictions = min_predictions

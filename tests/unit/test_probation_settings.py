@@ -1,8 +1,11 @@
-"""The device config and the probation monitor agree on ``update.probation_min_predictions``.
+"""The device config and the probation monitor agree on what they accept.
 
-0 is accepted by both and means what it says: no minimum count, the window
-(``probation_s``) alone ends probation, which still fails on any error. A
-negative count is refused by both, the config naming the key.
+``update.probation_min_predictions: 0`` is accepted by both and means what
+it says: no minimum count, the window (``probation_s``) alone ends
+probation, which still fails on any error; ``update.min_confidence_ratio:
+0`` means no confidence-collapse check. Values out of range are refused by
+both, the config naming the key. (Before, both zeros passed the config and
+made the monitor raise when the bundle was activated.)
 """
 
 from __future__ import annotations
@@ -66,3 +69,30 @@ def test_a_negative_count_is_refused_by_both_the_config_naming_the_key() -> None
     assert "update.probation_min_predictions" in message and "line 8" in message, message
     with pytest.raises(ValueError, match="min_predictions must not be negative"):
         ProbationMonitor(T0, min_predictions=-1)
+
+
+def test_min_confidence_ratio_zero_is_accepted_by_both_and_means_no_confidence_check() -> None:
+    text = DEVICE.format(count=1) + "  min_confidence_ratio: RATIO\n"
+    settings = parse_config(text.replace("RATIO", "0"), "device.yaml").update
+    assert settings is not None and settings.min_confidence_ratio == 0
+    monitor = ProbationMonitor(
+        T0,
+        window_s=1.0,
+        min_predictions=1,
+        baseline_confidence=0.9,
+        min_confidence_ratio=settings.min_confidence_ratio,
+    )
+    monitor.record(dataclasses.replace(sample_prediction(), confidence=0.01))
+    verdict = monitor.verdict(T0 + 1.0)
+    assert verdict is not None and verdict.passed, verdict  # a collapse, but no check asked for
+
+    strict = ProbationMonitor(T0, window_s=1.0, baseline_confidence=0.9)  # the default, 0.5
+    strict.record(dataclasses.replace(sample_prediction(), confidence=0.01))
+    verdict = strict.verdict(T0 + 1.0)
+    assert verdict is not None and not verdict.passed
+    assert verdict.reason.startswith("confidence collapse")
+
+    with pytest.raises(ConfigError, match=r"update\.min_confidence_ratio"):
+        parse_config(text.replace("RATIO", "1.5"), "device.yaml")
+    with pytest.raises(ValueError, match=r"min_confidence_ratio must be in \[0, 1\]"):
+        ProbationMonitor(T0, min_confidence_ratio=1.5)

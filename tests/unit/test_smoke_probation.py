@@ -329,7 +329,7 @@ def test_record_takes_pipeline_predictions() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"window_s": -1}, {"min_predictions": -1}, {"min_confidence_ratio": 0.0}],
+    [{"window_s": -1}, {"min_predictions": -1}, {"min_confidence_ratio": -0.1}],
 )
 def test_bad_monitor_settings_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
