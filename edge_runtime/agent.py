@@ -378,9 +378,8 @@ class UpdateAgent:
             # /healthz allows a camera without frames fails it (a single camera waits, as ever)
             silence = None if self.config.cameras is None else self.config.health.max_frame_age_s
             judge = CameraProbation(monitors, silence_s=silence, excluded=excluded)
-            previous = self.model.swap(
-                report.classifier
-            )  # the monitors are built: nothing fails now
+            # swapped only now that the monitors are built: nothing can fail in between
+            previous = self.model.swap(report.classifier)
             self._probation = _Probation(monitor=judge, previous=previous, sha256=bundle.sha256)
             self.probation_excluded = excluded
         if excluded:
