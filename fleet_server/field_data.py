@@ -155,11 +155,15 @@ def export_folder(
     samples: Iterable[FieldSampleInfo],
     images: Iterable[bytes],
     out: Path,
+    *,
+    unreviewed: bool = False,
 ) -> dict[str, int]:
     """Write labelled samples as ``out/<true label>/<sha256>.<ext>``; images per label written.
 
     ``images`` yields each sample's bytes in the same order. A sample
-    without a person's label is skipped. What each written image is goes to
+    without a person's label is skipped; with ``unreviewed``, it goes in the
+    folder of the device's answer instead (a folder for a person to review,
+    not yet a parity set: its ``true_label`` stays null). What each written image is goes to
     ``out/`` :data:`EXPORT_METADATA` (one JSON object a line: its ``file``
     under ``out``, the person's ``true_label``, the device's answer, the device
     and camera, the bundle, when it was taken); the parity loader reads only the
@@ -169,9 +173,9 @@ def export_folder(
     written: dict[str, int] = {}
     lines: list[str] = []
     for sample, data in zip(samples, images, strict=True):
-        if sample.true_label is None:
+        if sample.true_label is None and not unreviewed:
             continue
-        label = check_label(sample.true_label)
+        label = check_label(sample.true_label or sample.label)
         folder = out / label
         folder.mkdir(exist_ok=True)
         name = f"{sample.sha256}{_EXTENSIONS[sample.image_format]}"

@@ -319,8 +319,23 @@ def print_summary(summary: Mapping[str, Any], paths: Mapping[str, Path], console
                 "\n".join(filter(None, [r["reason"], *reasons])) or "-",
             )
         console.print(table)
+    _print_field_data(summary.get("field_data"), console)
     state = "[green]done[/]" if summary["ok"] else f"[red]failed[/]: {summary['error']}"
     console.print(
         f"{state} in {summary['elapsed_s']:.0f} s. Report: {paths['report']}  "
         f"summary: {paths['summary']}"
+    )
+
+
+def _print_field_data(field_data: Mapping[str, Any] | None, console: Console) -> None:
+    """Where the uncertain frames the cameras collected went (a folder per answer)."""
+    if not field_data:
+        return
+    answers = ", ".join(f"{k}: {n}" for k, n in field_data["by_answer"].items()) or "none"
+    console.print(
+        f"Uncertain frames: {field_data['samples']} collected on {field_data['group']} "
+        f"(confidence under {field_data['below_confidence']:.0%}) -> [bold]{field_data['folder']}[/] "
+        f"(folders by the cameras' answers: {answers}; confirm or correct them with "
+        "`edgefleet fleet field-data label`, then the folder is a parity set)",
+        soft_wrap=True,
     )

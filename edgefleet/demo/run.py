@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 
 from edgefleet.commands._console import progress_bar
+from edgefleet.demo.field_data import FieldDataDemo
 from edgefleet.demo.fleet import GROUP, CameraSettings, LocalFleet
 from edgefleet.demo.models import (
     LATENCY_BUDGET_MS,
@@ -80,6 +81,7 @@ class _Run:
     console_url: str | None = None
     console_token: str | None = None
     kept: bool = False
+    field_data: FieldDataDemo | None = None
 
     @property
     def workdir(self) -> Path:
@@ -256,6 +258,15 @@ class _Run:
                 f"in {self.workdir / 'devices'}"
             )
             self.open_console(fleet)
+            assert self.console_url is not None and self.console_token is not None
+            assert fleet.registry is not None
+            self.field_data = FieldDataDemo(
+                api_url=self.console_url.removesuffix("/console"),
+                token=self.console_token,
+                registry=fleet.registry,
+                images=fleet.server_dir / "field-data",
+                group=GROUP,
+            )
         return fleet
 
     def open_console(self, fleet: LocalFleet) -> None:
@@ -378,6 +389,7 @@ class _Run:
                 for name, at, counts in self.checkpoints
             ],
             "devices": devices,
+            "field_data": self.field_data.result if self.field_data is not None else None,
         }
 
     def checkpoint(self, name: str) -> None:
@@ -420,6 +432,7 @@ class _Run:
                 "every camera to connect",
             )
             self.checkpoint("cameras online")
+            self.collect_field_data(live)
             plan = [
                 ("1.0.0", None, self.scale.first_install(), "completed"),
                 ("2.0.0", "1.0.0", self.scale.staged(), "completed"),
@@ -439,8 +452,37 @@ class _Run:
             view.rollout_id = None
             settle_until = time.monotonic() + self.scale.settle_s
             self.wait(live, view, lambda: time.monotonic() > settle_until, 60, "the end")
+            self.export_field_data(live, view)
             self.checkpoint("end")
         del server
+
+    def collect_field_data(self, live: Live) -> None:
+        """The operator switches field-data collection on for the cameras' group."""
+        from edgefleet.demo.field_data import BELOW_CONFIDENCE, PER_MINUTE
+
+        assert self.field_data is not None
+        self.field_data.enable()
+        live.console.print(
+            f"[bold]field data[/]: {GROUP} keeps the frames its cameras answer with less than "
+            f"{BELOW_CONFIDENCE:.0%} confidence (at most {PER_MINUTE} a minute each) and uploads them"
+        )
+
+    def export_field_data(self, live: Live, view: FleetView) -> None:
+        """Export the uncertain frames the cameras collected (a few seconds for the last uploads)."""
+        assert self.field_data is not None
+        field_data = self.field_data
+        view.step = "exporting the uncertain frames the cameras collected"
+        deadline = time.monotonic() + 10  # a model sure of every frame: nothing, no failure
+        while field_data.stored() == 0 and time.monotonic() < deadline:
+            self.poll()
+            live.update(view.render(), refresh=True)
+            time.sleep(_REFRESH_S)
+        done = field_data.export(self.workdir / "uncertain-frames")
+        answers = ", ".join(f"{k}: {n}" for k, n in done["by_answer"].items()) or "none"
+        live.console.print(
+            f"  {done['samples']} uncertain frames exported to {done['folder']} "
+            f"(by the cameras' answers: {answers})"
+        )
 
     def rollout(
         self,

@@ -111,6 +111,20 @@ def test_fast_demo_rolls_v2_out_and_stops_the_bad_v3(tmp_path: Path) -> None:
 
         for device in registry.devices():
             assert device.active_bundle == v2.sha256, device
+        assert registry.field_settings()["line1"].enabled  # the operator switched it on
+
+    # the uncertain frames the cameras collected, exported as class folders, each one described
+    collected = summary["field_data"]
+    exported = workdir / "uncertain-frames"
+    assert collected["folder"] == str(exported) and collected["samples"] > 0
+    records = [json.loads(line) for line in (exported / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == collected["samples"] == sum(collected["by_answer"].values())
+    for record in records:
+        assert (exported / record["file"]).is_file()
+        assert record["reason"] == "low-confidence" and record["confidence"] < 0.5
+        assert record["file"].split("/")[0] == record["label"] in v2.manifest.labels
+        assert record["device_id"] in cameras and record["true_label"] is None
+    assert f"-> {exported}" in result.stdout
 
     # the summary says the same, with the device's own reason
     reported = {r["version"]: r for r in summary["rollouts"]}
