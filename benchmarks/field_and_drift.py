@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/field_and_drift.py [--devices 1000] [--snapshots 60] [--frames 20000]
+    .venv/bin/python benchmarks/field_and_drift.py [--devices 1000] [--snapshots 60] [--frames 20000] [--drift-only]
 
 1. **Sampler overhead per frame** (``FieldCollector.observe``, on the
    inference thread, 640x480 frames): collection off; on, frame not chosen
@@ -13,8 +13,9 @@ Run from the repository root::
 2. **A drift pass at fleet scale**: a SQLite registry with ``--devices``
    devices in groups of 20, each with ``--snapshots`` telemetry snapshots
    in the window (10 minutes at one every 10 s by default), a baseline
-   bundle; the time of ``Registry.watch_drift`` (read the window's ends,
-   judge every device and group, store the statuses), best of 3.
+   bundle (with a confidence histogram, so that figure is judged too); the
+   time of ``Registry.watch_drift`` (read the window's ends, judge every
+   device and group, store the statuses), best of 3.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def drift(devices: int, snapshots: int) -> None:
                     size=1,
                     released_at=now,
                     labels=LABELS,
-                    quality=None,
+                    quality={"confidence_histogram": [0.0] * 7 + [0.1, 0.3, 0.6]},
                     baseline_accuracy=0.9,
                     baseline_mean_confidence=0.9,
                     baseline_class_distribution={label: 1 / 6 for label in LABELS},
@@ -156,10 +157,12 @@ def drift(devices: int, snapshots: int) -> None:
             rng = np.random.default_rng(1)
             for d in range(devices):
                 counts = np.zeros(len(LABELS))
+                bins = np.zeros(10)
                 for s in range(snapshots):
                     counts += rng.multinomial(
                         300, [1 / 6] * 6 if d % 10 else [0.75, 0.05, 0.05, 0.05, 0.05, 0.05]
                     )
+                    bins += rng.multinomial(300, [0.0] * 7 + [0.1, 0.3, 0.6])
                     snapshot = {
                         "protocol": 1,
                         "bundle": BUNDLE,
@@ -171,6 +174,7 @@ def drift(devices: int, snapshots: int) -> None:
                             "class_counts": {
                                 k: int(v) for k, v in zip(LABELS, counts, strict=True)
                             },
+                            "confidence_histogram": [int(v) for v in bins],
                         },
                     }
                     session.add(
@@ -201,8 +205,10 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--snapshots", type=int, default=60)
     parser.add_argument("--frames", type=int, default=20_000)
+    parser.add_argument("--drift-only", action="store_true", help="skip the sampler's part")
     args = parser.parse_args()
-    sampler(args.frames)
+    if not args.drift_only:
+        sampler(args.frames)
     drift(args.devices, args.snapshots)
 
 
