@@ -27,6 +27,7 @@ from edge_runtime.supervise import SupervisedThread, WorkerHealth
 from fleet_server.errors import NotFoundError, RegistryStorageError
 from fleet_server.rate_limit import DeviceRateLimiter
 from fleet_server.registry import Registry
+from fleet_server.workers import FailureStreak
 
 __all__ = ["ShadowReceiver"]
 
@@ -62,6 +63,8 @@ class ShadowReceiver:
         self._stop = threading.Event()
         self._thread: SupervisedThread | None = None
         self._prev_on_connect: Any = None
+        self.streak = FailureStreak()
+        """Reports the database refused in a row."""
         self.stored = 0
         self.refused = 0
         self.dropped = 0
@@ -100,7 +103,7 @@ class ShadowReceiver:
         """The worker's health."""
         if self._thread is None:
             return WorkerHealth("shadow-reports", False, 0, "not started")
-        return self._thread.health()
+        return self.streak.judge(self._thread.health())
 
     def _on_connect(self, client: mqtt.Client, *args: Any) -> None:
         if self._prev_on_connect is not None:
@@ -146,9 +149,13 @@ class ShadowReceiver:
                 pass
             else:
                 try:
-                    self.handle(topic, payload)
-                except Exception:  # the database is away: this window is lost, the next comes
+                    stored = self.handle(topic, payload)
+                except Exception as exc:  # the database is away: this window is lost
+                    self.streak.failed(exc)
                     log.exception("storing a shadow report failed")
+                else:
+                    if stored:
+                        self.streak.passed()
             if time.monotonic() - last_prune >= self.prune_every_s:
                 last_prune = time.monotonic()
                 try:

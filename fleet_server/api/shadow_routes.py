@@ -2,7 +2,8 @@
 
 Mounting the routes also runs a :class:`~fleet_server.shadow_receiver.ShadowReceiver`
 on the server's MQTT client while the app serves (devices' shadow reports
-into the database, where the rollout leader's gate reads them).
+into the database, where the rollout leader's gate reads them; one of the
+server's workers in ``/healthz``).
 
 =========================================  ========  ==========================================
 route                                      role      what
@@ -37,6 +38,7 @@ def shadow_routes(app: FastAPI, server: FleetServer, guards: Guards) -> ShadowRe
     receiver = ShadowReceiver(
         server.client, registry, prefix=server.prefix, share_group=server.share_group
     )
+    server.workers.add("shadow-reports", receiver.health)
     app.router.on_startup.append(receiver.start)
     app.router.on_shutdown.append(receiver.stop)
 

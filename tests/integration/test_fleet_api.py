@@ -290,6 +290,7 @@ def test_healthz_is_503_naming_a_dead_worker(api: Api) -> None:
         "leader-lease",
         "drift-monitor",
         "field-data",
+        "shadow-reports",
     }
     assert all(w["alive"] and w["restarts"] == 0 for w in healthy.body["workers"].values())
 
