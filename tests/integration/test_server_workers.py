@@ -7,7 +7,9 @@ taking connections (its sessions terminated), then takes them again.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from edge_runtime.protocol.field_data import FieldSample, FieldSampleHeader
 from edgefleet.testing import FakeClock, wait_for
 from edgefleet.testing.broker import LocalBroker
 from edgefleet.testing.fleet import LocalFleet
@@ -38,6 +41,24 @@ def _get(url: str) -> tuple[int, Any]:
         status, raw = exc.code, exc.read()
     text_ = raw.decode()
     return status, json.loads(text_) if text_.startswith("{") else text_
+
+
+def _sample(number: int) -> bytes:
+    """A field sample of cam-1 whose image is ``number`` (the receiver does not decode it)."""
+    image = f"frame {number}".encode()
+    header = FieldSampleHeader(
+        device_id="cam-1",
+        sha256=hashlib.sha256(image).hexdigest(),
+        image_format="jpeg",
+        captured_at=time.time(),
+        reason="random",
+        label="glass",
+        confidence=0.9,
+        bundle_sha256="c" * 64,
+        bundle_name="tiny",
+        bundle_version="1.0.0",
+    )
+    return FieldSample(header, image).encode()
 
 
 def _connections(server: PostgresServer, database: str, *, allowed: bool) -> None:
@@ -67,6 +88,7 @@ def test_a_database_that_goes_away_turns_the_drift_worker_down_until_it_returns(
     database = make_url(postgres_url).database
     assert database is not None
     with LocalFleet(tmp_path / "fleet", mqtt_broker.port, db_url=postgres_url) as fleet:
+        fleet.provision("cam-1")
         fleet.start()
         url = fleet.serve_http(TOKEN, drift_interval_s=0.1)
         status, health = _get(f"{url}/healthz")
@@ -92,14 +114,30 @@ def test_a_database_that_goes_away_turns_the_drift_worker_down_until_it_returns(
             drift = health["workers"]["drift-monitor"]
             assert not drift["alive"] and "passes failed" in drift["last_error"]
             assert health["workers"]["fleet-server"]["alive"]  # its thread runs, it retries
+            # samples arrive while the database is away: the receiver cannot store them
+            assert fleet.client is not None
+            for number in range(3):
+                fleet.client.publish("edgefleet/devices/cam-1/field-data/samples", _sample(number))
+            wait_for(
+                lambda: not _get(f"{url}/healthz")[1]["workers"]["field-data"]["alive"],
+                30,
+                interval=0.1,
+                message="the field-data worker stayed green while no sample could be stored",
+            )
+            assert "worker field-data is not running" in _get(f"{url}/healthz")[1]["reason"]
         finally:
             _connections(postgres_server, database, allowed=True)
         wait_for(
-            lambda: _get(f"{url}/healthz")[0] == 200,
+            lambda: _get(f"{url}/healthz")[1]["workers"]["drift-monitor"]["alive"],
             30,
             interval=0.1,
             message="the drift worker never came back with the database",
         )
+        # the next sample is stored: the receiver is well again, and so is the server
+        fleet.client.publish("edgefleet/devices/cam-1/field-data/samples", _sample(3), qos=1)
+        wait_for(lambda: _get(f"{url}/healthz")[0] == 200, 30, interval=0.1)
+        registry = fleet.registry
+        assert registry is not None and len(registry.field_samples()) == 1
 
 
 def test_only_the_leading_replica_judges_drift(tmp_path: Path) -> None:
