@@ -23,6 +23,7 @@ from rich.table import Table
 from edge_runtime.atomic import atomic_write_text
 from fleet_server.records import TimelineItem
 from fleet_server.registry import Registry
+from fleet_server.shadow_gate import sum_reports
 
 __all__ = ["RolloutOutcome", "print_summary", "write_reports"]
 
@@ -53,6 +54,8 @@ class RolloutOutcome:
     waves: list[dict[str, Any]]
     devices: list[DeviceOutcome]
     timeline: list[str]
+    shadow: dict[str, Any] | None = None
+    """The shadow wave, when the rollout began with one: its cameras, verdict and figures."""
 
     @classmethod
     def collect(
@@ -106,13 +109,18 @@ class RolloutOutcome:
             timeline=[
                 f"{time.strftime('%H:%M:%S', time.localtime(t.at))} {t.message}" for t in timeline
             ],
+            shadow=_shadow(registry, rollout_id),
         )
 
     def device_lines(self) -> list[str]:
         """One line per wave: its cameras and how each ended; failures with their reason."""
         lines = []
         for wave in self.waves:
-            label = _wave_name(wave["index"], len(self.waves))
+            if self.shadow is not None and wave["index"] == 0:
+                cameras = ", ".join(self.shadow["devices"])
+                lines.append(f"shadow {wave['status']} on {cameras}: {self.shadow['verdict']}")
+                continue
+            label = _wave_name(wave["index"] - (self.shadow is not None), len(self.waves))
             outcomes = [d for d in self.devices if d.wave == wave["index"]]
             shown = ", ".join(f"{d.device_id} {d.status}" for d in outcomes)
             lines.append(f"{label} {wave['status']}: {shown}")
@@ -151,6 +159,24 @@ def write_reports(workdir: Path, summary: Mapping[str, Any]) -> dict[str, Path]:
     atomic_write_text(paths["summary"], json.dumps(summary, indent=2, sort_keys=False) + "\n")
     atomic_write_text(paths["report"], render_html(workdir, summary))
     return paths
+
+
+def _shadow(registry: Registry, rollout_id: int) -> dict[str, Any] | None:
+    state = registry.rollout_state(rollout_id)
+    if state is None or state.spec.waves[0].shadow is None:
+        return None
+    wave = state.waves[0]
+    reports = (
+        []
+        if wave.started_at is None
+        else registry.shadow_reports(state.spec.bundle, wave.devices, wave.started_at)
+    )
+    return {
+        "devices": list(wave.devices),
+        "status": wave.status.value,
+        "verdict": wave.verdict.reason if wave.verdict is not None else wave.reason,
+        "figures": sum_reports(reports).as_dict(),
+    }
 
 
 def _wave_name(index: int, waves: int) -> str:
@@ -195,10 +221,13 @@ def render_html(workdir: Path, summary: Mapping[str, Any]) -> str:
             )
     rollouts = []
     for r in summary["rollouts"]:
+        shadow = r.get("shadow")
         waves = "<br>".join(
             _e(
-                f"{_wave_name(w['index'], len(r['waves']))} {w['status']}: "
-                + ", ".join(w["devices"])
+                f"shadow {w['status']}: {', '.join(shadow['devices'])}: {shadow['verdict']}"
+                if shadow is not None and w["index"] == 0
+                else f"{_wave_name(w['index'] - (shadow is not None), len(r['waves']))} "
+                f"{w['status']}: " + ", ".join(w["devices"])
             )
             for w in r["waves"]
         )

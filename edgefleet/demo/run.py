@@ -435,7 +435,7 @@ class _Run:
             self.collect_field_data(live)
             plan = [
                 ("1.0.0", None, self.scale.first_install(), "completed"),
-                ("2.0.0", "1.0.0", self.scale.staged(), "completed"),
+                ("2.0.0", "1.0.0", self.scale.shadowed(), "completed"),
                 ("3.0.0", "2.0.0", self.scale.staged(), "rolled-back"),
             ]
             for version, previous, waves, expected in plan:
@@ -501,6 +501,10 @@ class _Run:
         sha = self.sha(version)
         previous_sha = self.sha(previous) if previous is not None else None
         shape = "all cameras at once" if len(waves) == 1 else "canary, then 40%, then the rest"
+        if waves[0].shadow is not None:
+            shape = (
+                f"{waves[0].count} cameras run it beside {previous} first (shadow), then {shape}"
+            )
         view.step = f"rollout of {version} ({shape})"
         live.console.print(f"[bold]rollout of {version}[/]: {shape}")
         began = time.time()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fleet_server.quality_gate import GateThresholds
 from fleet_server.rollout_spec import WaveSpec
+from fleet_server.shadow_gate import ShadowStage
 
 __all__ = ["Scale", "scale_for"]
 
@@ -27,6 +28,8 @@ class Scale:
     probation_s: float
     settle_s: float
     """How long the cameras keep serving after the last rollout, before the demo stops them."""
+    shadow_s: float = 3.0
+    """How long v2's shadow wave runs at least."""
 
     def gate(self) -> GateThresholds:
         """The model-quality gate of every wave.
@@ -59,6 +62,23 @@ class Scale:
             )
         ]
 
+    def shadowed(self) -> list[WaveSpec]:
+        """Two cameras run the new version beside the old one on their frames (a shadow wave,
+        ``docs/shadow.md``), then :meth:`staged`. The limits are lenient: v1 is briefly
+        trained on purpose, so v2 corrects many of its answers; the demo shows the figures."""
+        stage = ShadowStage(
+            every_nth=2,
+            cpu_budget=0.5,
+            window_s=1.0,
+            min_duration_s=self.shadow_s,
+            min_frames=20,
+            timeout_s=90.0,
+            min_agreement=0.3,
+            max_class_shift=0.5,
+            max_latency_ratio=5.0,
+        )
+        return [WaveSpec(count=2, shadow=stage), *self.staged()]
+
     def staged(self) -> list[WaveSpec]:
         """A canary camera, then 40% of the fleet, then the rest."""
         common = {"device_timeout_s": 120.0, "gate_timeout_s": 60.0, "gate": self.gate()}
@@ -82,6 +102,7 @@ NORMAL = Scale(
     wave_health_s=5.0,
     probation_s=5.0,
     settle_s=8.0,
+    shadow_s=8.0,
 )
 FAST = Scale(
     per_train=40,

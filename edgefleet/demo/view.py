@@ -13,6 +13,7 @@ from rich.text import Text
 
 from edgefleet.demo.predictions import PredictionLog
 from fleet_server.registry import Registry
+from fleet_server.shadow_gate import sum_reports
 
 __all__ = ["FleetView"]
 
@@ -104,7 +105,11 @@ class FleetView:
             title_justify="left",
         )
         waves = self.registry.waves(rollout_id)
+        shadow = self._shadow(rollout_id)
         for wave in waves:
+            if shadow is not None and wave.index == 0:
+                table.add_row("shadow", _styled(wave.status), shadow)
+                continue
             cameras = Text(", ").join(
                 Text(
                     f"{d} {statuses.get(d, '?')}", style=_STATUS_STYLE.get(statuses.get(d, ""), "")
@@ -115,12 +120,36 @@ class FleetView:
                 "all"
                 if len(waves) == 1
                 else "canary"
-                if wave.index == 0
+                if wave.index == (0 if shadow is None else 1)
                 else f"wave {wave.index + 1}",
                 _styled(wave.status),
                 cameras,
             )
         return table
+
+    def _shadow(self, rollout_id: int) -> Text | None:
+        """A shadow wave's cameras and what they saw: agreement with the active version."""
+        state = self.registry.rollout_state(rollout_id)
+        if state is None or state.spec.waves[0].shadow is None:
+            return None
+        wave, stage = state.waves[0], state.spec.waves[0].shadow
+        cameras = ", ".join(wave.devices)
+        if wave.started_at is None:
+            return Text(f"{cameras}: not started")
+        figures = sum_reports(
+            self.registry.shadow_reports(state.spec.bundle, wave.devices, wave.started_at)
+        )
+        if figures.agreement is None:
+            return Text(
+                f"{cameras}: {self.version(state.spec.bundle)} starting beside the active version"
+            )
+        candidate = figures.mean(figures.candidate_confidence_sum) or 0.0
+        active = figures.mean(figures.active_confidence_sum) or 0.0
+        return Text(
+            f"{cameras}: {self.version(state.spec.bundle)} agrees with the active version on "
+            f"{figures.agreement:.0%} of {figures.compared} frames (needs {stage.min_agreement:.0%}); "
+            f"confidence {candidate:.0%} vs {active:.0%}"
+        )
 
     def _events(self) -> Table:
         table = Table(box=None)

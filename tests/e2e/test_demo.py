@@ -86,8 +86,13 @@ def test_fast_demo_rolls_v2_out_and_stops_the_bad_v3(tmp_path: Path) -> None:
         assert rollouts["1.0.0"].status == "completed"
         assert rollouts["2.0.0"].status == "completed"
         v2_waves = registry.waves(rollouts["2.0.0"].id)
-        assert [len(w.device_ids) for w in v2_waves] == [1, 2, 2]  # a canary, then waves
+        # a shadow wave (its cameras' rows are in the waves that activate v2), a canary, waves
+        assert [len(w.device_ids) for w in v2_waves] == [0, 1, 2, 2]
         assert all(w.status == "passed" for w in v2_waves)
+        v2_plan = registry.rollout_state(rollouts["2.0.0"].id)
+        assert v2_plan is not None and len(v2_plan.waves[0].devices) == 2
+        verdict = v2_plan.waves[0].verdict
+        assert verdict is not None and "wave 1 (shadow) passed" in verdict.reason
         v2_devices = registry.wave_devices(rollouts["2.0.0"].id)
         assert {d.device_id: d.status for d in v2_devices} == dict.fromkeys(cameras, "committed")
 
@@ -128,6 +133,10 @@ def test_fast_demo_rolls_v2_out_and_stops_the_bad_v3(tmp_path: Path) -> None:
 
     # the summary says the same, with the device's own reason
     reported = {r["version"]: r for r in summary["rollouts"]}
+    shadow = reported["2.0.0"]["shadow"]
+    assert shadow["status"] == "passed" and shadow["figures"]["compared"] >= 20
+    assert 0.3 <= shadow["figures"]["agreement"] <= 1.0
+    assert "agrees with the active version on" in result.stdout or "shadow passed" in result.stdout
     assert reported["3.0.0"]["status"] == "rolled-back"
     why = [d["reason"] for d in reported["3.0.0"]["devices"] if d["status"] != "pending"]
     assert len(why) == 1 and "golden vector" in why[0]
