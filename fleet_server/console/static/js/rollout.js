@@ -1,5 +1,6 @@
 // One rollout, live: status and commands, waves filling device by device, each gate verdict
-// with the measured figure beside its threshold, and the timeline as readable events.
+// with the measured figure beside its threshold, a shadow wave's figures per device, and the
+// timeline as readable events.
 
 import { badge, facts, h, link, num, short, swap, when } from "./dom.js";
 
@@ -24,6 +25,13 @@ const CHECKS = {
   confidence_drop_vs_baseline: ["Mean confidence drop from the quality report", pts, share],
   class_shift_vs_previous: ["Class shift from the previous version (JS divergence)", plain, plain],
   class_shift_vs_baseline: ["Class shift from the quality report (JS divergence)", plain, plain],
+  // a shadow wave's checks (docs/shadow.md)
+  agreement: ["Agreement with the active model", share, plain],
+  "class-shift": ["Largest move of a class's share of the answers", pts, plain],
+  errors: ["Candidate's error rate", share, plain],
+  "latency-ratio": ["Candidate's time a frame against the active model's", x, plain],
+  "latency-p95": ["Candidate's p95 time a frame", msv, plain],
+  frames: ["Frames compared so far", plain, plain],
 };
 const EVENT_WORDS = {
   "rollout-created": "created", started: "started", "wave-created": "wave planned",
@@ -34,10 +42,11 @@ const EVENT_WORDS = {
   "rollout-status": "status", aborted: "aborted", "rollback-complete": "rolled back",
   completed: "completed", paused: "paused", resumed: "resumed", approved: "approved",
   "awaiting-approval": "awaits approval", "window-waiting": "window", "window-opened": "window",
+  "shadow-started": "shadow started",
 };
 
 export function rolloutPage(ctx, rolloutId) {
-  const state = { data: null, timeline: [], lastId: null };
+  const state = { data: null, timeline: [], lastId: null, shadow: null };
   const head = h("div", {});
   const actions = h("div", {});
   const wavesArea = h("div", {});
@@ -120,14 +129,47 @@ export function rolloutPage(ctx, rolloutId) {
       gate ? h("p", { class: "muted" }, `Needs ${gate.min_samples} predictions before a check decides.`) : null);
   }
 
+  // a shadow wave: what its devices reported, per device and in all (GET /rollouts/{id}/shadow)
+  function shadowFigures(w) {
+    const s = state.shadow;
+    const stage = w.spec.shadow;
+    const intro = h("p", {}, `${selector(w.spec)} run the bundle beside their active model, every ${stage.every_nth} frames, ` +
+      `at most ${Math.round(100 * stage.cpu_budget)}% of a core; judged after ${stage.min_frames} frames and ${stage.min_duration_s} s ` +
+      `(agreement at least ${share(stage.min_agreement)}, no class's share moving more than ${pts(stage.max_class_shift)}). ` +
+      "Its answers never reach the sorter.");
+    if (!s) return [intro, h("p", { class: "muted" }, "No figures yet.")];
+    const pct = (v) => (v === null || v === undefined ? "–" : `${num(100 * v, 1)}%`);
+    const row = (name, f, head) => h("tr", head ? { class: "total" } : {},
+      h("th", { scope: "row" }, name),
+      h("td", { class: "n" }, String(f.compared)),
+      h("td", { class: "n" }, pct(f.agreement)),
+      h("td", { class: "n" }, `${pct(f.candidate_confidence)} / ${pct(f.active_confidence)}`),
+      h("td", {}, f.largest_class_shift ? `${f.largest_class_shift.class} ${num(100 * f.largest_class_shift.by, 1)} points` : "–"),
+      h("td", { class: "n" }, `${msv(f.candidate_ms)} / ${msv(f.active_ms)}`),
+      h("td", { class: "n" }, String(f.skipped)),
+      h("td", {}, String(f.errors) + (Object.keys(f.failures || {}).length ? `: ${Object.values(f.failures)[0]}` : "")));
+    return [intro, h("table", { class: "checks", "data-key": "shadow-figures" },
+      h("caption", {}, "What the candidate did beside the active model, on the same frames"),
+      h("thead", {}, h("tr", {}, ["Device", "Frames compared", "Agreement", "Confidence (candidate / active)", "Largest class shift", "Time a frame (candidate / active)", "Skipped", "Errors"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, Object.entries(s.per_device).map(([device, f]) => row(device, f, false)), row("all", s.figures, true)))];
+  }
+
   function drawWaves(d) {
     swap(wavesArea, h("section", { "aria-labelledby": "waves" },
       h("h2", { id: "waves" }, "Waves"),
       d.waves.length === 0 ? h("p", {}, "The planner has not saved this rollout's waves yet.") : null,
       d.waves.map((w) => {
+        if (w.spec.shadow) {
+          return h("article", { class: `wave w-${w.status}`, "aria-labelledby": `wave-${w.index}` },
+            h("h3", { id: `wave-${w.index}` }, `Wave ${w.index} (shadow) `, badge(w.status)),
+            w.reason ? h("p", { class: "reason" }, w.reason) : null,
+            shadowFigures(w),
+            verdict(w.verdict, null, w.status));
+        }
+        const canary = w.index === 1 || (w.index === 2 && d.waves[0].spec.shadow);
         const done = w.devices.filter((x) => x.status === "committed").length;
         return h("article", { class: `wave w-${w.status}`, "aria-labelledby": `wave-${w.index}` },
-          h("h3", { id: `wave-${w.index}` }, `Wave ${w.index}${w.index === 1 ? " (canary)" : ""} `, badge(w.status)),
+          h("h3", { id: `wave-${w.index}` }, `Wave ${w.index}${canary ? " (canary)" : ""} `, badge(w.status)),
           h("p", {}, `${selector(w.spec)}; ${done} of ${w.devices.length} committed (needs ${Math.round(100 * w.spec.success_threshold)}%); ` +
             `device timeout ${w.spec.device_timeout_s} s, health window ${w.spec.health_window_s} s` +
             (w.spec.approval_before_next ? "; the next wave waits for approval" : "")),
@@ -171,7 +213,13 @@ export function rolloutPage(ctx, rolloutId) {
 
   async function refresh() {
     const { data, changed } = await ctx.get(`/console/api/rollouts/${rolloutId}`);
-    if (changed || state.data === null) {
+    let shadowChanged = false;
+    if (data.waves.length && data.waves[0].spec.shadow && (state.shadow === null || data.waves[0].status === "running")) {
+      const { data: shadow } = await ctx.get(`/rollouts/${rolloutId}/shadow`);
+      shadowChanged = JSON.stringify(shadow) !== JSON.stringify(state.shadow);
+      state.shadow = shadow;
+    }
+    if (changed || shadowChanged || state.data === null) {
       state.data = data;
       drawHead(data);
       drawWaves(data);
