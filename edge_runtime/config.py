@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge_runtime.camera_fleet_config import check_camera_fleets
 from edge_runtime.errors import ConfigError
 from edge_runtime.line_config import LocalServiceConfig, OpcUaOutputConfig
 from edge_runtime.plugins import BACKENDS_GROUP, installed_names
@@ -21,6 +22,7 @@ from edge_runtime.sources import SourceConfig
 
 __all__ = [
     "CameraConfig",
+    "CameraFleetConfig",
     "DeviceConfig",
     "HealthConfig",
     "JsonLinesOutputConfig",
@@ -157,17 +159,44 @@ class UpdateConfig(_Strict):
     window_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class CameraFleetConfig(_Strict):
+    """A camera that is its own fleet device: its own id, MQTT credentials, store and bundle.
+
+    The rest of the connection (host, port, prefix, intervals) and the update
+    settings are the box's. See ``edge_runtime.camera_fleet``.
+    """
+
+    device_id: str = Field(pattern=_DEVICE_ID.pattern, description="the camera's fleet device id")
+    username: str | None = Field(
+        default=None, description="its MQTT user; default: device_id where the box has a user"
+    )
+    password: str | None = None
+    tls: TlsConfig | None = Field(
+        default=None, description="its own TLS section (its client certificate); default: the box's"
+    )
+    store: Path | None = Field(
+        default=None, description="its bundle store; default: <store>/cameras/<camera id>"
+    )
+    groups: list[str] = Field(default_factory=list, description="its update groups")
+    bundle: Path | None = Field(
+        default=None, description="bundle to serve at first boot; default: the box's bundle"
+    )
+
+
 class CameraConfig(_Strict):
     """One camera of a multi-camera device: its own id, source and (optionally) outputs.
 
     Without ``outputs`` the camera uses the device's. The camera's id names
     its predictions (their ``camera_id``; ``device_id`` stays the device's),
-    its OPC UA object and its metrics series (label ``camera``).
+    its OPC UA object and its metrics series (label ``camera``). With
+    ``fleet`` the camera is a fleet device of its own (its own bundle and
+    updates; its predictions' ``device_id`` is ``fleet.device_id``).
     """
 
     id: str = Field(pattern=_DEVICE_ID.pattern)
     source: SourceConfig
     outputs: OutputsConfig | None = None
+    fleet: CameraFleetConfig | None = None
 
     @model_validator(mode="after")
     def _no_own_opcua_server(self) -> CameraConfig:
@@ -240,6 +269,11 @@ class DeviceConfig(_Strict):
     def _update_needs_mqtt(self) -> DeviceConfig:
         if self.update is not None and self.mqtt is None:
             raise ValueError("update needs an mqtt section (updates arrive over MQTT)")
+        return self
+
+    @model_validator(mode="after")
+    def _camera_fleet_devices(self) -> DeviceConfig:
+        check_camera_fleets(self)
         return self
 
 

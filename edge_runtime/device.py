@@ -20,6 +20,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from edge_runtime.bundle import read_bundle
+from edge_runtime.camera_fleet import CameraFleetDevice, camera_fleet_devices, shared_config
 from edge_runtime.cameras import (
     CameraModel,
     PerCameraInference,
@@ -109,6 +110,9 @@ class Camera:
 class DeviceRuntime:
     """One camera box: built from config, run until told to stop."""
 
+    fleet_cameras: dict[str, CameraFleetDevice]
+    """Camera id -> its own fleet identity, for the cameras with a ``fleet:`` section."""
+
     def __init__(self, config: DeviceConfig) -> None:
         self.config = config
         self.registry = MetricsRegistry()
@@ -127,7 +131,8 @@ class DeviceRuntime:
         if config.update is not None and self.mqtt is not None:
             from edge_runtime.agent import UpdateAgent
 
-            self.agent = UpdateAgent(config, self.model, self.mqtt)
+            # the cameras that are fleet devices of their own are not the box's to judge
+            self.agent = UpdateAgent(shared_config(config), self.model, self.mqtt)
             self.health.add_check(self.agent.worker_problem)
             self.health.add_check(self.agent.store_warning, fatal=False)
             initial = self.agent.boot_classifier()
@@ -208,6 +213,8 @@ class DeviceRuntime:
             )
 
     def _cameras(self) -> list[Camera]:
+        """The cameras, each with its slot, outputs and model (first: :attr:`fleet_cameras`)."""
+        self.fleet_cameras = camera_fleet_devices(self.config, self.metrics, self.health)
         cameras = []
         for camera_config in self.config.camera_list():
             slot: LatestFrameSlot = LatestFrameSlot()
@@ -215,11 +222,17 @@ class DeviceRuntime:
                 waking = WakingSlot(self._wake)
                 self.health.add_check(self._camera_check(waking, camera_config.id))
                 slot = waking
-            sinks = self._sinks(camera_config.id, camera_config.outputs or self.config.outputs)
-            model = self.model
-            if self.multi and self.config.inference == "per-camera":
+            own = self.fleet_cameras.get(camera_config.id)
+            sinks = self._sinks(camera_config.id, camera_config.outputs or self.config.outputs, own)
+            model: ActiveModel = self.model
+            if own is not None:
+                model = own.model  # its own bundle, its own interpreter
+            elif self.multi and self.config.inference == "per-camera":
                 model = CameraModel(self.model, self.config.backend, self.config.threads)
-            cameras.append(Camera(camera_config, slot, sinks, model))
+            camera = Camera(camera_config, slot, sinks, model)
+            if own is not None:
+                own.attach(slot, partial(_capture_info, camera))
+            cameras.append(camera)
         return cameras
 
     def _watch_cameras(self) -> None:
@@ -227,21 +240,30 @@ class DeviceRuntime:
         if self.agent is not None and self.multi:
             from edge_runtime.probation_cameras import watch_cameras
 
-            slots = {c.id: c.slot for c in self.cameras if isinstance(c.slot, WakingSlot)}
+            slots = {
+                c.id: c.slot
+                for c in self.cameras
+                if isinstance(c.slot, WakingSlot) and c.id not in self.fleet_cameras
+            }
             watch_cameras(self.agent, slots, self.health, self.registry)
 
-    def _sinks(self, camera: str, outputs: OutputsConfig) -> list[PredictionSink]:
-        """The camera's outputs, each behind its own queue thread, then the update agent's and quality's taps."""
+    def _sinks(
+        self, camera: str, outputs: OutputsConfig, own: CameraFleetDevice | None = None
+    ) -> list[PredictionSink]:
+        """The camera's outputs, each behind its own queue thread, then the update agent's and quality's taps.
+
+        A camera that is its own fleet device (``own``) publishes on its own
+        link and topic, and feeds its own update agent and quality tracker.
+        """
         external: list[PredictionSink] = []
         if outputs.jsonl is not None:
             external.append(JsonLinesSink(outputs.jsonl.path.replace("{camera}", camera)))
-        if outputs.mqtt is not None and self.mqtt is not None:
-            topic = device_topic(
-                self.mqtt.config.topic_prefix, self.config.device_id, "predictions"
-            )
-            external.append(
-                MqttPredictionSink(self.mqtt, topic, outputs.mqtt.qos, outputs.mqtt.every_n)
-            )
+        link, device_id = (
+            (self.mqtt, self.config.device_id) if own is None else (own.mqtt, own.device_id)
+        )
+        if outputs.mqtt is not None and link is not None:
+            topic = device_topic(link.config.topic_prefix, device_id, "predictions")
+            external.append(MqttPredictionSink(link, topic, outputs.mqtt.qos, outputs.mqtt.every_n))
         if self.opcua_server is not None:
             # never waits: its own bounded queue, drained in order by the server's event loop
             opcua = self.opcua_server.camera(
@@ -271,6 +293,9 @@ class DeviceRuntime:
             self.health.add_check(queued.problem)
             self.health.add_check(queued.stall_warning, fatal=False)
             sinks.append(queued)
+        if own is not None:
+            sinks.extend((own.agent.sink, own.quality))
+            return sinks
         if self.agent is not None:
             sinks.append(self.agent.sink)
         if self.quality is not None:
@@ -335,6 +360,11 @@ class DeviceRuntime:
                     "captured": camera.slot.produced,
                     "dropped": camera.slot.dropped,
                     "reconnects": camera.capture.reconnects,
+                    **(
+                        {"fleet_device": self.fleet_cameras[camera.id].device_id}
+                        if camera.id in self.fleet_cameras
+                        else {}
+                    ),
                 }
                 for camera in self.cameras
             ]
@@ -379,6 +409,22 @@ class DeviceRuntime:
         return controller
 
     def _pipeline(self, camera: Camera) -> Pipeline:
+        own = self.fleet_cameras.get(camera.id)
+        if own is not None:
+            # its own identity, figures, health and probation; the box's field data and
+            # shadow runs are not fed frames that its bundle does not classify
+            return Pipeline(
+                own.device_id,
+                capture=camera.capture,
+                slot=camera.slot,
+                model=camera.model,
+                sinks=camera.sinks,
+                metrics=own.metrics,
+                health=own.health,
+                read_timeout_s=camera.read_timeout_s,
+                on_inference_error=own.on_inference_error,
+                camera=camera.id,
+            )
         return Pipeline(
             self.config.device_id,
             capture=camera.capture,
@@ -400,6 +446,8 @@ class DeviceRuntime:
     def _start(self) -> None:
         if self.mqtt is not None:
             self.mqtt.start()
+        for own in self.fleet_cameras.values():
+            own.start_link()
         if self.status_server is not None:
             self.status_server.start()
             log.info("metrics and health on %s", self.status_server.url)
@@ -416,9 +464,13 @@ class DeviceRuntime:
         for worker in self._workers():
             worker.start()
 
-    def _workers(self) -> list[FieldCollector | ShadowController]:
-        """Field-data collection and shadow evaluation, where the device has them."""
-        return [worker for worker in (self.field_data, self.shadow) if worker is not None]
+    def _workers(self) -> list[FieldCollector | ShadowController | CameraFleetDevice]:
+        """Field-data collection and shadow evaluation, where the device has them, and the
+        cameras' own fleet identities (update agent, telemetry; their links start earlier)."""
+        workers: list[FieldCollector | ShadowController | CameraFleetDevice] = [
+            worker for worker in (self.field_data, self.shadow) if worker is not None
+        ]
+        return workers + list(self.fleet_cameras.values())
 
     def _stop(self) -> None:
         for worker in self._workers():
@@ -481,3 +533,13 @@ class DeviceRuntime:
             outputs_dropped=sum(c.dropped for c in counts),
             cameras=len(self.cameras),
         )
+
+
+def _capture_info(camera: Camera) -> dict[str, object]:
+    """A camera's capture figures, for the telemetry of a camera that is its own fleet device."""
+    return {
+        "source": camera.capture.source.name,
+        "captured": camera.slot.produced,
+        "dropped": camera.slot.dropped,
+        "reconnects": camera.capture.reconnects,
+    }
