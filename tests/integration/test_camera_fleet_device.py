@@ -13,6 +13,8 @@ rolled back on belt-2 only, by belt-2's own probation.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,14 +24,19 @@ from prometheus_client import generate_latest
 
 from edge_runtime.camera_fleet import CameraFleetDevice
 from edge_runtime.update import UpdatePhase
+from edgefleet.testing import RunningDevice
+from edgefleet.testing.broker import free_port, wait_for_port
 from edgefleet.testing.device import wait_for
 from edgefleet.testing.fleet import LocalFleet
+from fleet_server.broker_auth import SERVER_USERNAME, BrokerAuth, hash_password
 from fleet_server.quality_gate import GateThresholds
 from fleet_server.records import TargetSelector
 from fleet_server.rollout_spec import WaveSpec
 from tests.integration.test_camera_probation import dark_blind_onnx_model
 from tests.media import make_bundle
 from tests.models import tiny_onnx_model
+from tests.mqtt_login import login
+from tests.services import require_mosquitto
 
 pytestmark = pytest.mark.broker
 
@@ -39,6 +46,7 @@ GATE = GateThresholds(
 COLOURED = {"type": "fake-camera", "fps": 30, "colors": [[40, 200, 120], [90, 90, 200]]}
 BLACK = {"type": "fake-camera", "fps": 30, "colors": [[0, 0, 0]]}
 ENDED = {"completed", "aborted", "rolled-back"}
+SERVER_PASSWORD = "server-secret-for-the-test"
 
 
 @pytest.fixture
@@ -161,3 +169,89 @@ def test_a_camera_of_its_own_takes_its_own_bundle_and_rolls_back_alone(
     assert device.agent.state.active.sha256 == v1.sha256
     assert {p["bundle_sha256"] for p in lines(tmp_path / "belt-1.jsonl")} == {v1.sha256}
     fleet.wait_for(lambda: fleet.active() == {"line-3-box": v1.sha256, "line-3-belt-2": v2.sha256})
+
+
+@pytest.fixture
+def secured_mosquitto(tmp_path: Path) -> Iterator[tuple[int, int, BrokerAuth]]:
+    """Mosquitto with the fleet's generated password and ACL files: (device port, server port, auth)."""
+    binary = require_mosquitto()
+    auth = BrokerAuth(tmp_path / "broker", server_password=SERVER_PASSWORD)
+    auth.write({"line-3-box": hash_password("box-secret"), "line-3-belt-2": hash_password("belt")})
+    port, server_port = free_port(), free_port()
+    conf = tmp_path / "mosquitto.conf"
+    as_root = "user root\n" if os.geteuid() == 0 else ""  # root Mosquitto would drop to 'mosquitto'
+    conf.write_text(
+        auth.mosquitto_conf(port, "127.0.0.1", server_port=server_port)
+        + "persistence false\n"
+        + as_root
+    )
+    with (tmp_path / "mosquitto.log").open("wb") as log:
+        process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+    try:
+        wait_for_port(port)
+        wait_for_port(server_port)
+        yield port, server_port, auth
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_each_identity_logs_in_as_itself_and_publishes_only_under_its_own_topics(
+    tmp_path: Path, secured_mosquitto: tuple[int, int, BrokerAuth]
+) -> None:
+    """The broker's ACL (``devices/%u/#``) holds per camera device: each connection has its user."""
+    port, server_port, _auth = secured_mosquitto
+    make_bundle(tmp_path / "v1.efb", tiny_onnx_model(scale=40.0), "onnx", "1.0.0", True)
+    repo = LocalFleet(tmp_path / "fleet", port, fleet_server=False)  # its root.json only
+    spy, accepted = login(server_port, SERVER_USERNAME, SERVER_PASSWORD, "spy")
+    assert accepted
+    seen: list[tuple[str, bytes]] = []
+    spy.on_message = lambda _c, _u, message: seen.append((message.topic, bytes(message.payload)))
+    spy.subscribe("edgefleet/devices/#", qos=1)
+    mqtt = {"host": "127.0.0.1", "port": port, "username": "line-3-box", "password": "box-secret"}
+    device = RunningDevice(
+        {
+            "device_id": "line-3-box",
+            "store": str(tmp_path / "store"),
+            "bundle": str(tmp_path / "v1.efb"),
+            "cameras": [
+                {"id": "belt-1", "source": COLOURED},
+                {
+                    "id": "belt-2",
+                    "source": COLOURED,
+                    "fleet": {"device_id": "line-3-belt-2", "password": "belt"},
+                },
+            ],
+            "outputs": {"mqtt": {}},
+            "mqtt": mqtt,
+            "metrics": {"enabled": False},
+            "update": {"trusted_root": str(repo.root_file)},
+        }
+    )
+
+    def published(device_id: str, leaf: str) -> list[bytes]:
+        return [p for t, p in list(seen) if t == f"edgefleet/devices/{device_id}/{leaf}"]
+
+    try:
+        device.wait_for(
+            lambda: all(
+                len(published(d, "predictions")) > 5 and published(d, "availability")
+                for d in ("line-3-box", "line-3-belt-2")
+            )
+        )
+        for device_id, camera in (("line-3-box", "belt-1"), ("line-3-belt-2", "belt-2")):
+            answers = [json.loads(p) for p in published(device_id, "predictions")]
+            assert {(a["device_id"], a["camera_id"]) for a in answers} == {(device_id, camera)}
+            assert published(device_id, "availability")[-1] == b"online"
+            assert published(device_id, "state"), device_id  # each agent reports its own state
+        metrics = generate_latest(device.runtime.registry).decode()
+        assert (
+            'edgefleet_camera_fleet_connected{camera="belt-2",device_id="line-3-belt-2"} 1.0'
+            in (metrics)
+        )
+    finally:
+        device.close()
+        spy.loop_stop()
+        spy.disconnect()
+    # the camera device's Will, on its own topic (its user may write there only)
+    assert published("line-3-belt-2", "availability")[-1] == b"offline"
