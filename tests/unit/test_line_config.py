@@ -22,6 +22,8 @@ def test_the_multi_camera_example_parses() -> None:
     assert config.outputs.opcua is not None and config.outputs.opcua.server is not None
     assert config.outputs.opcua.server.security == ["Basic256Sha256_SignAndEncrypt"]
     assert cameras[3].outputs is not None and cameras[3].outputs.mqtt is None
+    assert cameras[3].fleet is not None and cameras[3].fleet.device_id == "line3-belt4"
+    assert all(c.fleet is None for c in cameras[:3])
     assert config.local_service.enabled is False and config.local_service.host == "127.0.0.1"
 
 
