@@ -4,9 +4,11 @@
 request names a candidate bundle: the controller's worker checks that the
 release key signed it (the device's TUF metadata, as for any update), takes
 it from the bundle store when the device holds it already or fetches it over
-MQTT in chunks like an update (into its own folder, never the update
-agent's), verifies the bytes against the signed length and hash, smoke-tests
-it (golden vectors, specs) and only then starts a
+MQTT in chunks like an update (into its own downloads folder, never the
+update agent's), verifies the bytes against the signed length and hash and
+installs them in the bundle store (so the update that activates it later
+needs no second download), smoke-tests it (golden vectors, specs) and only
+then starts a
 :class:`~edge_runtime.shadow.runner.ShadowRunner` beside the active model.
 While it prepares it reports ``preparing``; when it cannot run the candidate,
 ``failed`` with the reason. An empty request (or one for another bundle) ends
@@ -22,7 +24,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_runtime.bundle import read_bundle
 from edge_runtime.bundle.model_bundle import Bundle
 from edge_runtime.chunk_download import ChunkDownload
 from edge_runtime.chunk_fetch import BundleFetcher
@@ -162,10 +163,8 @@ class ShadowController:
                 log.debug("shadow candidate %s not known yet: %s", sha[:12], exc)
                 if not self._still_wanted(request, 1.0):
                     return None
-        if self.store.has(sha):
-            return self.store.load(sha)
-        final = self.folder / f"{sha}.efb"
-        if not final.exists():
+        if not self.store.has(sha):
+            self.store.check_space(target.length, "the shadow candidate")
             self.folder.mkdir(parents=True, exist_ok=True)
             download = ChunkDownload(
                 self.folder / "downloads", sha, target.length, window_timeout=self.window_timeout_s
@@ -192,8 +191,8 @@ class ShadowController:
             except TrustError:
                 path.unlink(missing_ok=True)
                 raise
-            path.replace(final)
-        return read_bundle(final)
+            self.store.install(path, sha)
+        return self.store.load(sha)
 
     def _still_wanted(self, request: ShadowRequest, wait_s: float) -> bool:
         if wait_s > 0:

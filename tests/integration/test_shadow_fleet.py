@@ -73,7 +73,7 @@ class Fleet:
             env={"EDGEFLEET_TOKEN": TOKEN, "COLUMNS": "250"},
         )
         assert result.exit_code == 0, result.output
-        return result.stdout
+        return result.output
 
     def sha(self, name: str) -> str:
         return self.fleet.bundles[name].sha256
@@ -161,6 +161,9 @@ def test_a_shadow_wave_that_agrees_lets_the_rollout_activate(shadow_fleet: Fleet
     assert view["figures"]["compared"] >= STAGE["min_frames"]
     assert view["figures"]["agreement"] == 1.0
     assert set(view["figures"]["devices_running"]) == set(DEVICES)
+    # the candidate fetched for the shadow run was kept: activating it needed no second download
+    assert f.fleet.server is not None
+    assert f.fleet.server.chunks.stats().bundle(v2).requests < 2 * len(DEVICES)
     assert view["figures"]["candidate_ms"] > 0 and view["figures"]["active_ms"] > 0
 
 
@@ -171,13 +174,13 @@ def test_a_candidate_that_disagrees_is_stopped_in_shadow_and_v1_never_stops(
     v1, v3 = f.sha("v1"), f.sha("v3")
     cam = f.devices["cam-1"].runtime
     swaps = cam.model.swaps
-    out = f.cli(
+    f.cli(
         "rollout", "create", v3, "--tags", "line-1", "--previous", v1,
         "--shadow", "2", "--shadow-min-frames", "30", "--shadow-duration", "2",
         "--shadow-set", "window_s=1", "--shadow-set", "every_nth=2",
-        "--shadow-set", "cpu_budget=0.5", "--json",
+        "--shadow-set", "cpu_budget=0.5",
     )  # fmt: skip
-    rollout = json.loads(out)["id"]
+    rollout = max(r.id for r in f.registry.rollouts())
     started = time.time()
     assert f.wait_finished(rollout) == "aborted"
     info = f.registry.rollout(rollout)
