@@ -253,5 +253,5 @@ def test_each_identity_logs_in_as_itself_and_publishes_only_under_its_own_topics
         device.close()
         spy.loop_stop()
         spy.disconnect()
-    # the camera device's Will, on its own topic (its user may write there only)
+    # offline at stop, on its own topic (its user may write there only)
     assert published("line-3-belt-2", "availability")[-1] == b"offline"
