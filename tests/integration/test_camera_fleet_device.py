@@ -92,10 +92,10 @@ def test_a_camera_of_its_own_takes_its_own_bundle_and_rolls_back_alone(
     assert belt_2.agent.store.root == Path(device.config.store) / "cameras" / "belt-2"
     fleet.wait_for(lambda: fleet.active() == {"line-3-box": v1.sha256, "line-3-belt-2": v1.sha256})
 
-    def rollout(bundle_sha: str, previous: str) -> int:
+    def rollout(bundle_sha: str, previous: str, device_id: str = "line-3-belt-2") -> int:
         created = server.create_rollout(
             bundle_sha,
-            TargetSelector.devices(["line-3-belt-2"]),
+            TargetSelector.devices([device_id]),
             [WaveSpec(percent=100, device_timeout_s=60, health_window_s=1.0, gate=GATE)],
             previous_sha256=previous,
         )
@@ -169,6 +169,24 @@ def test_a_camera_of_its_own_takes_its_own_bundle_and_rolls_back_alone(
     assert device.agent.state.active.sha256 == v1.sha256
     assert {p["bundle_sha256"] for p in lines(tmp_path / "belt-1.jsonl")} == {v1.sha256}
     fleet.wait_for(lambda: fleet.active() == {"line-3-box": v1.sha256, "line-3-belt-2": v2.sha256})
+
+    # the other way round: v3 to the box (fine on belt-1's colours) leaves belt-2 alone, and
+    # the box's probation judges belt-1 only (belt-2's stream is not the box's to wait for)
+    boxed = rollout(v3.sha256, v1.sha256, "line-3-box")
+    entries = registry.timeline(rollout_id=boxed, limit=500)
+    assert registry.rollout(boxed).status == "completed", [t.message for t in entries]
+    (committed,) = [
+        t
+        for t in entries
+        if t.kind == "device-event" and t.data and t.data.get("to") == "committed"
+    ]
+    assert committed.device_id == "line-3-box" and committed.data is not None
+    assert [f["camera"] for f in committed.data["probation"]] == ["belt-1"]
+    fleet.wait_for(lambda: fleet.active() == {"line-3-box": v3.sha256, "line-3-belt-2": v2.sha256})
+    assert belt_2.model.current is not None and belt_2.model.current.bundle.sha256 == v2.sha256
+    count = len(lines(tmp_path / "belt-2.jsonl"))
+    device.wait_for(lambda: len(lines(tmp_path / "belt-2.jsonl")) > count + 10)
+    assert {p["bundle_sha256"] for p in lines(tmp_path / "belt-2.jsonl")[count:]} == {v2.sha256}
 
 
 @pytest.fixture
