@@ -629,12 +629,16 @@ def _status_view(view: dict[str, Any]) -> Group:
     if planner.get("ignore_windows"):
         head += "\nmaintenance windows ignored (--ignore-windows)"
     table = Table("wave", "status", "devices", *_STATUS_ORDER)
+    shadow = planner.get("shadow_devices") or []
     for wave in view["waves"]:
         counts = wave["counts"]
+        label = " (canary)" if wave["index"] == (1 if shadow else 0) else ""
+        if shadow and wave["index"] == 0:
+            label = " (shadow)"  # its devices are counted in the waves that activate the bundle
         table.add_row(
-            str(wave["index"] + 1) + (" (canary)" if wave["index"] == 0 else ""),
+            str(wave["index"] + 1) + label,
             wave["status"],
-            str(wave["devices"]),
+            str(len(shadow) if label == " (shadow)" else wave["devices"]),
             *(str(counts.get(s, 0)) for s in _STATUS_ORDER),
         )
     totals = view["counts"]

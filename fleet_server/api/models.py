@@ -232,6 +232,8 @@ class PlannerView(BaseModel):
     next_window_opens_at: float | None
     next_window_opens: str | None
     """When the first of them may be sent, in its window's zone (``Sun 02:00 Europe/Paris``)."""
+    shadow_devices: list[str] = []
+    """The devices of the rollout's shadow wave (the first), if it has one (``docs/shadow.md``)."""
 
     @classmethod
     def of(cls, plan: RolloutState) -> PlannerView:
@@ -253,6 +255,7 @@ class PlannerView(BaseModel):
             next_window_opens=(
                 None if wait is None or opens is None else describe_time(opens, wait.zone_name, now)
             ),
+            shadow_devices=list(plan.waves[0].devices) if plan.spec.waves[0].shadow else [],
         )
 
 

@@ -148,6 +148,8 @@ def test_a_shadow_wave_that_agrees_lets_the_rollout_activate(shadow_fleet: Fleet
         message=f"the devices did not start the shadow run: {f.timeline(rollout)}",
     )
     assert set(f.fleet.active().values()) == {v1}
+    status = f.cli("rollout", "status", str(rollout))
+    assert "1 (shadow)" in status and "2 (canary)" in status, status
     assert f.wait_finished(rollout) == "completed", f.timeline(rollout)
     f.fleet.wait_for(lambda: set(f.fleet.active().values()) == {v2})
     timeline = f.timeline(rollout)
