@@ -214,10 +214,13 @@ def secured_mosquitto(tmp_path: Path) -> Iterator[tuple[int, int, BrokerAuth]]:
         process.wait(timeout=10)
 
 
+@pytest.mark.parametrize("inference", ["round-robin", "per-camera"])
 def test_each_identity_logs_in_as_itself_and_publishes_only_under_its_own_topics(
-    tmp_path: Path, secured_mosquitto: tuple[int, int, BrokerAuth]
+    tmp_path: Path, secured_mosquitto: tuple[int, int, BrokerAuth], inference: str
 ) -> None:
-    """The broker's ACL (``devices/%u/#``) holds per camera device: each connection has its user."""
+    """The broker's ACL (``devices/%u/#``) holds per camera device: each connection has its user.
+
+    With either inference mode: the camera device's model is its own in both."""
     port, server_port, _auth = secured_mosquitto
     make_bundle(tmp_path / "v1.efb", tiny_onnx_model(scale=40.0), "onnx", "1.0.0", True)
     repo = LocalFleet(tmp_path / "fleet", port, fleet_server=False)  # its root.json only
@@ -240,6 +243,7 @@ def test_each_identity_logs_in_as_itself_and_publishes_only_under_its_own_topics
                     "fleet": {"device_id": "line-3-belt-2", "password": "belt"},
                 },
             ],
+            "inference": inference,
             "outputs": {"mqtt": {}},
             "mqtt": mqtt,
             "metrics": {"enabled": False},
