@@ -85,6 +85,8 @@ class ShadowRunner:
         """The FrameObserver: every Nth frame to the shadow thread when it is free (never blocks)."""
         if prediction.bundle_sha256 == self.sha256:
             return  # the candidate serves already: nothing to compare with
+        if prediction.device_id != self.device_id:
+            return  # a camera that is its own fleet device: its rollouts are its own
         with self._lock:
             self._seen += 1
             if self._seen % self.request.every_nth:

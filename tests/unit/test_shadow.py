@@ -331,3 +331,9 @@ def test_the_runner_takes_every_nth_frame_within_its_budget_and_drops_the_rest(
     )
     own.observe(*pairs[0])
     assert own.flush().offered == 0
+    # nor the frames of another fleet device (a camera that is its own) in the same process
+    other = ShadowRunner(
+        "box-1", same, ShadowRequest(bundle_sha256=same.bundle.sha256, every_nth=1), sent.append
+    )
+    other.observe(*pairs[0])  # cam-1's prediction
+    assert other.flush().offered == 0
