@@ -403,6 +403,7 @@ class DeviceRuntime:
             self.agent.store,
             self.config.store / "shadow",
             backend=self.config.backend,
+            on_disagreement=None if self.field_data is None else self.field_data.shadow_disagreed,
         )
         self.observers.append(controller.observe)
         self.health.add_check(controller.worker_problem)

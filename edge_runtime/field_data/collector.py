@@ -199,6 +199,25 @@ class FieldCollector:
             return
         self._wake.set()
 
+    def shadow_disagreed(self, image: npt.NDArray[np.uint8], prediction: Prediction) -> bool:
+        """A shadow candidate answered this frame otherwise than the active model (``prediction``):
+        keep it when the rule is on and the caps allow (never blocks; ``image`` is the caller's
+        own copy). Whether it was queued."""
+        settings = self.settings
+        if not (settings.enabled and settings.shadow_disagreement):
+            return False
+        self.chosen += 1
+        with self._lock:
+            if not self.caps.admit(self._clock()):
+                return False
+        try:
+            self._queue.put_nowait((image, prediction, "shadow-disagreement"))
+        except queue.Full:
+            self.queue_full += 1
+            return False
+        self._wake.set()
+        return True
+
     # --- the worker ---------------------------------------------------------------------
 
     def encode(self, image: npt.NDArray[np.uint8], prediction: Prediction, reason: str) -> bool:

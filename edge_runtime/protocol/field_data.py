@@ -49,8 +49,9 @@ MAX_SAMPLE_BYTES: Final = 256 * 1024
 """The largest sample payload (header and image) a reader takes: one bundle chunk's size."""
 MAX_HEADER_BYTES: Final = 4096
 """The largest sample header."""
-REASONS: Final = ("low-confidence", "class", "random")
-"""Why a frame was sampled: under the confidence threshold, a chosen class, the random fraction."""
+REASONS: Final = ("low-confidence", "class", "random", "shadow-disagreement")
+"""Why a frame was sampled: under the confidence threshold, a chosen class, the random fraction,
+a shadow candidate that answered otherwise (``docs/shadow.md``)."""
 
 _Label = Annotated[str, Field(max_length=128)]
 _LENGTH = struct.Struct(">I")
@@ -60,8 +61,10 @@ class FieldDataSettings(WireMessage):
     """What a device collects (retained on ``field-data/settings``); absent or disabled: nothing.
 
     A frame is kept when any rule says so: its confidence is under
-    ``below_confidence``, its answer is one of ``classes``, or it falls in the
-    ``random_fraction``. Caps bound how many are kept and sent.
+    ``below_confidence``, its answer is one of ``classes``, it falls in the
+    ``random_fraction``, or (``shadow_disagreement``) a candidate running in
+    shadow answered it otherwise than the active model. Caps bound how many
+    are kept and sent.
     """
 
     kind_name: ClassVar[str] = "field-data settings"
@@ -72,6 +75,8 @@ class FieldDataSettings(WireMessage):
     below_confidence: float | None = Field(default=0.5, ge=0.0, le=1.0)
     classes: list[_Label] = Field(default_factory=list, max_length=256)
     random_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    shadow_disagreement: bool = False
+    """Keep the frames on which a shadow candidate answered otherwise than the active model."""
     per_minute: int = Field(default=6, ge=0, le=10_000)
     per_day: int = Field(default=500, ge=0, le=1_000_000)
     max_disk_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=2**40)
@@ -112,7 +117,7 @@ class FieldSampleHeader(DeviceReport):
     """Of the image bytes."""
     image_format: Literal["jpeg", "png"]
     captured_at: Timestamp
-    reason: Literal["low-confidence", "class", "random"]
+    reason: Literal["low-confidence", "class", "random", "shadow-disagreement"]
     label: _Label
     """The device's answer (or the bundle's uncertain label)."""
     confidence: float | None

@@ -21,8 +21,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
 
 from edge_runtime.bundle.model_bundle import Bundle
 from edge_runtime.chunk_download import ChunkDownload
@@ -65,6 +69,7 @@ class ShadowController:
         *,
         backend: str = "auto",
         window_timeout_s: float = 10.0,
+        on_disagreement: Callable[[npt.NDArray[np.uint8], Prediction], object] | None = None,
     ) -> None:
         self.device_id = device_id
         self.link = link
@@ -73,6 +78,8 @@ class ShadowController:
         self.folder = Path(folder)
         self.backend = backend
         self.window_timeout_s = window_timeout_s
+        self.on_disagreement = on_disagreement
+        """Each frame a candidate answered otherwise (field data's ``shadow_disagreement`` rule)."""
         prefix = link.config.topic_prefix
         self._request_topic = device_topic(prefix, device_id, "shadow/request")
         self._report_topic = device_topic(prefix, device_id, "shadow/report")
@@ -138,7 +145,9 @@ class ShadowController:
             ))  # fmt: skip
             return
         self.failure = None
-        runner = ShadowRunner(self.device_id, classifier, request, self._send)
+        runner = ShadowRunner(
+            self.device_id, classifier, request, self._send, on_disagreement=self.on_disagreement
+        )
         runner.start()
         self.runner = runner
         log.info(

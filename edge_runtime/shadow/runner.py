@@ -54,12 +54,15 @@ class ShadowRunner:
         publish: Callable[[ShadowReport], None],
         *,
         clock: Callable[[], float] = time.time,
+        on_disagreement: Callable[[npt.NDArray[np.uint8], Prediction], object] | None = None,
     ) -> None:
         self.device_id = device_id
         self.candidate = candidate
         self.request = request
         self._publish = publish
         self._clock = clock
+        self._on_disagreement = on_disagreement
+        """Handed each frame the candidate answered otherwise (field data's rule), in this thread."""
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[npt.NDArray[np.uint8], Prediction]] = queue.Queue(1)
         self._seen = 0
@@ -117,13 +120,14 @@ class ShadowRunner:
         except EdgefleetError as exc:
             result, failure = None, str(exc)
         spent = time.monotonic() - started
+        agreed = True
         with self._lock:
             window = self._window
             if result is None:
                 window.error(f"the candidate failed: {failure}")
             else:
                 before = window.compared
-                window.compare(
+                agreed = window.compare(
                     active_label=prediction.label,
                     active_confidence=prediction.confidence,
                     active_ms=prediction.inference_ms,
@@ -132,8 +136,14 @@ class ShadowRunner:
                     candidate_ms=result.total_ms,
                 )
                 self.compared += window.compared - before
+                agreed = agreed or window.compared == before  # an error is no disagreement
             self._resume_at = time.monotonic() + spent * (1.0 / self.request.cpu_budget - 1.0)
             self._busy = False
+        if not agreed and result is not None and self._on_disagreement is not None:
+            try:
+                self._on_disagreement(image, prediction)  # the runner's own copy of the frame
+            except Exception:  # field data's trouble must never stop the comparison
+                log.exception("handing a disagreement to field data failed")
 
     def flush(self, *, status: str = "running", reason: str = "") -> ShadowReport:
         """Report the current window now and start a new one."""

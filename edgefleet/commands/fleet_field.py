@@ -70,6 +70,11 @@ def field_data() -> None:
     show_default=True,
     help="Keep this fraction of all frames, at random.",
 )
+@click.option(
+    "--shadow-disagreement",
+    is_flag=True,
+    help="Keep the frames a candidate running in shadow answers otherwise (docs/shadow.md).",
+)
 @click.option("--per-minute", type=click.IntRange(0), default=6, show_default=True)
 @click.option("--per-day", type=click.IntRange(0), default=500, show_default=True)
 @click.option(
@@ -94,6 +99,7 @@ def enable(
     below_confidence: float,
     classes: tuple[str, ...],
     random_fraction: float,
+    shadow_disagreement: bool,
     per_minute: int,
     per_day: int,
     max_disk_mb: int,
@@ -106,6 +112,7 @@ def enable(
         "below_confidence": below_confidence,
         "classes": list(classes),
         "random_fraction": random_fraction,
+        "shadow_disagreement": shadow_disagreement,
         "per_minute": per_minute,
         "per_day": per_day,
         "max_disk_bytes": max_disk_mb * 1024 * 1024,
@@ -119,6 +126,7 @@ def enable(
         f"field data on for {tag}: confidence under {below_confidence}"
         + (f", classes {', '.join(classes)}" if classes else "")
         + (f", {random_fraction:.2%} at random" if random_fraction else "")
+        + (", shadow disagreements" if shadow_disagreement else "")
         + f"; at most {per_minute}/min and {per_day}/day per device"
     )
 
@@ -190,7 +198,9 @@ def _filters(
 @click.option("--device", help="Only this device's samples.")
 @click.option("--camera", help="Only this camera's samples (its id on a multi-camera device).")
 @click.option("--version", help="Only samples taken with this bundle version.")
-@click.option("--reason", type=click.Choice(["low-confidence", "class", "random"]))
+@click.option(
+    "--reason", type=click.Choice(["low-confidence", "class", "random", "shadow-disagreement"])
+)
 @click.option(
     "--labelled/--unlabelled", default=None, help="Only those a person labelled (or not)."
 )

@@ -59,6 +59,8 @@ class FieldSettingsRequest(BaseModel):
         default_factory=list, max_length=256
     )
     random_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    shadow_disagreement: bool = False
+    """Keep the frames a shadow candidate answered otherwise than the active model."""
     per_minute: int = Field(default=6, ge=0, le=10_000)
     per_day: int = Field(default=500, ge=0, le=1_000_000)
     max_disk_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=2**40)
@@ -118,7 +120,7 @@ def field_routes(
         *,
         device: Annotated[str | None, Query(max_length=64)] = None,
         version: Annotated[str | None, Query(max_length=64)] = None,
-        reason: Literal["low-confidence", "class", "random"] | None = None,
+        reason: Literal["low-confidence", "class", "random", "shadow-disagreement"] | None = None,
         labelled: bool | None = None,
         camera: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_FIELD_LIMIT)] = 100,

@@ -176,6 +176,11 @@ def test_a_candidate_that_disagrees_is_stopped_in_shadow_and_v1_never_stops(
     v1, v3 = f.sha("v1"), f.sha("v3")
     cam = f.devices["cam-1"].runtime
     swaps = cam.model.swaps
+    # the line keeps the frames a shadow candidate answers otherwise, and only those
+    f.cli("field-data", "enable", "line-1", "--below-confidence", "0", "--shadow-disagreement")
+    field = cam.field_data
+    assert field is not None
+    wait_for(lambda: field.settings.shadow_disagreement, 30)
     f.cli(
         "rollout", "create", v3, "--tags", "line-1", "--previous", v1,
         "--shadow", "2", "--shadow-min-frames", "30", "--shadow-duration", "2",
@@ -206,3 +211,8 @@ def test_a_candidate_that_disagrees_is_stopped_in_shadow_and_v1_never_stops(
     during = sorted(r["captured_at"] for r in records if r["captured_at"] >= started)
     assert len(during) > 30
     assert max(b - a for a, b in itertools.pairwise(during)) < 1.0
+    # ... and the frames they disagreed on reached the server as field data, v1's answer attached
+    wait_for(lambda: len(f.registry.field_samples()) >= 2, 30, message="no disagreement uploaded")
+    samples = f.registry.field_samples()
+    assert {s.reason for s in samples} == {"shadow-disagreement"}
+    assert {s.bundle_sha256 for s in samples} == {v1}

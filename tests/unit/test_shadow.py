@@ -337,3 +337,53 @@ def test_the_runner_takes_every_nth_frame_within_its_budget_and_drops_the_rest(
     )
     other.observe(*pairs[0])  # cam-1's prediction
     assert other.flush().offered == 0
+
+
+def test_frames_the_candidate_answers_otherwise_go_to_field_data_under_its_rule_and_caps(
+    tmp_path: Path,
+) -> None:
+    from edge_runtime.field_data import FieldCollector
+    from edge_runtime.protocol.field_data import FieldDataSettings, FieldSample
+
+    active = Classifier(
+        make_bundle(tmp_path / "v1.efb", tiny_onnx_model(scale=40.0), "onnx", "1.0.0", True),
+        backend="onnxruntime",
+    )
+    other = Classifier(
+        make_bundle(
+            tmp_path / "v3.efb", tiny_onnx_model(scale=40.0, seed=8), "onnx", "3.0.0", True
+        ),
+        backend="onnxruntime",
+    )
+    collector = FieldCollector("cam-1", tmp_path / "field")
+    rules = FieldDataSettings(enabled=True, below_confidence=None, per_minute=3)
+    handed: list[str] = []
+
+    def disagreed(image: Any, prediction: Prediction) -> None:
+        handed.append(prediction.label)
+        collector.shadow_disagreed(image, prediction)
+
+    request = ShadowRequest(bundle_sha256=other.bundle.sha256, every_nth=1, cpu_budget=1.0)
+    runner = ShadowRunner("cam-1", other, request, lambda _r: None, on_disagreement=disagreed)
+    runner.start()
+    try:
+        for i in range(12):
+            if i == 6:  # the rule switched on half-way
+                collector.apply(rules.model_copy(update={"shadow_disagreement": True}))
+            elif i == 0:
+                collector.apply(rules)
+            runner.observe(*_predict(active, i))
+            while runner._busy:
+                time.sleep(0.001)
+    finally:
+        runner.stop()
+    window = runner.flush()
+    assert len(handed) == window.compared - window.agreed > 3
+    kept = collector.drain()
+    assert kept == 3  # the per-minute cap, of the disagreements after the rule was switched on
+    assert collector.caps.refused >= 1
+    samples = [FieldSample.parse(payload, "cam-1") for _, payload in collector.ring.oldest(10)]
+    assert [s.header.reason for s in samples] == ["shadow-disagreement"] * 3
+    assert {s.header.bundle_sha256 for s in samples} == {
+        active.bundle.sha256
+    }  # the active's answer
