@@ -15,7 +15,10 @@ records a shadow verdict like any wave's. Rules:
   ``max_class_shift`` (candidate against active, on the same frames), when the
   candidate failed on more than ``max_error_rate`` of the frames it took, or
   when its time per frame is over ``max_latency_ratio`` times the active
-  model's or its p95 over ``max_latency_ms``; it passes otherwise.
+  model's or its p95 over ``max_latency_ms``; on multi-camera devices, also
+  when one camera's agreement (over at least :data:`CAMERA_MIN_FRAMES`
+  frames) is under ``min_agreement``, so a line where one belt sees what
+  the others do not is judged on that belt too; it passes otherwise.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge_runtime.protocol.shadow import ShadowReport, ShadowRequest
 from fleet_server.quality_gate import CheckStatus, GateCheck, GateOutcome, GateVerdict
 
-__all__ = ["ShadowFigures", "ShadowStage", "evaluate_shadow", "sum_reports"]
+__all__ = ["CAMERA_MIN_FRAMES", "ShadowFigures", "ShadowStage", "evaluate_shadow", "sum_reports"]
+
+CAMERA_MIN_FRAMES = 20
+"""A camera's agreement is judged once it has at least this many compared frames."""
 
 
 class ShadowStage(BaseModel):
@@ -91,6 +97,19 @@ class ShadowFigures:
     active_ms_sum: float = 0.0
     candidate_p95_ms: float | None = None
     """The worst window's p95."""
+    cameras: dict[str, list[int]] = field(default_factory=dict)
+    """``device/camera`` -> [compared, agreed], for multi-camera devices."""
+
+    def weakest_camera(self) -> tuple[str, int, int] | None:
+        """The camera with the lowest agreement among those with enough frames:
+        (``device/camera``, compared, agreed); None when there is none."""
+        judged = [
+            (a / c, name, c, a) for name, (c, a) in self.cameras.items() if c >= CAMERA_MIN_FRAMES
+        ]
+        if not judged:
+            return None
+        _, name, compared, agreed = min(judged)
+        return name, compared, agreed
 
     @property
     def agreement(self) -> float | None:
@@ -137,6 +156,10 @@ class ShadowFigures:
             "candidate_ms": self.mean(self.candidate_ms_sum),
             "active_ms": self.mean(self.active_ms_sum),
             "candidate_p95_ms": self.candidate_p95_ms,
+            "cameras": {
+                name: {"compared": c, "agreed": a, "agreement": a / c if c else None}
+                for name, (c, a) in sorted(self.cameras.items())
+            },
         }
 
 
@@ -169,6 +192,10 @@ def sum_reports(reports: Iterable[ShadowReport]) -> ShadowFigures:
             figures.candidate_classes[label] = figures.candidate_classes.get(label, 0) + count
         for label, count in report.active_classes.items():
             figures.active_classes[label] = figures.active_classes.get(label, 0) + count
+        for camera, counts in report.cameras.items():
+            mine = figures.cameras.setdefault(f"{device}/{camera}", [0, 0])
+            mine[0] += counts.compared
+            mine[1] += counts.agreed
         if report.candidate_p95_ms is not None:
             figures.candidate_p95_ms = max(figures.candidate_p95_ms or 0.0, report.candidate_p95_ms)
     return figures
@@ -243,6 +270,19 @@ def _checks(figures: ShadowFigures, stage: ShadowStage) -> tuple[GateCheck, ...]
             f"(min {stage.min_agreement:.0%})",
         )
     ]
+    weakest = figures.weakest_camera()
+    if weakest is not None:
+        camera, compared, agreed = weakest
+        checks.append(
+            _check(
+                "camera-agreement",
+                agreed / compared < stage.min_agreement,
+                agreed / compared,
+                stage.min_agreement,
+                f"camera {camera}: agreement {agreed / compared:.1%} over {compared} frames "
+                f"(min {stage.min_agreement:.0%})",
+            )
+        )
     shift = figures.class_shift()
     if shift is not None:
         name, by = shift

@@ -30,10 +30,18 @@ from edge_runtime.protocol._wire import (
     WireMessage,
 )
 
-__all__ = ["MAX_SHADOW_CLASSES", "ShadowReport", "ShadowRequest"]
+__all__ = [
+    "MAX_SHADOW_CAMERAS",
+    "MAX_SHADOW_CLASSES",
+    "ShadowCamera",
+    "ShadowReport",
+    "ShadowRequest",
+]
 
 MAX_SHADOW_CLASSES = 256
 """The most classes a report counts per side."""
+MAX_SHADOW_CAMERAS = 64
+"""The most cameras a report breaks its figures down by."""
 
 _Label = Annotated[str, Field(max_length=128)]
 _Count = Annotated[int, Field(ge=0)]
@@ -60,6 +68,13 @@ class ShadowRequest(WireMessage):
     def parse(cls, payload: object) -> ShadowRequest:
         """Read a request payload; :class:`MalformedMessageError` if bad."""
         return cls._read(payload, cls.kind_name)
+
+
+class ShadowCamera(WireMessage):
+    """One camera's share of a window's figures (a multi-camera device)."""
+
+    compared: _Count = 0
+    agreed: _Count = 0
 
 
 class ShadowReport(DeviceReport):
@@ -113,3 +128,8 @@ class ShadowReport(DeviceReport):
     candidate_p95_ms: _Ms | None = None
     active_ms: _Ms | None = None
     """The active model's mean inference time on the compared frames."""
+    cameras: dict[Annotated[str, Field(max_length=64)], ShadowCamera] = Field(
+        default_factory=dict, max_length=MAX_SHADOW_CAMERAS
+    )
+    """On a multi-camera device, the compared and agreed frames of each camera (empty on one
+    with a single camera)."""

@@ -134,6 +134,7 @@ class ShadowRunner:
                     candidate_label=result.answer.label,
                     candidate_confidence=result.answer.confidence,
                     candidate_ms=result.total_ms,
+                    camera=prediction.camera_id,
                 )
                 self.compared += window.compared - before
                 agreed = agreed or window.compared == before  # an error is no disagreement

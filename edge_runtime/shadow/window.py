@@ -6,7 +6,12 @@ import math
 from dataclasses import dataclass, field
 
 from edge_runtime.protocol._wire import clip
-from edge_runtime.protocol.shadow import MAX_SHADOW_CLASSES, ShadowReport
+from edge_runtime.protocol.shadow import (
+    MAX_SHADOW_CAMERAS,
+    MAX_SHADOW_CLASSES,
+    ShadowCamera,
+    ShadowReport,
+)
 
 __all__ = ["ShadowWindow"]
 
@@ -44,6 +49,8 @@ class ShadowWindow:
     candidate_ms: list[float] = field(default_factory=list)
     candidate_ms_sum: float = 0.0
     active_ms_sum: float = 0.0
+    cameras: dict[str, list[int]] = field(default_factory=dict)
+    """Camera id -> [compared, agreed] (multi-camera devices only)."""
 
     def compare(
         self,
@@ -54,6 +61,7 @@ class ShadowWindow:
         candidate_label: str,
         candidate_confidence: float,
         candidate_ms: float,
+        camera: str | None = None,
     ) -> bool:
         """Count one frame both models answered; whether they agreed. A non-finite candidate
         confidence counts as an error, not a comparison."""
@@ -71,6 +79,11 @@ class ShadowWindow:
         self.active_ms_sum += active_ms
         if len(self.candidate_ms) < _LATENCIES_KEPT:
             self.candidate_ms.append(candidate_ms)
+        key = None if camera is None else camera[:64]
+        if key is not None and (key in self.cameras or len(self.cameras) < MAX_SHADOW_CAMERAS):
+            counts = self.cameras.setdefault(key, [0, 0])
+            counts[0] += 1
+            counts[1] += agreed
         return agreed
 
     def error(self, message: str) -> None:
@@ -118,6 +131,10 @@ class ShadowWindow:
             candidate_ms=_mean(self.candidate_ms_sum, self.compared),
             candidate_p95_ms=self.p95_ms(),
             active_ms=_mean(self.active_ms_sum, self.compared),
+            cameras={
+                camera: ShadowCamera(compared=compared, agreed=agreed)
+                for camera, (compared, agreed) in self.cameras.items()
+            },
         )
 
 

@@ -107,12 +107,16 @@ def shadow_fleet(tmp_path: Path, mosquitto_broker: LocalBroker) -> Iterator[Flee
             fleet.provision(device, tags=["line-1"])
         fleet.start()
         url = fleet.serve_http(TOKEN)
+        # cam-1 has one camera; cam-2 is a box with two belts (figures per camera)
+        camera = {"type": "synthetic", "fps": 30, "width": 64, "height": 48}
+        belts = [{"id": f"belt-{i}", "source": {**camera, "seed": i}} for i in (1, 2)]
         devices = {
             device: fleet.start_device(
                 device,
                 bundle="v1",
-                source={"type": "synthetic", "fps": 30, "width": 64, "height": 48},
-                outputs={"jsonl": {"path": str(tmp_path / f"{device}.jsonl")}},
+                source=camera if device == "cam-1" else None,
+                cameras=None if device == "cam-1" else belts,
+                outputs={"jsonl": {"path": str(tmp_path / f"{device}-{{camera}}.jsonl")}},
                 mqtt={"telemetry_interval_s": 0.5},
                 update={"probation_s": 1, "probation_min_predictions": 5, "smoke_latency_runs": 3},
             )
@@ -163,6 +167,9 @@ def test_a_shadow_wave_that_agrees_lets_the_rollout_activate(shadow_fleet: Fleet
     assert view["figures"]["compared"] >= STAGE["min_frames"]
     assert view["figures"]["agreement"] == 1.0
     assert set(view["figures"]["devices_running"]) == set(DEVICES)
+    belts = view["figures"]["cameras"]
+    assert set(belts) == {"cam-2/belt-1", "cam-2/belt-2"}
+    assert all(b["compared"] > 0 and b["agreement"] == 1.0 for b in belts.values()), belts
     # the candidate fetched for the shadow run was kept: activating it needed no second download
     assert f.fleet.server is not None
     assert f.fleet.server.chunks.stats().bundle(v2).requests < 2 * len(DEVICES)
@@ -194,6 +201,7 @@ def test_a_candidate_that_disagrees_is_stopped_in_shadow_and_v1_never_stops(
     assert info.reason is not None
     assert "wave 1 (shadow) failed: agreement with the active model" in info.reason, info.reason
     assert "(min 90%)" in info.reason and "frames on 2 devices" in info.reason
+    assert "camera cam-2/belt-" in info.reason  # the box's belts are judged one by one too
     # the figures say how far apart they are
     view = f.api("GET", f"/rollouts/{rollout}/shadow")
     assert view["status"] == "failed"
@@ -206,7 +214,8 @@ def test_a_candidate_that_disagrees_is_stopped_in_shadow_and_v1_never_stops(
     assert all(d.phase in (None, "idle", "committed") for d in f.registry.devices())
     assert cam.model.swaps == swaps
     wait_for(lambda: all(d.runtime.shadow.runner is None for d in f.devices.values()), 10)  # type: ignore[union-attr]
-    records = [json.loads(line) for line in (tmp_path / "cam-1.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "cam-1-cam-1.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
     assert {r["bundle_sha256"] for r in records} == {v1}
     during = sorted(r["captured_at"] for r in records if r["captured_at"] >= started)
     assert len(during) > 30

@@ -222,7 +222,7 @@ def test_the_wire_messages_are_bounded_and_typed() -> None:
 
 def test_a_window_counts_agreement_classes_and_a_non_finite_answer_as_an_error() -> None:
     window = ShadowWindow(start=T0)
-    common = {"active_confidence": 0.8, "active_ms": 2.0, "candidate_ms": 4.0}
+    common: dict[str, Any] = {"active_confidence": 0.8, "active_ms": 2.0, "candidate_ms": 4.0}
     assert window.compare(active_label="a", candidate_label="a", candidate_confidence=0.9, **common)
     assert not window.compare(
         active_label="a", candidate_label="b", candidate_confidence=0.7, **common
@@ -387,3 +387,48 @@ def test_frames_the_candidate_answers_otherwise_go_to_field_data_under_its_rule_
     assert {s.header.bundle_sha256 for s in samples} == {
         active.bundle.sha256
     }  # the active's answer
+
+
+def test_a_camera_the_candidate_misreads_fails_the_wave_though_the_average_passes() -> None:
+    from edge_runtime.protocol.shadow import ShadowCamera
+
+    belts = {
+        "belt-1": ShadowCamera(compared=80, agreed=80),
+        "belt-2": ShadowCamera(compared=20, agreed=17),
+    }
+    good = report(agreed=97, cameras=belts)
+    verdict = evaluate_shadow(sum_reports([good, report("cam-2")]), STAGE, DEVICES, 61)
+    assert verdict.outcome is GateOutcome.FAILED
+    assert "camera cam-1/belt-2: agreement 85.0% over 20 frames (min 90%)" in verdict.reason
+    # a camera with too few frames to judge is left to the average
+    few = {
+        "belt-1": ShadowCamera(compared=81, agreed=81),
+        "belt-2": ShadowCamera(compared=19, agreed=16),
+    }
+    verdict = evaluate_shadow(
+        sum_reports([report(cameras=few), report("cam-2")]), STAGE, DEVICES, 61
+    )
+    assert verdict.outcome is GateOutcome.PASSED
+    assert verdict.check("camera-agreement").measured == 1.0  # belt-1's; belt-2 not judged
+
+
+def test_a_window_counts_each_cameras_frames() -> None:
+    window = ShadowWindow(start=T0)
+    common: dict[str, Any] = {
+        "active_confidence": 0.8,
+        "active_ms": 2.0,
+        "candidate_ms": 4.0,
+        "active_label": "a",
+    }
+    window.compare(candidate_label="a", candidate_confidence=0.9, camera="belt-1", **common)
+    window.compare(candidate_label="b", candidate_confidence=0.9, camera="belt-2", **common)
+    window.compare(candidate_label="a", candidate_confidence=0.9, camera="belt-2", **common)
+    sent = window.report("cam-1", NEW, OLD, T0 + 1)
+    assert {k: (v.compared, v.agreed) for k, v in sent.cameras.items()} == {
+        "belt-1": (1, 1),
+        "belt-2": (2, 1),
+    }
+    assert ShadowReport.parse(sent.encode(), "cam-1") == sent
+    single = ShadowWindow(start=T0)
+    single.compare(candidate_label="a", candidate_confidence=0.9, **common)
+    assert single.report("cam-1", NEW, OLD, T0 + 1).cameras == {}

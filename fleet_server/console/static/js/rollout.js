@@ -27,6 +27,7 @@ const CHECKS = {
   class_shift_vs_baseline: ["Class shift from the quality report (JS divergence)", plain, plain],
   // a shadow wave's checks (docs/shadow.md)
   agreement: ["Agreement with the active model", share, plain],
+  "camera-agreement": ["Agreement on the camera that agrees least", share, plain],
   "class-shift": ["Largest move of a class's share of the answers", pts, plain],
   errors: ["Candidate's error rate", share, plain],
   "latency-ratio": ["Candidate's time a frame against the active model's", x, plain],
