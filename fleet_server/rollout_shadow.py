@@ -122,8 +122,14 @@ def judge_shadow(
     stage = spec.shadow
     assert stage is not None and wave.started_at is not None  # noqa: S101 - a running shadow wave
     label = shadow_label(index)
+    baseline = rollout.spec.baseline
     verdict = evaluate_shadow(
-        figures or ShadowFigures(), stage, wave.devices, now - wave.started_at, label=label
+        figures or ShadowFigures(),
+        stage,
+        wave.devices,
+        now - wave.started_at,
+        label=label,
+        budget_ms=None if baseline is None else baseline.latency_budget_ms,
     )
     actions: list[Action] = []
     events: list[RolloutEvent] = []

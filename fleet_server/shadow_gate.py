@@ -63,6 +63,10 @@ class ShadowStage(BaseModel):
     """The candidate's mean time per frame against the active model's (None: not checked)."""
     max_latency_ms: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     """The candidate's p95 time per frame, in milliseconds (None: not checked)."""
+    max_budget_ratio: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    """The candidate's p95 against the latency budget its manifest declares (1.0: within it;
+    None: not checked). In shadow the candidate runs niced and paused by its CPU budget, so
+    its times are an upper bound of what it will take as the active model."""
 
     def request(self, bundle_sha256: str) -> ShadowRequest:
         """What the wave's devices are sent."""
@@ -215,8 +219,10 @@ def evaluate_shadow(
     elapsed_s: float,
     *,
     label: str = "shadow wave",
+    budget_ms: float | None = None,
 ) -> GateVerdict:
-    """Judge a shadow wave's figures (see the module); ``elapsed_s`` since the wave started."""
+    """Judge a shadow wave's figures (see the module); ``elapsed_s`` since the wave started;
+    ``budget_ms``, the candidate's own latency budget (its manifest's), if it has one."""
     if figures.failures:
         device, why = sorted(figures.failures.items())[0]
         reason = f"{label} failed: {device}: {why}"
@@ -233,7 +239,7 @@ def evaluate_shadow(
             reason=reason,
         )
         return GateVerdict(outcome=GateOutcome.UNDECIDED, checks=(check,), reason=reason)
-    checks = _checks(figures, stage)
+    checks = _checks(figures, stage, budget_ms)
     failed = [c.reason for c in checks if c.status is CheckStatus.FAILED]
     summary = _summary(figures, len(devices))
     if failed:
@@ -258,7 +264,9 @@ def _waiting(
     return waiting
 
 
-def _checks(figures: ShadowFigures, stage: ShadowStage) -> tuple[GateCheck, ...]:
+def _checks(
+    figures: ShadowFigures, stage: ShadowStage, budget_ms: float | None
+) -> tuple[GateCheck, ...]:
     agreement = figures.agreement or 0.0
     checks = [
         _check(
@@ -333,6 +341,18 @@ def _checks(figures: ShadowFigures, stage: ShadowStage) -> tuple[GateCheck, ...]
                 p95,
                 stage.max_latency_ms,
                 f"the candidate's p95 is {p95:.2f} ms a frame (max {stage.max_latency_ms:g} ms)",
+            )
+        )
+    if stage.max_budget_ratio is not None and budget_ms is not None and p95 is not None:
+        limit = budget_ms * stage.max_budget_ratio
+        checks.append(
+            _check(
+                "latency-budget",
+                p95 > limit,
+                p95,
+                limit,
+                f"the candidate's p95 is {p95:.2f} ms a frame, its budget {budget_ms:g} ms "
+                f"(max x{stage.max_budget_ratio:g})",
             )
         )
     return tuple(checks)

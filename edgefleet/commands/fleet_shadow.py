@@ -34,6 +34,7 @@ _SETTABLE = {
     "max_error_rate": float,
     "max_latency_ratio": float,
     "max_latency_ms": float,
+    "max_budget_ratio": float,
 }
 
 

@@ -432,3 +432,22 @@ def test_a_window_counts_each_cameras_frames() -> None:
     single = ShadowWindow(start=T0)
     single.compare(candidate_label="a", candidate_confidence=0.9, **common)
     assert single.report("cam-1", NEW, OLD, T0 + 1).cameras == {}
+
+
+def test_the_candidates_own_latency_budget_is_checked_when_asked_through_the_rollout() -> None:
+    from fleet_server.quality_gate import Baseline
+
+    figures = sum_reports([report(candidate_p95_ms=30.0), report("cam-2")])
+    stage = STAGE.model_copy(update={"max_budget_ratio": 1.0})
+    verdict = evaluate_shadow(figures, stage, DEVICES, 61, budget_ms=25.0)
+    assert verdict.outcome is GateOutcome.FAILED
+    assert "p95 is 30.00 ms a frame, its budget 25 ms (max x1)" in verdict.reason
+    assert evaluate_shadow(figures, stage, DEVICES, 61).outcome is GateOutcome.PASSED  # no budget
+    # the planner hands the bundle's budget (its manifest's, in the spec's baseline) to the gate
+    spec = rollout(max_budget_ratio=1.0).spec.model_copy(
+        update={"baseline": Baseline(latency_budget_ms=25.0)}
+    )
+    state = RolloutState.create(spec, T0).start(T0).state
+    step = state.tick(T0 + 61, shadow=figures)
+    assert step.state.status is RolloutStatus.ABORTED
+    assert "its budget 25 ms" in step.state.reason

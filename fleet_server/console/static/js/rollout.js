@@ -32,6 +32,7 @@ const CHECKS = {
   errors: ["Candidate's error rate", share, plain],
   "latency-ratio": ["Candidate's time a frame against the active model's", x, plain],
   "latency-p95": ["Candidate's p95 time a frame", msv, plain],
+  "latency-budget": ["Candidate's p95 against its latency budget", msv, plain],
   frames: ["Frames compared so far", plain, plain],
 };
 const EVENT_WORDS = {
