@@ -29,7 +29,7 @@ import numpy.typing as npt
 from converter.dataset import LabelledFolder
 from converter.disagreements import Disagreement, find_disagreements
 from converter.errors import ConversionError, DatasetError, ParityGateError
-from converter.fallback import FallbackLimits, FallbackOutcome, Trial, search_fallback
+from converter.fallback import FallbackLimits, FallbackOutcome, Selection, Trial, search_fallback
 from converter.input_grid import input_levels
 from converter.packaging import assemble_bundle
 from converter.parity import compare_scores
@@ -129,6 +129,10 @@ class ConvertOptions:
     max_fallback_steps: int = 16
     rounding: Rounding = "nearest"
     sensitivity_samples: int = 32
+    selection_samples: int = 300
+    """The fallback chooses its steps on up to this many class-balanced photos of the
+    calibration folder that are neither calibration nor parity photos (0: on the parity
+    photos, as the gate judges, the behaviour before selection sets)."""
 
 
 @dataclass
@@ -198,6 +202,8 @@ class ConversionResult:
             "float_mac_fraction": round(self.fallback.float_mac_fraction, 6),
             "latency_ratio": self.fallback.latency_ratio,
             "steps": len(self.fallback.steps),
+            "selection_set": self.fallback.selection_set,
+            "selection_images": self.fallback.selection_images,
             "full_int8_agreement": before.top1_agreement if before else None,
             "full_int8_accuracy_drop_points": before.accuracy_drop_points if before else None,
         }
@@ -314,11 +320,23 @@ class _Job:
         self.contract = _contract(self.source, options.preprocessing)
         self.preprocess = Preprocessor(self.contract, _float_spec(self.contract))
         self.calibration = None
+        self.selection: LabelledFolder | None = None
         if options.calibration is not None:
             folder = LabelledFolder.scan(options.calibration, self.labels)
             self.calibration = folder.balanced(
                 options.calibration_samples, seed=options.seed, shuffle=True
             )
+            if options.selection_samples > 0:
+                self.selection = selection_folder(
+                    folder,
+                    options.calibration_samples,
+                    options.selection_samples,
+                    self.parity,
+                    seed=options.seed,
+                )
+        self._selection_scores: (
+            tuple[list[npt.NDArray[np.uint8]], npt.NDArray[np.float32]] | None
+        ) = None
         self.name = options.name or _slug(options.model.stem)
 
     def parity_frames(self) -> tuple[list[npt.NDArray[np.uint8]], npt.NDArray[np.int64]]:
@@ -334,15 +352,33 @@ class _Job:
             log.warning("skipped %d undecodable parity images", len(self.parity.skipped))
         return frames, np.asarray(labels, dtype=np.int64)
 
-    def float_scores(self, frames: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
-        self.progress("float model", 0, len(frames))
+    def selection_set(
+        self, apply_softmax: bool
+    ) -> tuple[list[npt.NDArray[np.uint8]], npt.NDArray[np.float32]]:
+        """The selection photos (decoded once) and the float model's scores on them."""
+        assert self.selection is not None
+        if self._selection_scores is None:
+            task = "decode selection images"
+            self.progress(task, 0, len(self.selection.items))
+            frames = []
+            for _, frame, _ in self.selection.frames(strict=self.options.strict):
+                frames.append(frame)
+                self.progress(task, 1, None)
+            raw = self.float_scores(frames, "float model, selection images")
+            self._selection_scores = (frames, softmax(raw) if apply_softmax else raw)
+        return self._selection_scores
+
+    def float_scores(
+        self, frames: list[npt.NDArray[np.uint8]], task: str = "float model"
+    ) -> npt.NDArray[np.float32]:
+        self.progress(task, 0, len(frames))
         chunks = []
         for start in range(0, len(frames), 32):
             batch = np.concatenate([self.preprocess(f) for f in frames[start : start + 32]]).astype(
                 np.float32
             )
             chunks.append(self.source.float_scores(batch).reshape(len(batch), -1))
-            self.progress("float model", len(batch), None)
+            self.progress(task, len(batch), None)
         scores = np.concatenate(chunks)
         if scores.shape[1] != len(self.labels):
             raise ConversionError(
@@ -508,6 +544,36 @@ class _Job:
         return np.stack(scores), float(np.median(latencies))
 
 
+def selection_folder(
+    folder: LabelledFolder,
+    calibration_samples: int,
+    count: int,
+    parity: LabelledFolder,
+    *,
+    seed: int = 0,
+) -> LabelledFolder | None:
+    """Up to ``count`` class-balanced photos of ``folder`` that are neither calibration photos
+    (``folder.balanced(calibration_samples)``) nor parity photos: the next ones of the same
+    class-balanced draw. Deterministic; None when no photo is left."""
+    calibration = folder.balanced(calibration_samples, seed=seed)
+    seen = {path.resolve() for path, _ in (*calibration.items, *parity.items)}
+    wider = folder.balanced(calibration_samples + count, seed=seed)
+    items = [item for item in wider.items if item[0].resolve() not in seen]
+    if not items:
+        return None
+    return LabelledFolder(folder.root, folder.labels, items)
+
+
+def selection_figure(
+    float_scores: npt.NDArray[np.float32], scores: npt.NDArray[np.float32]
+) -> Selection:
+    """A model's scores against the float model's: mean total-variation distance
+    (half the summed absolute score difference, 0 to 1) and top-1 agreement."""
+    distance = 0.5 * np.abs(scores.astype(np.float64) - float_scores.astype(np.float64)).sum(axis=1)
+    agree = scores.argmax(axis=1) == float_scores.argmax(axis=1)
+    return Selection(score_error=float(distance.mean()), agreement=float(agree.mean()))
+
+
 def _slug(text: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in text.lower()).strip("-._")
     return (cleaned or "model")[:64]
@@ -639,13 +705,18 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
             "float_fallback": fallback,
         }
 
-    def measure(model: bytes, task: str) -> _Measured:
+    def run(
+        model: bytes, images: list[npt.NDArray[np.uint8]], task: str
+    ) -> tuple[npt.NDArray[np.float32], float]:
         draft_path = options.out / f".{stem}.draft{BUNDLE_SUFFIX}"
         try:
             draft = assemble_bundle(draft_path, **common(model), golden_frames=[], golden_atol=0.0)
         finally:
             draft_path.unlink(missing_ok=True)
-        scores, latency = job.evaluate(Classifier(draft), frames, task)
+        return job.evaluate(Classifier(draft), images, task)
+
+    def measure(model: bytes, task: str) -> _Measured:
+        scores, latency = run(model, frames, task)
         report = compare_scores(
             float_scores,
             scores,
@@ -670,7 +741,13 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
         if not measured.report.passed and options.fallback:
             before = measured.report
             outcome, measured, model = _fallback(
-                job, fmt, quantizer, (model, measured), measure=measure
+                job,
+                fmt,
+                quantizer,
+                (model, measured),
+                measure=measure,
+                run=run,
+                apply_softmax=shared.postprocessing.apply_softmax,
             )
             if outcome.passed:
                 fallback_spec = FloatFallback(
@@ -737,6 +814,8 @@ def _fallback(
     full_int8: tuple[bytes, _Measured],
     *,
     measure: Callable[[bytes, str], _Measured],
+    run: Callable[[bytes, list[npt.NDArray[np.uint8]], str], tuple[npt.NDArray[np.float32], float]],
+    apply_softmax: bool,
 ) -> tuple[FallbackOutcome, _Measured, bytes]:
     """Run the accuracy-aware fallback; the model it settled on (full int8 when none passed)."""
     options = job.options
@@ -789,6 +868,30 @@ def _fallback(
         len(candidates),
         100 * candidates[0].gain if candidates else 0.0,
     )
+    select: Callable[[bytes], Selection] | None = None
+    baseline = None
+    chosen_on = f"parity ({options.parity})"
+    chosen_images = len(full_int8[1].scores)
+    if job.selection is not None:
+        selection_frames, selection_float = job.selection_set(apply_softmax)
+
+        def select(model: bytes) -> Selection:
+            scores, _ = run(model, selection_frames, f"select {fmt} int8, fallback step")
+            return selection_figure(selection_float, scores)
+
+        baseline = select(full_int8[0])
+        chosen_on = f"selection: {options.calibration} photos that are neither calibration nor parity photos"
+        chosen_images = len(selection_frames)
+        log.info(
+            "%s int8: the fallback chooses on %d photos of %s that are neither calibration nor "
+            "parity photos (full int8: score error %.5f, agreement %.2f%%); the gate judges on %s",
+            fmt,
+            chosen_images,
+            options.calibration,
+            baseline.score_error,
+            100 * baseline.agreement,
+            options.parity,
+        )
     outcome = search_fallback(
         candidates,
         sum(op.macs for op in ops),
@@ -796,8 +899,12 @@ def _fallback(
         check,
         lambda model: job.latency_ratio(fmt, model, full_int8[0]),
         limits=limits,
+        select=select,
+        baseline=baseline,
     )
     outcome.candidates = candidates
+    outcome.selection_set = chosen_on
+    outcome.selection_images = chosen_images
     if outcome.passed and outcome.model is not None and outcome.trial is not None:
         log.info(
             "%s int8 passes with %d ops in float (%.1f%% of MACs, invoke p50 x%.2f)",

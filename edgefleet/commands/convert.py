@@ -196,6 +196,16 @@ def _floats3(
     help="Fallback limit: re-quantisations at most.",
 )
 @click.option(
+    "--selection-samples",
+    type=click.IntRange(0),
+    default=300,
+    show_default=True,
+    help="The fallback chooses each step on up to this many class-balanced photos of the "
+    "--calibration folder that are neither calibration nor parity photos (a step that does "
+    "not bring the scores closer to float's there is taken back); the gate still judges on "
+    "--parity. 0: choose on the parity photos (keeps every step; overfits them).",
+)
+@click.option(
     "--rounding",
     type=click.Choice(["nearest", "bias-correction"]),
     default="nearest",
@@ -297,6 +307,7 @@ def model_command(
     max_float_fraction: float,
     max_latency_ratio: float,
     max_fallback_steps: int,
+    selection_samples: int,
     rounding: str,
     keep_failed: bool,
     strict: bool,
@@ -365,6 +376,7 @@ def model_command(
         max_float_fraction=max_float_fraction / 100,
         max_latency_ratio=max_latency_ratio,
         max_fallback_steps=max_fallback_steps,
+        selection_samples=selection_samples,
         rounding="bias-correction" if rounding == "bias-correction" else "nearest",
         keep_failed=keep_failed,
         strict=strict,
@@ -493,15 +505,24 @@ def _print_table(results: list[Any], console: Console) -> None:
         before = r.before_fallback
         console.print(
             f"{r.format} int8 fallback (full int8: agreement "
-            f"{100 * (before.top1_agreement or 0) if before else 0:.2f}%): {r.fallback.stopped}"
+            f"{100 * (before.top1_agreement or 0) if before else 0:.2f}%): {r.fallback.stopped}; "
+            f"steps chosen on {r.fallback.selection_images} photos, {r.fallback.selection_set}",
+            highlight=False,
         )
         for step in r.fallback.steps:
-            figures = (
-                ""
-                if step.agreement is None
-                else f": agreement {100 * step.agreement:.2f}%, drop {step.accuracy_drop:+.2f}, "
-                f"latency x{step.latency_ratio:.2f}"
-            )
+            parts = []
+            if step.selection is not None:
+                parts.append(
+                    f"selection error {step.selection.score_error:.5f}, "
+                    f"agreement {100 * step.selection.agreement:.2f}%"
+                )
+            if step.agreement is not None:
+                parts.append(
+                    f"gate agreement {100 * step.agreement:.2f}%, drop {step.accuracy_drop:+.2f}"
+                )
+            if step.latency_ratio is not None:
+                parts.append(f"latency x{step.latency_ratio:.2f}")
+            figures = f": {', '.join(parts)}" if parts else ""
             console.print(
                 f"  {step.step:2d}. {step.action} {step.kind} ({len(step.float_ops)} ops, "
                 f"{100 * step.float_mac_fraction:.1f}% MACs){figures}",

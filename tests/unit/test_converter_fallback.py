@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from converter.fallback import FallbackLimits, Trial, search_fallback
+from converter.fallback import FallbackLimits, Selection, Trial, search_fallback
 from converter.sensitivity import FloatCandidate, QuantOp, measure_candidates, rank_ops
 from edge_runtime.bundle import ManifestSpec, dump_manifest, load_manifest
 from edge_runtime.bundle.manifest import FloatFallback
@@ -227,3 +227,75 @@ def test_an_op_reading_the_model_input_is_a_candidate_even_without_macs() -> Non
     )
     assert [c.op.name for c in ranked] == ["transpose", "conv"]
     assert [op.name for op in ranked[0].group] == ["transpose", "conv"]  # the input stays float
+
+
+class _Chooser(_Model):
+    """The fake quantiser with a selection figure: each op in float removes ``gains[op]`` of
+    the score error (an op missing from ``gains`` removes nothing)."""
+
+    def __init__(self, needed: set[str], gains: dict[str, float]) -> None:
+        super().__init__(needed)
+        self.gains = gains
+        self.checked: list[list[str]] = []
+
+    def check(self, model: bytes) -> Trial:
+        self.checked.append(json.loads(model))
+        return super().check(model)
+
+    def select(self, model: bytes) -> Selection:
+        kept = json.loads(model)
+        return Selection(1.0 - sum(self.gains.get(op, 0.0) for op in kept), 0.9)
+
+
+def test_a_step_that_does_not_help_on_the_selection_set_is_taken_back_and_costs_no_macs() -> None:
+    useless, a, b = _op("useless", 3), _op("a", 2), _op("b", 2)
+    model = _Chooser({"a", "b"}, {"a": 0.2, "b": 0.1})
+    outcome = search_fallback(
+        [_candidate(useless, 0.1), _candidate(a, 0.2), _candidate(b, 0.3)],
+        100,
+        model.quantize,
+        model.check,
+        model.latency,
+        limits=FallbackLimits(max_float_fraction=0.05),
+        select=model.select,
+        baseline=Selection(1.0, 0.9),
+    )
+    assert outcome.passed
+    assert [op.name for op in outcome.float_ops] == ["a", "b"]  # fits only without "useless"
+    assert outcome.float_mac_fraction == pytest.approx(0.04)
+    assert [step.action for step in outcome.steps] == [
+        "taken back (no gain)",
+        "kept in float",
+        "kept in float",
+    ]
+    first = outcome.steps[0]
+    assert first.agreement is None and first.selection == Selection(1.0, 0.9)
+    assert model.checked == [["a"], ["a", "b"]]  # the gate judged only the kept steps
+    assert outcome.steps[2].selection == Selection(pytest.approx(0.7), 0.9)  # type: ignore[arg-type]
+    assert outcome.to_dict()["full_int8_selection"] == {"score_error": 1.0, "agreement": 0.9}
+    assert outcome.to_dict()["steps"][0]["selection"] == {"score_error": 1.0, "agreement": 0.9}
+
+
+def test_the_gate_passing_does_not_keep_a_step_the_selection_set_did_not_choose() -> None:
+    model = _Chooser({"a"}, {"b": 0.1})  # the gate wants "a"; only "b" helps on selection
+    outcome = search_fallback(
+        [_candidate(_op("a", 1), 0.1), _candidate(_op("b", 1), 0.2)],
+        100,
+        model.quantize,
+        model.check,
+        model.latency,
+        select=model.select,
+        baseline=Selection(1.0, 0.9),
+    )
+    assert not outcome.passed
+    assert [op.name for op in outcome.float_ops] == ["b"]
+    assert model.checked == [["b"]]
+    assert [s.action for s in outcome.steps] == ["taken back (no gain)", "kept in float"]
+
+
+def test_selection_figures_compare_by_error_then_agreement() -> None:
+    assert Selection(0.1, 0.5).better_than(Selection(0.2, 0.9))
+    assert Selection(0.1, 0.9).better_than(Selection(0.1, 0.8))
+    assert not Selection(0.1, 0.8).better_than(Selection(0.1, 0.8))
+    with pytest.raises(ValueError, match="baseline"):
+        search_fallback([], 1, bytes, lambda m: Trial(True, 1.0, 0.0), len, select=len)  # type: ignore[arg-type]
