@@ -43,7 +43,7 @@ class ShadowStage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     every_nth: int = Field(default=5, ge=1, le=10_000)
-    """The candidate takes one classified frame in this many."""
+    """The candidate takes one classified frame in this many, of each camera."""
     cpu_budget: float = Field(default=0.25, gt=0.0, le=1.0)
     """The share of one core the candidate may use on each device."""
     window_s: float = Field(default=60.0, ge=1.0, le=3600.0)

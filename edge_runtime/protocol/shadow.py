@@ -58,7 +58,7 @@ class ShadowRequest(WireMessage):
     bundle_sha256: Sha256
     """The candidate: a release-signed bundle the device fetches and verifies as for an update."""
     every_nth: int = Field(default=5, ge=1, le=10_000)
-    """Offer the candidate one classified frame in this many (per device, all cameras together)."""
+    """Offer the candidate one classified frame in this many, of each camera."""
     cpu_budget: float = Field(default=0.25, gt=0.0, le=1.0)
     """The share of one core the candidate may use; frames that come sooner are skipped."""
     window_s: float = Field(default=60.0, ge=1.0, le=3600.0)

@@ -65,7 +65,9 @@ class ShadowRunner:
         """Handed each frame the candidate answered otherwise (field data's rule), in this thread."""
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[npt.NDArray[np.uint8], Prediction]] = queue.Queue(1)
-        self._seen = 0
+        self._seen: dict[str | None, int] = {}
+        """Frames seen per camera: every Nth is counted per camera, since cameras served
+        round-robin would otherwise always hand the same camera's frame to an even N."""
         self._resume_at = 0.0
         """Monotonic time before which the budget's pause lasts."""
         self._busy = False
@@ -91,8 +93,8 @@ class ShadowRunner:
         if prediction.device_id != self.device_id:
             return  # a camera that is its own fleet device: its rollouts are its own
         with self._lock:
-            self._seen += 1
-            if self._seen % self.request.every_nth:
+            seen = self._seen[prediction.camera_id] = self._seen.get(prediction.camera_id, 0) + 1
+            if seen % self.request.every_nth:
                 return
             window = self._window
             window.offered += 1

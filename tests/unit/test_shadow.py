@@ -451,3 +451,32 @@ def test_the_candidates_own_latency_budget_is_checked_when_asked_through_the_rol
     step = state.tick(T0 + 61, shadow=figures)
     assert step.state.status is RolloutStatus.ABORTED
     assert "its budget 25 ms" in step.state.reason
+
+
+def test_every_nth_frame_is_counted_per_camera(tmp_path: Path) -> None:
+    """Two cameras served in turn with every_nth=2: a count over both would only ever pick one."""
+    import dataclasses
+
+    active = Classifier(
+        make_bundle(tmp_path / "v1.efb", tiny_onnx_model(scale=40.0), "onnx", "1.0.0", True),
+        backend="onnxruntime",
+    )
+    request = ShadowRequest(bundle_sha256=NEW, every_nth=2, cpu_budget=1.0, window_s=3600)
+    runner = ShadowRunner("box", active, request, lambda _r: None)
+    runner.start()
+    try:
+        for i in range(8):
+            frame_, prediction = _predict(active, i)
+            camera = f"belt-{i % 2 + 1}"
+            runner.observe(
+                frame_,
+                dataclasses.replace(
+                    prediction, device_id="box", camera_id=camera, bundle_sha256=OLD
+                ),
+            )
+            while runner._busy:
+                time.sleep(0.001)
+    finally:
+        runner.stop()
+    sent = runner.flush()
+    assert {k: v.compared for k, v in sent.cameras.items()} == {"belt-1": 2, "belt-2": 2}
