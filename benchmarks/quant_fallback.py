@@ -41,6 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 EDGEFLEET = [sys.executable, "-m", "edgefleet"]
 CALIBRATION_SAMPLES = 200
+SELECTION_SAMPLES = 300
+"""The converter's default ``--selection-samples``: the train/ photos after the calibration
+ones in the same class-balanced draw, on which the fallback chooses its ops."""
 
 
 def run_convert(
@@ -79,6 +82,30 @@ def run_convert(
     if result.returncode not in (0, 3):
         sys.exit(f"conversion failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return json.loads(result.stdout), wall
+
+
+def holdout_folder(data: Path, count: int, work: Path) -> Path:
+    """``count`` class-balanced train/ photos that are neither calibration nor selection
+    photos, linked (not copied) into a labelled folder under ``work``.
+
+    The converter calibrates on ``balanced(CALIBRATION_SAMPLES)`` and its fallback
+    chooses on the next ``SELECTION_SAMPLES`` of the same draw; the held-out photos
+    are the ``count`` after those.
+    """
+    import shutil
+
+    from converter.dataset import LabelledFolder
+
+    train = LabelledFolder.scan(data / "train")
+    seen = {path for path, _ in train.balanced(CALIBRATION_SAMPLES + SELECTION_SAMPLES).items}
+    folder = work / "holdout"
+    shutil.rmtree(folder, ignore_errors=True)
+    for path, label in train.balanced(CALIBRATION_SAMPLES + SELECTION_SAMPLES + count).items:
+        if path not in seen:
+            link = folder / train.labels[label] / path.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path.resolve())
+    return folder
 
 
 def holdout_agreement(model: Path, bundles: dict[str, Path], folder: Path) -> dict[str, Any]:
@@ -152,6 +179,52 @@ def invoke_p50(models: dict[str, tuple[str, bytes]], rounds: int) -> dict[str, f
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
+def _final(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The fallback's final model of one conversion: its bundle, val/ agreement, float ops."""
+    fallback = row.get("fallback")
+    if not fallback:
+        return None
+    bundle = row["bundle"] if fallback["passed"] else fallback.get("bundle")
+    if not bundle:
+        return None
+    report = json.loads(Path(row["json_report"]).read_text())
+    kept = [s for s in report["fallback"]["steps"] if s["action"] == "kept in float"]
+    return {
+        "bundle": bundle,
+        "val_agreement": kept[-1]["agreement"] if kept else row["top1_agreement"],
+        "ops": len(fallback["float_ops"]),
+        "float_mac_fraction": fallback["float_mac_fraction"],
+        "selection_set": fallback.get("selection_set", "parity"),
+        "steps": [
+            {
+                k: s.get(k)
+                for k in ("action", "kind", "float_mac_fraction", "agreement", "selection")
+            }
+            for s in report["fallback"]["steps"]
+            if s["action"] != "passed over (MACs)"
+        ],
+    }
+
+
+def _print_finals(
+    by: dict[str, dict[str, Any]], finals: dict[str, dict[str, Any]], holdout: dict[str, Any]
+) -> None:
+    print("the fallback's final models (the last kept step, written even when it failed):")
+    for fmt in ("tflite", "onnx"):
+        full = by["nearest"][fmt]
+        held = holdout.get(fmt, {})
+        print(
+            f"  {fmt:6} full int8: val/ {100 * full['top1_agreement']:.2f}%"
+            + (f", held-out {100 * held['nearest']['agreement']:.2f}%" if held else "")
+        )
+        for name, f in finals[fmt].items():
+            print(
+                f"  {fmt:6} {name}: {f['ops']} ops, {100 * f['float_mac_fraction']:.2f}% of MACs, "
+                f"chosen on {f['selection_set']}; val/ {100 * f['val_agreement']:.2f}%"
+                + (f", held-out {100 * held[name]['agreement']:.2f}%" if held else "")
+            )
+
+
 def _model_bytes(bundle: Path) -> tuple[str, bytes]:
     from edge_runtime.bundle import read_bundle
 
@@ -171,6 +244,14 @@ def main() -> None:
     )
     parser.add_argument("--holdout", type=int, default=400, help="held-out train/ photos (0 skips)")
     parser.add_argument("--rounds", type=int, default=200, help="timed invokes per model")
+    parser.add_argument(
+        "--parity-choice",
+        action="store_true",
+        help="also convert with --selection-samples 0 (the fallback chooses on val/, as before)",
+    )
+    parser.add_argument(
+        "--no-bias", action="store_true", help="skip the --rounding bias-correction conversion"
+    )
     parser.add_argument(
         "--also-fraction",
         type=float,
@@ -192,27 +273,41 @@ def main() -> None:
 
     default, wall = run_convert(args.model, args.data, work / "default")
     nearest, _ = run_convert(args.model, args.data, work / "nearest", "--no-fallback")
-    corrected, _ = run_convert(
-        args.model, args.data, work / "bias", "--no-fallback", "--rounding", "bias-correction"
-    )
-    runs = [("default", default), ("nearest", nearest), ("bias", corrected)]
+    runs = [("default", default), ("nearest", nearest)]
+    corrected: list[dict[str, Any]] | None = None
+    if not args.no_bias:
+        corrected, _ = run_convert(
+            args.model, args.data, work / "bias", "--no-fallback", "--rounding", "bias-correction"
+        )
+        runs.append(("bias", corrected))
     if args.also_fraction is not None:
         wider, _ = run_convert(
             args.model, args.data, work / "wider", "--max-float-fraction", f"{args.also_fraction:g}"
         )
         runs.append(("wider", wider))
+    if args.parity_choice:
+        chosen_on_parity, _ = run_convert(
+            args.model, args.data, work / "parity-chosen", "--selection-samples", "0"
+        )
+        runs.append(("parity_chosen", chosen_on_parity))
     by = {run: {r["format"]: r for r in rows} for run, rows in runs}
+    finals = {
+        fmt: {f"{run} final": final for run, _ in runs if (final := _final(by[run][fmt]))}
+        for fmt in ("tflite", "onnx")
+    }
     holdout = {}
     if args.holdout > 0:
-        from convert_trashnet import holdout_folder
-
         folder = holdout_folder(args.data, args.holdout, work)
         for fmt in ("tflite", "onnx"):
             holdout[fmt] = holdout_agreement(
                 args.model,
-                {run: Path(by[run][fmt]["bundle"]) for run, _ in runs},
+                {
+                    **{run: Path(by[run][fmt]["bundle"]) for run, _ in runs},
+                    **{name: Path(f["bundle"]) for name, f in finals[fmt].items()},
+                },
                 folder,
             )
+    _print_finals(by, finals, holdout)
     from converter.source import load_source_model
 
     source = load_source_model(args.model)
@@ -234,12 +329,17 @@ def main() -> None:
     print(f"model {args.model}; float accuracy {100 * default[0]['float_accuracy']:.2f}% on val/")
     rows = []
     for fmt in ("tflite", "onnx"):
-        d, n, b = by["default"][fmt], by["nearest"][fmt], by["bias"][fmt]
+        d, n = by["default"][fmt], by["nearest"][fmt]
+        b = by["bias"][fmt] if "bias" in by else None
         fb = d.get("fallback") or {}
         print(
             f"  {fmt:6} full int8 agreement {100 * n['top1_agreement']:.2f}% (drop {n['accuracy_drop_points']:+.2f}); "
-            f"bias correction {100 * b['top1_agreement']:.2f}% (drop {b['accuracy_drop_points']:+.2f}); "
-            f"default {100 * d['top1_agreement']:.2f}% (drop {d['accuracy_drop_points']:+.2f})"
+            + (
+                f"bias correction {100 * b['top1_agreement']:.2f}% (drop {b['accuracy_drop_points']:+.2f}); "
+                if b
+                else ""
+            )
+            + f"default {100 * d['top1_agreement']:.2f}% (drop {d['accuracy_drop_points']:+.2f})"
         )
         if fb:
             print(
@@ -250,7 +350,8 @@ def main() -> None:
             h = holdout[fmt]
             print(
                 f"         {h['images']} held-out train/ photos: full int8 {100 * h['nearest']['agreement']:.2f}%, "
-                f"bias correction {100 * h['bias']['agreement']:.2f}%, default {100 * h['default']['agreement']:.2f}%"
+                + (f"bias correction {100 * h['bias']['agreement']:.2f}%, " if "bias" in h else "")
+                + f"default {100 * h['default']['agreement']:.2f}%"
             )
         if "wider" in by:
             w = by["wider"][fmt]
@@ -332,6 +433,8 @@ def main() -> None:
                 "no_fallback": nearest,
                 "bias_correction": corrected,
                 "wider": by.get("wider"),
+                "parity_chosen": by.get("parity_chosen"),
+                "fallback_final_models": finals,
                 "conversion_wall_s": wall,
                 "holdout": holdout,
                 "invoke_p50_ms": p50,

@@ -206,6 +206,7 @@ class ConversionResult:
             "selection_images": self.fallback.selection_images,
             "full_int8_agreement": before.top1_agreement if before else None,
             "full_int8_accuracy_drop_points": before.accuracy_drop_points if before else None,
+            "bundle": str(self.fallback.bundle) if self.fallback.bundle else None,
         }
 
     def to_report_dict(self) -> dict[str, Any]:
@@ -784,6 +785,10 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
             golden_atol=0.02 if precision in {"int8", "dynamic-int8"} else 1e-3,
         )
         bundle_id = written.id
+    if options.keep_failed and outcome is not None:
+        _write_last_fallback(
+            outcome, options.out / f"{stem}-fallback{BUNDLE_SUFFIX}", common, shared
+        )
     result = ConversionResult(
         fmt,
         precision,
@@ -805,6 +810,33 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
         options.out / f"{stem}.report.json", json.dumps(result.to_report_dict(), indent=2) + "\n"
     )
     return result
+
+
+def _write_last_fallback(
+    outcome: FallbackOutcome,
+    path: Path,
+    common: Callable[[bytes, FloatFallback | None], dict[str, Any]],
+    shared: _Shared,
+) -> None:
+    """A failed search's last kept model as a bundle of its own (``--keep-failed``: what the
+    fallback reached, e.g. to check it on held-out photos); recorded in ``outcome.bundle``."""
+    if outcome.passed or outcome.model is None or outcome.trial is None:
+        return
+    last: _Measured = outcome.trial.detail
+    assemble_bundle(
+        path,
+        **common(
+            outcome.model,
+            FloatFallback(
+                ops=sorted(m for op in outcome.float_ops for m in op.excluded),
+                float_mac_fraction=round(outcome.float_mac_fraction, 6),
+            ),
+        ),
+        quality=last.report,
+        golden_frames=shared.golden,
+        golden_atol=0.02,
+    )
+    outcome.bundle = path
 
 
 def _fallback(

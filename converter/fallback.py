@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from converter.sensitivity import FloatCandidate, QuantOp
@@ -156,6 +157,8 @@ class FallbackOutcome:
     selection_images: int = 0
     baseline: Selection | None = None
     """Full int8's figure on the selection set (None when the parity photos chose)."""
+    bundle: Path | None = None
+    """Where the caller wrote the last kept model of a failed search (``--keep-failed``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (without the model bytes)."""
@@ -168,6 +171,7 @@ class FallbackOutcome:
             "float_ops": [op.name for op in self.float_ops],
             "float_mac_fraction": round(self.float_mac_fraction, 6),
             "latency_ratio": None if self.latency_ratio is None else round(self.latency_ratio, 4),
+            "bundle": None if self.bundle is None else str(self.bundle),
             "steps": [step.to_dict() for step in self.steps],
         }
 

@@ -15,7 +15,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.convert import ConversionResult, ConvertOptions, convert, gate_error
+from converter.convert import (
+    ConversionResult,
+    ConvertOptions,
+    convert,
+    gate_error,
+    selection_figure,
+    selection_folder,
+)
+from converter.dataset import LabelledFolder
 from converter.rounding import bias_correct_onnx, bias_correct_tflite, weight_rounding_error
 from edge_runtime.bundle import read_bundle
 from edge_runtime.classifier import Classifier
@@ -49,9 +57,8 @@ def _convert(model: Path, data: Path, out: Path, fmt: str, **options: object) ->
             calibration_samples=24,
             preprocessing={"mean": (127.5,) * 3, "std": (127.5,) * 3},
             max_accuracy_drop=100.0,
-            min_agreement=0.95,
             sensitivity_samples=12,
-            **options,  # type: ignore[arg-type]
+            **{"min_agreement": 0.95, **options},  # type: ignore[arg-type]
         )
     )[0]
 
@@ -89,6 +96,11 @@ def test_onnx_fallback_keeps_the_broken_head_in_float(
     _check_bundle(on, "head")
     report = on.to_report_dict()
     assert report["fallback"]["steps"][0]["action"] == "kept in float"
+    # chosen on the train/ photos the calibration left out, not on the gate's val/ photos
+    assert report["fallback"]["selection_set"].startswith("selection: ")
+    assert report["fallback"]["selection_images"] == on.fallback.selection_images > 0
+    first = report["fallback"]["steps"][0]["selection"]
+    assert first["score_error"] < report["fallback"]["full_int8_selection"]["score_error"]
     assert report["fallback_candidates"][0]["kind"] == "Gemm"
     assert "Accuracy-aware fallback: gate passed" in on.report_path.read_text()
     assert on.json_report_path is not None and on.json_report_path.is_file()
@@ -267,3 +279,45 @@ def test_onnx_candidate_error_matches_a_real_exclusion_where_the_quantiser_drops
         real = quantizer.quantize(first.excluded)
         actual = onnx_output_error(real, prepared, data)([])
     assert measured == pytest.approx(actual, rel=0.25), (measured, actual)
+
+
+def test_the_selection_set_is_balanced_deterministic_and_apart_from_calibration_and_parity(
+    data: Path,
+) -> None:
+    train = LabelledFolder.scan(data / "train")
+    parity = LabelledFolder.scan(data / "val")
+    chosen = selection_folder(train, 24, 12, parity)
+    assert chosen is not None and len(chosen.items) == 12
+    calibration = {path for path, _ in train.balanced(24).items}
+    assert not calibration & {path for path, _ in chosen.items}
+    counts = np.bincount([label for _, label in chosen.items], minlength=len(train.labels))
+    assert counts.max() - counts.min() <= 1  # class-balanced
+    again = selection_folder(train, 24, 12, parity)
+    assert again is not None and again.items == chosen.items
+    # a calibration folder that is also the parity folder leaves nothing to choose on
+    assert selection_folder(train, 24, 12, train) is None
+    assert selection_folder(train, len(train.items), 12, parity) is None
+
+
+def test_the_selection_figure_is_the_mean_score_distance_and_the_agreement() -> None:
+    ref = np.array([[0.9, 0.1], [0.4, 0.6]], dtype=np.float32)
+    got = np.array([[0.8, 0.2], [0.7, 0.3]], dtype=np.float32)
+    figure = selection_figure(ref, got)
+    assert figure.score_error == pytest.approx((0.1 + 0.3) / 2)
+    assert figure.agreement == 0.5
+
+
+def test_a_failed_fallback_keeps_its_last_model_with_keep_failed(
+    data: Path, onnx_path: Path, tmp_path: Path
+) -> None:
+    result = _convert(
+        onnx_path, data, tmp_path / "out", "onnx", min_agreement=1.01, keep_failed=True
+    )
+    assert result.fallback is not None and not result.fallback.passed
+    assert result.bundle_path is not None  # full int8, as --keep-failed always wrote
+    assert read_bundle(result.bundle_path).manifest.model.float_fallback is None
+    last = result.fallback.bundle
+    assert last is not None and last.name.endswith("-fallback.efb")
+    recorded = read_bundle(last).manifest.model.float_fallback
+    assert recorded is not None and any("head" in op for op in recorded.ops)
+    assert result.to_dict()["fallback"]["bundle"] == str(last)
