@@ -10,6 +10,7 @@ roles and audit trail as the CLI's.
 
 Layout: ``assets.py`` (the files, served with ETags; the public paths),
 ``figures.py`` (health, versions a device ran, telemetry series: pure),
+``plan_view.py`` (a rollout's plan as the rollout page shows it: pure),
 ``signatures.py`` (the release signature of each bundle, checked with
 python-tuf), ``page_cache.py`` (one build of a page per change, shared by
 every open console). The JSON reads the API lacked are
