@@ -15,9 +15,9 @@ For a model trained with `edgefleet convert train-reference` *without*
    were not calibration photos, against the float model (the fallback chose
    its ops on val/, so this is the check it did not tune on);
 4. invoke p50 on one thread of fp32, full int8 and the fallback's model
-   (LiteRT for TFLite, ONNX Runtime for ONNX), timed in turns (ABCABC...) in
-   the same process so that other load hits all three alike; medians and
-   ratios.
+   (LiteRT for TFLite, ONNX Runtime for ONNX), each timed alone in blocks of
+   25 invokes, the blocks in turns (AAA BBB CCC AAA ...) in the same process
+   so that other load hits all of them alike; medians and ratios.
 
 It prints each target next to its figure and writes the JSON summary to
 benchmarks/reports/quant-fallback-<model stem>.json.
@@ -149,8 +149,21 @@ def holdout_agreement(model: Path, bundles: dict[str, Path], folder: Path) -> di
     return figures
 
 
-def invoke_p50(models: dict[str, tuple[str, bytes]], rounds: int) -> dict[str, float]:
-    """Invoke p50 (ms) of each model, one thread, timed in turns."""
+def invoke_p50(
+    models: dict[str, tuple[str, bytes]], rounds: int, block: int = 25
+) -> dict[str, float]:
+    """Invoke p50 (ms) of each model, one thread, each timed *alone*: blocks of ``block``
+    invokes in a row (after 3 untimed ones), the models' blocks in turns (ABC ABC ...)
+    so that a change of load hits every model alike.
+
+    Timing every model once in turns (ABCDEF ABCDEF ...) measured each invoke with the
+    caches full of the other models' weights and activations: it made every model slower
+    (full int8 TFLite 0.58 against 0.48 ms alone) and a model with float layers, whose
+    float weights and activations are more bytes to fetch again, slower still (the 14.2%
+    TFLite fallback model x1.11 of full int8 in turns, x1.23 in an earlier run, against
+    x1.06 alone and x1.06 by the converter's back-to-back pairs). A device runs its one
+    model over and over, which is what a block measures.
+    """
     from edge_runtime.backends import create_backend
 
     backends = {
@@ -168,14 +181,15 @@ def invoke_p50(models: dict[str, tuple[str, bytes]], rounds: int) -> dict[str, f
             )
         else:
             tensors[name] = rng.uniform(-1, 1, size=shape).astype(np.float32)
-        for _ in range(3):
-            backend.invoke(tensors[name])
     times: dict[str, list[float]] = {name: [] for name in backends}
-    for _ in range(rounds):
+    for _ in range(max(1, rounds // block)):
         for name, backend in backends.items():
-            start = time.perf_counter()
-            backend.invoke(tensors[name])
-            times[name].append(1000 * (time.perf_counter() - start))
+            for _ in range(3):
+                backend.invoke(tensors[name])
+            for _ in range(block):
+                start = time.perf_counter()
+                backend.invoke(tensors[name])
+                times[name].append(1000 * (time.perf_counter() - start))
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
