@@ -18,9 +18,12 @@ each camera device's id, bundle and link (``edgefleet_camera_fleet_device_info``
 device that is unhealthy (no frames, a dead update worker) makes the box
 unhealthy, naming it.
 
-Not per camera device (yet): field-data collection and shadow runs (the
-box's collectors do not see these cameras' frames) and the local
-``/classify`` service (it serves the box's bundle).
+It also has its own field-data collector (settings and uploads on its own
+topics; samples name its id and the camera, kept in ``<its store>/field-data``)
+and its own shadow controller (a shadow wave that includes its id runs the
+candidate beside its model on this camera's frames and reports under its
+id), both fed by its pipeline alone: the box's collector and shadow run
+never see this camera's frames.
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ from edge_runtime.camera_fleet_config import camera_store
 from edge_runtime.cameras import WakingSlot
 from edge_runtime.classifier import Classifier
 from edge_runtime.config import CameraConfig, DeviceConfig, MetricsConfig
+from edge_runtime.field_data import FieldCollector
+from edge_runtime.field_data.metrics import FieldDataCollector
 from edge_runtime.health import HealthState
 from edge_runtime.metrics import MetricsRegistry, RuntimeMetrics
 from edge_runtime.mqtt_link import MqttLink, device_topic
-from edge_runtime.pipeline import ActiveModel
+from edge_runtime.pipeline import ActiveModel, FrameObserver
 from edge_runtime.probation_cameras import frame_age
+from edge_runtime.shadow import ShadowController
 from edge_runtime.sources import LatestFrameSlot
 from edge_runtime.telemetry import QualityTracker, TelemetryPublisher
 
@@ -180,6 +186,38 @@ class CameraFleetDevice:
             interval_s=mqtt.telemetry_interval_s,
         )
         self.health.add_check(self.telemetry.worker_problem)
+        self.observers: list[FrameObserver] = []
+        """Called with this camera's classified frames: its field data and shadow runs."""
+        self.field_data = self._field_data()
+        self.shadow = self._shadow()
+
+    def _field_data(self) -> FieldCollector:
+        """Its field-data collector (off until the server says on for one of its groups)."""
+        collector = FieldCollector(
+            self.device_id,
+            self.config.store / "field-data",
+            self.mqtt,
+            prefix=self.mqtt.config.topic_prefix,
+        )
+        self.observers.append(collector.observe)
+        self.metrics.registry.register(FieldDataCollector(collector))  # in its telemetry
+        self.health.add_check(collector.worker_problem)
+        return collector
+
+    def _shadow(self) -> ShadowController:
+        """Its shadow controller (idle until a shadow wave names its id)."""
+        controller = ShadowController(
+            self.device_id,
+            self.mqtt,
+            self.agent.trust,
+            self.agent.store,
+            self.config.store / "shadow",
+            backend=self.config.backend,
+            on_disagreement=self.field_data.shadow_disagreed,
+        )
+        self.observers.append(controller.observe)
+        self.health.add_check(controller.worker_problem)
+        return controller
 
     def _on_swap(self, classifier: Classifier) -> None:
         manifest = classifier.bundle.manifest
@@ -231,12 +269,16 @@ class CameraFleetDevice:
         self.mqtt.start()
 
     def start(self) -> None:
-        """The update agent and telemetry (after the link and the cameras)."""
+        """The update agent, telemetry, field data and shadow runs (after the link and the cameras)."""
         self.agent.start()
         self.telemetry.start()
+        self.field_data.start()
+        self.shadow.start()
 
     def stop(self) -> None:
-        """Telemetry, the update agent and the link (the inference loop has ended)."""
+        """Shadow runs, field data, telemetry, the update agent and the link (the loop has ended)."""
+        self.shadow.stop()
+        self.field_data.stop()
         self.telemetry.stop()
         self.agent.stop()
         self.mqtt.stop()  # its predictions go out inline on the inference thread: none is queued

@@ -196,10 +196,19 @@ class DeviceRuntime:
         """The optional loopback ``/classify`` service and the ``/metrics`` + ``/healthz`` server."""
         config = self.config
         if config.local_service.enabled:
-            from edge_runtime.local_service import LocalClassifyService
+            from edge_runtime.local_service import CameraModel, LocalClassifyService
 
+            cameras = {}
+            if self.multi:  # ?camera=ID: its own fleet device's model, else the box's
+                for camera in self.cameras:
+                    own = self.fleet_cameras.get(camera.id)
+                    cameras[camera.id] = (
+                        CameraModel(self.model, config.device_id)
+                        if own is None
+                        else CameraModel(own.model, own.device_id)
+                    )
             self.local_service = LocalClassifyService(
-                self.model, config.local_service, device_id=config.device_id
+                self.model, config.local_service, device_id=config.device_id, cameras=cameras
             )
         if config.metrics.enabled:
             from edge_runtime.http_status import StatusServer
@@ -412,8 +421,8 @@ class DeviceRuntime:
     def _pipeline(self, camera: Camera) -> Pipeline:
         own = self.fleet_cameras.get(camera.id)
         if own is not None:
-            # its own identity, figures, health and probation; the box's field data and
-            # shadow runs are not fed frames that its bundle does not classify
+            # its own identity, figures, health, probation, field data and shadow runs (the
+            # box's are not fed frames that its bundle does not classify)
             return Pipeline(
                 own.device_id,
                 capture=camera.capture,
@@ -424,6 +433,7 @@ class DeviceRuntime:
                 health=own.health,
                 read_timeout_s=camera.read_timeout_s,
                 on_inference_error=own.on_inference_error,
+                observers=own.observers,
                 camera=camera.id,
             )
         return Pipeline(

@@ -6,11 +6,17 @@ Off by default and bound to loopback by default. Routes:
 
 - ``POST /classify``: the body is an encoded image (JPEG, PNG, ...); 200 with
   the same JSON record every output receives (``frame_id`` counts requests,
-  ``captured_at`` is the request's arrival, ``latency_ms`` arrival to answer);
+  ``captured_at`` is the request's arrival, ``latency_ms`` arrival to answer).
+  On a multi-camera box, ``?camera=ID`` classifies with that camera's model:
+  the box's bundle, or the camera's own when it is its own fleet device
+  (``cameras[].fleet``; the record then names that device's id); the record
+  carries ``camera_id``. Without ``camera`` the box's bundle answers; an
+  unknown camera is a 404 that names the known ones;
   400 for a body that is not an image, 411 without ``Content-Length``, 413 over
   ``max_image_bytes``, 503 with ``Retry-After`` when ``max_concurrency``
   requests are already being classified or no model is active yet;
-- ``GET /healthz``: 200 with the active bundle, or 503 before there is one.
+- ``GET /healthz``: 200 with the active bundle (and, on a multi-camera box,
+  each camera's), or 503 before there is one.
 
 Each request slot holds its own interpreter (a classifier is not
 thread-safe); a slot whose interpreter belongs to an older bundle rebuilds it
@@ -27,11 +33,12 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from functools import partial
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
@@ -43,16 +50,23 @@ from edge_runtime.pipeline import ActiveModel
 from edge_runtime.prediction import Prediction
 from edge_runtime.sources import is_valid_frame
 
-__all__ = ["LocalClassifyService"]
+__all__ = ["CameraModel", "LocalClassifyService"]
 
 log = logging.getLogger(__name__)
 
 
+class CameraModel(NamedTuple):
+    """The model a camera's frames are classified with, and the fleet device id its records name."""
+
+    model: ActiveModel
+    device_id: str
+
+
 class _Slot:
-    """One request's worth of inference: an interpreter for the bundle it last served."""
+    """One request's worth of inference: per model, an interpreter for the bundle it last served."""
 
     def __init__(self) -> None:
-        self.classifier: Classifier | None = None
+        self.classifiers: dict[int, Classifier] = {}
 
 
 class _Server(ThreadingHTTPServer):
@@ -77,9 +91,17 @@ class _Handler(BaseHTTPRequestHandler):
             log.debug("%s %s", self.address_string(), format % args)
 
     def do_POST(self) -> None:
-        path = urlsplit(self.path).path
-        if path != "/classify":
-            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path: {path}"})
+        url = urlsplit(self.path)
+        if url.path != "/classify":
+            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path: {url.path}"})
+            return
+        camera = parse_qs(url.query).get("camera", [None])[-1]
+        if camera is not None and camera not in self._app.cameras:
+            self.close_connection = True
+            known = ", ".join(self._app.cameras) or "none: this device has one camera"
+            self._reply(
+                HTTPStatus.NOT_FOUND, {"error": f"no camera {camera!r} (known cameras: {known})"}
+            )
             return
         length_header = self.headers.get("Content-Length")
         if length_header is None or not length_header.isdigit():
@@ -96,7 +118,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         body = self.rfile.read(length)
-        status, payload, headers = self._app.classify_bytes(body)
+        status, payload, headers = self._app.classify_bytes(body, camera)
         self._reply(status, payload, headers)
 
     def do_GET(self) -> None:
@@ -132,10 +154,19 @@ class _Handler(BaseHTTPRequestHandler):
 class LocalClassifyService:
     """The device's ``POST /classify`` endpoint over the active model, with bounded concurrency."""
 
-    def __init__(self, model: ActiveModel, config: LocalServiceConfig, *, device_id: str) -> None:
+    def __init__(
+        self,
+        model: ActiveModel,
+        config: LocalServiceConfig,
+        *,
+        device_id: str,
+        cameras: Mapping[str, CameraModel] | None = None,
+    ) -> None:
         self.model = model
         self.config = config
         self.device_id = device_id
+        self.cameras: dict[str, CameraModel] = dict(cameras or {})
+        """Camera id -> its model and device id (a multi-camera box's; empty with one camera)."""
         self._slots: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
         for _ in range(config.max_concurrency):
             self._slots.put(_Slot())
@@ -147,9 +178,10 @@ class LocalClassifyService:
         self._thread: threading.Thread | None = None
 
     def classify_bytes(
-        self, body: bytes
+        self, body: bytes, camera: str | None = None
     ) -> tuple[HTTPStatus, dict[str, Any], dict[str, str] | None]:
-        """Answer one request body: (status, JSON payload, extra headers)."""
+        """Answer one request body with ``camera``'s model (default: the box's): (status, JSON
+        payload, extra headers). ``camera`` is one of :attr:`cameras`."""
         arrived_wall, arrived = time.time(), time.monotonic()
         try:
             slot = self._slots.get_nowait()
@@ -162,14 +194,22 @@ class LocalClassifyService:
                 {"Retry-After": "1"},
             )
         try:
-            return self._classify_in(slot, body, arrived_wall, arrived)
+            return self._classify_in(slot, body, arrived_wall, arrived, camera)
         finally:
             self._slots.put(slot)
 
     def _classify_in(
-        self, slot: _Slot, body: bytes, arrived_wall: float, arrived: float
+        self,
+        slot: _Slot,
+        body: bytes,
+        arrived_wall: float,
+        arrived: float,
+        camera: str | None = None,
     ) -> tuple[HTTPStatus, dict[str, Any], dict[str, str] | None]:
-        active = self.model.current
+        model, device_id = (
+            CameraModel(self.model, self.device_id) if camera is None else self.cameras[camera]
+        )
+        active = model.current
         if active is None:
             return (
                 HTTPStatus.SERVICE_UNAVAILABLE,
@@ -184,19 +224,22 @@ class LocalClassifyService:
                 None,
             )
         try:
-            if slot.classifier is None or slot.classifier.bundle.sha256 != active.bundle.sha256:
-                slot.classifier = None  # release the old interpreter before building the new one
-                slot.classifier = Classifier(
+            key = id(model)
+            classifier = slot.classifiers.get(key)
+            if classifier is None or classifier.bundle.sha256 != active.bundle.sha256:
+                # release the old interpreter before building the new one
+                slot.classifiers.pop(key, None)
+                classifier = Classifier(
                     active.bundle, backend=active.backend.name, threads=self.config.threads
                 )
-            classifier = slot.classifier
+                slot.classifiers[key] = classifier
             result = classifier.classify(np.asarray(decoded, dtype=np.uint8))
         except EdgefleetError as exc:
             log.warning("local classify failed: %s", exc)
             return HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"inference failed: {exc}"}, None
         manifest = classifier.bundle.manifest
         prediction = Prediction(
-            device_id=self.device_id,
+            device_id=device_id,
             frame_id=next(self._ids),
             captured_at=arrived_wall,
             label=result.answer.label,
@@ -208,6 +251,7 @@ class LocalClassifyService:
             bundle_name=manifest.name,
             bundle_version=manifest.version,
             bundle_sha256=classifier.bundle.sha256,
+            camera_id=camera,
         )
         with self._lock:
             self.answered += 1
@@ -218,16 +262,20 @@ class LocalClassifyService:
         active = self.model.current
         if active is None:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "no active model"}
-        manifest = active.bundle.manifest
-        return HTTPStatus.OK, {
+        payload: dict[str, Any] = {
             "status": "ok",
-            "bundle": {
-                "name": manifest.name,
-                "version": manifest.version,
-                "sha256": active.bundle.sha256,
-            },
+            "bundle": _bundle(active),
             "max_concurrency": self.config.max_concurrency,
         }
+        if self.cameras:
+            payload["cameras"] = {
+                camera: {
+                    "device_id": own.device_id,
+                    "bundle": None if own.model.current is None else _bundle(own.model.current),
+                }
+                for camera, own in self.cameras.items()
+            }
+        return HTTPStatus.OK, payload
 
     def start(self) -> None:
         """Bind and serve in a daemon thread; :class:`StatusServerError` if the port is taken."""
@@ -276,3 +324,12 @@ class LocalClassifyService:
     def url(self) -> str:
         """``http://host:port`` of the running service."""
         return f"http://{self.config.host}:{self.port}"
+
+
+def _bundle(classifier: Classifier) -> dict[str, str]:
+    manifest = classifier.bundle.manifest
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "sha256": classifier.bundle.sha256,
+    }
