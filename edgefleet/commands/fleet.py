@@ -629,7 +629,8 @@ def _status_view(view: dict[str, Any]) -> Group:
     if planner.get("ignore_windows"):
         head += "\nmaintenance windows ignored (--ignore-windows)"
     table = Table("wave", "status", "devices", *_STATUS_ORDER)
-    shadow = planner.get("shadow_devices") or []
+    # the rollout's own field names them once it ended (older servers: the planner's, if followed)
+    shadow = view.get("shadow_devices") or planner.get("shadow_devices") or []
     for wave in view["waves"]:
         counts = wave["counts"]
         label = " (canary)" if wave["index"] == (1 if shadow else 0) else ""

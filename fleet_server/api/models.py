@@ -255,8 +255,15 @@ class PlannerView(BaseModel):
             next_window_opens=(
                 None if wait is None or opens is None else describe_time(opens, wait.zone_name, now)
             ),
-            shadow_devices=list(plan.waves[0].devices) if plan.spec.waves[0].shadow else [],
+            shadow_devices=shadow_devices(plan),
         )
+
+
+def shadow_devices(plan: RolloutState | None) -> list[str]:
+    """The devices of the plan's shadow wave (its first), or none."""
+    if plan is None or not plan.spec.waves or not plan.spec.waves[0].shadow:
+        return []
+    return list(plan.waves[0].devices)
 
 
 class RolloutView(RolloutSummary):
@@ -266,6 +273,8 @@ class RolloutView(RolloutSummary):
     waves: list[WaveView]
     counts: dict[DeviceStatus, int]
     planner: PlannerView | None
+    shadow_devices: list[str] = []
+    """The devices of the rollout's shadow wave (its first), followed or ended; ``[]``: none."""
 
     @classmethod
     def build(
@@ -274,13 +283,17 @@ class RolloutView(RolloutSummary):
         waves: list[WaveView],
         counts: dict[DeviceStatus, int],
         plan: RolloutState | None,
+        saved: RolloutState | None = None,
     ) -> RolloutView:
+        """``plan``: the live state of a followed rollout; ``saved``: the stored one (an ended
+        rollout's shape, for its shadow wave)."""
         return cls(
             **RolloutSummary.of(info).model_dump(),
             finished=info.status in TERMINAL_ROLLOUT_STATUSES,
             waves=waves,
             counts=counts,
             planner=None if plan is None else PlannerView.of(plan),
+            shadow_devices=shadow_devices(plan if plan is not None else saved),
         )
 
 

@@ -198,7 +198,9 @@ def _rollout_view(server: FleetServer, rollout_id: int) -> RolloutView:
             )
         )
     totals = dict(Counter(d.status for d in devices))
-    return RolloutView.build(info, waves, totals, server.plan(rollout_id))
+    plan = server.plan(rollout_id)
+    saved = registry.rollout_state(rollout_id) if plan is None else None  # ended: its shape
+    return RolloutView.build(info, waves, totals, plan, saved)
 
 
 def rollout_routes(app: FastAPI, server: FleetServer, guards: Guards) -> None:
