@@ -111,6 +111,14 @@ def _bundle_rows(bundle_path: Path, threads: int) -> list[dict[str, Any]]:
 )
 @click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Also check the bundle stores of this device config: the box's and each camera "
+    "device's (cameras[].fleet): update state, active bundle's hash, free space, writable.",
+)
+@click.option(
     "--packages-only", is_flag=True, help="Only the package check (what `make` runs after install)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
@@ -119,6 +127,7 @@ def doctor(
     verify_files: bool,
     bundle_path: Path | None,
     threads: int,
+    config_path: Path | None,
     packages_only: bool,
     as_json: bool,
 ) -> None:
@@ -129,7 +138,9 @@ def doctor(
     this interpreter (no missing, different or unlocked package; pip,
     setuptools, wheel and edgefleet itself are listed but not judged), no
     installed file differs from its wheel (--verify-files) and the bundle
-    passes its smoke test on every backend (--bundle); 1 otherwise.
+    passes its smoke test on every backend (--bundle) and every fleet identity's
+    bundle store is sound (--config: the box's store and each camera device's);
+    1 otherwise.
     """
     from edge_runtime.doctor import (
         check_backends,
@@ -159,6 +170,13 @@ def doctor(
             "backends": _bundle_rows(bundle_path, threads),
         }
         ok = ok and all(row["ok"] for row in result["bundle"]["backends"])
+    if config_path is not None:
+        from edge_runtime.config import load_config
+        from edge_runtime.store_check import check_stores
+
+        stores = check_stores(load_config(config_path))
+        result["stores"] = [asdict(s) | {"ok": s.ok} for s in stores]
+        ok = ok and all(s.ok for s in stores)
     result["ok"] = ok
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
@@ -208,4 +226,29 @@ def _print(console: Console, packages: Any, files: Any, result: dict[str, Any]) 
                 table.add_row(row["backend"], f"[red]failed[/]: {row['detail']}", "", "", "")
         console.print(f"[bold]bundle[/] {result['bundle']['path']}")
         console.print(table)
+    if "stores" in result:
+        _stores_section(console, result["stores"])
     console.print("[green]doctor: ok[/]" if result["ok"] else "[red]doctor: problems found[/]")
+
+
+def _stores_section(console: Console, stores: list[dict[str, Any]]) -> None:
+    table = Table("device", "camera", "store", "state", "active", "bundles", "free MiB", "verdict")
+    for store in stores:
+        notes = [f"[red]{p}[/]" for p in store["problems"]] + [
+            f"[yellow]{w}[/]" for w in store["warnings"]
+        ]
+        free = store["free_bytes"]
+        table.add_row(
+            store["device_id"],
+            store["camera"] or "-",
+            store["path"],
+            f"{store['phase'] or '-'} ({store['state_source']})",
+            (store["active"] or "-")[:12],
+            str(store["bundles"]),
+            "-" if free is None else f"{free / 2**20:.0f}",
+            "[green]ok[/]" if store["ok"] else "[red]problem[/]",
+        )
+        for note in notes:
+            table.add_row("", "", f"  {note}", "", "", "", "", "")
+    console.print("[bold]bundle stores[/]")
+    console.print(table)

@@ -192,3 +192,31 @@ def test_a_camera_device_collects_runs_shadows_and_is_served_by_classify(
             shown
         )  # not "1 (canary)", 0 devices
         assert rows["1 (shadow)"].split("│")[3].strip() == "1", shown
+
+        # 'device doctor --config' checks belt-2's device's store as it checks the box's
+        config = tmp_path / "box.json"
+        config.write_text(device.runtime.config.model_dump_json(exclude_none=True))
+
+        def doctor() -> dict[str, Any]:
+            result = CliRunner().invoke(
+                cli, ["device", "doctor", "--packages-only", "--json", "--config", str(config)]
+            )
+            stores: dict[str, Any] = {
+                s["device_id"]: s for s in json.loads(result.output)["stores"]
+            }
+            return stores
+
+        stores = doctor()
+        assert set(stores) == {"line-3-box", "line-3-belt-2"}, stores
+        assert (stores["line-3-belt-2"]["camera"], stores["line-3-belt-2"]["active"]) == (
+            "belt-2",
+            v2,
+        )
+        assert stores["line-3-box"]["active"] == v1
+        assert all(s["ok"] and s["state_source"] == "state.json" for s in stores.values()), stores
+        with (belt_2.agent.store.path(v2)).open("ab") as damaged:
+            damaged.write(b"x")
+        stores = doctor()
+        assert stores["line-3-box"]["ok"], stores
+        assert not stores["line-3-belt-2"]["ok"]
+        assert "is damaged" in stores["line-3-belt-2"]["problems"][0], stores
