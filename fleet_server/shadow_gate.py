@@ -17,24 +17,24 @@ records a shadow verdict like any wave's. Rules:
   when its time per frame is over ``max_latency_ratio`` times the active
   model's or its p95 over ``max_latency_ms``; on multi-camera devices, also
   when one camera's agreement (over at least :data:`CAMERA_MIN_FRAMES`
-  frames) is under ``min_agreement``, so a line where one belt sees what
-  the others do not is judged on that belt too; it passes otherwise.
+  frames) is under ``min_agreement`` or a class's share on one camera moved
+  more than ``max_class_shift`` (from devices that report each camera's class
+  counts), so a line where one belt sees what the others do not is judged on
+  that belt too; it passes otherwise. The figures are summed by
+  :mod:`fleet_server.shadow_figures`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge_runtime.protocol.shadow import ShadowReport, ShadowRequest
+from edge_runtime.protocol.shadow import ShadowRequest
 from fleet_server.quality_gate import CheckStatus, GateCheck, GateOutcome, GateVerdict
+from fleet_server.shadow_figures import CAMERA_MIN_FRAMES, ShadowFigures, sum_reports
 
 __all__ = ["CAMERA_MIN_FRAMES", "ShadowFigures", "ShadowStage", "evaluate_shadow", "sum_reports"]
-
-CAMERA_MIN_FRAMES = 20
-"""A camera's agreement is judged once it has at least this many compared frames."""
 
 
 class ShadowStage(BaseModel):
@@ -76,133 +76,6 @@ class ShadowStage(BaseModel):
             cpu_budget=self.cpu_budget,
             window_s=self.window_s,
         )
-
-
-@dataclass
-class ShadowFigures:
-    """A shadow wave's reports summed (per device where it matters)."""
-
-    devices_running: set[str] = field(default_factory=set)
-    """Devices that reported at least one running window."""
-    failures: dict[str, str] = field(default_factory=dict)
-    """Devices that could not run the candidate, with why."""
-    windows: int = 0
-    offered: int = 0
-    compared: int = 0
-    agreed: int = 0
-    skipped: int = 0
-    errors: int = 0
-    last_error: str = ""
-    candidate_confidence_sum: float = 0.0
-    active_confidence_sum: float = 0.0
-    candidate_classes: dict[str, int] = field(default_factory=dict)
-    active_classes: dict[str, int] = field(default_factory=dict)
-    candidate_ms_sum: float = 0.0
-    active_ms_sum: float = 0.0
-    candidate_p95_ms: float | None = None
-    """The worst window's p95."""
-    cameras: dict[str, list[int]] = field(default_factory=dict)
-    """``device/camera`` -> [compared, agreed], for multi-camera devices."""
-
-    def weakest_camera(self) -> tuple[str, int, int] | None:
-        """The camera with the lowest agreement among those with enough frames:
-        (``device/camera``, compared, agreed); None when there is none."""
-        judged = [
-            (a / c, name, c, a) for name, (c, a) in self.cameras.items() if c >= CAMERA_MIN_FRAMES
-        ]
-        if not judged:
-            return None
-        _, name, compared, agreed = min(judged)
-        return name, compared, agreed
-
-    @property
-    def agreement(self) -> float | None:
-        return self.agreed / self.compared if self.compared else None
-
-    def mean(self, total: float) -> float | None:
-        return total / self.compared if self.compared else None
-
-    def class_shift(self) -> tuple[str, float] | None:
-        """The class whose share moved most between the active model's and the candidate's
-        answers, and by how much (0..1)."""
-        if not self.compared:
-            return None
-        labels = sorted(set(self.candidate_classes) | set(self.active_classes))
-        moves = [
-            (
-                abs(self.candidate_classes.get(label, 0) - self.active_classes.get(label, 0))
-                / self.compared,
-                label,
-            )
-            for label in labels
-        ]
-        shift, label = max(moves)
-        return label, shift
-
-    def as_dict(self) -> dict[str, object]:
-        """The figures for the API and the console."""
-        shift = self.class_shift()
-        return {
-            "devices_running": sorted(self.devices_running),
-            "failures": dict(self.failures),
-            "windows": self.windows,
-            "offered": self.offered,
-            "compared": self.compared,
-            "agreed": self.agreed,
-            "agreement": self.agreement,
-            "skipped": self.skipped,
-            "errors": self.errors,
-            "candidate_confidence": self.mean(self.candidate_confidence_sum),
-            "active_confidence": self.mean(self.active_confidence_sum),
-            "candidate_classes": dict(sorted(self.candidate_classes.items())),
-            "active_classes": dict(sorted(self.active_classes.items())),
-            "largest_class_shift": None if shift is None else {"class": shift[0], "by": shift[1]},
-            "candidate_ms": self.mean(self.candidate_ms_sum),
-            "active_ms": self.mean(self.active_ms_sum),
-            "candidate_p95_ms": self.candidate_p95_ms,
-            "cameras": {
-                name: {"compared": c, "agreed": a, "agreement": a / c if c else None}
-                for name, (c, a) in sorted(self.cameras.items())
-            },
-        }
-
-
-def sum_reports(reports: Iterable[ShadowReport]) -> ShadowFigures:
-    """The figures of ``reports`` together (any order; a device's later ``running`` report
-    clears its earlier failure, as a retried run does)."""
-    figures = ShadowFigures()
-    for report in sorted(reports, key=lambda r: r.window_end):
-        device = report.device_id
-        if report.status == "failed":
-            figures.failures[device] = report.reason or "failed (no reason given)"
-            continue
-        if report.status != "running":
-            continue
-        figures.failures.pop(device, None)
-        figures.devices_running.add(device)
-        figures.windows += 1
-        figures.offered += report.offered
-        figures.compared += report.compared
-        figures.agreed += report.agreed
-        figures.skipped += report.skipped_budget + report.skipped_busy
-        figures.errors += report.errors
-        figures.last_error = report.last_error or figures.last_error
-        n = report.compared
-        figures.candidate_confidence_sum += (report.candidate_confidence or 0.0) * n
-        figures.active_confidence_sum += (report.active_confidence or 0.0) * n
-        figures.candidate_ms_sum += (report.candidate_ms or 0.0) * n
-        figures.active_ms_sum += (report.active_ms or 0.0) * n
-        for label, count in report.candidate_classes.items():
-            figures.candidate_classes[label] = figures.candidate_classes.get(label, 0) + count
-        for label, count in report.active_classes.items():
-            figures.active_classes[label] = figures.active_classes.get(label, 0) + count
-        for camera, counts in report.cameras.items():
-            mine = figures.cameras.setdefault(f"{device}/{camera}", [0, 0])
-            mine[0] += counts.compared
-            mine[1] += counts.agreed
-        if report.candidate_p95_ms is not None:
-            figures.candidate_p95_ms = max(figures.candidate_p95_ms or 0.0, report.candidate_p95_ms)
-    return figures
 
 
 def _check(
@@ -303,6 +176,22 @@ def _checks(
                 f"{name}'s share moved {by * 100:.1f} points: "
                 f"{figures.active_classes.get(name, 0)} frames for the active model, "
                 f"{figures.candidate_classes.get(name, 0)} for the candidate "
+                f"(max {stage.max_class_shift * 100:g})",
+            )
+        )
+    shifted = figures.most_shifted_camera()
+    if shifted is not None:
+        camera, label, by = shifted
+        own = figures.cameras[camera]
+        checks.append(
+            _check(
+                "camera-class-shift",
+                by > stage.max_class_shift,
+                by,
+                stage.max_class_shift,
+                f"camera {camera}: {label}'s share moved {by * 100:.1f} points: "
+                f"{own.active_classes.get(label, 0)} frames for the active model, "
+                f"{own.candidate_classes.get(label, 0)} for the candidate "
                 f"(max {stage.max_class_shift * 100:g})",
             )
         )

@@ -32,6 +32,7 @@ from edge_runtime.protocol._wire import (
 
 __all__ = [
     "MAX_SHADOW_CAMERAS",
+    "MAX_SHADOW_CAMERA_CLASSES",
     "MAX_SHADOW_CLASSES",
     "ShadowCamera",
     "ShadowReport",
@@ -70,11 +71,30 @@ class ShadowRequest(WireMessage):
         return cls._read(payload, cls.kind_name)
 
 
+MAX_SHADOW_CAMERA_CLASSES = 32
+"""The most classes a report counts per side for one camera."""
+
+
 class ShadowCamera(WireMessage):
-    """One camera's share of a window's figures (a multi-camera device)."""
+    """One camera's share of a window's figures (a multi-camera device).
+
+    The confidences and class counts are optional (devices before them send
+    only ``compared`` and ``agreed``; a report that would exceed its size cap
+    with them leaves them out)."""
 
     compared: _Count = 0
     agreed: _Count = 0
+    candidate_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Mean top-1 confidence of the candidate on this camera's compared frames."""
+    active_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    candidate_classes: dict[_Label, _Count] = Field(
+        default_factory=dict, max_length=MAX_SHADOW_CAMERA_CLASSES
+    )
+    """This camera's compared frames per answer of the candidate."""
+    active_classes: dict[_Label, _Count] = Field(
+        default_factory=dict, max_length=MAX_SHADOW_CAMERA_CLASSES
+    )
+    """This camera's compared frames per answer of the active model."""
 
 
 class ShadowReport(DeviceReport):
@@ -131,5 +151,5 @@ class ShadowReport(DeviceReport):
     cameras: dict[Annotated[str, Field(max_length=64)], ShadowCamera] = Field(
         default_factory=dict, max_length=MAX_SHADOW_CAMERAS
     )
-    """On a multi-camera device, the compared and agreed frames of each camera (empty on one
-    with a single camera)."""
+    """On a multi-camera device, each camera's compared and agreed frames, both models' mean
+    confidences and class counts (empty on one with a single camera)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from edge_runtime.protocol._wire import clip
 from edge_runtime.protocol.shadow import (
+    MAX_SHADOW_CAMERA_CLASSES,
     MAX_SHADOW_CAMERAS,
     MAX_SHADOW_CLASSES,
     ShadowCamera,
@@ -49,8 +50,8 @@ class ShadowWindow:
     candidate_ms: list[float] = field(default_factory=list)
     candidate_ms_sum: float = 0.0
     active_ms_sum: float = 0.0
-    cameras: dict[str, list[int]] = field(default_factory=dict)
-    """Camera id -> [compared, agreed] (multi-camera devices only)."""
+    cameras: dict[str, _Camera] = field(default_factory=dict)
+    """Camera id -> its figures (multi-camera devices only)."""
 
     def compare(
         self,
@@ -81,9 +82,15 @@ class ShadowWindow:
             self.candidate_ms.append(candidate_ms)
         key = None if camera is None else camera[:64]
         if key is not None and (key in self.cameras or len(self.cameras) < MAX_SHADOW_CAMERAS):
-            counts = self.cameras.setdefault(key, [0, 0])
-            counts[0] += 1
-            counts[1] += agreed
+            own = self.cameras.setdefault(key, _Camera())
+            own.compared += 1
+            own.agreed += agreed
+            own.candidate_confidence_sum += candidate_confidence
+            own.active_confidence_sum += (
+                active_confidence if math.isfinite(active_confidence) else 0
+            )
+            _count(own.candidate_classes, candidate_label, MAX_SHADOW_CAMERA_CLASSES)
+            _count(own.active_classes, active_label, MAX_SHADOW_CAMERA_CLASSES)
         return agreed
 
     def error(self, message: str) -> None:
@@ -108,8 +115,9 @@ class ShadowWindow:
         status: str = "running",
         reason: str = "",
     ) -> ShadowReport:
-        """The protocol's report of this window, ending at ``end``."""
-        return ShadowReport(
+        """The protocol's report of this window, ending at ``end`` (without the cameras'
+        class counts and confidences when they would put it over its size cap)."""
+        report = ShadowReport(
             device_id=device_id,
             candidate_sha256=candidate,
             active_sha256=active,
@@ -131,14 +139,43 @@ class ShadowWindow:
             candidate_ms=_mean(self.candidate_ms_sum, self.compared),
             candidate_p95_ms=self.p95_ms(),
             active_ms=_mean(self.active_ms_sum, self.compared),
-            cameras={
-                camera: ShadowCamera(compared=compared, agreed=agreed)
-                for camera, (compared, agreed) in self.cameras.items()
-            },
+            cameras={camera: own.figures() for camera, own in self.cameras.items()},
+        )
+        if len(report.encode()) > ShadowReport.max_bytes:
+            report = report.model_copy(
+                update={
+                    "cameras": {
+                        camera: ShadowCamera(compared=own.compared, agreed=own.agreed)
+                        for camera, own in self.cameras.items()
+                    }
+                }
+            )
+        return report
+
+
+@dataclass
+class _Camera:
+    """One camera's share of the window."""
+
+    compared: int = 0
+    agreed: int = 0
+    candidate_confidence_sum: float = 0.0
+    active_confidence_sum: float = 0.0
+    candidate_classes: dict[str, int] = field(default_factory=dict)
+    active_classes: dict[str, int] = field(default_factory=dict)
+
+    def figures(self) -> ShadowCamera:
+        return ShadowCamera(
+            compared=self.compared,
+            agreed=self.agreed,
+            candidate_confidence=_unit(_mean(self.candidate_confidence_sum, self.compared)),
+            active_confidence=_unit(_mean(self.active_confidence_sum, self.compared)),
+            candidate_classes=dict(self.candidate_classes),
+            active_classes=dict(self.active_classes),
         )
 
 
-def _count(counts: dict[str, int], label: str) -> None:
+def _count(counts: dict[str, int], label: str, most: int = MAX_SHADOW_CLASSES) -> None:
     label = label[:128]
-    if label in counts or len(counts) < MAX_SHADOW_CLASSES:
+    if label in counts or len(counts) < most:
         counts[label] = counts.get(label, 0) + 1

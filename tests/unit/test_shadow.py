@@ -434,6 +434,75 @@ def test_a_window_counts_each_cameras_frames() -> None:
     assert single.report("cam-1", NEW, OLD, T0 + 1).cameras == {}
 
 
+def test_a_camera_whose_class_mix_moves_fails_the_wave_though_the_average_passes() -> None:
+    from edge_runtime.protocol.shadow import ShadowCamera
+
+    stage = STAGE.model_copy(update={"max_class_shift": 0.05})
+    even = {"glass": 30, "metal": 30}
+    belts = {
+        "belt-1": ShadowCamera(compared=60, agreed=60, candidate_classes=even, active_classes=even),
+        # 92.5% agreement, but every disagreement calls metal glass: metal's share drops 7.5
+        "belt-2": ShadowCamera(
+            compared=40,
+            agreed=37,
+            candidate_confidence=0.8,
+            active_confidence=0.9,
+            candidate_classes={"glass": 23, "metal": 17},
+            active_classes={"glass": 20, "metal": 20},
+        ),
+    }
+    figures = sum_reports([report(cameras=belts), report("cam-2")])
+    verdict = evaluate_shadow(figures, stage, DEVICES, 61)
+    assert verdict.outcome is GateOutcome.FAILED, verdict.reason
+    assert verdict.check("class-shift").status.value == "passed"  # the average: 2 points
+    expected = (
+        "camera cam-1/belt-2: metal's share moved 7.5 points: 20 frames for the active model,"
+        " 17 for the candidate (max 5)"
+    )
+    assert expected in verdict.reason, verdict.reason
+    shown = figures.as_dict()["cameras"]["cam-1/belt-2"]  # type: ignore[index]
+    assert shown["candidate_confidence"] == pytest.approx(0.8)
+    assert shown["active_classes"] == {"glass": 20, "metal": 20}
+    # under 20 frames, or from a device that sends no class counts: not judged
+    few = {**belts, "belt-2": belts["belt-2"].model_copy(update={"compared": 19, "agreed": 16})}
+    old = {**belts, "belt-2": ShadowCamera(compared=40, agreed=37)}
+    for cameras in (few, old):
+        verdict = evaluate_shadow(
+            sum_reports([report(cameras=cameras), report("cam-2")]), stage, DEVICES, 61
+        )
+        assert verdict.outcome is GateOutcome.PASSED, verdict.reason
+        assert verdict.check("camera-class-shift").measured == 0.0  # belt-1's
+
+
+def test_a_window_reports_each_cameras_classes_and_confidences_within_the_size_cap() -> None:
+    window = ShadowWindow(start=T0)
+    window.compare(
+        active_label="a", active_confidence=0.6, active_ms=2.0, candidate_label="b",
+        candidate_confidence=0.9, candidate_ms=4.0, camera="belt-1",
+    )  # fmt: skip
+    window.compare(
+        active_label="a", active_confidence=0.8, active_ms=2.0, candidate_label="a",
+        candidate_confidence=0.7, candidate_ms=4.0, camera="belt-1",
+    )  # fmt: skip
+    belt = window.report("cam-1", NEW, OLD, T0 + 1).cameras["belt-1"]
+    assert (belt.candidate_classes, belt.active_classes) == ({"a": 1, "b": 1}, {"a": 2})
+    assert belt.candidate_confidence == pytest.approx(0.8)
+    assert belt.active_confidence == pytest.approx(0.7)
+    # 64 cameras with 32 long labels a side would pass the 32 KiB cap: the counts only
+    crowded = ShadowWindow(start=T0)
+    for camera in range(64):
+        for label in range(32):
+            crowded.compare(
+                active_label=f"{label:03d}" + "x" * 120, active_confidence=0.5, active_ms=1.0,
+                candidate_label=f"{label:03d}" + "y" * 120, candidate_confidence=0.5,
+                candidate_ms=1.0, camera=f"belt-{camera}",
+            )  # fmt: skip
+    sent = crowded.report("cam-1", NEW, OLD, T0 + 1)
+    assert len(sent.cameras) == 64
+    assert all((c.compared, c.candidate_classes) == (32, {}) for c in sent.cameras.values())
+    assert ShadowReport.parse(sent.encode(), "cam-1") == sent
+
+
 def test_the_candidates_own_latency_budget_is_checked_when_asked_through_the_rollout() -> None:
     from fleet_server.quality_gate import Baseline
 

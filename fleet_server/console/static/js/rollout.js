@@ -29,6 +29,7 @@ const CHECKS = {
   agreement: ["Agreement with the active model", share, plain],
   "camera-agreement": ["Agreement on the camera that agrees least", share, plain],
   "class-shift": ["Largest move of a class's share of the answers", pts, plain],
+  "camera-class-shift": ["Largest move of a class's share on one camera", pts, plain],
   errors: ["Candidate's error rate", share, plain],
   "latency-ratio": ["Candidate's time a frame against the active model's", x, plain],
   "latency-p95": ["Candidate's p95 time a frame", msv, plain],
