@@ -170,6 +170,11 @@ def test_a_shadow_wave_that_agrees_lets_the_rollout_activate(shadow_fleet: Fleet
     belts = view["figures"]["cameras"]
     assert set(belts) == {"cam-2/belt-1", "cam-2/belt-2"}
     assert all(b["compared"] > 0 and b["agreement"] == 1.0 for b in belts.values()), belts
+    # each belt's class counts and confidences too, the same for both models (v2 is v1)
+    for belt in belts.values():
+        assert sum(belt["candidate_classes"].values()) == belt["compared"], belt
+        assert belt["candidate_classes"] == belt["active_classes"], belt
+        assert belt["candidate_confidence"] == pytest.approx(belt["active_confidence"]), belt
     # the candidate fetched for the shadow run was kept: activating it needed no second download
     assert f.fleet.server is not None
     assert f.fleet.server.chunks.stats().bundle(v2).requests < 2 * len(DEVICES)
