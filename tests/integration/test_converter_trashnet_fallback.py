@@ -69,6 +69,14 @@ def test_the_fallback_lifts_a_trashnet_model_over_a_gate_full_int8_misses(
     assert result.fallback is not None and result.before_fallback is not None
     assert result.before_fallback.top1_agreement == full.report.top1_agreement
     assert result.fallback.steps and result.fallback.candidates
+    # the steps were chosen on train/ photos that were not calibration photos, not on val/
+    assert result.fallback.selection_set.startswith("selection: ")
+    assert result.fallback.selection_images == 300
+    assert result.fallback.baseline is not None
+    kept = [s for s in result.fallback.steps if s.action == "kept in float"]
+    assert all(s.selection is not None for s in kept)
+    assert kept[-1].selection is not None
+    assert kept[-1].selection.better_than(result.fallback.baseline)
     assert result.passed, result.fallback.to_dict()
     assert (result.report.top1_agreement or 0.0) > agreement
     assert result.bundle_path is not None
