@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,8 @@ CALIBRATION_SAMPLES = 200
 SELECTION_SAMPLES = 300
 """The converter's default ``--selection-samples``: the train/ photos after the calibration
 ones in the same class-balanced draw, on which the fallback chooses its ops."""
+CONVERT_ARGS: list[str] = []
+"""Extra `edgefleet convert` options for every conversion (``--convert-args``)."""
 
 
 def run_convert(
@@ -72,6 +75,7 @@ def run_convert(
         str(out),
         "--json",
         "--keep-failed",
+        *CONVERT_ARGS,
         *extra,
     ]
     started = time.perf_counter()
@@ -273,6 +277,12 @@ def main() -> None:
         "when the default 10%% is not enough",
     )
     parser.add_argument(
+        "--convert-args",
+        default="",
+        help="extra options for every conversion, one string (e.g. "
+        "'--tflite-calibration mse --onnx-calibration mse')",
+    )
+    parser.add_argument(
         "--report",
         type=Path,
         help="JSON summary (default benchmarks/reports/quant-fallback-STEM.json)",
@@ -281,6 +291,7 @@ def main() -> None:
         "--work", type=Path, default=Path(tempfile.gettempdir()) / "edgefleet-quant-fallback"
     )
     args = parser.parse_args()
+    CONVERT_ARGS.extend(shlex.split(args.convert_args))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     work = args.work / args.model.stem
     work.mkdir(parents=True, exist_ok=True)
@@ -443,6 +454,7 @@ def main() -> None:
         json.dumps(
             {
                 "model": str(args.model),
+                "convert_args": CONVERT_ARGS,
                 "default": default,
                 "no_fallback": nearest,
                 "bias_correction": corrected,

@@ -439,9 +439,9 @@ class _Job:
         """The format's int8 quantiser, calibrated once (with the rounding asked for)."""
         assert self.calibration is not None
         walks = 1
-        if fmt == "tflite":  # the quantiser counts, then calibrates; percentile walks again
-            walks = 3 if self.options.tflite_calibration == "percentile" else 2
-        elif self.options.onnx_calibration == "percentile":
+        if fmt == "tflite":  # the quantiser counts, then calibrates; histograms walk again
+            walks = 3 if self.options.tflite_calibration in ("percentile", "mse") else 2
+        elif self.options.onnx_calibration in ("percentile", "mse"):
             walks = 3
         bias = self.options.rounding == "bias-correction"
         self.progress("calibrate", 0, len(self.calibration.items) * walks)

@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from converter.errors import QuantizationError
 from converter.input_grid import snap_onnx_input
+from converter.mse_ranges import mse_cuts
 
 __all__ = [
     "IoType",
@@ -47,8 +48,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IoType = Literal["int8", "uint8", "float32"]
-OnnxCalibration = Literal["minmax", "entropy", "percentile"]
-TfliteCalibration = Literal["minmax", "percentile"]
+OnnxCalibration = Literal["minmax", "entropy", "percentile", "mse"]
+TfliteCalibration = Literal["minmax", "percentile", "mse"]
+HistogramCut = Literal["percentile", "mse"]
+"""How a histogram becomes a range: cut the tails (:data:`PERCENTILE`) or the range
+with the least expected int8 squared error (:mod:`converter.mse_ranges`)."""
 PERCENTILE = 99.999
 """Share of each activation's calibrated magnitudes kept inside its range, in
 percent (ONNX Runtime's and TensorRT's usual choice): the rarest 0.001% of
@@ -85,8 +89,10 @@ def percentile_ranges(
     samples: Samples,
     ranges: dict[str, Any],
     percentile: float = PERCENTILE,
+    cut: HistogramCut = "percentile",
 ) -> dict[str, Any]:
-    """Calibration ranges narrowed to the central ``percentile`` of each activation.
+    """Calibration ranges narrowed to the central ``percentile`` of each activation
+    (``cut="mse"``: to the range of least expected int8 squared error instead).
 
     ``ranges`` are the min/max statistics the LiteRT Quantizer's calibrator
     found (tensor name -> ``{"min", "max"}``); they fix each histogram's span.
@@ -113,6 +119,7 @@ def percentile_ranges(
             if high > low:
                 tracked[detail["index"]] = (name, low, high)
     histograms = {index: np.zeros(_HISTOGRAM_BINS, dtype=np.int64) for index in tracked}
+    zeros = dict.fromkeys(tracked, 0)
     input_index = interpreter.get_input_details()[0]["index"]
     for sample in samples():
         interpreter.set_tensor(input_index, sample)
@@ -121,11 +128,14 @@ def percentile_ranges(
             values = interpreter.get_tensor(index).ravel()
             counts, _ = np.histogram(values, bins=_HISTOGRAM_BINS, range=(low, high))
             histograms[index] += counts
-    cuts = _histogram_cuts(
-        {name: histograms[index] for index, (name, _, _) in tracked.items()},
-        {name: (low, high) for name, low, high in tracked.values()},
-        percentile,
-    )
+            if cut == "mse":
+                zeros[index] += int(np.count_nonzero(values == 0.0))
+    by_name = {name: histograms[index] for index, (name, _, _) in tracked.items()}
+    spans = {name: (low, high) for name, low, high in tracked.values()}
+    if cut == "mse":
+        cuts = mse_cuts(by_name, spans, {tracked[i][0]: n for i, n in zeros.items()})
+    else:
+        cuts = _histogram_cuts(by_name, spans, percentile)
     narrowed = dict(ranges)
     for name, (low, high) in cuts.items():
         narrowed[name] = {
@@ -160,9 +170,14 @@ def _histogram_cuts(
 
 
 def onnx_percentile_ranges(
-    prepared_model: Path, input_name: str, samples: Samples, percentile: float = PERCENTILE
+    prepared_model: Path,
+    input_name: str,
+    samples: Samples,
+    percentile: float = PERCENTILE,
+    cut: HistogramCut = "percentile",
 ) -> dict[str, tuple[float, float]]:
-    """Percentile ranges of every float activation of an ONNX model, streamed.
+    """Percentile ranges of every float activation of an ONNX model, streamed
+    (``cut="mse"``: the ranges of least expected int8 squared error instead).
 
     The same cut as ONNX Runtime's Percentile calibrator, in two bounded
     passes (min/max, then one histogram per tensor) instead of holding every
@@ -199,9 +214,14 @@ def onnx_percentile_ranges(
             spans[name] = (min(old[0], low), max(old[1], high))
     live = [name for name in names if spans[name][1] > spans[name][0]]
     histograms = {name: np.zeros(_HISTOGRAM_BINS, dtype=np.int64) for name in live}
+    zeros = dict.fromkeys(live, 0)
     for sample in samples():
         for name, value in zip(live, session.run(live, {input_name: sample}), strict=True):
             histograms[name] += np.histogram(value, bins=_HISTOGRAM_BINS, range=spans[name])[0]
+            if cut == "mse":
+                zeros[name] += int(np.count_nonzero(value == 0.0))
+    if cut == "mse":
+        return mse_cuts(histograms, spans, zeros)
     return _histogram_cuts(histograms, spans, percentile)
 
 
@@ -273,8 +293,8 @@ def quantize_tflite(
     tensor, whose moving-average estimate would clip the brightest frames.
     Activation ranges are the global min/max over the calibration images (as
     TensorFlow's calibrator did) unless ``moving_average`` asks for the LiteRT
-    Quantizer's own moving average; ``calibration_method="percentile"`` then
-    narrows them with :func:`percentile_ranges`.
+    Quantizer's own moving average; ``calibration_method="percentile"`` (or
+    ``"mse"``) then narrows them with :func:`percentile_ranges`.
     """
     if precision == "fp32":
         return float_model
@@ -354,8 +374,10 @@ class TfliteInt8Quantizer:
                 calibration: dict[str, Any] = calib.get_model_qsvs()
         except (ValueError, RuntimeError, KeyError) as exc:
             raise QuantizationError(f"LiteRT Quantizer calibration failed: {exc}") from exc
-        if calibration_method == "percentile":
-            calibration = percentile_ranges(float_model, samples, calibration)
+        if calibration_method in ("percentile", "mse"):
+            calibration = percentile_ranges(
+                float_model, samples, calibration, cut=calibration_method
+            )
         if input_range is not None:
             input_tensor = _input_tensor_name(float_model)
             if input_tensor in calibration:
@@ -506,7 +528,7 @@ class OnnxInt8Quantizer:
             onnx.save(model, str(self.prepared))
             self.ranges: dict[str, tuple[float, float]] = {}
             self.input_span: tuple[float, float] | None = None
-            if method == "percentile":
+            if method in ("percentile", "mse"):
                 span = [np.inf, -np.inf]
 
                 def recording() -> Iterator[npt.NDArray[np.float32]]:
@@ -515,7 +537,9 @@ class OnnxInt8Quantizer:
                         span[1] = max(span[1], float(sample.max()))
                         yield sample
 
-                self.ranges = onnx_percentile_ranges(self.prepared, self.input_name, recording)
+                self.ranges = onnx_percentile_ranges(
+                    self.prepared, self.input_name, recording, cut=method
+                )
                 self.input_span = (span[0], span[1])
         except QuantizationError:
             self.close()
@@ -554,6 +578,7 @@ class OnnxInt8Quantizer:
             "minmax": CalibrationMethod.MinMax,
             "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile,
+            "mse": CalibrationMethod.MinMax,  # the ranges are all overrides
         }
 
         class Reader(_Reader, CalibrationDataReader):  # type: ignore[misc]

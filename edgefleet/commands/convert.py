@@ -125,20 +125,23 @@ def _floats3(
 )
 @click.option(
     "--onnx-calibration",
-    type=click.Choice(["minmax", "entropy", "percentile"]),
+    type=click.Choice(["minmax", "entropy", "percentile", "mse"]),
     default="percentile",
     show_default=True,
     help="ONNX int8 activation ranges: percentile keeps the central 99.999% of each "
-    "activation (finer steps, rare outliers saturate); minmax keeps every value seen.",
+    "activation (finer steps, rare outliers saturate); minmax keeps every value seen; "
+    "mse picks each range with the least expected int8 squared error (clipping + "
+    "rounding) from the same histograms.",
 )
 @click.option(
     "--tflite-calibration",
-    type=click.Choice(["minmax", "percentile"]),
+    type=click.Choice(["minmax", "percentile", "mse"]),
     default="percentile",
     show_default=True,
     help="TFLite int8 activation ranges: percentile (the central 99.999% of each activation, "
-    "one more pass over the images; closer to float on held-out photos) or minmax (the "
-    "global min/max over the calibration images).",
+    "one more pass over the images; closer to float on held-out photos), minmax (the "
+    "global min/max over the calibration images) or mse (from the same histograms, the "
+    "range with the least expected int8 squared error).",
 )
 @click.option(
     "--onnx-format",

@@ -433,6 +433,80 @@ def test_percentile_ranges_let_rare_outliers_saturate() -> None:
     assert kept_all[output["name"]]["max"] == pytest.approx(80.0)
 
 
+def test_mse_ranges_clip_the_outlier_and_keep_the_relu_floor() -> None:
+    """From the same histograms, the MSE range weighs the lone outlier's clipping error
+    against every other value's rounding error: narrower than min/max, wider than the
+    percentile cut (clipping 80 to 2 costs more than the coarser steps), and a ReLU
+    output's range starts at zero."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from converter.quantize import percentile_ranges
+    from converter.reference import export_tflite_fp32
+
+    inputs = keras.Input((32, 32, 3))
+    conv = keras.layers.Conv2D(3, 1, use_bias=False)
+    scaled = conv(inputs)
+    model = keras.Model(inputs, [scaled, keras.layers.ReLU()(scaled)])
+    conv.set_weights([np.eye(3, dtype=np.float32).reshape(1, 1, 3, 3) * 2.0])
+    float_model = export_tflite_fp32(model, 32)
+    rng = np.random.default_rng(0)
+    batches = [rng.uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32) for _ in range(100)]
+    batches[7][0, 3, 3, 1] = 40.0  # the outlier
+
+    interpreter = Interpreter(model_content=float_model)
+    interpreter.allocate_tensors()
+    outputs = interpreter.get_output_details()
+    seen: dict[str, list[Any]] = {o["name"]: [] for o in outputs}
+    for batch in batches:
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
+        interpreter.invoke()
+        for o in outputs:
+            seen[o["name"]].append(interpreter.get_tensor(o["index"]))
+    ranges = {
+        name: {"min": np.float32(np.min(v)), "max": np.float32(np.max(v))}
+        for name, v in seen.items()
+    }
+    relu = next(name for name, r in ranges.items() if r["min"] == 0.0)
+    plain = next(name for name in ranges if name != relu)
+    assert ranges[plain]["max"] == pytest.approx(80.0)
+
+    chosen = percentile_ranges(float_model, lambda: iter(batches), ranges, cut="mse")
+    cut = percentile_ranges(float_model, lambda: iter(batches), ranges)
+    for name in (plain, relu):
+        assert cut[name]["max"] + 10.0 < chosen[name]["max"] < ranges[name]["max"] - 10.0
+    assert -2.05 <= chosen[plain]["min"] <= -1.8
+    assert chosen[relu]["min"] == 0.0
+
+    def measured_mse(low: float, high: float) -> float:
+        values = np.concatenate([np.ravel(v) for v in seen[plain]]).astype(np.float64)
+        scale = (high - low) / 255
+        zero_point = np.rint(-128 - low / scale)
+        q = np.clip(np.rint(values / scale) + zero_point, -128, 127)
+        return float(np.mean(((q - zero_point) * scale - values) ** 2))
+
+    best = measured_mse(float(chosen[plain]["min"]), float(chosen[plain]["max"]))
+    assert best < measured_mse(float(ranges[plain]["min"]), float(ranges[plain]["max"]))
+    assert best < measured_mse(float(cut[plain]["min"]), float(cut[plain]["max"]))
+
+
+def test_mse_calibration_converts_through_the_job(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, model_path = trained
+    options = tiny_job(
+        root,
+        model_path,
+        tmp_path / "out",
+        precisions=("int8",),
+        tflite_calibration="mse",
+        onnx_calibration="mse",
+    )
+    results = convert(options)
+    assert [r.passed for r in results] == [True, True], [r.to_dict() for r in results]
+    assert all(r.report.top1_agreement and r.report.top1_agreement >= 0.98 for r in results)
+
+
 def test_percentile_calibration_converts_through_the_job(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
