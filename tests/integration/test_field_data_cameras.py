@@ -79,12 +79,25 @@ def test_samples_name_their_camera_in_the_store_the_list_and_the_export(
             return result.output
 
         run("field-data", "enable", "line-1", "--below-confidence", "0.9", "--per-minute", "30")
-        source = {"type": "fake-camera", "width": 64, "height": 48, "fps": 10}
+        # each camera its own colours: samples are stored once by content, so two cameras
+        # drawing the same frames would leave only the first camera's name on them
         fleet.start_device(
             "box-1",
             bundle="v1",
             source=None,
-            cameras=[{"id": camera, "source": source} for camera in CAMERAS],
+            cameras=[
+                {
+                    "id": camera,
+                    "source": {
+                        "type": "fake-camera",
+                        "width": 64,
+                        "height": 48,
+                        "fps": 10,
+                        "colors": [(12 * i, 60 + 120 * k, 200 - 7 * i) for i in range(20)],
+                    },
+                }
+                for k, camera in enumerate(CAMERAS)
+            ],
         )
         wait_for(
             lambda: {s.camera_id for s in registry.field_samples(limit=1000)} == set(CAMERAS),
