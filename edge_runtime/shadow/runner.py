@@ -39,6 +39,9 @@ __all__ = ["NICE", "ShadowRunner"]
 
 log = logging.getLogger(__name__)
 
+_LIVE_S = 2.0
+"""A camera that offered no frame for this long no longer holds the others' turn."""
+
 NICE = 10
 """How much lower the shadow thread's scheduling priority is (Linux: a per-thread nice value)."""
 
@@ -70,6 +73,13 @@ class ShadowRunner:
         round-robin would otherwise always hand the same camera's frame to an even N."""
         self._resume_at = 0.0
         """Monotonic time before which the budget's pause lasts."""
+        self._offered_at: dict[str | None, float] = {}
+        self._served_at: dict[str | None, float] = {}
+        """Per camera: when it last offered a frame, when the candidate last took one. The
+        free candidate takes the frame of the live camera it served least recently: with
+        cameras served round-robin, the budget's pause after one camera's frame would
+        otherwise end in time for the same camera's next frame every time (one camera of
+        a two-belt box never compared, seen in CI)."""
         self._busy = False
         self._window = ShadowWindow(start=clock())
         self._active: str | None = None
@@ -99,18 +109,29 @@ class ShadowRunner:
             window = self._window
             window.offered += 1
             self._active = prediction.bundle_sha256
-            if time.monotonic() < self._resume_at:
+            now = time.monotonic()
+            camera = prediction.camera_id
+            self._offered_at[camera] = now
+            if now < self._resume_at:
                 window.skipped_budget += 1
                 return
-            if self._busy:
-                window.skipped_busy += 1
+            if self._busy or not self._turn_of(camera, now):
+                window.skipped_busy += 1  # busy, or waiting for another camera's frame
                 return
             self._busy = True
+            self._served_at[camera] = now
         try:
             self._queue.put_nowait((frame.image.copy(), prediction))
         except queue.Full:  # cannot happen while _busy guards the place; count it all the same
             with self._lock:
                 self._window.skipped_busy += 1
+
+    def _turn_of(self, camera: str | None, now: float) -> bool:
+        """Whether ``camera`` is, among the cameras that offered a frame in the last
+        ``_LIVE_S`` seconds, one the candidate served least recently (under the lock)."""
+        live = [c for c, at in self._offered_at.items() if now - at <= _LIVE_S]
+        oldest = min(self._served_at.get(c, 0.0) for c in live)
+        return self._served_at.get(camera, 0.0) <= oldest
 
     # --- the shadow thread ----------------------------------------------------------------
 

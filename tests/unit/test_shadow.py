@@ -549,3 +549,38 @@ def test_every_nth_frame_is_counted_per_camera(tmp_path: Path) -> None:
         runner.stop()
     sent = runner.flush()
     assert {k: v.compared for k, v in sent.cameras.items()} == {"belt-1": 2, "belt-2": 2}
+
+
+def test_the_budget_pause_does_not_starve_a_camera(tmp_path: Path) -> None:
+    """Two cameras served in turn, one's frame always landing in the pause that the other's
+    comparison started: the candidate takes the camera it served least recently (it took
+    belt-1's frame every time before, and belt-2 was never compared after the first)."""
+    import dataclasses
+
+    active = Classifier(
+        make_bundle(tmp_path / "v1.efb", tiny_onnx_model(scale=40.0), "onnx", "1.0.0", True),
+        backend="onnxruntime",
+    )
+    request = ShadowRequest(bundle_sha256=NEW, every_nth=1, cpu_budget=0.01, window_s=3600)
+    runner = ShadowRunner("box", active, request, lambda _r: None)
+
+    def offer(i: int, camera: str) -> None:
+        frame_, prediction = _predict(active, i)
+        runner.observe(
+            frame_,
+            dataclasses.replace(prediction, device_id="box", camera_id=camera, bundle_sha256=OLD),
+        )
+        while runner._busy:
+            time.sleep(0.001)
+
+    runner.start()
+    try:
+        for i in range(12):
+            offer(2 * i, "belt-2")  # right after the last comparison: in its pause
+            while time.monotonic() < runner._resume_at:
+                time.sleep(0.001)
+            offer(2 * i + 1, "belt-1")  # the pause is over
+    finally:
+        runner.stop()
+    compared = {k: v.compared for k, v in runner.flush().cameras.items()}
+    assert compared["belt-2"] >= 4 and compared["belt-1"] >= 4, compared
