@@ -252,6 +252,9 @@ def test_prometheus_scrapes_the_fleet_and_sees_a_rollout_through(site: Site) -> 
         "fleet-server": 1,
         "chunk-server": 1,
         "leader-lease": 1,
+        "drift-monitor": 1,
+        "field-data": 1,
+        "shadow-reports": 1,
     }
 
     # v2 rolled out to cam-1: the chunks go out, the gate passes it, the device runs it
