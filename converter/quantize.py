@@ -120,6 +120,7 @@ def percentile_ranges(
                 tracked[detail["index"]] = (name, low, high)
     histograms = {index: np.zeros(_HISTOGRAM_BINS, dtype=np.int64) for index in tracked}
     zeros = dict.fromkeys(tracked, 0)
+    tops = dict.fromkeys(tracked, 0)
     input_index = interpreter.get_input_details()[0]["index"]
     for sample in samples():
         interpreter.set_tensor(input_index, sample)
@@ -130,10 +131,16 @@ def percentile_ranges(
             histograms[index] += counts
             if cut == "mse":
                 zeros[index] += int(np.count_nonzero(values == 0.0))
+                tops[index] += int(np.count_nonzero(values == np.float32(high)))
     by_name = {name: histograms[index] for index, (name, _, _) in tracked.items()}
     spans = {name: (low, high) for name, low, high in tracked.values()}
     if cut == "mse":
-        cuts = mse_cuts(by_name, spans, {tracked[i][0]: n for i, n in zeros.items()})
+        cuts = mse_cuts(
+            by_name,
+            spans,
+            {tracked[i][0]: n for i, n in zeros.items()},
+            {tracked[i][0]: n for i, n in tops.items()},
+        )
     else:
         cuts = _histogram_cuts(by_name, spans, percentile)
     narrowed = dict(ranges)
@@ -215,13 +222,15 @@ def onnx_percentile_ranges(
     live = [name for name in names if spans[name][1] > spans[name][0]]
     histograms = {name: np.zeros(_HISTOGRAM_BINS, dtype=np.int64) for name in live}
     zeros = dict.fromkeys(live, 0)
+    tops = dict.fromkeys(live, 0)
     for sample in samples():
         for name, value in zip(live, session.run(live, {input_name: sample}), strict=True):
             histograms[name] += np.histogram(value, bins=_HISTOGRAM_BINS, range=spans[name])[0]
             if cut == "mse":
                 zeros[name] += int(np.count_nonzero(value == 0.0))
+                tops[name] += int(np.count_nonzero(value == np.float32(spans[name][1])))
     if cut == "mse":
-        return mse_cuts(histograms, spans, zeros)
+        return mse_cuts(histograms, spans, zeros, tops)
     return _histogram_cuts(histograms, spans, percentile)
 
 

@@ -50,11 +50,11 @@ def test_relu_output_starts_at_zero_and_exact_zeros_add_no_error() -> None:
     assert zeros > 90_000
     counts, low, high = _histogram(values)
     assert low == 0.0
-    with_zeros = mse_range(counts, low, high, zeros)
+    with_zeros = mse_range(counts, low, high, zeros=zeros)
     assert with_zeros[0] == 0.0
     assert 0.0 < with_zeros[1] < high
     # counting the zeros as rounding error would pull the range narrower than the best one
-    blind = mse_range(counts, low, high, 0)
+    blind = mse_range(counts, low, high, zeros=0)
     assert blind[1] < with_zeros[1]
     assert _measured_mse(values, *with_zeros) < _measured_mse(values, *blind)
 
@@ -89,3 +89,22 @@ def test_degenerate_histograms() -> None:
     assert chosen[1] == 0.0 and chosen[0] == pytest.approx(low, abs=0.02)
     cuts = mse_cuts({"a": counts}, {"a": (low, high)}, {})
     assert cuts["a"] == chosen
+
+
+def test_relu6_saturated_values_keep_the_cap_when_it_pays() -> None:
+    """Values exactly at ReLU6's 6.0 are exact with the range [0, 6]: counted as rounding
+    error they would pull the top below 6 and clip every one of them."""
+    rng = np.random.default_rng(6)
+    values = np.clip(rng.laplace(1.0, 1.5, 200_000), 0.0, 6.0)
+    tops = int(np.count_nonzero(values == 6.0))
+    zeros = int(np.count_nonzero(values == 0.0))
+    assert tops > 1_000
+    counts, low, high = _histogram(values)
+    assert high == 6.0
+    chosen = mse_range(counts, low, high, zeros=zeros, tops=tops)
+    assert chosen == (0.0, 6.0)
+    blind = mse_range(counts, low, high, zeros=zeros)
+    assert blind[1] < 6.0
+    assert _measured_mse(values, *chosen) < _measured_mse(values, *blind)
+    predicted = quantization_mse(counts, low, high, chosen, zeros=zeros, tops=tops)
+    assert predicted / values.size == pytest.approx(_measured_mse(values, *chosen), rel=0.05)
