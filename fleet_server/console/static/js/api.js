@@ -89,3 +89,17 @@ export async function send(method, path, body) {
   if (!response.ok) throw await errorOf(response);
   return response.status === 204 ? null : response.json();
 }
+
+/** GET an image (or any binary) as a data: URL: an <img> cannot send the token, and the CSP
+ * allows images from 'self' and data: only. */
+export async function dataUrl(path) {
+  const response = await call("GET", path);
+  if (!response.ok) throw await errorOf(response);
+  const blob = await response.blob();
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new ApiError(0, "could not read the image"));
+    reader.readAsDataURL(blob);
+  });
+}

@@ -11,6 +11,7 @@ import { devicePage } from "./device.js";
 import { bundlesPage } from "./bundles.js";
 import { rolloutsPage } from "./rollouts.js";
 import { rolloutPage } from "./rollout.js";
+import { fieldDataPage } from "./fielddata.js";
 
 const POLL_MS = 2000;
 const ROLES = { viewer: 0, operator: 1, admin: 2 };
@@ -21,6 +22,7 @@ const routes = [
   [/^#\/bundles(?:\/([0-9a-f]{64}))?$/, bundlesPage],
   [/^#\/rollouts$/, rolloutsPage],
   [/^#\/rollouts\/(\d+)$/, rolloutPage],
+  [/^#\/field-data$/, fieldDataPage],
 ];
 
 const main = document.getElementById("main");
