@@ -65,7 +65,8 @@ class Scale:
     def shadowed(self) -> list[WaveSpec]:
         """Two cameras run the new version beside the old one on their frames (a shadow wave,
         ``docs/shadow.md``), then :meth:`staged`. The limits are lenient: v1 is briefly
-        trained on purpose, so v2 corrects many of its answers; the demo shows the figures."""
+        trained on purpose, so v2 corrects many of its answers and changes the class mix: the
+        class shift is not judged, agreement at least 20%; the demo shows the figures."""
         stage = ShadowStage(
             every_nth=2,
             cpu_budget=0.5,
@@ -73,8 +74,9 @@ class Scale:
             min_duration_s=self.shadow_s,
             min_frames=20,
             timeout_s=90.0,
-            min_agreement=0.3,
-            max_class_shift=0.5,
+            min_agreement=0.2,
+            max_class_shift=1.0,  # not judged: v2 corrects v1's mix on purpose, and 20-odd
+            # frames move a share by tens of points (CI: trash moved 52 points over 23 frames)
             max_latency_ratio=5.0,
         )
         return [WaveSpec(count=2, shadow=stage), *self.staged()]
