@@ -5,7 +5,8 @@
   frames, with the refused opens and dropped streams of a real camera;
 - :class:`PluginDeclarations` and :func:`sample_prediction`: declare an output
   (or backend, or source) plug-in for one test and feed it predictions;
-- :class:`RunningDevice` and :func:`wait_for`: a real device loop in a thread;
+- :class:`RunningDevice`, :func:`wait_for` and :func:`json_lines`: a real device loop in
+  a thread, and the complete records of a JSON lines file it is writing;
 - :mod:`edgefleet.testing.broker`: MQTT brokers on loopback (embedded amqtt, Mosquitto);
 - :mod:`edgefleet.testing.fleet`: a local fleet (keys, releases, fleet server,
   devices), which needs ``edgefleet[server]``;
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from edgefleet.testing.camera import FakeCamera, FakeCameraConfig
     from edgefleet.testing.clock import FakeClock
-    from edgefleet.testing.device import RunningDevice, wait_for
+    from edgefleet.testing.device import RunningDevice, json_lines, wait_for
     from edgefleet.testing.plugins import PluginDeclarations, declared_plugins, sample_prediction
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "PluginDeclarations",
     "RunningDevice",
     "declared_plugins",
+    "json_lines",
     "sample_prediction",
     "wait_for",
 ]
@@ -42,6 +44,7 @@ _HOMES = {
     "FakeClock": "clock",
     "RunningDevice": "device",
     "wait_for": "device",
+    "json_lines": "device",
     "PluginDeclarations": "plugins",
     "declared_plugins": "plugins",
     "sample_prediction": "plugins",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -15,7 +17,17 @@ from edge_runtime.device import DeviceRuntime, RunSummary
 if TYPE_CHECKING:
     from edge_runtime.agent import UpdateAgent
 
-__all__ = ["RunningDevice", "wait_for"]
+__all__ = ["RunningDevice", "json_lines", "wait_for"]
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    """The complete records of a JSON lines file a device is writing (none if it is not there
+    yet): a last line without its newline is still being written and is left out."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def wait_for(

@@ -24,7 +24,7 @@ from prometheus_client import generate_latest
 
 from edge_runtime.camera_fleet import CameraFleetDevice
 from edge_runtime.update import UpdatePhase
-from edgefleet.testing import RunningDevice
+from edgefleet.testing import RunningDevice, json_lines
 from edgefleet.testing.broker import free_port, wait_for_port
 from edgefleet.testing.device import wait_for
 from edgefleet.testing.fleet import LocalFleet
@@ -64,7 +64,7 @@ def fleet(tmp_path: Path, mosquitto: int) -> Iterator[LocalFleet]:
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return json_lines(path)  # the device may be half-way through writing the last line
 
 
 def test_a_camera_of_its_own_takes_its_own_bundle_and_rolls_back_alone(

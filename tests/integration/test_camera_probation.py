@@ -14,7 +14,6 @@ bundle back, naming it; a box whose cameras are all dead refuses the bundle.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from edge_runtime.update import UpdatePhase
-from edgefleet.testing import FakeCamera, RunningDevice
+from edgefleet.testing import FakeCamera, RunningDevice, json_lines
 from edgefleet.testing.fleet import LocalFleet
 from tests.media import make_bundle
 from tests.models import LABELS, SIZE, tiny_onnx_model
@@ -76,7 +75,7 @@ def fleet(tmp_path: Path, mosquitto: int) -> Iterator[LocalFleet]:
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return json_lines(path)  # the device may be half-way through writing the last line
 
 
 def box(

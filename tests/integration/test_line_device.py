@@ -15,7 +15,7 @@ import pytest
 from asyncua.client.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgefleet.testing import PluginDeclarations, RunningDevice
+from edgefleet.testing import PluginDeclarations, RunningDevice, json_lines
 from tests.media import make_bundle
 from tests.models import slow_onnx_model
 
@@ -68,7 +68,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return json_lines(path)  # the device may be half-way through writing the last line
 
 
 @pytest.fixture
