@@ -26,8 +26,10 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from converter.adaround import adaround_onnx, adaround_tflite
 from converter.dataset import LabelledFolder
 from converter.disagreements import Disagreement, find_disagreements
+from converter.equalise import equalise_onnx, equalise_tflite
 from converter.errors import ConversionError, DatasetError, ParityGateError
 from converter.fallback import FallbackLimits, FallbackOutcome, Selection, Trial, search_fallback
 from converter.input_grid import input_levels
@@ -128,6 +130,9 @@ class ConvertOptions:
     max_latency_ratio: float = 1.15
     max_fallback_steps: int = 16
     rounding: Rounding = "nearest"
+    equalise: bool = True
+    """Equalise the channels between each convolution and the depthwise convolution it feeds
+    (:mod:`converter.equalise`) before int8 calibration."""
     sensitivity_samples: int = 32
     selection_samples: int = 300
     """The fallback chooses its steps on up to this many class-balanced photos of the
@@ -159,6 +164,8 @@ class ConversionResult:
     """The full int8 model's figures, when the fallback ran."""
     disagreements: list[Disagreement] = field(default_factory=list)
     json_report_path: Path | None = None
+    preparation: dict[str, Any] | None = None
+    """What was done to the float model before int8 calibration (equalisation, rounding)."""
 
     @property
     def passed(self) -> bool:
@@ -187,6 +194,7 @@ class ConversionResult:
             if self.sensitivity is not None
             else None,
             "fallback": self.fallback_summary(),
+            "preparation": self.preparation,
             "json_report": str(self.json_report_path) if self.json_report_path else None,
         }
 
@@ -335,6 +343,8 @@ class _Job:
                     self.parity,
                     seed=options.seed,
                 )
+        self.preparation: dict[str, dict[str, Any]] = {}
+        """Per format, what :meth:`int8_quantizer` did to the float model."""
         self._selection_scores: (
             tuple[list[npt.NDArray[np.uint8]], npt.NDArray[np.float32]] | None
         ) = None
@@ -443,13 +453,21 @@ class _Job:
             walks = 3 if self.options.tflite_calibration in ("percentile", "mse") else 2
         elif self.options.onnx_calibration in ("percentile", "mse"):
             walks = 3
-        bias = self.options.rounding == "bias-correction"
+        rounding = self.options.rounding
+        count = min(64, self.options.calibration_samples)
+        every = self.options.calibration_samples
+        prepared: dict[str, Any] = {"equalisation": None, "rounding": rounding}
+        self.preparation[fmt] = prepared
         self.progress("calibrate", 0, len(self.calibration.items) * walks)
         if fmt == "tflite":
-            if bias:
-                float_model = bias_correct_tflite(
-                    float_model, self.quiet_samples(min(64, self.options.calibration_samples))
-                )
+            if self.options.equalise:
+                float_model, equalised = equalise_tflite(float_model, self.quiet_samples(every))
+                prepared["equalisation"] = equalised.to_dict()
+            if rounding == "bias-correction":
+                float_model = bias_correct_tflite(float_model, self.quiet_samples(count))
+            elif rounding == "adaround":
+                float_model, rounded = adaround_tflite(float_model, self.quiet_samples(count))
+                prepared["adaround"] = rounded.to_dict()
             return TfliteInt8Quantizer(
                 float_model,
                 self.samples,
@@ -458,10 +476,16 @@ class _Job:
                 calibration_method=self.options.tflite_calibration,
             )
 
-        def correct(model: Any) -> Any:
-            return bias_correct_onnx(
-                model, self.quiet_samples(min(64, self.options.calibration_samples))
-            )
+        def prepare(model: Any) -> Any:
+            if self.options.equalise:
+                model, equalised = equalise_onnx(model, self.quiet_samples(every))
+                prepared["equalisation"] = equalised.to_dict()
+            if rounding == "bias-correction":
+                return bias_correct_onnx(model, self.quiet_samples(count))
+            if rounding == "adaround":
+                model, rounded = adaround_onnx(model, self.quiet_samples(count))
+                prepared["adaround"] = rounded.to_dict()
+            return model
 
         return OnnxInt8Quantizer(
             float_model,
@@ -469,7 +493,7 @@ class _Job:
             per_channel=self.options.per_channel,
             method=self.options.onnx_calibration,
             quant_format=self.options.onnx_format,
-            prepare=correct if bias else None,
+            prepare=prepare if self.options.equalise or rounding != "nearest" else None,
             input_levels=input_levels(list(self.contract.mean), list(self.contract.std)),
             channel_axis=3 if self.contract.layout == "nhwc" else 1,
         )
@@ -805,6 +829,7 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
         before_fallback=before,
         disagreements=disagreements,
         json_report_path=options.out / f"{stem}.report.json",
+        preparation=job.preparation.get(fmt) if precision == "int8" else None,
     )
     atomic_write_text(
         options.out / f"{stem}.report.json", json.dumps(result.to_report_dict(), indent=2) + "\n"

@@ -33,8 +33,9 @@ __all__ = ["Rounding", "bias_correct_onnx", "bias_correct_tflite", "weight_round
 
 log = logging.getLogger(__name__)
 
-Rounding = Literal["nearest", "bias-correction"]
-"""How weights are rounded: plain round-to-nearest, or with bias correction after it."""
+Rounding = Literal["nearest", "bias-correction", "adaround"]
+"""How weights are rounded: plain round-to-nearest, with bias correction after it, or
+AdaRound (:mod:`converter.adaround`: each weight up or down for the layer's output)."""
 
 
 def weight_rounding_error(weights: npt.NDArray[np.float32], axis: int) -> npt.NDArray[np.float64]:

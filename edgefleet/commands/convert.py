@@ -210,11 +210,21 @@ def _floats3(
 )
 @click.option(
     "--rounding",
-    type=click.Choice(["nearest", "bias-correction"]),
+    type=click.Choice(["nearest", "bias-correction", "adaround"]),
     default="nearest",
     show_default=True,
-    help="int8 weight rounding: round to nearest, or with bias correction (each layer's bias "
-    "absorbs the mean shift its weight rounding causes on the calibration images).",
+    help="int8 weight rounding: round to nearest; with bias correction (each layer's bias "
+    "absorbs the mean shift its weight rounding causes on the calibration images); or "
+    "AdaRound (each weight rounded up or down so that the layer's output on calibration "
+    "images stays closest to float, then bias correction).",
+)
+@click.option(
+    "--equalise/--no-equalise",
+    default=True,
+    show_default=True,
+    help="Before int8 calibration, scale each channel between a convolution and the depthwise "
+    "convolution it feeds up to the tensor's range (undone in the depthwise weights: the "
+    "float model computes the same), so that small channels get more int8 levels.",
 )
 @click.option(
     "--keep-failed",
@@ -312,6 +322,7 @@ def model_command(
     max_fallback_steps: int,
     selection_samples: int,
     rounding: str,
+    equalise: bool,
     keep_failed: bool,
     strict: bool,
     labels: str | None,
@@ -380,7 +391,8 @@ def model_command(
         max_latency_ratio=max_latency_ratio,
         max_fallback_steps=max_fallback_steps,
         selection_samples=selection_samples,
-        rounding="bias-correction" if rounding == "bias-correction" else "nearest",
+        rounding=rounding,  # type: ignore[arg-type]
+        equalise=equalise,
         keep_failed=keep_failed,
         strict=strict,
         name=name,
