@@ -162,11 +162,11 @@ def _tflite_pairs(
     )
     pairs = []
     for op in ops:
-        if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D") or len(op["inputs"]) < 3:
+        if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D") or len(op["inputs"]) < 2:
             continue
         out = int(op["outputs"][0])
         users = consumers.get(out, [])
-        if out in outputs or len(users) != 1 or int(op["inputs"][2]) < 0:
+        if out in outputs or len(users) != 1:
             continue
         user = users[0]
         if user["op_name"] not in consumers_kinds or int(user["inputs"][0]) != out:
@@ -175,7 +175,7 @@ def _tflite_pairs(
         activation = int(options.fusedActivationFunction)
         if activation not in _TFLITE_ACTIVATION_LIMITS:
             continue
-        tensors = [subgraph.tensors[int(i)] for i in (op["inputs"][1], op["inputs"][2])]
+        tensors = [subgraph.tensors[int(i)] for i in _tflite_weights(op)]
         tensors.append(subgraph.tensors[int(user["inputs"][1])])
         if any(model.buffers[t.buffer].data is None for t in tensors):
             continue
@@ -185,16 +185,23 @@ def _tflite_pairs(
     return pairs
 
 
+def _tflite_weights(op: dict[str, Any]) -> list[int]:
+    """The op's weight tensor and, where it has one, its bias tensor."""
+    inputs = [int(i) for i in op["inputs"]]
+    return inputs[1:3] if len(inputs) > 2 and inputs[2] >= 0 else inputs[1:2]
+
+
 def _tflite_scale(model: Any, op: dict[str, Any], user: dict[str, Any], scales: F64) -> bool:
     """Scale ``op``'s output channels by ``scales`` and undo it in ``user``'s weights."""
     subgraph = model.subgraphs[0]
-    weight = subgraph.tensors[int(op["inputs"][1])]
-    bias = subgraph.tensors[int(op["inputs"][2])]
+    own = [subgraph.tensors[i] for i in _tflite_weights(op)]
+    weight, bias = own[0], (own[1] if len(own) > 1 else None)
     depthwise = subgraph.tensors[int(user["inputs"][1])]
-    w, b, d = (_tflite_array(model, t) for t in (weight, bias, depthwise))
-    if w is None or b is None or d is None:
+    w, d = _tflite_array(model, weight), _tflite_array(model, depthwise)
+    b = _tflite_array(model, bias) if bias is not None else None
+    if w is None or d is None or (bias is not None and (b is None or b.shape != scales.shape)):
         return False
-    if b.shape != scales.shape or d.shape[-1] % scales.size:
+    if d.shape[-1] % scales.size:
         return False
     # CONV_2D weights are [cout, kh, kw, cin]; DEPTHWISE_CONV_2D's [1, kh, kw, cout]
     w = w * scales[:, None, None, None] if op["op_name"] == "CONV_2D" else w * scales
@@ -205,7 +212,8 @@ def _tflite_scale(model: Any, op: dict[str, Any], user: dict[str, Any], scales: 
     else:  # depthwise [1, kh, kw, cin * multiplier]
         d = d / np.repeat(scales, d.shape[-1] // scales.size)
     _tflite_store(model, weight, w)
-    _tflite_store(model, bias, b * scales)
+    if bias is not None and b is not None:
+        _tflite_store(model, bias, b * scales)
     _tflite_store(model, depthwise, d)
     return True
 
@@ -326,7 +334,7 @@ def _onnx_pairs(model: Any, *, into_convolutions: bool) -> list[tuple[Any, Any, 
 
     pairs = []
     for node in graph.node:
-        if node.op_type != "Conv" or len(node.input) < 3:
+        if node.op_type != "Conv" or len(node.input) < 2:
             continue
         tensor = node.output[0]
         user = only_user(tensor)
@@ -337,7 +345,7 @@ def _onnx_pairs(model: Any, *, into_convolutions: bool) -> list[tuple[Any, Any, 
             user = only_user(tensor) if commutes else None
         if user is None or user.op_type != "Conv" or user.input[0] != tensor:
             continue
-        weights = (node.input[1], node.input[2], user.input[1])
+        weights = [n for n in node.input[1:3] if n] + [user.input[1]]
         if any(name not in initializers or len(consumers.get(name, [])) != 1 for name in weights):
             continue  # not constant, or shared with another node (scaling it would change that)
         depthwise = numpy_helper.to_array(initializers[user.input[1]])
@@ -408,22 +416,22 @@ def equalise_onnx(
         d = numpy_helper.to_array(d_init).astype(np.float64)  # [cout * m, 1 or cin, kh, kw]
         cap = MAX_SCALE if d.shape[1] == 1 else conv_scale  # depthwise: [c * m, 1, kh, kw]
         scales = channel_scales(maxima[tensor], limit, margin=margin, cap=cap)
-        w_init, b_init = initializers[node.input[1]], initializers[node.input[2]]
+        w_init = initializers[node.input[1]]
         w = numpy_helper.to_array(w_init).astype(np.float64)  # [cout, cin/g, kh, kw]
-        b = numpy_helper.to_array(b_init).astype(np.float64)
-        if b.shape != scales.shape:
-            continue
+        changes = [(w_init, w * scales[:, None, None, None])]
+        if len(node.input) > 2 and node.input[2]:
+            b_init = initializers[node.input[2]]
+            b = numpy_helper.to_array(b_init).astype(np.float64)
+            if b.shape != scales.shape:
+                continue
+            changes.append((b_init, b * scales))
         if d.shape[1] == scales.size and d.shape[1] != 1:  # an ordinary Conv: input channels
             d_scales = scales[None, :, None, None]
         elif d.shape[1] == 1 and d.shape[0] % scales.size == 0:  # depthwise
             d_scales = np.repeat(scales, d.shape[0] // scales.size)[:, None, None, None]
         else:
             continue
-        for init, value in (
-            (w_init, w * scales[:, None, None, None]),
-            (b_init, b * scales),
-            (d_init, d / d_scales),
-        ):
+        for init, value in (*changes, (d_init, d / d_scales)):
             init.CopyFrom(numpy_helper.from_array(value.astype(np.float32), init.name))
         used.append(scales)
     summary = _summary(used, images)

@@ -179,7 +179,8 @@ def test_tflite_equalisation_keeps_the_float_model_and_lowers_the_int8_error() -
     calibration = _samples(32, 0)
     held_out = _samples(32, 1)
     equalised, summary = equalise_tflite(float_model, calibration, margin=1.1)
-    assert summary.pairs == 1 and summary.scaled >= 1 and summary.median_scale > 1.0
+    # conv -> depthwise, and depthwise -> the 1x1 conv (its scales capped)
+    assert summary.pairs == 2 and summary.scaled >= 1 and summary.median_scale > 1.0
     assert np.allclose(
         _tflite_run(equalised, held_out), _tflite_run(float_model, held_out), atol=1e-4
     )
@@ -247,12 +248,21 @@ def _onnx_run(model: Any, samples: list[Any]) -> np.ndarray:
 
 def test_onnx_equalisation_keeps_the_float_model_and_lowers_the_int8_error() -> None:
     import onnx
+    from onnx import numpy_helper
 
     calibration = _samples(32, 0, (1, 3, 16, 16))
     held_out = _samples(32, 1, (1, 3, 16, 16))
     original = _onnx_model()
     equalised, summary = equalise_onnx(_onnx_model(), calibration, margin=1.1)
-    assert summary.pairs == 1 and summary.scaled >= 1 and summary.median_scale > 1.0
+    assert summary.pairs == 2 and summary.scaled >= 1 and summary.median_scale > 1.0
+    before = {i.name: numpy_helper.to_array(i) for i in original.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in equalised.graph.initializer}
+    # the 1x1 conv's input channels shrink by at most the cap (1.5), some by it exactly
+    shrink = (after["pw"] / before["pw"])[0, :, 0, 0]
+    assert np.all(shrink >= 1 / 1.5 - 1e-6) and np.all(shrink <= 1 + 1e-6)
+    assert np.isclose(shrink.min(), 1 / 1.5, atol=1e-6)
+    # the depthwise conv's channel 0 (the small one) is scaled by far more
+    assert (after["dw"] / before["dw"])[0].max() < 0.1
     assert np.allclose(_onnx_run(equalised, held_out), _onnx_run(original, held_out), atol=1e-4)
 
     def int8_error(model: Any) -> float:
@@ -266,11 +276,16 @@ def test_onnx_equalisation_keeps_the_float_model_and_lowers_the_int8_error() -> 
 
 @pytest.mark.parametrize("case", ["clip-below-zero", "shared-weights"])
 def test_onnx_equalisation_leaves_pairs_a_scale_would_change(case: str) -> None:
+    from onnx import numpy_helper
+
     model = _onnx_model(clip_low=-1.0) if case == "clip-below-zero" else _onnx_model(shared=True)
-    before = model.SerializeToString()
+    before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     result, summary = equalise_onnx(model, _samples(4, 0, (1, 3, 16, 16)))
-    assert summary.pairs == 0
-    assert result.SerializeToString() == before
+    after = {i.name: numpy_helper.to_array(i) for i in result.graph.initializer}
+    assert summary.pairs == 1  # only depthwise -> 1x1 conv, where nothing is in the way
+    for name in ("w", "b"):  # the first conv is left as it was
+        assert np.array_equal(after[name], before[name]), name
+    assert not np.array_equal(after["pw"], before["pw"])
 
 
 def test_onnx_adaround_weights_are_the_integers_the_quantiser_writes() -> None:
