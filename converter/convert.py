@@ -166,6 +166,9 @@ class ConversionResult:
     json_report_path: Path | None = None
     preparation: dict[str, Any] | None = None
     """What was done to the float model before int8 calibration (equalisation, rounding)."""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of each stage of this format's conversion (the export shared by its
+    precisions is counted in the first)."""
 
     @property
     def passed(self) -> bool:
@@ -195,6 +198,7 @@ class ConversionResult:
             else None,
             "fallback": self.fallback_summary(),
             "preparation": self.preparation,
+            "stage_seconds": {k: round(v, 2) for k, v in self.stage_seconds.items()},
             "json_report": str(self.json_report_path) if self.json_report_path else None,
         }
 
@@ -343,12 +347,24 @@ class _Job:
                     self.parity,
                     seed=options.seed,
                 )
+        self.stage_seconds: dict[str, dict[str, float]] = {}
+        """Per format, the wall time of each stage (export, calibrate, evaluate, ...)."""
         self.preparation: dict[str, dict[str, Any]] = {}
         """Per format, what :meth:`int8_quantizer` did to the float model."""
         self._selection_scores: (
             tuple[list[npt.NDArray[np.uint8]], npt.NDArray[np.float32]] | None
         ) = None
         self.name = options.name or _slug(options.model.stem)
+
+    @contextlib.contextmanager
+    def timed(self, fmt: str, stage: str) -> Iterator[None]:
+        """Add the wall time of the ``with`` block to ``stage_seconds[fmt][stage]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            stages = self.stage_seconds.setdefault(fmt, {})
+            stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - start
 
     def parity_frames(self) -> tuple[list[npt.NDArray[np.uint8]], npt.NDArray[np.int64]]:
         self.progress("decode parity images", 0, len(self.parity.items))
@@ -640,7 +656,8 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> list[C
         precisions = [p for p in options.precisions if p in FORMAT_PRECISIONS[fmt]]
         if not precisions:
             continue
-        float_model = job.source.tflite_fp32() if fmt == "tflite" else job.source.onnx_fp32()
+        with job.timed(fmt, "export"):
+            float_model = job.source.tflite_fp32() if fmt == "tflite" else job.source.onnx_fp32()
         for precision in precisions:
             with contextlib.ExitStack() as stack:
                 results.append(
@@ -700,9 +717,10 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
     stem = f"{job.name}-{options.version}-{fmt}-{precision}"
     quantizer = None
     if precision == "int8":
-        quantizer = job.int8_quantizer(fmt, float_model)
-        stack.callback(quantizer.close)
-        model = quantizer.quantize()
+        with job.timed(fmt, "prepare and calibrate"):
+            quantizer = job.int8_quantizer(fmt, float_model)
+            stack.callback(quantizer.close)
+            model = quantizer.quantize()
     else:
         model = job.convert_one(fmt, precision, float_model)
 
@@ -753,32 +771,14 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
         )
         return _Measured(report, scores, latency)
 
-    measured = measure(model, f"evaluate {fmt} {precision}")
+    with job.timed(fmt, "evaluate"):
+        measured = measure(model, f"evaluate {fmt} {precision}")
     full_int8_bytes = len(model)
-    sensitivity = None
-    outcome = None
-    before = None
-    fallback_spec = None
+    sensitivity, outcome, before, fallback_spec = None, None, None, None
     if quantizer is not None:
-        sensitivity = job.sensitivity(fmt, quantizer, model)
-        top = ", ".join(f"{row.op.kind} {100 * row.added_noise:.3f}%" for row in sensitivity.top(3))
-        log.info("%s int8: most sensitive ops (noise added): %s", fmt, top)
-        if not measured.report.passed and options.fallback:
-            before = measured.report
-            outcome, measured, model = _fallback(
-                job,
-                fmt,
-                quantizer,
-                (model, measured),
-                measure=measure,
-                run=run,
-                apply_softmax=shared.postprocessing.apply_softmax,
-            )
-            if outcome.passed:
-                fallback_spec = FloatFallback(
-                    ops=sorted(m for op in outcome.float_ops for m in op.excluded),
-                    float_mac_fraction=round(outcome.float_mac_fraction, 6),
-                )
+        sensitivity, outcome, before, fallback_spec, measured, model = _sensitivity_and_fallback(
+            job, fmt, quantizer, (model, measured), measure=measure, run=run, shared=shared
+        )
     report = measured.report
     disagreements = find_disagreements(frames, y_true, float_scores, measured.scores, job.labels)
     report_path = options.out / f"{stem}.report.html"
@@ -830,11 +830,64 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
         disagreements=disagreements,
         json_report_path=options.out / f"{stem}.report.json",
         preparation=job.preparation.get(fmt) if precision == "int8" else None,
+        stage_seconds=dict(job.stage_seconds.pop(fmt, {})),
+    )
+    log.info(
+        "%s %s: %s",
+        fmt,
+        precision,
+        ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.stage_seconds.items()),
     )
     atomic_write_text(
         options.out / f"{stem}.report.json", json.dumps(result.to_report_dict(), indent=2) + "\n"
     )
     return result
+
+
+def _sensitivity_and_fallback(
+    job: _Job,
+    fmt: str,
+    quantizer: TfliteInt8Quantizer | OnnxInt8Quantizer,
+    full_int8: tuple[bytes, _Measured],
+    *,
+    measure: Callable[[bytes, str], _Measured],
+    run: Callable[[bytes, list[npt.NDArray[np.uint8]], str], tuple[npt.NDArray[np.float32], float]],
+    shared: _Shared,
+) -> tuple[
+    SensitivityReport,
+    FallbackOutcome | None,
+    QualityReport | None,
+    FloatFallback | None,
+    _Measured,
+    bytes,
+]:
+    """The int8 model's sensitivity and, when it misses the gate, the fallback: the model
+    settled on, its measurement, and what the manifest records of it."""
+    model, measured = full_int8
+    with job.timed(fmt, "sensitivity"):
+        sensitivity = job.sensitivity(fmt, quantizer, model)
+    top = ", ".join(f"{row.op.kind} {100 * row.added_noise:.3f}%" for row in sensitivity.top(3))
+    log.info("%s int8: most sensitive ops (noise added): %s", fmt, top)
+    if measured.report.passed or not job.options.fallback:
+        return sensitivity, None, None, None, measured, model
+    before = measured.report
+    with job.timed(fmt, "fallback"):
+        outcome, measured, model = _fallback(
+            job,
+            fmt,
+            quantizer,
+            (model, measured),
+            measure=measure,
+            run=run,
+            apply_softmax=shared.postprocessing.apply_softmax,
+        )
+    spec = None
+    if outcome.passed:
+        spec = FloatFallback(
+            ops=sorted(m for op in outcome.float_ops for m in op.excluded),
+            float_mac_fraction=round(outcome.float_mac_fraction, 6),
+        )
+    return sensitivity, outcome, before, spec, measured, model
 
 
 def _write_last_fallback(
@@ -913,12 +966,13 @@ def _fallback(
         error = onnx_output_error(full_int8[0], quantizer.prepared_model(), samples)
     measuring = f"fallback {fmt}: one candidate at a time in float"
     job.progress(measuring, 0, count_candidates(ops))
-    candidates = measure_candidates(
-        ops,
-        error,
-        max_float_fraction=options.max_float_fraction,
-        progress=lambda: job.progress(measuring, 1, None),
-    )
+    with job.timed(fmt, "fallback candidates"):
+        candidates = measure_candidates(
+            ops,
+            error,
+            max_float_fraction=options.max_float_fraction,
+            progress=lambda: job.progress(measuring, 1, None),
+        )
     log.info(
         "%s int8: %d fallback candidates measured; the best removes %.0f%% of the output error",
         fmt,

@@ -115,6 +115,17 @@ def test_tflite_fallback_keeps_the_broken_head_in_float(data: Path, tmp_path: Pa
     assert result.passed and result.fallback is not None
     assert "FULLY_CONNECTED" in [op.kind for op in result.fallback.float_ops]
     _check_bundle(result, "head")
+    # where the time went, stage by stage, in the summary
+    stages = result.to_dict()["stage_seconds"]
+    expected = {"export", "prepare and calibrate", "evaluate", "sensitivity", "fallback"}
+    assert expected | {"fallback candidates"} == set(stages), stages
+    assert all(seconds > 0 for seconds in stages.values())
+    assert stages["fallback candidates"] <= stages["fallback"]
+    # no depthwise convolution here: nothing to equalise, and the summary says so
+    assert result.preparation == {
+        "equalisation": {"pairs": 0, "channels": 0, "scaled": 0, "median_scale": 1.0, "images": 0},
+        "rounding": "nearest",
+    }
 
 
 def test_the_fallback_stops_at_the_mac_budget(data: Path, onnx_path: Path, tmp_path: Path) -> None:
