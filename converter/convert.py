@@ -794,6 +794,7 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
             before_fallback=before,
             full_int8_bytes=full_int8_bytes,
             disagreements=disagreements,
+            preparation=job.preparation.get(fmt) if precision == "int8" else None,
         ),
     )
     suffered = _suffered(report, options.max_accuracy_drop)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import math
+from typing import Any
 
 from converter.disagreements import Disagreement
 from converter.fallback import FallbackOutcome
@@ -103,6 +104,15 @@ def _fallback(fallback: FallbackOutcome, before: QualityReport | None, full_byte
             f"accuracy drop {before.accuracy_drop_points or 0:.2f} points."
         )
     head += "</p>"
+    if fallback.baseline is not None:
+        head += (
+            f"<p>Steps chosen on {fallback.selection_images} photos "
+            f"({html.escape(fallback.selection_set.removeprefix('selection: '))}): a step is kept "
+            "only when it brings the scores closer to float's there (score error: mean distance "
+            f"of the score vectors). Full int8 there: score error "
+            f"{fallback.baseline.score_error:.5f}, agreement {_pct(fallback.baseline.agreement)}."
+            " The gate still judges on the parity photos.</p>"
+        )
     if fallback.float_ops:
         head += (
             f"<p>{len(fallback.float_ops)} ops kept in float, "
@@ -125,7 +135,13 @@ def _fallback(fallback: FallbackOutcome, before: QualityReport | None, full_byte
             f"<tr><td>{step.step}</td><td>{html.escape(step.action)}</td>"
             f"<td class='mono'>{html.escape(step.op)}</td><td>{html.escape(step.kind)}</td>"
             f"<td>{len(step.float_ops)}</td><td>{100 * step.float_mac_fraction:.2f}%</td>"
-            f"<td>{_pct(step.agreement)}</td>"
+            + (
+                "<td>-</td><td>-</td>"
+                if step.selection is None
+                else f"<td>{step.selection.score_error:.5f}</td>"
+                f"<td>{_pct(step.selection.agreement)}</td>"
+            )
+            + f"<td>{_pct(step.agreement)}</td>"
             f"<td>{'-' if step.accuracy_drop is None else f'{step.accuracy_drop:.2f}'}</td>"
             f"<td>{'-' if step.latency_ratio is None else f'x{step.latency_ratio:.2f}'}</td>"
             f"<td>{size}</td></tr>"
@@ -145,7 +161,8 @@ def _fallback(fallback: FallbackOutcome, before: QualityReport | None, full_byte
     return (
         head
         + "<h3>Steps</h3><table class='rows'><tr><th>step</th><th>action</th><th>op</th><th>kind</th>"
-        "<th>ops in float</th><th>MACs in float</th><th>agreement</th><th>drop (points)</th>"
+        "<th>ops in float</th><th>MACs in float</th><th>selection score error</th>"
+        "<th>selection agreement</th><th>parity agreement</th><th>drop (points)</th>"
         "<th>latency vs int8</th><th>model size</th></tr>" + "".join(rows) + "</table>" + candidates
     )
 
@@ -168,6 +185,31 @@ def _disagreements(rows: list[Disagreement]) -> str:
     )
 
 
+def _preparation(preparation: dict[str, Any]) -> str:
+    """What was done to the float model before int8 calibration."""
+    parts = []
+    equalised = preparation.get("equalisation")
+    if equalised:
+        parts.append(
+            f"activation equalisation: {equalised['scaled']} of {equalised['channels']} channels "
+            f"in {equalised['pairs']} convolution pairs scaled up (median x"
+            f"{equalised['median_scale']:.2f}), from {equalised['images']} calibration images"
+        )
+    else:
+        parts.append("no activation equalisation (--no-equalise)")
+    rounding = preparation.get("rounding", "nearest")
+    adaround = preparation.get("adaround")
+    if rounding == "adaround" and adaround:
+        parts.append(
+            f"AdaRound: {adaround['changed']} of {adaround['weights']} weights rounded the other "
+            f"way in {adaround['layers']} layers, layer output error x"
+            f"{adaround['median_error_ratio']:.2f} of round-to-nearest (median)"
+        )
+    else:
+        parts.append(f"weights rounded: {html.escape(str(rounding))}")
+    return "<h2>Before calibration</h2><p>" + html.escape("; ".join(parts)) + ".</p>"
+
+
 def render_report(
     report: QualityReport,
     title: str,
@@ -179,6 +221,7 @@ def render_report(
     before_fallback: QualityReport | None = None,
     full_int8_bytes: int = 0,
     disagreements: list[Disagreement] | None = None,
+    preparation: dict[str, Any] | None = None,
 ) -> str:
     """The HTML page for one converted model's parity report."""
     verdict = (
@@ -235,6 +278,7 @@ def render_report(
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>{html.escape(title)} {verdict}</h1><p class='sub'>{html.escape(subtitle)}</p>"
         f"<table class='figures'>{figure_rows}</table>"
+        + (_preparation(preparation) if preparation else "")
         + (_fallback(fallback, before_fallback, full_int8_bytes) if fallback is not None else "")
         + (_disagreements(disagreements) if disagreements is not None else "")
         + (_sensitivity(sensitivity) if sensitivity is not None else "")

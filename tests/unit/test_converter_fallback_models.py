@@ -102,7 +102,12 @@ def test_onnx_fallback_keeps_the_broken_head_in_float(
     first = report["fallback"]["steps"][0]["selection"]
     assert first["score_error"] < report["fallback"]["full_int8_selection"]["score_error"]
     assert report["fallback_candidates"][0]["kind"] == "Gemm"
-    assert "Accuracy-aware fallback: gate passed" in on.report_path.read_text()
+    page = on.report_path.read_text()
+    assert "Accuracy-aware fallback: gate passed" in page
+    # the selection figures, per step and for full int8, and what preceded calibration
+    assert f"Steps chosen on {on.fallback.selection_images} photos" in page
+    assert f"{first['score_error']:.5f}" in page
+    assert "Before calibration" in page and "activation equalisation" in page
     assert on.json_report_path is not None and on.json_report_path.is_file()
 
 
