@@ -597,9 +597,11 @@ class OnnxInt8Quantizer:
         excluded = sorted(set(float_nodes))
         samples = self.samples
         overrides = dict(self.ranges)
-        if excluded and self.ranges and self.input_span is not None:
+        if self.ranges and self.input_span is not None:
             # every activation range is already known (percentile ranges, the input's
-            # min/max): a re-quantisation needs no second walk over every image
+            # min/max): no quantisation needs a second walk over every image (the
+            # MinMax calibrator only sees constant tensors then; measured identical
+            # models, 5.8 s against 0.9 s on MobileNetV2 0.5/128)
             overrides[self.input_name] = self.input_span
 
             def samples() -> Iterator[npt.NDArray[np.float32]]:
