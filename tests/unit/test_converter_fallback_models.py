@@ -9,6 +9,7 @@ bundles are loaded back and replayed by the device's own classifier.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,17 @@ def test_cli_falls_back_by_default_and_not_with_no_fallback(
     assert "fallback" in on.output and "kept in float Gemm" in on.output
     bad = runner.invoke(cli, [*common, "--out", str(tmp_path / "x"), "--max-float-fraction", "120"])
     assert bad.exit_code == 2 and "max-float-fraction" in bad.output
+    # AdaRound and no equalisation, asked for on the command line, reach the conversion
+    ada = runner.invoke(
+        cli,
+        [*common, "--out", str(tmp_path / "ada"), "--rounding", "adaround", "--no-equalise"],
+    )
+    assert ada.exit_code == 0, ada.output
+    row = json.loads((tmp_path / "ada" / "outlier-1.0.0-onnx-int8.report.json").read_text())
+    assert row["preparation"]["equalisation"] is None
+    assert row["preparation"]["rounding"] == "adaround"
+    assert row["preparation"]["adaround"]["layers"] == 1  # the conv (the head is a MatMul)
+    assert row["preparation"]["adaround"]["images"] == 24
 
 
 def test_onnx_bias_correction_cancels_the_mean_shift_of_weight_rounding() -> None:
