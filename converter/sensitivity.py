@@ -519,7 +519,13 @@ def tflite_output_error(
 def _tflite_scores(
     model: bytes, samples: Sequence[npt.NDArray[np.float32]]
 ) -> npt.NDArray[np.float64]:
-    interpreter = _tflite_interpreter(model, keep_all=False)
+    from ai_edge_litert.interpreter import Interpreter
+
+    # LiteRT's default delegate (XNNPACK), as the device runs the model: no tensor
+    # needs keeping here, and it is 4-5x faster than the built-in kernels (measured on
+    # MobileNetV2 1.0/224 int8: 32 invokes 0.10 s against 0.46 s)
+    interpreter = Interpreter(model_content=model, num_threads=1)
+    interpreter.allocate_tensors()
     output = interpreter.get_output_details()[0]
     rows = []
     for sample in samples:

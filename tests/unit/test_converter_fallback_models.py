@@ -125,7 +125,7 @@ def test_tflite_fallback_keeps_the_broken_head_in_float(data: Path, tmp_path: Pa
     stages = result.to_dict()["stage_seconds"]
     expected = {"export", "prepare and calibrate", "evaluate", "sensitivity", "fallback"}
     assert expected | {"fallback candidates"} == set(stages), stages
-    assert all(seconds > 0 for seconds in stages.values())
+    assert all(seconds >= 0 for seconds in stages.values()) and stages["export"] > 0
     assert stages["fallback candidates"] <= stages["fallback"]
     # no depthwise convolution here: nothing to equalise, and the summary says so
     assert result.preparation == {
