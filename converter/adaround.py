@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from converter.errors import QuantizationError
+from converter.probes import onnx_probe, tflite_probe
 
 __all__ = [
     "AdaRoundSummary",
@@ -407,20 +407,11 @@ def adaround_tflite(
 ) -> tuple[bytes, AdaRoundSummary]:
     """The float TFLite model with every linear layer's weights on their AdaRound levels
     (and biases corrected for the mean shift those levels leave)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(float_model))
     subgraph = model.subgraphs[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
-        interpreter = Interpreter(
-            model_content=float_model,
-            experimental_preserve_all_tensors=True,
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-            num_threads=1,
-        )
-    interpreter.allocate_tensors()
+    interpreter = tflite_probe(float_model)
     layers: list[tuple[_Layer, list[int]]] = []
     for op in interpreter._get_ops_details():
         inputs = [int(i) for i in op["inputs"]]
@@ -500,25 +491,8 @@ def _onnx_moments(
     model: Any, chosen: list[tuple[_Layer, Any]], samples: Iterable[npt.NDArray[np.float32]]
 ) -> int:
     """Walk the calibration images once, gathering each chosen layer's input moments."""
-    import onnx
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
     wanted = sorted({node.input[0] for _, node in chosen})
-    existing = {o.name for o in probe.graph.output}
-    for name in wanted:
-        if name not in existing:
-            probe.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-            )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(
-        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    input_name = model.graph.input[0].name
+    session, input_name = onnx_probe(model, wanted)
     images = 0
     for sample in samples:
         values = dict(zip(wanted, session.run(wanted, {input_name: sample}), strict=True))

@@ -34,7 +34,6 @@ gate measures the result against the original float model either way.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from converter.errors import QuantizationError
+from converter.probes import onnx_probe, tflite_probe
 
 __all__ = [
     "EqualisationSummary",
@@ -227,19 +227,10 @@ def equalise_tflite(
 ) -> tuple[bytes, EqualisationSummary]:
     """The float TFLite model with the channels between every convolution and the depthwise
     convolution it feeds equalised (see the module's docstring)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(float_model))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
-        interpreter = Interpreter(
-            model_content=float_model,
-            experimental_preserve_all_tensors=True,
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-            num_threads=1,
-        )
-    interpreter.allocate_tensors()
+    interpreter = tflite_probe(float_model)
     pairs = _tflite_pairs(model, interpreter, into_convolutions=conv_scale > 1.0)
     if not pairs:
         return float_model, _summary([], 0)
@@ -362,24 +353,7 @@ def _onnx_maxima(
     model: Any, wanted: list[str], samples: Iterable[npt.NDArray[np.float32]]
 ) -> tuple[dict[str, F64], int]:
     """Each channel's largest absolute value of the NCHW tensors ``wanted`` over ``samples``."""
-    import onnx
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    for name in wanted:
-        if name not in existing:
-            probe.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-            )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(
-        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    input_name = model.graph.input[0].name
+    session, input_name = onnx_probe(model, wanted)
     maxima: dict[str, F64] = {}
     images = 0
     for sample in samples:

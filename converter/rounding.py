@@ -20,7 +20,6 @@ axis for them differs by version).
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -28,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from converter.errors import QuantizationError
+from converter.probes import onnx_probe, tflite_probe
 
 __all__ = ["Rounding", "bias_correct_onnx", "bias_correct_tflite", "weight_rounding_error"]
 
@@ -79,18 +79,9 @@ def _tflite_shifts(
 
 def bias_correct_tflite(float_model: bytes, samples: Iterable[npt.NDArray[np.float32]]) -> bytes:
     """The float TFLite model with every linear layer's bias corrected for int8 weight rounding."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
     from ai_edge_litert.tools import flatbuffer_utils
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
-        interpreter = Interpreter(
-            model_content=float_model,
-            experimental_preserve_all_tensors=True,
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-            num_threads=1,
-        )
-    interpreter.allocate_tensors()
+    interpreter = tflite_probe(float_model)
     layers = [
         (str(op["op_name"]), [int(i) for i in op["inputs"]])
         for op in interpreter._get_ops_details()
@@ -143,24 +134,7 @@ def _onnx_channel_means(
     model: Any, wanted: list[str], samples: Iterable[npt.NDArray[np.float32]]
 ) -> tuple[dict[str, npt.NDArray[np.float64]], int]:
     """Per-channel means of the NCHW tensors ``wanted`` over ``samples`` (and the image count)."""
-    import onnx
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    for name in wanted:
-        if name not in existing:
-            probe.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-            )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(
-        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    input_name = model.graph.input[0].name
+    session, input_name = onnx_probe(model, wanted)
     sums: dict[str, npt.NDArray[np.float64]] = {}
     counts: dict[str, int] = {}
     images = 0

@@ -21,7 +21,6 @@ say what share of the model's arithmetic stays in float.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from converter.errors import QuantizationError
+from converter.probes import tflite_probe
 
 __all__ = [
     "FloatCandidate",
@@ -252,18 +252,7 @@ _TFLITE_MACS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CO
 
 
 def _tflite_interpreter(model: bytes, keep_all: bool) -> Any:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
-        interpreter = Interpreter(
-            model_content=model,
-            experimental_preserve_all_tensors=keep_all,
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-            num_threads=1,
-        )
-    interpreter.allocate_tensors()
-    return interpreter
+    return tflite_probe(model, keep_all=keep_all)
 
 
 def tflite_ops(float_model: bytes) -> list[QuantOp]:
