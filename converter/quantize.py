@@ -84,6 +84,21 @@ def _global_min_max(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def bin_counts(values: npt.NDArray[Any], low: float, high: float) -> npt.NDArray[np.int64]:
+    """``np.histogram(values, _HISTOGRAM_BINS, range=(low, high))[0]`` in one ``bincount``
+    (about twice as fast on activations of a million values; the calibration walks spend
+    most of their time here). Values outside ``[low, high]`` are left out, as
+    ``np.histogram`` does; a value on a bin edge may land in the neighbouring bin
+    (float32 arithmetic), which moves no percentile cut by more than one bin."""
+    flat = np.asarray(values, dtype=np.float32).ravel()
+    if flat.size and (float(flat.min()) < low or float(flat.max()) > high):
+        flat = flat[(flat >= low) & (flat <= high)]
+    index = ((flat - np.float32(low)) * np.float32(_HISTOGRAM_BINS / (high - low))).astype(np.int64)
+    np.clip(index, 0, _HISTOGRAM_BINS - 1, out=index)
+    result: npt.NDArray[np.int64] = np.bincount(index, minlength=_HISTOGRAM_BINS)
+    return result
+
+
 def percentile_ranges(
     float_model: bytes,
     samples: Samples,
@@ -127,7 +142,7 @@ def percentile_ranges(
         interpreter.invoke()
         for index, (_, low, high) in tracked.items():
             values = interpreter.get_tensor(index).ravel()
-            counts, _ = np.histogram(values, bins=_HISTOGRAM_BINS, range=(low, high))
+            counts = bin_counts(values, low, high)
             histograms[index] += counts
             if cut == "mse":
                 zeros[index] += int(np.count_nonzero(values == 0.0))
@@ -225,7 +240,7 @@ def onnx_percentile_ranges(
     tops = dict.fromkeys(live, 0)
     for sample in samples():
         for name, value in zip(live, session.run(live, {input_name: sample}), strict=True):
-            histograms[name] += np.histogram(value, bins=_HISTOGRAM_BINS, range=spans[name])[0]
+            histograms[name] += bin_counts(value, *spans[name])
             if cut == "mse":
                 zeros[name] += int(np.count_nonzero(value == 0.0))
                 tops[name] += int(np.count_nonzero(value == np.float32(spans[name][1])))

@@ -108,3 +108,20 @@ def test_relu6_saturated_values_keep_the_cap_when_it_pays() -> None:
     assert _measured_mse(values, *chosen) < _measured_mse(values, *blind)
     predicted = quantization_mse(counts, low, high, chosen, zeros=zeros, tops=tops)
     assert predicted / values.size == pytest.approx(_measured_mse(values, *chosen), rel=0.05)
+
+
+def test_bin_counts_match_numpys_histogram_but_for_edge_values() -> None:
+    import numpy as np
+
+    from converter.quantize import _HISTOGRAM_BINS, bin_counts
+
+    rng = np.random.default_rng(0)
+    values = np.maximum(rng.normal(size=(1, 40, 56, 56)), 0).astype(np.float32)
+    low, high = float(values.min()), float(values.max())
+    expected = np.histogram(values, bins=_HISTOGRAM_BINS, range=(low, high))[0]
+    counts = bin_counts(values, low, high)
+    assert counts.sum() == expected.sum() == values.size
+    assert np.abs(counts - expected).sum() <= 1e-5 * values.size  # a few edge values move
+    # values outside the range are left out, as numpy leaves them out
+    narrow = bin_counts(values, 0.5, 1.5)
+    assert narrow.sum() == np.histogram(values, bins=_HISTOGRAM_BINS, range=(0.5, 1.5))[0].sum()
