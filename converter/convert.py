@@ -468,16 +468,17 @@ class _Job:
         if fmt == "tflite":  # the quantiser counts, then calibrates; histograms walk again
             walks = 3 if self.options.tflite_calibration in ("percentile", "mse") else 2
         elif self.options.onnx_calibration in ("percentile", "mse"):
-            walks = 3
+            walks = 2  # min/max, then histograms; the quantiser then needs a few images only
+        if self.options.equalise:
+            walks += 1  # the equalisation's walk, on the same bar
         rounding = self.options.rounding
         count = min(64, self.options.calibration_samples)
-        every = self.options.calibration_samples
         prepared: dict[str, Any] = {"equalisation": None, "rounding": rounding}
         self.preparation[fmt] = prepared
         self.progress("calibrate", 0, len(self.calibration.items) * walks)
         if fmt == "tflite":
             if self.options.equalise:
-                float_model, equalised = equalise_tflite(float_model, self.quiet_samples(every))
+                float_model, equalised = equalise_tflite(float_model, self.samples())
                 prepared["equalisation"] = equalised.to_dict()
             if rounding == "bias-correction":
                 float_model = bias_correct_tflite(float_model, self.quiet_samples(count))
@@ -494,7 +495,7 @@ class _Job:
 
         def prepare(model: Any) -> Any:
             if self.options.equalise:
-                model, equalised = equalise_onnx(model, self.quiet_samples(every))
+                model, equalised = equalise_onnx(model, self.samples())
                 prepared["equalisation"] = equalised.to_dict()
             if rounding == "bias-correction":
                 return bias_correct_onnx(model, self.quiet_samples(count))
