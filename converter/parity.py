@@ -53,7 +53,9 @@ def compare_scores(
     float_acc = float(np.mean(float_pred == y_true))
     acc = float(np.mean(pred == y_true))
     agreement = float(np.mean(float_pred == pred))
-    drop = (float_acc - acc) * 100.0
+    # in whole photos, so that a drop of exactly the limit (4 photos of 400 against 1.0
+    # point) is not refused for the float rounding of (0.8025 - 0.7925) * 100
+    drop = float(np.sum(float_pred == y_true) - np.sum(pred == y_true)) * 100.0 / len(y_true)
     dot = np.sum(float_scores * scores, axis=1)
     norms = np.linalg.norm(float_scores, axis=1) * np.linalg.norm(scores, axis=1)
     cosine = float(np.mean(np.where(norms > 0, dot / np.where(norms > 0, norms, 1), 0.0)))
@@ -88,6 +90,6 @@ def compare_scores(
         class_distribution=[float(v) for v in distribution],
         mean_confidence=float(np.mean(top1)),
         confidence_histogram=histogram,
-        passed=drop <= max_accuracy_drop and agreement >= min_agreement,
+        passed=drop <= max_accuracy_drop + 1e-9 and agreement >= min_agreement - 1e-12,
         thresholds={"max_accuracy_drop": max_accuracy_drop, "min_agreement": min_agreement},
     )

@@ -11,7 +11,7 @@ from converter.dataset import LabelledFolder
 from converter.errors import DatasetError
 from converter.parity import compare_scores, confusion_matrix
 from converter.synthetic import CLASSES, draw_frame, write_dataset
-from edge_runtime.bundle import DatasetRef
+from edge_runtime.bundle import DatasetRef, QualityReport
 
 REF = DatasetRef(name="t", sha256="0" * 64, num_images=4)
 
@@ -78,6 +78,29 @@ def test_parity_figures() -> None:
     same = compare_scores(float_scores, float_scores, y, ["a", "b", "c"], REF)
     assert same.passed and same.kl_divergence == pytest.approx(0, abs=1e-9)
     assert same.cosine_similarity == pytest.approx(1.0)
+
+
+def test_a_drop_of_exactly_the_limit_passes_and_one_photo_more_does_not() -> None:
+    # 400 photos, float right on 321 (0.8025): 4 photos fewer is exactly 1.00 point, which
+    # (0.8025 - 0.7925) * 100 makes 1.0000000000000009 in floating point
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    float_pred = y.copy()
+    float_pred[:79] = (y[:79] + 1) % 3  # 321 right
+    float_scores = np.eye(3, dtype=np.float32)[float_pred]
+
+    def converted_with(extra_wrong: int) -> QualityReport:
+        pred = float_pred.copy()
+        pred[100 : 100 + extra_wrong] = (y[100 : 100 + extra_wrong] + 1) % 3
+        scores = np.eye(3, dtype=np.float32)[pred]
+        return compare_scores(
+            float_scores, scores, y, ["a", "b", "c"], REF, min_agreement=0.9, max_accuracy_drop=1.0
+        )
+
+    exact = converted_with(4)
+    assert exact.accuracy_drop_points == 1.0 and exact.passed
+    over = converted_with(5)
+    assert over.accuracy_drop_points == 1.25 and not over.passed
 
 
 def test_confusion_matrix_counts() -> None:
