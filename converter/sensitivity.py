@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from converter.errors import QuantizationError
-from converter.probes import tflite_probe
+from converter.probes import onnx_probe, tflite_probe
 
 __all__ = [
     "FloatCandidate",
@@ -421,22 +421,7 @@ def _fuse_activations(ops: list[QuantOp]) -> list[QuantOp]:
 
 
 def _all_outputs_session(model: Any, wanted: Iterable[str]) -> tuple[Any, list[str]]:
-    import onnx
-    import onnxruntime as ort
-
-    existing = {o.name for o in model.graph.output}
-    for name in wanted:
-        if name not in existing:
-            model.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-            )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    session, _ = onnx_probe(model, list(wanted))
     return session, [o.name for o in session.get_outputs()]
 
 
