@@ -32,6 +32,7 @@ from converter.disagreements import Disagreement, find_disagreements
 from converter.equalise import equalise_onnx, equalise_tflite
 from converter.errors import ConversionError, DatasetError, ParityGateError
 from converter.fallback import FallbackLimits, FallbackOutcome, Selection, Trial, search_fallback
+from converter.head import ClassifierHead, classifier_head
 from converter.input_grid import input_levels
 from converter.packaging import assemble_bundle
 from converter.parity import compare_scores
@@ -52,10 +53,12 @@ from converter.sensitivity import (
     measure_candidates,
     onnx_ops,
     onnx_output_error,
+    onnx_output_names,
     onnx_tensor_errors,
     rank_ops,
     tflite_ops,
     tflite_output_error,
+    tflite_output_names,
     tflite_tensor_errors,
 )
 from converter.source import SourceModel, load_source_model
@@ -133,6 +136,9 @@ class ConvertOptions:
     equalise: bool = True
     """Equalise the channels between each convolution and the depthwise convolution it feeds
     (:mod:`converter.equalise`) before int8 calibration."""
+    float_head: bool = True
+    """Keep the classifier head (the logits layer and its softmax, :mod:`converter.head`) of
+    an int8 model in float32."""
     sensitivity_samples: int = 32
     selection_samples: int = 300
     """The fallback chooses its steps on up to this many class-balanced photos of the
@@ -515,6 +521,36 @@ class _Job:
             channel_axis=3 if self.contract.layout == "nhwc" else 1,
         )
 
+    def keep_head_in_float(
+        self, fmt: str, quantizer: TfliteInt8Quantizer | OnnxInt8Quantizer
+    ) -> ClassifierHead | None:
+        """Have ``quantizer`` keep the model's classifier head in float (``float_head``);
+        the head, or None when off or the model has none (:func:`classifier_head`)."""
+        prepared = self.preparation.setdefault(fmt, {})
+        prepared["float_head"] = None
+        if not self.options.float_head:
+            return None
+        if isinstance(quantizer, TfliteInt8Quantizer):
+            ops = tflite_ops(quantizer.float_model)
+            outputs = tflite_output_names(quantizer.float_model)
+        else:
+            prepared_model = quantizer.prepared_model()
+            ops = onnx_ops(prepared_model)
+            outputs = onnx_output_names(prepared_model)
+        head = classifier_head(ops, outputs)
+        if head is None:
+            log.info("%s int8: no classifier head found to keep in float; all of it int8", fmt)
+            return None
+        quantizer.always_float = head.excluded
+        prepared["float_head"] = head.to_dict()
+        log.info(
+            "%s int8: classifier head (%s) kept in float: %.3f%% of MACs",
+            fmt,
+            " -> ".join(op.kind for op in head.ops),
+            100 * head.mac_fraction,
+        )
+        return head
+
     def sensitivity(
         self, fmt: str, quantizer: TfliteInt8Quantizer | OnnxInt8Quantizer, int8_model: bytes
     ) -> SensitivityReport:
@@ -717,10 +753,12 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
     options = job.options
     stem = f"{job.name}-{options.version}-{fmt}-{precision}"
     quantizer = None
+    head: ClassifierHead | None = None
     if precision == "int8":
         with job.timed(fmt, "prepare and calibrate"):
             quantizer = job.int8_quantizer(fmt, float_model)
             stack.callback(quantizer.close)
+            head = job.keep_head_in_float(fmt, quantizer)
             model = quantizer.quantize()
     else:
         model = job.convert_one(fmt, precision, float_model)
@@ -778,7 +816,14 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
     sensitivity, outcome, before, fallback_spec = None, None, None, None
     if quantizer is not None:
         sensitivity, outcome, before, fallback_spec, measured, model = _sensitivity_and_fallback(
-            job, fmt, quantizer, (model, measured), measure=measure, run=run, shared=shared
+            job,
+            fmt,
+            quantizer,
+            (model, measured),
+            measure=measure,
+            run=run,
+            shared=shared,
+            head=head,
         )
     report = measured.report
     disagreements = find_disagreements(frames, y_true, float_scores, measured.scores, job.labels)
@@ -813,7 +858,7 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
         bundle_id = written.id
     if options.keep_failed and outcome is not None:
         _write_last_fallback(
-            outcome, options.out / f"{stem}-fallback{BUNDLE_SUFFIX}", common, shared
+            outcome, options.out / f"{stem}-fallback{BUNDLE_SUFFIX}", common, shared, head
         )
     result = ConversionResult(
         fmt,
@@ -855,6 +900,7 @@ def _sensitivity_and_fallback(
     measure: Callable[[bytes, str], _Measured],
     run: Callable[[bytes, list[npt.NDArray[np.uint8]], str], tuple[npt.NDArray[np.float32], float]],
     shared: _Shared,
+    head: ClassifierHead | None = None,
 ) -> tuple[
     SensitivityReport,
     FallbackOutcome | None,
@@ -871,7 +917,7 @@ def _sensitivity_and_fallback(
     top = ", ".join(f"{row.op.kind} {100 * row.added_noise:.3f}%" for row in sensitivity.top(3))
     log.info("%s int8: most sensitive ops (noise added): %s", fmt, top)
     if measured.report.passed or not job.options.fallback:
-        return sensitivity, None, None, None, measured, model
+        return sensitivity, None, None, _float_ops(head, None), measured, model
     before = measured.report
     with job.timed(fmt, "fallback"):
         outcome, measured, model = _fallback(
@@ -882,14 +928,25 @@ def _sensitivity_and_fallback(
             measure=measure,
             run=run,
             apply_softmax=shared.postprocessing.apply_softmax,
+            head=head,
         )
-    spec = None
-    if outcome.passed:
-        spec = FloatFallback(
-            ops=sorted(m for op in outcome.float_ops for m in op.excluded),
-            float_mac_fraction=round(outcome.float_mac_fraction, 6),
-        )
+    spec = _float_ops(head, outcome if outcome.passed else None)
     return sensitivity, outcome, before, spec, measured, model
+
+
+def _float_ops(
+    head: ClassifierHead | None, outcome: FallbackOutcome | None
+) -> FloatFallback | None:
+    """What the manifest records of the ops kept in float: the classifier head's and the
+    fallback's (None when the model is int8 throughout)."""
+    ops = list(head.excluded) if head is not None else []
+    fraction = head.mac_fraction if head is not None else 0.0
+    if outcome is not None:
+        ops += [m for op in outcome.float_ops for m in op.excluded]
+        fraction += outcome.float_mac_fraction
+    if not ops:
+        return None
+    return FloatFallback(ops=sorted(set(ops)), float_mac_fraction=round(min(fraction, 1.0), 6))
 
 
 def _write_last_fallback(
@@ -897,6 +954,7 @@ def _write_last_fallback(
     path: Path,
     common: Callable[[bytes, FloatFallback | None], dict[str, Any]],
     shared: _Shared,
+    head: ClassifierHead | None = None,
 ) -> None:
     """A failed search's last kept model as a bundle of its own (``--keep-failed``: what the
     fallback reached, e.g. to check it on held-out photos); recorded in ``outcome.bundle``."""
@@ -905,13 +963,7 @@ def _write_last_fallback(
     last: _Measured = outcome.trial.detail
     assemble_bundle(
         path,
-        **common(
-            outcome.model,
-            FloatFallback(
-                ops=sorted(m for op in outcome.float_ops for m in op.excluded),
-                float_mac_fraction=round(outcome.float_mac_fraction, 6),
-            ),
-        ),
+        **common(outcome.model, _float_ops(head, outcome)),
         quality=last.report,
         golden_frames=shared.golden,
         golden_atol=0.02,
@@ -928,11 +980,15 @@ def _fallback(
     measure: Callable[[bytes, str], _Measured],
     run: Callable[[bytes, list[npt.NDArray[np.uint8]], str], tuple[npt.NDArray[np.float32], float]],
     apply_softmax: bool,
+    head: ClassifierHead | None = None,
 ) -> tuple[FallbackOutcome, _Measured, bytes]:
-    """Run the accuracy-aware fallback; the model it settled on (full int8 when none passed)."""
+    """Run the accuracy-aware fallback; the model it settled on (full int8 when none passed).
+    The classifier head, already in float, is no candidate and spends its MACs' share of
+    the budget."""
     options = job.options
+    head_fraction = head.mac_fraction if head is not None else 0.0
     limits = FallbackLimits(
-        max_float_fraction=options.max_float_fraction,
+        max_float_fraction=max(0.0, options.max_float_fraction - head_fraction),
         max_latency_ratio=options.max_latency_ratio,
         max_steps=options.max_fallback_steps,
     )
@@ -966,11 +1022,13 @@ def _fallback(
     else:
         ops = onnx_ops(quantizer.prepared_model())
         error = onnx_output_error(full_int8[0], quantizer.prepared_model(), samples)
+    in_head = {op.name for op in head.ops} if head is not None else set()
+    open_ops = [op for op in ops if op.name not in in_head]
     measuring = f"fallback {fmt}: one candidate at a time in float"
-    job.progress(measuring, 0, count_candidates(ops))
+    job.progress(measuring, 0, count_candidates(open_ops))
     with job.timed(fmt, "fallback candidates"):
         candidates = measure_candidates(
-            ops,
+            open_ops,
             error,
             max_float_fraction=options.max_float_fraction,
             progress=lambda: job.progress(measuring, 1, None),

@@ -410,6 +410,8 @@ class TfliteInt8Quantizer:
                     "max": np.float32(input_range[1]),
                 }
         self.calibration = calibration
+        self.always_float: tuple[str, ...] = ()
+        """Op scopes every :meth:`quantize` keeps in float (the classifier head)."""
 
     def __enter__(self) -> TfliteInt8Quantizer:
         return self
@@ -425,7 +427,7 @@ class TfliteInt8Quantizer:
         from litert_quantizer.algorithm_manager import AlgorithmName
         from litert_quantizer.recipe_manager import RecipeManager
 
-        kept = sorted(set(float_ops))
+        kept = sorted(set(float_ops) | set(self.always_float))
         recipe = _tflite_recipe("int8", self.io_type)
         if kept:
             manager = RecipeManager()
@@ -534,6 +536,8 @@ class OnnxInt8Quantizer:
         self.activation_type = activation_type
         self.input_levels = input_levels
         self.channel_axis = channel_axis
+        self.always_float: tuple[str, ...] = ()
+        """Node names every :meth:`quantize` keeps in float (the classifier head)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="edgefleet-ortq-")
         tmp = Path(self._tmp.name)
         source, self.prepared = tmp / "fp32.onnx", tmp / "pre.onnx"
@@ -609,7 +613,7 @@ class OnnxInt8Quantizer:
             pass
 
         output = Path(self._tmp.name) / "int8.onnx"
-        excluded = sorted(set(float_nodes))
+        excluded = sorted(set(float_nodes) | set(self.always_float))
         samples = self.samples
         overrides = dict(self.ranges)
         if self.ranges and self.input_span is not None:

@@ -207,6 +207,14 @@ def _preparation(preparation: dict[str, Any]) -> str:
         )
     else:
         parts.append(f"weights rounded: {html.escape(str(rounding))}")
+    head = preparation.get("float_head")
+    if head:
+        parts.append(
+            f"classifier head ({' -> '.join(head['ops'])}) kept in float: "
+            f"{100 * head['mac_fraction']:.3f}% of the MACs"
+        )
+    elif "float_head" in preparation:
+        parts.append("classifier head int8 (--no-float-head, or none found)")
     return "<h2>Before calibration</h2><p>" + html.escape("; ".join(parts)) + ".</p>"
 
 

@@ -40,10 +40,12 @@ __all__ = [
     "measure_candidates",
     "onnx_ops",
     "onnx_output_error",
+    "onnx_output_names",
     "onnx_tensor_errors",
     "rank_ops",
     "tflite_ops",
     "tflite_output_error",
+    "tflite_output_names",
     "tflite_tensor_errors",
 ]
 
@@ -285,6 +287,19 @@ def tflite_ops(float_model: bytes) -> list[QuantOp]:
                 macs = int(np.prod(details[op["inputs"][2]]["shape"])) * int(np.prod(weights[:3]))
         ops.append(QuantOp(";".join(names) + ";", kind, names, inputs, macs))
     return ops
+
+
+def tflite_output_names(model: bytes) -> list[str]:
+    """The names of a TFLite model's output tensors."""
+    interpreter = _tflite_interpreter(model, keep_all=False)
+    return [str(detail["name"]) for detail in interpreter.get_output_details()]
+
+
+def onnx_output_names(model: bytes) -> list[str]:
+    """The names of an ONNX model's outputs."""
+    import onnx
+
+    return [output.name for output in onnx.load_model_from_string(model).graph.output]
 
 
 def _dequantized(interpreter: Any, detail: dict[str, Any]) -> npt.NDArray[np.float64]:

@@ -121,7 +121,7 @@ def _floats3(
     type=click.Choice(["int8", "uint8", "float32"]),
     default="int8",
     show_default=True,
-    help="TFLite int8 model input/output type.",
+    help="TFLite int8 model input/output type (the output is float32 with --float-head).",
 )
 @click.option(
     "--onnx-calibration",
@@ -227,6 +227,15 @@ def _floats3(
     "float model computes the same), so that small channels get more int8 levels.",
 )
 @click.option(
+    "--float-head/--no-float-head",
+    default=True,
+    show_default=True,
+    help="Keep an int8 model's classifier head (its last fully connected layer and the softmax "
+    "after it, well under 1% of the MACs) in float32: int8 logits and an int8 softmax's 1/256 "
+    "steps tie or swap close answers. The model's output is then float32 whatever --io-type "
+    "says; --no-float-head for a model that must be integer end to end.",
+)
+@click.option(
     "--keep-failed",
     is_flag=True,
     help="Write bundles that miss the gate anyway (the exit status still says so).",
@@ -323,6 +332,7 @@ def model_command(
     selection_samples: int,
     rounding: str,
     equalise: bool,
+    float_head: bool,
     keep_failed: bool,
     strict: bool,
     labels: str | None,
@@ -393,6 +403,7 @@ def model_command(
         selection_samples=selection_samples,
         rounding=rounding,  # type: ignore[arg-type]
         equalise=equalise,
+        float_head=float_head,
         keep_failed=keep_failed,
         strict=strict,
         name=name,

@@ -83,7 +83,12 @@ def test_the_fallback_lifts_a_trashnet_model_over_a_gate_full_int8_misses(
     bundle = read_bundle(result.bundle_path)
     recorded = bundle.manifest.model.float_fallback
     assert recorded is not None
-    assert set(recorded.ops) == {m for op in result.fallback.float_ops for m in op.excluded}
+    # the fallback's ops and the classifier head, which every int8 model keeps in float
+    assert result.preparation is not None and result.preparation["float_head"] is not None
+    head = set(result.preparation["float_head"]["excluded"])
+    assert head and set(recorded.ops) == head | {
+        m for op in result.fallback.float_ops for m in op.excluded
+    }
     classifier = Classifier(bundle)  # LiteRT or ONNX Runtime runs the mixed model
     golden = classifier.replay_golden()
     assert golden.vectors and golden.top1_matches == golden.vectors
