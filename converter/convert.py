@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from converter.adaround import adaround_onnx, adaround_tflite
 from converter.dataset import LabelledFolder
-from converter.disagreements import Disagreement, find_disagreements
+from converter.disagreements import Disagreement, find_disagreements, near_tie_count
 from converter.equalise import equalise_onnx, equalise_tflite
 from converter.errors import ConversionError, DatasetError, ParityGateError
 from converter.fallback import FallbackLimits, FallbackOutcome, Selection, Trial, search_fallback
@@ -175,6 +175,9 @@ class ConversionResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     """Wall time of each stage of this format's conversion (the export shared by its
     precisions is counted in the first)."""
+    float_near_ties: int | None = None
+    """Parity photos on which the float model's top two answers are within
+    :data:`converter.disagreements.NEAR_TIE`."""
 
     @property
     def passed(self) -> bool:
@@ -199,6 +202,8 @@ class ConversionResult:
             "suffered_classes": self.suffered,
             "input_rounding_agreement": self.input_rounding_agreement,
             "disagreements": len(self.disagreements),
+            "near_tie_disagreements": sum(row.near_tie for row in self.disagreements),
+            "float_near_ties": self.float_near_ties,
             "most_sensitive_ops": [row.to_dict() for row in self.sensitivity.top(5)]
             if self.sensitivity is not None
             else None,
@@ -827,6 +832,7 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
         )
     report = measured.report
     disagreements = find_disagreements(frames, y_true, float_scores, measured.scores, job.labels)
+    float_near_ties = near_tie_count(float_scores)
     report_path = options.out / f"{stem}.report.html"
     atomic_write_text(
         report_path,
@@ -841,6 +847,7 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
             full_int8_bytes=full_int8_bytes,
             disagreements=disagreements,
             preparation=job.preparation.get(fmt) if precision == "int8" else None,
+            float_near_ties=float_near_ties,
         ),
     )
     suffered = _suffered(report, options.max_accuracy_drop)
@@ -875,6 +882,7 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
         fallback_candidates=outcome.candidates if outcome is not None else [],
         before_fallback=before,
         disagreements=disagreements,
+        float_near_ties=float_near_ties,
         json_report_path=options.out / f"{stem}.report.json",
         preparation=job.preparation.get(fmt) if precision == "int8" else None,
         stage_seconds=dict(job.stage_seconds.pop(fmt, {})),

@@ -3,7 +3,10 @@
 These are what an engineer looks at first, so the report shows each one: a
 small thumbnail (JPEG, embedded as a data URI: the report stays one
 self-contained file), the true class, and both answers with their
-confidences.
+confidences, with the float model's runner-up: a photo on which the float
+model's top two answers are within ``NEAR_TIE`` is a near tie, which any
+rounding may swap (the report counts them, in the disagreements and in the
+whole parity set).
 """
 
 from __future__ import annotations
@@ -16,7 +19,18 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Disagreement", "find_disagreements", "thumbnail_data_uri"]
+__all__ = [
+    "NEAR_TIE",
+    "Disagreement",
+    "find_disagreements",
+    "near_tie_count",
+    "thumbnail_data_uri",
+    "top_two_margins",
+]
+
+NEAR_TIE = 0.02
+"""Top-two score margin (as a fraction, 0.02 = 2 points) under which the float model's answer
+is a near tie."""
 
 THUMBNAIL_SIDE = 112
 """Longest side of a thumbnail, in pixels."""
@@ -35,6 +49,15 @@ class Disagreement:
     confidence: float
     thumbnail: str
     """``data:image/jpeg;base64,...`` (empty when not rendered)."""
+    float_runner_up: str = ""
+    """The float model's second answer."""
+    float_margin: float = 1.0
+    """The float model's top score minus its second."""
+
+    @property
+    def near_tie(self) -> bool:
+        """Whether the float model's own answer was a near tie (top two within ``NEAR_TIE``)."""
+        return self.float_margin < NEAR_TIE
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly row, without the thumbnail."""
@@ -45,6 +68,8 @@ class Disagreement:
             "float_confidence": round(self.float_confidence, 4),
             "converted": self.label,
             "confidence": round(self.confidence, 4),
+            "float_runner_up": self.float_runner_up,
+            "float_margin": round(self.float_margin, 4),
         }
 
 
@@ -61,6 +86,21 @@ def thumbnail_data_uri(frame: npt.NDArray[np.uint8], side: int = THUMBNAIL_SIDE)
     return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
+def top_two_margins(scores: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+    """Each row's top score minus its second (1.0 for a single-class row)."""
+    values = np.asarray(scores, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] < 2:
+        return np.ones(len(values), dtype=np.float64)
+    top_two = np.sort(values, axis=1)[:, -2:]
+    margins: npt.NDArray[np.float64] = top_two[:, 1] - top_two[:, 0]
+    return margins
+
+
+def near_tie_count(scores: npt.NDArray[np.floating[Any]], margin: float = NEAR_TIE) -> int:
+    """How many rows have their top two scores within ``margin``."""
+    return int(np.count_nonzero(top_two_margins(scores) < margin))
+
+
 def find_disagreements(  # noqa: PLR0917 - aligned arrays, in the order compare_scores takes them
     frames: list[npt.NDArray[np.uint8]],
     y_true: npt.NDArray[np.int64],
@@ -74,6 +114,8 @@ def find_disagreements(  # noqa: PLR0917 - aligned arrays, in the order compare_
         raise ValueError("frames, labels and both score arrays must be aligned")
     float_pred = np.argmax(float_scores, axis=1)
     pred = np.argmax(scores, axis=1)
+    margins = top_two_margins(float_scores)
+    runner_up = np.argsort(float_scores, axis=1)[:, -2] if float_scores.shape[1] > 1 else float_pred
     rows = []
     for count, index in enumerate(np.flatnonzero(float_pred != pred)):
         i = int(index)
@@ -86,6 +128,8 @@ def find_disagreements(  # noqa: PLR0917 - aligned arrays, in the order compare_
                 label=labels[int(pred[i])],
                 confidence=float(scores[i, pred[i]]),
                 thumbnail=thumbnail_data_uri(frames[i]) if count < limit else "",
+                float_runner_up=labels[int(runner_up[i])],
+                float_margin=float(margins[i]),
             )
         )
     return rows

@@ -14,7 +14,7 @@ import html
 import math
 from typing import Any
 
-from converter.disagreements import Disagreement
+from converter.disagreements import NEAR_TIE, Disagreement
 from converter.fallback import FallbackOutcome
 from converter.sensitivity import QuantOp, SensitivityReport
 from edge_runtime.bundle import QualityReport
@@ -167,20 +167,36 @@ def _fallback(fallback: FallbackOutcome, before: QualityReport | None, full_byte
     )
 
 
-def _disagreements(rows: list[Disagreement]) -> str:
+def _disagreements(
+    rows: list[Disagreement], float_near_ties: int | None = None, images: int = 0
+) -> str:
     cards = []
     for row in rows:
         image = f"<img src='{row.thumbnail}' alt='photo {row.index}'>" if row.thumbnail else ""
+        tie = " <span class='worse'>near tie</span>" if row.near_tie else ""
+        runner_up = (
+            f" (then {html.escape(row.float_runner_up)}, {100 * row.float_margin:.1f} points "
+            f"behind){tie}"
+            if row.float_runner_up
+            else ""
+        )
         cards.append(
             f"<div class='card'>{image}#{row.index} true <b>{html.escape(row.true_label)}</b><br>"
-            f"float: {html.escape(row.float_label)} {100 * row.float_confidence:.1f}%<br>"
+            f"float: {html.escape(row.float_label)} {100 * row.float_confidence:.1f}%{runner_up}<br>"
             f"converted: <span class='worse'>{html.escape(row.label)}</span> "
             f"{100 * row.confidence:.1f}%</div>"
         )
     shown = sum(1 for row in rows if row.thumbnail)
     note = f" (thumbnails of the first {shown})" if shown < len(rows) else ""
+    ties = ""
+    if float_near_ties is not None:
+        ties = (
+            f"<p>{sum(row.near_tie for row in rows)} of them are near ties: the float model's "
+            f"top two answers within {100 * NEAR_TIE:g} points, which any rounding may swap. "
+            f"The float model answers {float_near_ties} of the {images} photos that closely.</p>"
+        )
     return (
-        f"<h2>Photos the two models answer differently: {len(rows)}{note}</h2>"
+        f"<h2>Photos the two models answer differently: {len(rows)}{note}</h2>{ties}"
         f"<div class='grid'>{''.join(cards) or '<p>none</p>'}</div>"
     )
 
@@ -230,6 +246,7 @@ def render_report(
     full_int8_bytes: int = 0,
     disagreements: list[Disagreement] | None = None,
     preparation: dict[str, Any] | None = None,
+    float_near_ties: int | None = None,
 ) -> str:
     """The HTML page for one converted model's parity report."""
     verdict = (
@@ -288,7 +305,11 @@ def render_report(
         f"<table class='figures'>{figure_rows}</table>"
         + (_preparation(preparation) if preparation else "")
         + (_fallback(fallback, before_fallback, full_int8_bytes) if fallback is not None else "")
-        + (_disagreements(disagreements) if disagreements is not None else "")
+        + (
+            _disagreements(disagreements, float_near_ties, report.dataset.num_images)
+            if disagreements is not None
+            else ""
+        )
         + (_sensitivity(sensitivity) if sensitivity is not None else "")
         + matrices
         + "<h2>Per-class accuracy</h2><table class='bars'><tr><th>class</th><th>images</th>"

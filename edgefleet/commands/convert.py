@@ -484,14 +484,16 @@ def _profile_groups(options: Any, profile_path: Path | None, explicit: float | N
 
 
 def _in_float(result: Any) -> str:
+    head = (result.preparation or {}).get("float_head")
+    text = f"head ({100 * head['mac_fraction']:.2f}% MACs)" if head else ""
     fallback = result.fallback
     if fallback is None:
-        return "-"
+        return text or "-"
     if not fallback.passed:
-        return f"fallback failed ({len(fallback.steps)} steps)"
+        return f"fallback failed ({len(fallback.steps)} steps)" + (f"; {text}" if text else "")
     return (
-        f"{len(fallback.float_ops)} ops, {100 * fallback.float_mac_fraction:.1f}% MACs, "
-        f"x{fallback.latency_ratio or 0:.2f}"
+        f"{len(fallback.float_ops)} ops{' + head' if head else ''}, "
+        f"{100 * fallback.float_mac_fraction:.1f}% MACs, x{fallback.latency_ratio or 0:.2f}"
     )
 
 
