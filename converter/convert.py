@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from converter.adaround import adaround_onnx, adaround_tflite
 from converter.dataset import LabelledFolder
-from converter.disagreements import Disagreement, find_disagreements, near_tie_count
+from converter.disagreements import NEAR_TIE, Disagreement, find_disagreements, near_tie_count
 from converter.equalise import equalise_onnx, equalise_tflite
 from converter.errors import ConversionError, DatasetError, ParityGateError
 from converter.fallback import FallbackLimits, FallbackOutcome, Selection, Trial, search_fallback
@@ -1135,6 +1135,13 @@ def gate_error(results: list[ConversionResult], options: ConvertOptions) -> Pari
             f"{r.format} {r.precision}: accuracy drop {drop:.2f} points (max {options.max_accuracy_drop:g}), "
             f"agreement {100 * (r.report.top1_agreement or 0):.2f}% (min {100 * options.min_agreement:g}%)"
             + (f"; classes that suffered: {', '.join(r.suffered)}" if r.suffered else "")
+            + (
+                f"; {sum(d.near_tie for d in r.disagreements)} of the {len(r.disagreements)} "
+                f"disagreeing photos are near ties (the float model's top two within "
+                f"{100 * NEAR_TIE:g} points; it has {r.float_near_ties} such photos)"
+                if r.disagreements and r.float_near_ties is not None
+                else ""
+            )
             + (
                 f"; fallback tried {len(r.fallback.steps)} steps and stopped: {r.fallback.stopped}"
                 if r.fallback is not None

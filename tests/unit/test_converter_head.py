@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.convert import ConversionResult, ConvertOptions, convert
+from converter.convert import ConversionResult, ConvertOptions, convert, gate_error
 from converter.head import classifier_head
 from converter.sensitivity import (
     QuantOp,
@@ -133,6 +133,15 @@ def test_a_float_head_by_default_passes_the_gate_without_fallback(
     assert int8_head.bundle_path is not None
     int8_bundle = read_bundle(int8_head.bundle_path)
     assert int8_bundle.manifest.model.float_fallback is None
+    # the gate's message counts the near ties among the disagreeing photos
+    error = str(gate_error([int8_head], ConvertOptions(Path(), Path(), Path())))
+    ties = sum(row.near_tie for row in int8_head.disagreements)
+    assert (
+        f"; {ties} of the {len(int8_head.disagreements)} disagreeing photos are near ties" in error
+    )
+    summary = int8_head.to_dict()
+    assert summary["near_tie_disagreements"] == ties
+    assert summary["float_near_ties"] == int8_head.float_near_ties is not None
 
     result = run("float-head")
     assert result.passed and result.fallback is None and result.preparation is not None
