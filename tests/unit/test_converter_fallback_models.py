@@ -2,7 +2,9 @@
 
 The head of each model (``tests/quant_models.py``) reads an always-zero
 feature through a huge weight, so its int8 weights all round to zero but
-one: full int8 fails the gate, and keeping the head in float fixes it. The
+one: full int8 fails the gate, and keeping the head in float fixes it (as
+the converter does by default: these tests turn ``float_head`` off unless
+they test it, so that the fallback has to find the head). The
 conversions run the real LiteRT Quantizer and ONNX Runtime quantiser; the
 bundles are loaded back and replayed by the device's own classifier.
 """
@@ -77,6 +79,60 @@ def _check_bundle(result: ConversionResult, expected_op: str) -> None:
     assert golden.vectors > 0 and golden.top1_matches == golden.vectors, golden
     frame = np.full((48, 48, 3), 128, dtype=np.uint8)
     assert np.all(np.isfinite(classifier.scores(frame)))
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_a_float_head_by_default_passes_the_gate_without_fallback(
+    data: Path, tmp_path: Path, fmt: str
+) -> None:
+    """The head int8 breaks here stays in float by default: full int8 passes, no fallback."""
+    assert ConvertOptions(Path(), Path(), Path()).float_head  # the default
+    if fmt == "tflite":
+        path = tmp_path / "outlier.keras"
+        outlier_keras_model().save(path)  # type: ignore[attr-defined]
+    else:
+        path = tmp_path / "outlier.onnx"
+        path.write_bytes(outlier_onnx_model())
+
+    def run(out: str, **options: object) -> ConversionResult:
+        return _convert(path, data, tmp_path / out, fmt, fallback=False, **options)
+
+    int8_head = run("int8-head", keep_failed=True)
+    assert not int8_head.passed and int8_head.preparation is not None
+    assert int8_head.preparation["float_head"] is None
+    assert int8_head.bundle_path is not None
+    int8_bundle = read_bundle(int8_head.bundle_path)
+    assert int8_bundle.manifest.model.float_fallback is None
+    # the gate's message counts the near ties among the disagreeing photos
+    error = str(gate_error([int8_head], ConvertOptions(Path(), Path(), Path())))
+    ties = sum(row.near_tie for row in int8_head.disagreements)
+    assert (
+        f"; {ties} of the {len(int8_head.disagreements)} disagreeing photos are near ties" in error
+    )
+    summary = int8_head.to_dict()
+    assert summary["near_tie_disagreements"] == ties
+    assert summary["float_near_ties"] == int8_head.float_near_ties is not None
+
+    result = run("float-head", float_head=True)
+    assert result.passed and result.fallback is None and result.preparation is not None
+    head = result.preparation["float_head"]
+    assert head is not None and 0 < head["mac_fraction"] < 0.01
+    assert (result.report.top1_agreement or 0) > (int8_head.report.top1_agreement or 0)
+    assert result.bundle_path is not None
+    bundle = read_bundle(result.bundle_path)
+    recorded = bundle.manifest.model.float_fallback
+    assert recorded is not None and sorted(recorded.ops) == sorted(head["excluded"])
+    assert recorded.float_mac_fraction == pytest.approx(head["mac_fraction"], abs=1e-6)
+    assert bundle.manifest.model.outputs[0].dtype == "float32"
+    if fmt == "tflite":  # int8 in, float scores out; int8 out without the float head
+        assert bundle.manifest.model.inputs[0].dtype == "int8"
+        assert int8_bundle.manifest.model.outputs[0].dtype == "int8"
+    classifier = Classifier(bundle)
+    golden = classifier.replay_golden()
+    assert golden.vectors and golden.top1_matches == golden.vectors
+    assert np.isfinite(classifier.scores(np.full((48, 48, 3), 128, np.uint8))).all()
+    page = result.report_path.read_text()
+    assert "classifier head (" in page and "kept in float" in page
 
 
 def test_onnx_fallback_keeps_the_broken_head_in_float(

@@ -1,19 +1,12 @@
-"""The classifier head kept in float: found in both formats' op lists, and on by default.
-
-The conversions run the real LiteRT Quantizer and ONNX Runtime quantiser on the
-tiny model of ``tests/quant_models.py``, whose head int8 breaks (one huge
-weight makes every other head weight round to zero): with the head in float,
-as by default, full int8 passes the gate and no fallback runs.
-"""
+"""The classifier head kept in float: found in both formats' op lists (the conversion
+with the head in float is tested in ``test_converter_fallback_models.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from converter.convert import ConversionResult, ConvertOptions, convert, gate_error
 from converter.head import classifier_head
 from converter.sensitivity import (
     QuantOp,
@@ -22,8 +15,6 @@ from converter.sensitivity import (
     tflite_ops,
     tflite_output_names,
 )
-from edge_runtime.bundle import read_bundle
-from edge_runtime.classifier import Classifier
 from tests.quant_models import outlier_keras_model, outlier_onnx_model
 
 
@@ -88,78 +79,3 @@ def test_the_head_of_real_tflite_and_onnx_models(tmp_path: Path) -> None:
     onnx = inferred.SerializeToString()
     head = classifier_head(onnx_ops(onnx), onnx_output_names(onnx))
     assert head is not None and head.excluded == ("head", "head_bias")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from converter.synthetic import write_dataset
-
-    folder = tmp_path_factory.mktemp("head-data")
-    write_dataset(folder, 10, 12, size=48, seed=1)
-    return folder
-
-
-@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
-def test_a_float_head_by_default_passes_the_gate_without_fallback(
-    data: Path, tmp_path: Path, fmt: str
-) -> None:
-    if fmt == "tflite":
-        path = tmp_path / "outlier.keras"
-        outlier_keras_model().save(path)  # type: ignore[attr-defined]
-    else:
-        path = tmp_path / "outlier.onnx"
-        path.write_bytes(outlier_onnx_model())
-
-    def run(out: str, **options: object) -> ConversionResult:
-        return convert(
-            ConvertOptions(
-                model=path,
-                out=tmp_path / out,
-                parity=data / "val",
-                calibration=data / "train",
-                formats=(fmt,),
-                calibration_samples=24,
-                preprocessing={"mean": (127.5,) * 3, "std": (127.5,) * 3},
-                max_accuracy_drop=100.0,
-                min_agreement=0.95,
-                fallback=False,
-                **options,  # type: ignore[arg-type]
-            )
-        )[0]
-
-    int8_head = run("int8-head", float_head=False, keep_failed=True)
-    assert not int8_head.passed and int8_head.preparation is not None
-    assert int8_head.preparation["float_head"] is None
-    assert int8_head.bundle_path is not None
-    int8_bundle = read_bundle(int8_head.bundle_path)
-    assert int8_bundle.manifest.model.float_fallback is None
-    # the gate's message counts the near ties among the disagreeing photos
-    error = str(gate_error([int8_head], ConvertOptions(Path(), Path(), Path())))
-    ties = sum(row.near_tie for row in int8_head.disagreements)
-    assert (
-        f"; {ties} of the {len(int8_head.disagreements)} disagreeing photos are near ties" in error
-    )
-    summary = int8_head.to_dict()
-    assert summary["near_tie_disagreements"] == ties
-    assert summary["float_near_ties"] == int8_head.float_near_ties is not None
-
-    result = run("float-head")
-    assert result.passed and result.fallback is None and result.preparation is not None
-    head = result.preparation["float_head"]
-    assert head is not None and 0 < head["mac_fraction"] < 0.01
-    assert (result.report.top1_agreement or 0) > (int8_head.report.top1_agreement or 0)
-    assert result.bundle_path is not None
-    bundle = read_bundle(result.bundle_path)
-    recorded = bundle.manifest.model.float_fallback
-    assert recorded is not None and sorted(recorded.ops) == sorted(head["excluded"])
-    assert recorded.float_mac_fraction == pytest.approx(head["mac_fraction"], abs=1e-6)
-    assert bundle.manifest.model.outputs[0].dtype == "float32"
-    if fmt == "tflite":  # int8 in, float scores out; int8 out without the float head
-        assert bundle.manifest.model.inputs[0].dtype == "int8"
-        assert int8_bundle.manifest.model.outputs[0].dtype == "int8"
-    classifier = Classifier(bundle)
-    golden = classifier.replay_golden()
-    assert golden.vectors and golden.top1_matches == golden.vectors
-    assert np.isfinite(classifier.scores(np.full((48, 48, 3), 128, np.uint8))).all()
-    page = result.report_path.read_text()
-    assert "classifier head (" in page and "kept in float" in page
