@@ -27,10 +27,10 @@ def tflite_probe(model: bytes, *, keep_all: bool = True) -> Any:
     return interpreter
 
 
-def onnx_probe(model: Any, wanted: list[str]) -> tuple[Any, str]:
+def onnx_probe(model: Any, wanted: list[str], *, threads: int = 1) -> tuple[Any, str]:
     """An ONNX Runtime session of ``model`` (a ``ModelProto``, left unchanged) that also
-    outputs the float tensors ``wanted`` (no graph optimisation, 1 thread), and the name of
-    the model's input."""
+    outputs the float tensors ``wanted`` (no graph optimisation, ``threads`` threads; 0:
+    ONNX Runtime's default), and the name of the model's input."""
     import onnx
     import onnxruntime as ort
 
@@ -44,7 +44,7 @@ def onnx_probe(model: Any, wanted: list[str]) -> tuple[Any, str]:
             )
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.log_severity_level = 3  # an int8 model's QDQ pairs warn; nothing to act on
     session = ort.InferenceSession(
         probe.SerializeToString(), options, providers=["CPUExecutionProvider"]

@@ -31,6 +31,7 @@ import numpy.typing as npt
 from converter.errors import QuantizationError
 from converter.input_grid import snap_onnx_input
 from converter.mse_ranges import mse_cuts
+from converter.probes import onnx_probe
 
 __all__ = [
     "IoType",
@@ -207,7 +208,6 @@ def onnx_percentile_ranges(
     makes ONNX Runtime's own histogram calibrators slow.
     """
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(prepared_model))
     floats = {
@@ -216,17 +216,7 @@ def onnx_percentile_ranges(
         if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     }
     produced = [o for node in model.graph.node for o in node.output if o in floats]
-    outputs = {o.name for o in model.graph.output}
-    for name in produced:
-        if name not in outputs:
-            model.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-            )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    session, _ = onnx_probe(model, produced, threads=0)
     names = [o.name for o in session.get_outputs() if o.name in set(produced)]
     spans: dict[str, tuple[float, float]] = {}
     for sample in samples():
