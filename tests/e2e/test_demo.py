@@ -93,6 +93,9 @@ def test_fast_demo_rolls_v2_out_and_stops_the_bad_v3(tmp_path: Path) -> None:
         assert v2_plan is not None and len(v2_plan.waves[0].devices) == 2
         verdict = v2_plan.waves[0].verdict
         assert verdict is not None and "wave 1 (shadow) passed" in verdict.reason
+        stage = v2_plan.spec.waves[0].shadow
+        assert stage is not None
+        min_agreement = stage.min_agreement  # lenient on purpose: v1 is briefly trained
         v2_devices = registry.wave_devices(rollouts["2.0.0"].id)
         assert {d.device_id: d.status for d in v2_devices} == dict.fromkeys(cameras, "committed")
 
@@ -135,7 +138,8 @@ def test_fast_demo_rolls_v2_out_and_stops_the_bad_v3(tmp_path: Path) -> None:
     reported = {r["version"]: r for r in summary["rollouts"]}
     shadow = reported["2.0.0"]["shadow"]
     assert shadow["status"] == "passed" and shadow["figures"]["compared"] >= 20
-    assert 0.3 <= shadow["figures"]["agreement"] <= 1.0
+    # passed means the figures met the stage's floor (v1 and v2 differ a lot: CI saw 29%)
+    assert min_agreement <= shadow["figures"]["agreement"] <= 1.0
     assert "agrees with the active version on" in result.stdout or "shadow passed" in result.stdout
     assert reported["3.0.0"]["status"] == "rolled-back"
     why = [d["reason"] for d in reported["3.0.0"]["devices"] if d["status"] != "pending"]
