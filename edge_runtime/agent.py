@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime import __version__
+from edge_runtime.bundle.compat import compatibility_problem
 from edge_runtime.bundle.model_bundle import Bundle, read_bundle
 from edge_runtime.chunk_download import ChunkDownload
 from edge_runtime.chunk_fetch import BundleFetcher
@@ -319,9 +320,13 @@ class UpdateAgent:
                 self._apply(self.state.verification_failed(str(exc), now))
                 return
         try:
-            self.store.load(sha)
+            loaded = self.store.load(sha)
         except EdgefleetError as exc:
             self._apply(self.state.verification_failed(str(exc), now))
+            return
+        too_old = compatibility_problem(loaded.manifest.compatibility.min_runtime_version)
+        if too_old is not None:  # the server leaves such devices out when it knows their version
+            self._apply(self.state.verification_failed(too_old, now))
             return
         self._apply(self.state.verified(now))
 

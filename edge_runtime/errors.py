@@ -37,6 +37,7 @@ __all__ = [
     "PreprocessingError",
     "RollbackError",
     "RuntimeDeviceError",
+    "RuntimeTooOldError",
     "SmokeTestError",
     "SourceError",
     "SourceUnavailableError",
@@ -97,6 +98,10 @@ class ManifestError(BundleError):
 
 class UnsupportedSchemaVersionError(ManifestError):
     """The manifest was written for a schema version this runtime does not know."""
+
+
+class RuntimeTooOldError(ManifestError):
+    """The bundle's ``compatibility.min_runtime_version`` is newer than this runtime."""
 
 
 class MemberContentError(BundleError):

@@ -23,7 +23,14 @@ from fleet_server.quality_gate import WaveTelemetry
 from fleet_server.records import DeviceInfo, TargetSelector
 from fleet_server.registry import Registry
 from fleet_server.registry.leases import Fence
-from fleet_server.rollout_plan import Action, RolloutEvent, RolloutState, Step, recover
+from fleet_server.rollout_plan import (
+    Action,
+    RolloutEvent,
+    RolloutState,
+    Step,
+    recover,
+    too_old_runtimes,
+)
 from fleet_server.rollout_spec import RolloutSpec, TargetDevice, WaveSpec
 from fleet_server.shadow_gate import ShadowFigures, sum_reports
 from fleet_server.statuses import (
@@ -125,13 +132,16 @@ class RolloutCoordinator:
         previous_sha256: str | None = None,
         seed: int = 0,
         ignore_windows: bool = False,
+        min_runtime_version: str | None = None,
     ) -> int:
         """Plan a rollout of the registered devices ``target`` covers, store it, start it: its id.
 
         The targets' maintenance windows are snapshotted into its spec;
         ``ignore_windows`` sends every wave whole regardless (an emergency). Planned
         first: a rollout that cannot be planned (:class:`RolloutPlanError`, or windows
-        that never open together) writes no row.
+        that never open together) writes no row. Devices that reported a runtime older
+        than ``min_runtime_version`` (the bundle's) are skipped with the reason; when
+        every target device is, the rollout is refused (:class:`RolloutError`).
         """
         devices = self.registry.select_devices(target)
         if not devices:
@@ -146,6 +156,7 @@ class RolloutCoordinator:
                     pinned_bundle=d.pinned_bundle,
                     phase=d.phase,
                     active=d.active_bundle,
+                    runtime_version=d.runtime_version,
                 )
                 for d in devices
             ),
@@ -154,7 +165,18 @@ class RolloutCoordinator:
             baseline=baseline,
             windows=self.registry.tag_windows(t for d in devices for t in d.tags),
             ignore_windows=ignore_windows,
+            min_runtime_version=min_runtime_version,
         )
+        too_old = too_old_runtimes(spec)
+        unpinned = sum(d.pinned_bundle is None for d in devices)
+        if too_old and len(too_old) == unpinned:
+            shown = "; ".join(f"{d}: {why}" for d, why in sorted(too_old.items())[:5])
+            raise RolloutError(
+                f"none of the {unpinned} target devices that are not pinned can run this "
+                f"bundle ({shown}"
+                + (", ..." if len(too_old) > 5 else "")
+                + "): upgrade their edge_runtime first"
+            )
         state = RolloutState.create(spec, now)
         spec.check_windows(now)
         info = self.registry.create_rollout(

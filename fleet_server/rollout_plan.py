@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from edge_runtime.bundle.compat import compatibility_problem
 from fleet_server import rollout_approval
 from fleet_server import rollout_rules as rules
 from fleet_server.errors import IllegalRolloutTransitionError, RolloutError
@@ -74,6 +75,7 @@ __all__ = [
     "WaveProgress",
     "WaveStatus",
     "recover",
+    "too_old_runtimes",
 ]
 
 
@@ -108,6 +110,7 @@ class RolloutState(Frozen):
             for d in spec.devices
             if d.pinned_bundle is not None
         }
+        skipped.update(too_old_runtimes(spec))
         eligible = [d for d in spec.devices if d.device_id not in skipped]
         known = {d.device_id: d for d in eligible}
         plan = plan_waves(
@@ -397,3 +400,20 @@ def recover(state: RolloutState, now: float) -> Step:
     sent = sum(len(a.device_ids) for a in actions if isinstance(a, Assign | Rollback))
     message = f"recovered after a restart ({state.status.value}); re-issued to {sent} devices"
     return Step(state, actions, [state._event(EventKind.RECOVERED, now, message)])
+
+
+def too_old_runtimes(spec: RolloutSpec) -> dict[str, str]:
+    """The target devices (not pinned) whose reported runtime is older than the bundle needs,
+    each with why; a device that never reported its version is sent the bundle (it checks)."""
+    if spec.min_runtime_version is None:
+        return {}
+    found = {}
+    for device in spec.devices:
+        if device.pinned_bundle is not None:
+            continue
+        problem = compatibility_problem(spec.min_runtime_version, device.runtime_version)
+        if problem is not None:
+            found[device.device_id] = (
+                f"runtime {device.runtime_version}, the bundle needs >= {spec.min_runtime_version}"
+            )
+    return found

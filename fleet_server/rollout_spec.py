@@ -95,6 +95,8 @@ class TargetDevice(_Frozen):
     active: Sha256 | None = None
     """The bundle the device last reported active then: a device that already runs the
     rollout's bundle counts as committed as soon as its wave starts."""
+    runtime_version: str | None = Field(default=None, max_length=64)
+    """The edge_runtime version the device last reported (None: never reported)."""
 
 
 class WaveSpec(_Frozen):
@@ -164,6 +166,9 @@ class RolloutSpec(_Frozen):
     that has windows is inside one (:class:`~fleet_server.windows.Schedule`)."""
     ignore_windows: bool = False
     """Send every wave's devices at once, windows or not (an emergency)."""
+    min_runtime_version: str | None = Field(default=None, max_length=64)
+    """The bundle's ``compatibility.min_runtime_version``: a device that reported an older
+    runtime is left out (skipped, with the reason), since it would refuse the bundle."""
 
     @model_validator(mode="after")
     def _consistent(self) -> RolloutSpec:

@@ -366,6 +366,7 @@ class FleetServer:
                 previous_sha256=previous_sha256,
                 seed=seed,
                 ignore_windows=ignore_windows,
+                min_runtime_version=bundle.manifest.compatibility.min_runtime_version,
             )
 
     def tick(self, now: float) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from converter.packaging import assemble_bundle
 from converter.synthetic import CLASSES, draw_frame
-from edge_runtime.bundle import Bundle, Postprocessing, Preprocessing
+from edge_runtime.bundle import Bundle, Compatibility, Postprocessing, Preprocessing
 from tests.models import LABELS, SIZE
 
 
@@ -29,8 +29,11 @@ def make_bundle(
     model_format: str = "tflite",
     version: str = "1.0.0",
     softmax: bool = False,
+    *,
+    min_runtime_version: str | None = None,
 ) -> Bundle:
-    """A complete bundle (runtime-read specs, golden vectors) for a tiny test model."""
+    """A complete bundle (runtime-read specs, golden vectors) for a tiny test model;
+    ``min_runtime_version``: the runtime it says it needs (default: this one)."""
     frames = [(draw_frame(label, 1), label) for label in CLASSES[:2]]
     return assemble_bundle(
         path,
@@ -44,6 +47,9 @@ def make_bundle(
         postprocessing=Postprocessing(apply_softmax=softmax, top_k=3),
         golden_frames=frames,
         golden_atol=1e-4,
+        compatibility=None
+        if min_runtime_version is None
+        else Compatibility(min_runtime_version=min_runtime_version),
     )
 
 

@@ -27,7 +27,9 @@ from pydantic import (
     model_validator,
 )
 
-from edge_runtime.errors import ManifestError, UnsupportedSchemaVersionError
+from edge_runtime import __version__
+from edge_runtime.bundle.compat import compatibility_problem, declared_min_runtime
+from edge_runtime.errors import ManifestError, RuntimeTooOldError, UnsupportedSchemaVersionError
 
 __all__ = [
     "MANIFEST_NAME",
@@ -462,4 +464,10 @@ def load_manifest(raw: bytes) -> ManifestSpec:
             f"{_field_path(error['loc'])}: {error['msg']}" for error in exc.errors()[:10]
         )
         more = "" if exc.error_count() <= 10 else f" (and {exc.error_count() - 10} more)"
+        needed = declared_min_runtime(data)
+        why = None if needed is None else compatibility_problem(needed, __version__)
+        if why is not None:  # most likely a field added after this runtime: say which runtime
+            raise RuntimeTooOldError(
+                f"{MANIFEST_NAME}: {why}, and this runtime cannot read it: {problems}{more}"
+            ) from exc
         raise ManifestError(f"{MANIFEST_NAME} is invalid: {problems}{more}") from exc

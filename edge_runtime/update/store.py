@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from edge_runtime.atomic import fsync_dir
 from edge_runtime.bundle.model_bundle import BUNDLE_SUFFIX, Bundle, BundleLimits, read_bundle
-from edge_runtime.errors import BundleError, DiskFullError, StoreError
+from edge_runtime.errors import BundleError, DiskFullError, RuntimeTooOldError, StoreError
 from edge_runtime.update.lifecycle import UpdateState, protected_bundles
 
 __all__ = ["BundleStore"]
@@ -185,6 +185,8 @@ class BundleStore:
             raise StoreError(f"bundle {sha256} is not in the store")
         try:
             bundle = read_bundle(path, limits)
+        except RuntimeTooOldError as exc:  # intact, but for a newer runtime
+            raise StoreError(f"stored bundle {sha256} cannot be used here: {exc}") from exc
         except BundleError as exc:
             raise StoreError(f"stored bundle {sha256} is corrupt: {exc}") from exc
         if bundle.sha256 != sha256:

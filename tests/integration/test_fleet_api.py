@@ -103,11 +103,20 @@ def api(tmp_path: Path, amqtt_broker: int) -> Iterator[Api]:
         "unreleased": make_bundle(
             tmp_path / "u.efb", tiny_onnx_model(seed=9), "onnx", "9.0.0", softmax=True
         ),
+        "too-new": make_bundle(
+            tmp_path / "too-new.efb",
+            tiny_onnx_model(seed=10),
+            "onnx",
+            "3.0.0",
+            softmax=True,
+            min_runtime_version="99.0.0",
+        ),
     }
     with LocalFleet(tmp_path / "fleet", amqtt_broker, client_id="api-test") as fleet:
         # released, but imported by the tests themselves, through the API
         fleet.release("v1", tmp_path / "v1.efb", import_bundle=False)
         fleet.release("v2", tmp_path / "v2.efb", import_bundle=False)
+        fleet.release("too-new", tmp_path / "too-new.efb", import_bundle=False)
         fleet.start()
         assert fleet.server is not None
         base = fleet.serve_http(TOKEN)
@@ -225,6 +234,60 @@ def test_devices_bundles_rollout_pause_resume(api: Api) -> None:
         t["message"] for t in c.get(f"/rollouts/{rollout_id}/timeline", headers=AUTH).json()
     ]
     assert any("test over" in m for m in messages), messages
+
+
+def test_a_bundle_for_a_newer_runtime_skips_the_devices_that_reported_an_older_one(
+    api: Api,
+) -> None:
+    c = api.client
+    for name in ("cam-01", "cam-02", "cam-03"):
+        made = c.post("/devices", json={"id": name, "tags": ["line1"]}, headers=AUTH)
+        assert made.status_code == 201, made.text
+    # what the devices' state reports stored (cam-03 never reported one)
+    for name, runtime in (("cam-01", "0.1.0"), ("cam-02", "0.1.0")):
+        report = {"protocol": 1, "device_id": name, "state": "idle", "updated_at": time.time()}
+        api.server.registry.record_state(name, {**report, "runtime_version": runtime})
+    imported = c.post(
+        "/bundles/import", json={"path": str(api.folder / "too-new.efb")}, headers=AUTH
+    )
+    assert imported.status_code == 201, imported.text
+    sha = api.bundles["too-new"].sha256
+    one_wave = [{"percent": 100}]
+    refused = c.post(
+        "/rollouts",
+        json={
+            "bundle_sha256": sha,
+            "target": {"kind": "devices", "values": ["cam-01", "cam-02"]},
+            "waves": one_wave,
+        },
+        headers=AUTH,
+    )
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert "none of the 2 target devices that are not pinned can run this bundle" in error
+    assert "cam-01: runtime 0.1.0, the bundle needs >= 99.0.0" in error
+    assert c.get("/rollouts", headers=AUTH).json() == []
+
+    created = c.post(
+        "/rollouts",
+        json={
+            "bundle_sha256": sha,
+            "target": {"kind": "tags", "values": ["line1"]},
+            "waves": one_wave,
+        },
+        headers=AUTH,
+    )
+    assert created.status_code == 201, created.text
+    view = created.json()
+    assert view["planner"]["skipped"] == {
+        "cam-01": "runtime 0.1.0, the bundle needs >= 99.0.0",
+        "cam-02": "runtime 0.1.0, the bundle needs >= 99.0.0",
+    }
+    assert view["planner"]["devices"] == 1  # cam-03: sent; its runtime refuses it itself
+    messages = [
+        t["message"] for t in c.get(f"/rollouts/{view['id']}/timeline", headers=AUTH).json()
+    ]
+    assert any("2 devices skipped: cam-01 (runtime 0.1.0" in m for m in messages), messages
 
 
 def test_bad_requests_name_the_field(api: Api) -> None:

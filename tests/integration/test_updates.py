@@ -59,6 +59,14 @@ def make_fleet(tmp_path: Path, port: int, big: bool = False) -> Iterator[LocalFl
                 "4.0.0",
                 softmax=True,
             ),
+            "too-new": make_bundle(
+                tmp_path / "too-new.efb",
+                tiny_onnx_model(scale=40.0, seed=8),
+                "onnx",
+                "6.0.0",
+                softmax=True,
+                min_runtime_version="99.0.0",
+            ),
         }
         if big:  # a 12 MB bundle: slow enough to kill the device mid-download
             made["big"] = make_bundle(
@@ -68,7 +76,14 @@ def make_fleet(tmp_path: Path, port: int, big: bool = False) -> Iterator[LocalFl
                 "5.0.0",
                 softmax=True,
             )
-        files = {"v1": "v1", "v2": "v2", "bad-golden": "bad", "collapse": "flat", "big": "big"}
+        files = {
+            "v1": "v1",
+            "v2": "v2",
+            "bad-golden": "bad",
+            "collapse": "flat",
+            "too-new": "too-new",
+            "big": "big",
+        }
         for name in made:
             fleet.release(name, tmp_path / f"{files[name]}.efb")
         fleet.start()
@@ -189,6 +204,29 @@ def test_a_bad_bundle_is_rolled_back_and_the_old_one_keeps_serving(
     lines = predictions(tmp_path)
     assert lines[-1]["bundle_sha256"] == v1.sha256
     assert_no_gap(lines)
+
+
+def test_a_bundle_for_a_newer_runtime_is_refused_with_the_version_it_needs(
+    fleet: LocalFleet, device: RunningDevice, tmp_path: Path
+) -> None:
+    """The fleet server leaves a device with an older runtime out of a rollout; a bundle that
+    reaches one anyway (signed straight to it here) is refused before its smoke test."""
+    v1, too_new = fleet.bundles["v1"], fleet.bundles["too-new"]
+    device.wait_for(lambda: len(predictions(tmp_path)) > 20)
+    fleet.assign(too_new, "cam-1")
+    device.wait_for(lambda: device.agent.state.phase == UpdatePhase.ROLLED_BACK)
+    state = device.agent.state
+    assert state.active is not None and state.active.sha256 == v1.sha256
+    (refusal,) = [
+        e
+        for e in state.history
+        if e.bundle == too_new.sha256 and e.to_state == UpdatePhase.ROLLED_BACK
+    ]
+    assert "needs edge_runtime >= 99.0.0; this runtime is 0.1.0" in refusal.reason, refusal
+    phases = [e.to_state.value for e in state.history if e.bundle == too_new.sha256]
+    assert "smoke-testing" not in phases and "staged" not in phases, phases
+    time.sleep(0.3)
+    assert predictions(tmp_path)[-1]["bundle_sha256"] == v1.sha256
 
 
 def test_replayed_metadata_is_refused_and_reported(
