@@ -64,7 +64,7 @@ from converter.sensitivity import (
 from converter.source import SourceModel, load_source_model
 from edge_runtime import __version__
 from edge_runtime.atomic import atomic_write_text
-from edge_runtime.backends import create_backend
+from edge_runtime.backends import Backend, create_backend
 from edge_runtime.bundle import (
     BUNDLE_SUFFIX,
     Compatibility,
@@ -178,6 +178,9 @@ class ConversionResult:
     float_near_ties: int | None = None
     """Parity photos on which the float model's top two answers are within
     :data:`converter.disagreements.NEAR_TIE`."""
+    vs_fp32_p50: float | None = None
+    """This model's invoke p50 over the fp32 model's on this host (1 thread, the format's
+    backend, timed alternately); above 1 the quantised model is *slower* here."""
 
     @property
     def passed(self) -> bool:
@@ -196,6 +199,7 @@ class ConversionResult:
             "accuracy_drop_points": self.report.accuracy_drop_points,
             "top1_agreement": self.report.top1_agreement,
             "host_latency_p50_ms": round(self.latency_p50_ms, 3),
+            "invoke_p50_vs_fp32": None if self.vs_fp32_p50 is None else round(self.vs_fp32_p50, 3),
             "bundle": str(self.bundle_path) if self.bundle_path else None,
             "bundle_id": self.bundle_id,
             "report": str(self.report_path),
@@ -582,23 +586,14 @@ class _Job:
         machine's load hits both alike."""
         backends = [create_backend("auto", fmt, m, threads=1) for m in (model, baseline)]
         try:
-            spec = backends[0].inputs[0]
-            shape = [max(1, d) for d in spec.shape]
-            rng = np.random.default_rng(0)
-            if spec.dtype in ("int8", "uint8"):
-                info = np.iinfo(spec.dtype)
-                tensor: npt.NDArray[Any] = rng.integers(
-                    info.min, info.max, size=shape, endpoint=True
-                ).astype(spec.dtype)
-            else:
-                tensor = rng.standard_normal(shape).astype(np.float32)
+            tensors = [_random_input(backend) for backend in backends]  # int8 or float input
             times: list[list[float]] = [[], []]
-            for backend in backends:
+            for backend, tensor in zip(backends, tensors, strict=True):
                 backend.invoke(tensor)  # warm up
             for _ in range(rounds):
                 for which, backend in enumerate(backends):
                     start = time.perf_counter()
-                    backend.invoke(tensor)
+                    backend.invoke(tensors[which])
                     times[which].append(time.perf_counter() - start)
         finally:
             for backend in backends:
@@ -744,6 +739,33 @@ class _Measured:
     latency_p50_ms: float
 
 
+def _random_input(backend: Backend) -> npt.NDArray[Any]:
+    """A reproducible random tensor of the backend's first input (its shape and type)."""
+    spec = backend.inputs[0]
+    shape = [max(1, d) for d in spec.shape]
+    rng = np.random.default_rng(0)
+    if spec.dtype in ("int8", "uint8"):
+        info = np.iinfo(spec.dtype)
+        return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(spec.dtype)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _time_against_fp32(job: _Job, fmt: str, precision: str, model: bytes, fp32: bytes) -> float:
+    """``model``'s invoke p50 over the fp32 model's on this host; warns where it is slower."""
+    with job.timed(fmt, "time against fp32"):
+        ratio = job.latency_ratio(fmt, model, fp32)
+    if ratio > 1.0:
+        log.warning(
+            "%s %s is slower than fp32 on this host (invoke p50 x%.2f, 1 thread): its "
+            "backend's kernels for this model favour float here; measure on the device "
+            "(`edgefleet bench`) before choosing it for speed",
+            fmt,
+            precision,
+            ratio,
+        )
+    return ratio
+
+
 def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for length
     job: _Job,
     fmt: str,
@@ -831,6 +853,9 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
             head=head,
         )
     report = measured.report
+    vs_fp32 = (
+        None if precision == "fp32" else _time_against_fp32(job, fmt, precision, model, float_model)
+    )
     disagreements = find_disagreements(frames, y_true, float_scores, measured.scores, job.labels)
     float_near_ties = near_tie_count(float_scores)
     report_path = options.out / f"{stem}.report.html"
@@ -883,6 +908,7 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
         before_fallback=before,
         disagreements=disagreements,
         float_near_ties=float_near_ties,
+        vs_fp32_p50=vs_fp32,
         json_report_path=options.out / f"{stem}.report.json",
         preparation=job.preparation.get(fmt) if precision == "int8" else None,
         stage_seconds=dict(job.stage_seconds.pop(fmt, {})),

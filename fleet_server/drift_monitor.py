@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from edge_runtime.supervise import SupervisedThread, WorkerHealth
 from fleet_server.drift import DriftThresholds
@@ -83,6 +83,8 @@ class DriftMonitor:
         """Intervals this replica did not lead, so left the pass to the leader."""
         self.last_pass_s: float | None = None
         """How long the last pass took (seconds)."""
+        self.last_pass_at: float | None = None
+        """When the last pass ended (the clock's time, Unix seconds by default)."""
 
     def check(self, now: float | None = None) -> list[Change]:
         """One pass now; the changes it made."""
@@ -90,6 +92,7 @@ class DriftMonitor:
         self.thresholds = self.fixed or self.registry.drift_thresholds()
         changes = self.registry.watch_drift(self.thresholds, self._clock() if now is None else now)
         self.last_pass_s = time.perf_counter() - started
+        self.last_pass_at = self._clock()
         self.passes += 1
         return changes
 
@@ -142,8 +145,9 @@ class DriftMonitor:
 class DriftCollector:
     """The drift series of ``/metrics`` (a ``prometheus_client`` custom collector)."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, monitor: DriftMonitor | None = None) -> None:
         self._registry = registry
+        self._monitor = monitor
 
     def collect(self) -> Iterable[Metric]:
         """Read the stored statuses into gauges."""
@@ -195,4 +199,31 @@ class DriftCollector:
             per_scope[status.scope] += int(status.drifting)
         for scope, count in per_scope.items():
             counts.add_metric([scope], count)
-        return [divergence, stability, drop, confidence, drifting, counts]
+        return [divergence, stability, drop, confidence, drifting, counts, *self._passes()]
+
+    def _passes(self) -> list[Metric]:
+        """This replica's drift passes: how many, the last one's end, the interval (an alert on
+        ``time() - last_pass > 3 * interval`` on the leader catches a monitor that stalled)."""
+        monitor = self._monitor
+        if monitor is None:
+            return []
+        passes = CounterMetricFamily(
+            "edgefleet_server_drift_passes",
+            "Drift passes this replica ran (the leading replica runs them; `POST /drift/check` "
+            "runs one on whichever replica gets it).",
+        )
+        passes.add_metric([], monitor.passes)
+        interval = GaugeMetricFamily(
+            "edgefleet_server_drift_interval_seconds",
+            "Seconds between two drift passes (`edgefleet serve --drift-interval`).",
+        )
+        interval.add_metric([], monitor.interval_s)
+        families: list[Metric] = [passes, interval]
+        if monitor.last_pass_at is not None:
+            last = GaugeMetricFamily(
+                "edgefleet_server_drift_last_pass_timestamp_seconds",
+                "When this replica's last drift pass ended (Unix time).",
+            )
+            last.add_metric([], monitor.last_pass_at)
+            families.append(last)
+        return families

@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 
 from edge_runtime.atomic import atomic_write_text
 from fleet_server.broker_auth import SERVER_USERNAME, BrokerAuth, new_password
+from fleet_server.drift_monitor import DEFAULT_DRIFT_INTERVAL_S
 from fleet_server.errors import FleetError
 from fleet_server.mqtt_client import (
     BrokerUrl,
@@ -89,6 +90,8 @@ class ServeOptions:
     lease_ttl_s: float = 10.0
     """How long the rollout leader's lease lasts unrenewed: the longest a dead leader's
     rollouts wait before another replica takes them over."""
+    drift_interval_s: float = DEFAULT_DRIFT_INTERVAL_S
+    """Seconds between two drift passes over the fleet (on the leading replica)."""
 
 
 def run_server(options: ServeOptions) -> None:
@@ -209,6 +212,7 @@ def _serve(options: ServeOptions) -> None:
             },
             public_docs=options.public_docs,
             fleet_ca_pem=options.tls.fleet_ca_pem(),
+            drift_interval_s=options.drift_interval_s,
         )
         config = uvicorn.Config(
             app,

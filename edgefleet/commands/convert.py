@@ -507,6 +507,7 @@ def _print_table(results: list[Any], console: Console) -> None:
         "drop",
         "agreement",
         "host p50",
+        "vs fp32",
         "in float",
         "gate",
         "bundle",
@@ -522,6 +523,7 @@ def _print_table(results: list[Any], console: Console) -> None:
             f"{q.accuracy_drop_points:+.2f}",
             f"{100 * (q.top1_agreement or 0):.2f}%",
             f"{r.latency_p50_ms:.2f} ms",
+            _vs_fp32(r.vs_fp32_p50),
             _in_float(r),
             "[green]pass[/]" if r.passed else "[red]FAIL[/]",
             str(r.bundle_path.name) if r.bundle_path else "-",
@@ -556,8 +558,23 @@ def _print_table(results: list[Any], console: Console) -> None:
                 f"{100 * step.float_mac_fraction:.1f}% MACs){figures}",
                 highlight=False,
             )
+    for r in results:
+        if r.vs_fp32_p50 is not None and r.vs_fp32_p50 > 1.0:
+            console.print(
+                f"[yellow]{r.format} {r.precision} is slower than fp32 on this host[/] (invoke "
+                f"p50 x{r.vs_fp32_p50:.2f}, 1 thread): measure on the device (`edgefleet bench`) "
+                "before choosing it for speed",
+                highlight=False,
+            )
     if results:
         console.print(f"reports: {results[0].report_path.parent}/*.report.html")
+
+
+def _vs_fp32(ratio: float | None) -> str:
+    """The invoke p50 over fp32's, red where the quantised model is the slower one."""
+    if ratio is None:
+        return "-"
+    return f"[red]x{ratio:.2f}[/]" if ratio > 1.0 else f"x{ratio:.2f}"
 
 
 @convert.command("train-reference")

@@ -138,6 +138,16 @@ def _file_option(name: str, help: str) -> Callable[[_F], _F]:
     help="Seconds the rollout leader's lease lasts unrenewed: how long a dead leader's "
     "rollouts wait before another replica takes them over.",
 )
+@click.option(
+    "--drift-interval",
+    "drift_interval_s",
+    type=click.FloatRange(min=1.0),
+    default=60.0,
+    show_default=True,
+    help="Seconds between two drift passes over the fleet (each device's and group's "
+    "confidence and class mix against its bundle's baseline; run on the leading replica; "
+    "`fleet drift check` runs one now).",
+)
 @_file_option(
     "--broker-ca",
     help="CA certificate that signed the broker's (mqtts://). Default: the system's CAs.",
@@ -179,6 +189,7 @@ def serve(
     replica_id: str | None,
     share_group: str | None,
     lease_ttl_s: float,
+    drift_interval_s: float,
     broker_ca: Path | None,
     broker_cert: Path | None,
     broker_key: Path | None,
@@ -259,6 +270,7 @@ def serve(
             replica_id=replica_id,
             share_group=share_group,
             lease_ttl_s=lease_ttl_s,
+            drift_interval_s=drift_interval_s,
             tls=tls,
         )
     )

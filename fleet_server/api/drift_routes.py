@@ -84,7 +84,7 @@ def drift_routes(
         registry, interval_s=interval_s, leading=lambda: leadership.leading
     )
     server.workers.add("drift-monitor", watch.health)
-    metrics.register(DriftCollector(registry))
+    metrics.register(DriftCollector(registry, watch))
     app.router.on_startup.append(watch.start)
     app.router.on_shutdown.append(watch.stop)
 

@@ -75,7 +75,9 @@ def test_serve_with_embedded_broker_and_fleet_commands(tmp_path: Path) -> None:
             path.unlink()
     http_port, broker_port = free_port(), free_port()
     server = f"http://127.0.0.1:{http_port}"
-    process = start_serve(tmp_path, http_port, "--broker-port", str(broker_port))
+    process = start_serve(
+        tmp_path, http_port, "--broker-port", str(broker_port), "--drift-interval", "1"
+    )
     try:
         wait_healthy(server, process)
 
@@ -104,6 +106,24 @@ def test_serve_with_embedded_broker_and_fleet_commands(tmp_path: Path) -> None:
 
         listed = fleet("devices", "--json")
         assert [d["id"] for d in json.loads(listed.stdout)] == ["cam-01"]
+        # --drift-interval 1: the drift monitor passes every second (the default: a minute),
+        # and /metrics says so, with when the last pass ended
+        deadline, figures = time.monotonic() + 20, {}
+        while figures.get("edgefleet_server_drift_passes_total", 0) < 3:
+            assert time.monotonic() < deadline, figures
+            time.sleep(0.5)
+            request = urllib.request.Request(
+                f"{server}/metrics", headers={"Authorization": "Bearer e2e-token"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                lines = reply.read().decode().splitlines()
+            figures = {
+                line.split()[0]: float(line.split()[1])
+                for line in lines
+                if line.startswith("edgefleet_server_drift_") and " " in line
+            }
+        assert figures["edgefleet_server_drift_interval_seconds"] == 1.0
+        assert abs(figures["edgefleet_server_drift_last_pass_timestamp_seconds"] - time.time()) < 5
         table = fleet("devices")
         assert "cam-01" in table.stdout and "line1,north" in table.stdout
 

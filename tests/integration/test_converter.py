@@ -157,6 +157,9 @@ def test_convert_writes_checked_bundles(trained: tuple[Path, Path], tmp_path: Pa
         )  # the device smoke test reproduces them
     fp32, int8 = results[0], results[1]
     assert fp32.report.top1_agreement == 1.0 and fp32.report.accuracy_drop_points == 0.0
+    # each quantised model timed against its fp32 one; fp32 is the reference itself
+    assert [r.vs_fp32_p50 is None for r in results] == [True, False, True, False]
+    assert all(0.0 < (r.vs_fp32_p50 or 1.0) < 100.0 for r in results)
     assert read_bundle(int8.bundle_path).manifest.model.inputs[0].dtype == "int8"
     html = fp32.report_path.read_text()
     assert html.count("<table class='cm'>") == 2 and "Per-class accuracy" in html

@@ -181,9 +181,13 @@ def test_tflite_fallback_keeps_the_broken_head_in_float(data: Path, tmp_path: Pa
     # where the time went, stage by stage, in the summary
     stages = result.to_dict()["stage_seconds"]
     expected = {"export", "prepare and calibrate", "evaluate", "sensitivity", "fallback"}
+    expected |= {"time against fp32"}
     assert expected | {"fallback candidates"} == set(stages), stages
     assert all(seconds >= 0 for seconds in stages.values()) and stages["export"] > 0
     assert stages["fallback candidates"] <= stages["fallback"]
+    # the int8 model timed against the fp32 one on this host (a ratio, either way)
+    ratio = result.to_dict()["invoke_p50_vs_fp32"]
+    assert ratio is not None and 0.0 < ratio == round(result.vs_fp32_p50 or 0, 3)
     # no depthwise convolution here: nothing to equalise, and the summary says so
     assert result.preparation == {
         "equalisation": {"pairs": 0, "channels": 0, "scaled": 0, "median_scale": 1.0, "images": 0},
