@@ -24,21 +24,18 @@ in ``/healthz``.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from edge_runtime.errors import EdgefleetError
 from edge_runtime.protocol.field_data import FieldAck, FieldSample
-from edge_runtime.supervise import SupervisedThread, WorkerHealth
+from fleet_server.device_inbox import DeviceTopicReceiver
 from fleet_server.errors import NotFoundError, RegistryStorageError
 from fleet_server.field_data import FieldRetention, FieldStore
 from fleet_server.rate_limit import DeviceRateLimiter
 from fleet_server.registry import Registry
-from fleet_server.workers import FailureStreak
 
 __all__ = ["FieldDataReceiver"]
 
@@ -47,8 +44,12 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 256
 
 
-class FieldDataReceiver:
+class FieldDataReceiver(DeviceTopicReceiver):
     """Field samples in, acks and settings out, on the server's MQTT client (see the module)."""
+
+    worker_name = "field-data"
+    leaf = "field-data/samples"
+    what = "field sample"
 
     def __init__(
         self,
@@ -62,91 +63,39 @@ class FieldDataReceiver:
         settings_every_s: float = 30.0,
         prune_every_s: float = 300.0,
     ) -> None:
-        self.client = client
+        super().__init__(client, prefix=prefix, share_group=share_group, queue_size=QUEUE_SIZE)
         self.registry = registry
         self.store = store
-        self.prefix = prefix
-        self.share_group = share_group
         self.retention = retention or FieldRetention()
         self.settings_every_s = settings_every_s
         self.prune_every_s = prune_every_s
         self.rate_limiter = DeviceRateLimiter(per_minute=60.0, burst=120.0)
         """Samples per device: 60 a minute, bursts of 120 (a device's own caps are lower)."""
-        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(QUEUE_SIZE)
         self._published: dict[str, bytes] = {}
         self._refresh = threading.Event()
-        self._stop = threading.Event()
-        self._thread: SupervisedThread | None = None
-        self._prev_on_connect: Any = None
-        self.streak = FailureStreak()
-        """Database work failed in a row (storing samples, reading settings, retention)."""
+        self._last_settings = self._last_prune = 0.0
         self.received = 0
         self.stored = 0
         self.repeats = 0
         self.malformed = 0
-        self.dropped = 0
-
-    @property
-    def _filter(self) -> str:
-        return f"{self.prefix}/devices/+/field-data/samples"
-
-    def start(self) -> None:
-        """Subscribe and start the worker."""
-        if self._thread is not None:
-            return
-        self.client.message_callback_add(self._filter, self._on_message)
-        self._prev_on_connect = self.client.on_connect
-        self.client.on_connect = self._on_connect
-        self._subscribe()
-        self._stop.clear()
-        self._refresh.set()
-        self._thread = SupervisedThread(self._loop, "field-data")
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop receiving (devices keep what was not acknowledged)."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self._stop.set()
-        thread.stop(timeout=5)
-        self.client.on_connect = self._prev_on_connect
-        self.client.message_callback_remove(self._filter)
-        self.client.unsubscribe(self._share(self._filter))
-
-    def health(self) -> WorkerHealth:
-        """The worker's health; down after its database work failed several times in a row."""
-        if self._thread is None:
-            return WorkerHealth("field-data", False, 0, "not started")
-        return self.streak.judge(self._thread.health())
 
     def refresh_settings(self) -> None:
         """Publish the devices' settings soon (after an operator changed a group's)."""
         self._refresh.set()
 
-    def _share(self, topic: str) -> str:
-        return f"$share/{self.share_group}/{topic}" if self.share_group else topic
-
-    def _subscribe(self) -> None:
-        self.client.subscribe(self._share(self._filter), qos=1)
-
-    def _on_connect(self, client: mqtt.Client, *args: Any) -> None:
-        if self._prev_on_connect is not None:
-            self._prev_on_connect(client, *args)
-        self._subscribe()
-        self._published.clear()  # the broker may have lost its retained settings
+    def started(self) -> None:
+        """Settings are published and retention applied as soon as the worker runs."""
         self._refresh.set()
+        self._last_settings = self._last_prune = 0.0
 
-    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        try:
-            self._inbox.put_nowait((message.topic, bytes(message.payload)))
-        except queue.Full:
-            self.dropped += 1  # the device sends it again: no ack came
+    def reconnected(self) -> None:
+        """The broker may have lost its retained settings: publish them all again."""
+        self._published.clear()
+        self._refresh.set()
 
     def handle(self, topic: str, payload: bytes) -> bool:
         """Store one sample payload and ack it; False when it was refused (logged)."""
-        parts = topic.split("/")
-        device_id = parts[-3] if len(parts) >= 3 else ""
+        device_id = self.device_of(topic)
         self.received += 1
         if not self.rate_limiter.admit(device_id, "field-data", time.monotonic()):
             return False  # unacknowledged: the device sends it again later
@@ -199,37 +148,12 @@ class FieldDataReceiver:
         self.store.delete(dropped)
         return len(dropped)
 
-    def _loop(self) -> None:
-        last_settings = last_prune = 0.0
-        while not self._stop.is_set():
-            try:
-                topic, payload = self._inbox.get(timeout=0.25)
-            except queue.Empty:
-                pass
-            else:
-                try:
-                    stored = self.handle(topic, payload)
-                except Exception as exc:  # the database is away: the device resends, unacked
-                    self.streak.failed(exc)
-                    log.exception("storing a field sample failed")
-                else:
-                    if stored:  # a refused one may never have reached the database
-                        self.streak.passed()
-            now = time.monotonic()
-            if self._refresh.is_set() or now - last_settings >= self.settings_every_s:
-                self._refresh.clear()
-                last_settings = now
-                try:
-                    self.publish_settings()
-                except Exception as exc:
-                    self.streak.failed(exc)
-                    log.exception("publishing field-data settings failed")
-                else:
-                    self.streak.passed()
-            if now - last_prune >= self.prune_every_s:
-                last_prune = now
-                try:
-                    self.prune()
-                except Exception as exc:
-                    self.streak.failed(exc)
-                    log.exception("field-data retention failed")
+    def periodic(self, now: float) -> None:
+        """Settings when asked or every ``settings_every_s``; retention every ``prune_every_s``."""
+        if self._refresh.is_set() or now - self._last_settings >= self.settings_every_s:
+            self._refresh.clear()
+            self._last_settings = now
+            self.attempt("publishing field-data settings", self.publish_settings)
+        if now - self._last_prune >= self.prune_every_s:
+            self._last_prune = now
+            self.attempt("field-data retention", self.prune)
