@@ -187,3 +187,63 @@ def test_an_operator_confirms_and_corrects_samples_and_a_viewer_cannot(
             }
 
         wait_for(lambda: wanted <= audited(), 10)
+
+
+def test_the_samples_page_by_page_newest_first(tmp_path: Path, mqtt_broker: LocalBroker) -> None:
+    chromium = require_chromium()
+    make_bundle(tmp_path / "v1.efb", tiny_onnx_model(), "onnx", "1.0.0", True)
+    with LocalFleet(tmp_path / "fleet", mqtt_broker.port) as fleet:
+        bundle = fleet.release("v1", tmp_path / "v1.efb")
+        fleet.provision("cam-a", tags=["line-1"])
+        fleet.start()
+        url = fleet.serve_http(TOKEN)
+        registry = fleet.server.registry if fleet.server is not None else None
+        assert registry is not None and fleet.client is not None
+        _, viewer = registry.create_token("carol", Role.VIEWER, created_by="test")
+        published = []
+        for grey in range(10, 130, 10):  # 12 samples, one after another (newest last)
+            sha, payload = _sample("cam-a", None, grey, "glass", bundle.sha256)
+            fleet.client.publish("edgefleet/devices/cam-a/field-data/samples", payload, qos=1)
+            wait_for(lambda sha=sha: sha in {s.sha256 for s in registry.field_samples()}, 30)
+            published.append(sha)
+            time.sleep(0.01)  # distinct receive times
+        newest_first = published[::-1]
+
+        errors: list[str] = []
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                log_in(page, url, viewer)
+                page.goto(f"{url}/console#/field-data")
+                rows = page.locator("table.samples tbody tr")
+                rows.nth(11).wait_for(timeout=WAIT_MS)  # 50 a page by default: all 12
+                assert page.locator("#field-older").is_disabled()
+
+                def shown() -> list[str | None]:
+                    return [rows.nth(i).get_attribute("data-sample") for i in range(rows.count())]
+
+                page.select_option("#field-per", value="10")
+                page.wait_for_function(
+                    "() => document.querySelectorAll('table.samples tbody tr').length === 10",
+                    timeout=WAIT_MS,
+                )
+                assert shown() == newest_first[:10]
+                assert page.locator("#field-range").inner_text() == "samples 1 to 10"
+                assert page.locator("#field-newer").is_disabled()
+                assert page.locator("#field-older").is_enabled()
+
+                page.locator("#field-older").click()
+                page.locator("#field-range", has_text="samples 11 to 12").wait_for(timeout=WAIT_MS)
+                assert shown() == newest_first[10:]
+                assert page.locator("#field-older").is_disabled()
+                assert page.locator("#field-newer").is_enabled()
+                shot(page, tmp_path, "field-data-older")
+
+                page.locator("#field-newer").click()
+                page.locator("#field-range", has_text="samples 1 to 10").wait_for(timeout=WAIT_MS)
+                assert shown() == newest_first[:10]
+            finally:
+                browser.close()
+        assert errors == []

@@ -1,15 +1,17 @@
 // Field data: the frames the devices uploaded (newest first), filtered by device, camera, reason
-// and label status; an operator confirms the device's answer or picks another of the bundle's
-// labels (PUT /field-data/samples/{sha256}/label, as `edgefleet fleet field-data label`).
+// and label status, a page at a time (Newer / Older); an operator confirms the device's answer or
+// picks another of the bundle's labels (PUT /field-data/samples/{sha256}/label, as
+// `edgefleet fleet field-data label`).
 
 import { dataUrl } from "./api.js";
 import { badge, h, pct, short, swap, timeEl } from "./dom.js";
 
-const LIMIT = 100;
+const PAGE_SIZES = [10, 25, 50, 100];
+const DEFAULT_PAGE_SIZE = 50;
 const REASONS = ["low-confidence", "class", "random", "shadow-disagreement"];
 
 export function fieldDataPage(ctx) {
-  const state = { device: "", camera: "", reason: "", labelled: "", seen: null };
+  const state = { device: "", camera: "", reason: "", labelled: "", per: DEFAULT_PAGE_SIZE, offset: 0, seen: null };
   const images = new Map(); // sha256 -> data: URL (or null while loading / on failure)
   const labels = new Map(); // bundle sha256 -> a promise of its labels (null: not in the registry)
   const results = h("div", { class: "results" });
@@ -28,6 +30,12 @@ export function fieldDataPage(ctx) {
     h("option", { value: "false" }, "unlabelled"),
     h("option", { value: "true" }, "labelled"),
   );
+  const per = h(
+    "select",
+    { id: "field-per", name: "per" },
+    PAGE_SIZES.map((n) => h("option", { value: String(n), selected: n === DEFAULT_PAGE_SIZE }, String(n))),
+  );
+  const pager = h("nav", { class: "pager", "aria-label": "Sample pages" });
   const allowed = ctx.may("operator");
   let asked = 0;
 
@@ -36,11 +44,20 @@ export function fieldDataPage(ctx) {
     state.camera = camera.value.trim();
     state.reason = reason.value;
     state.labelled = labelled.value;
+    state.per = Number(per.value);
+    state.offset = 0; // new filters: back to the newest
+    reload();
+  }
+  function reload() {
     state.seen = null;
     page.refresh().catch((err) => ctx.say(`Could not load: ${err.message}`));
   }
+  function turn(by) {
+    state.offset = Math.max(0, state.offset + by * state.per);
+    reload();
+  }
   for (const input of [device, camera]) input.addEventListener("change", changed);
-  for (const select of [reason, labelled]) select.addEventListener("change", changed);
+  for (const select of [reason, labelled, per]) select.addEventListener("change", changed);
 
   const node = h(
     "div",
@@ -66,13 +83,17 @@ export function fieldDataPage(ctx) {
       reason,
       h("label", { for: "field-labelled" }, "Label"),
       labelled,
+      h("label", { for: "field-per" }, "Per page"),
+      per,
     ),
     allowed ? null : h("p", { id: "label-why", class: "why" }, `Labelling disabled: ${ctx.why("operator")}.`),
     results,
+    pager,
   );
 
   function query() {
-    const q = new URLSearchParams({ limit: String(LIMIT) });
+    // one more than a page: whether an older page exists
+    const q = new URLSearchParams({ limit: String(state.per + 1), offset: String(state.offset) });
     if (state.device) q.set("device", state.device);
     if (state.camera) q.set("camera", state.camera);
     if (state.reason) q.set("reason", state.reason);
@@ -144,9 +165,26 @@ export function fieldDataPage(ctx) {
     );
   }
 
-  function draw(samples, classes) {
+  function drawPager(shown, more) {
+    const first = state.offset + 1;
+    const last = state.offset + shown;
+    swap(
+      pager,
+      h(
+        "div",
+        { class: "buttons" },
+        h("button", { type: "button", id: "field-newer", disabled: state.offset === 0, onclick: () => turn(-1) }, "Newer"),
+        h("span", { id: "field-range", class: "muted" }, shown ? `samples ${first} to ${last}` : ""),
+        h("button", { type: "button", id: "field-older", disabled: !more, onclick: () => turn(1) }, "Older"),
+      ),
+    );
+  }
+
+  function draw(samples, classes, more) {
+    drawPager(samples.length, more);
     if (samples.length === 0) {
-      swap(results, h("p", { class: "muted" }, "No sample matches (or no device collects yet)."));
+      const why = state.offset > 0 ? "No older sample matches." : "No sample matches (or no device collects yet).";
+      swap(results, h("p", { class: "muted" }, why));
       return;
     }
     const rows = [];
@@ -173,7 +211,7 @@ export function fieldDataPage(ctx) {
       h(
         "table",
         { class: "samples" },
-        h("caption", {}, `Samples, newest first (at most ${LIMIT})`),
+        h("caption", {}, `Samples ${state.offset + 1} to ${state.offset + samples.length}, newest first`),
         h("thead", {}, h("tr", {}, headers.map((x) => h("th", { scope: "col" }, x)))),
         h("tbody", {}, rows),
       ),
@@ -186,11 +224,13 @@ export function fieldDataPage(ctx) {
     async refresh() {
       const mine = ++asked; // a filter changed mid-poll: only the newest read is drawn
       const { data } = await ctx.get(query());
-      const classes = await Promise.all(data.map(bundleLabels));
-      const text = JSON.stringify(data);
+      const more = data.length > state.per;
+      const shown = data.slice(0, state.per);
+      const classes = await Promise.all(shown.map(bundleLabels));
+      const text = JSON.stringify([state.offset, data]);
       if (mine !== asked || text === state.seen) return;
       state.seen = text;
-      draw(data, classes);
+      draw(shown, classes, more);
     },
     node,
   };
