@@ -621,7 +621,8 @@ def _status_view(view: dict[str, Any]) -> Group:
     if view.get("reason"):
         head += f"\nreason: {view['reason']}"
     if planner.get("skipped"):
-        head += f"\nskipped: {', '.join(sorted(planner['skipped']))}"
+        skipped = planner["skipped"]
+        head += "\nskipped: " + ", ".join(f"{d} ({skipped[d]})" for d in sorted(skipped))
     if view["status"] == "awaiting-approval":
         head += f"\n{_approvals(planner)}"
     if planner.get("waiting_for_window"):

@@ -130,6 +130,16 @@ def test_serve_with_embedded_broker_and_fleet_commands(tmp_path: Path) -> None:
         imported = fleet("import", str(tmp_path / "v1.efb"))
         assert imported.returncode == 0 and bundle.sha256 in imported.stdout, imported.stderr
         assert bundle.sha256[:12] in fleet("bundles").stdout
+        # a second camera on the line, pinned to the bundle it has: the rollout skips it
+        assert fleet("provision", "cam-02", "--tags", "line1").returncode == 0
+        pin = urllib.request.Request(
+            f"{server}/devices/cam-02/pin",
+            data=json.dumps({"sha256": bundle.sha256}).encode(),
+            method="PUT",
+            headers={"Authorization": "Bearer e2e-token", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(pin, timeout=10) as reply:
+            assert reply.status == 200
 
         created = fleet(
             "rollout",
@@ -147,6 +157,7 @@ def test_serve_with_embedded_broker_and_fleet_commands(tmp_path: Path) -> None:
         rollout_id = str(json.loads(created.stdout)["id"])
         status = fleet("rollout", "status", rollout_id)
         assert status.returncode == 0 and "running" in status.stdout and "canary" in status.stdout
+        assert f"skipped: cam-02 (pinned to {bundle.sha256[:12]})" in status.stdout, status.stdout
         paused = fleet("rollout", "pause", rollout_id)
         assert paused.returncode == 0 and f"rollout {rollout_id}: paused" in paused.stdout
         approve = fleet("rollout", "approve", rollout_id)
