@@ -209,3 +209,8 @@ def print_summary(loaded: Bundle, console: Console) -> None:
         f"backends {', '.join(comp.backends) or 'any'}, "
         f"profiles {', '.join(comp.device_profiles) or 'any'}, latency budget {budget}"
     )
+    from edge_runtime.bundle.compat import compatibility_problem
+
+    too_old = compatibility_problem(comp.min_runtime_version)
+    if too_old is not None:  # this machine's runtime would refuse it
+        console.print(f"  [yellow]{too_old}[/]: devices like it refuse the bundle")

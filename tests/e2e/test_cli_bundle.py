@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.bundle import write_bundle
+from edge_runtime.bundle import Compatibility, write_bundle
 from tests.conftest import manifest_for, members_for
 from tests.models import tflite_tensor_names
 
@@ -70,6 +70,20 @@ def test_inspect_prints_a_readable_summary(tflite_bundle: Path) -> None:
     assert "cardboard, glass, metal, paper, plastic, trash" in out
     assert "2 frames" in out
     assert "KiB uncompressed)" in out
+    assert "runtime >= 0.1.0" in out and "refuse" not in out
+
+
+def test_inspect_says_when_this_runtime_is_too_old(tflite_model: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "future.efb"
+    names = tflite_tensor_names(tflite_model)
+    manifest = manifest_for(
+        "tflite", names=names, compatibility=Compatibility(min_runtime_version="99.0.0")
+    )
+    write_bundle(path, manifest, members_for(tflite_model, "tflite"))
+    result = run("bundle", "inspect", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "runtime >= 99.0.0" in result.stdout
+    assert "the bundle needs edge_runtime >= 99.0.0; this runtime is 0.1.0" in result.stdout
 
 
 def test_inspect_json_is_the_manifest(tflite_bundle: Path) -> None:
