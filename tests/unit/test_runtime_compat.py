@@ -7,6 +7,8 @@ import json
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edge_runtime import __version__
 from edge_runtime.bundle import Compatibility, dump_manifest, load_manifest, parse_bundle
@@ -49,6 +51,20 @@ def test_versions_sort_by_semantic_version_precedence() -> None:
     shuffled = sorted(ORDERED, key=lambda v: v[::-1])
     assert sorted(shuffled, key=version_key) == ORDERED
     assert version_key("1.0.0+build.7") == version_key("1.0.0")  # build metadata ignored
+
+
+@given(
+    st.tuples(*[st.integers(0, 50)] * 3),
+    st.tuples(*[st.integers(0, 50)] * 3),
+    st.text("abcrc0123456789.", min_size=1, max_size=8).filter(lambda t: "" not in t.split(".")),
+)
+def test_release_versions_order_as_numbers_and_pre_releases_come_first(
+    a: tuple[int, int, int], b: tuple[int, int, int], pre: str
+) -> None:
+    first, second = ".".join(map(str, a)), ".".join(map(str, b))
+    assert (version_key(first) < version_key(second)) == (a < b)
+    assert version_key(f"{first}-{pre}") < version_key(first)  # any pre-release of it
+    assert runtime_too_old(first, f"{first}-{pre}") and not runtime_too_old(f"{first}-{pre}", first)
 
 
 @pytest.mark.parametrize("bad", ["1.0", "v1.0.0", "1.0.0.0", "", "01.a.0", "1.0.0-"])
