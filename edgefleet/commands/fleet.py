@@ -196,13 +196,15 @@ def fleet(ctx: click.Context, server: str, token_env: str, ca_file: Path | None)
 @_json_option
 @click.pass_obj
 def devices(api: FleetApi, tags: tuple[str, ...], as_json: bool) -> None:
-    """List devices: tags, availability, phase, active and pinned bundle."""
+    """List devices: tags, availability, phase, active and pinned bundle, runtime version."""
     query = "".join(f"&tag={t}" for t in _csv(tags)).replace("&", "?", 1)
     rows = api.request("GET", f"/devices{query}")
     if as_json:
         _print_json(rows)
         return
-    table = Table("device", "tags", "availability", "phase", "active", "pinned", "last seen")
+    table = Table(
+        "device", "tags", "availability", "phase", "active", "pinned", "runtime", "last seen"
+    )
     for d in rows:
         active = d.get("active_version") or _short(d.get("active_bundle"))
         table.add_row(
@@ -212,6 +214,7 @@ def devices(api: FleetApi, tags: tuple[str, ...], as_json: bool) -> None:
             d.get("phase") or "-",
             active,
             _short(d.get("pinned_bundle")),
+            d.get("runtime_version") or "-",
             _ago(d.get("last_seen")),
         )
     console = make_console()

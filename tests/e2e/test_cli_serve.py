@@ -126,6 +126,7 @@ def test_serve_with_embedded_broker_and_fleet_commands(tmp_path: Path) -> None:
         assert abs(figures["edgefleet_server_drift_last_pass_timestamp_seconds"] - time.time()) < 5
         table = fleet("devices")
         assert "cam-01" in table.stdout and "line1,north" in table.stdout
+        assert "runtime" in table.stdout  # which edge_runtime each device reported (none yet)
 
         imported = fleet("import", str(tmp_path / "v1.efb"))
         assert imported.returncode == 0 and bundle.sha256 in imported.stdout, imported.stderr
