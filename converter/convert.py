@@ -803,8 +803,7 @@ def _convert_precision(  # noqa: PLR0917 - one step of convert(), split out for 
             "description": f"{options.model.name} as {fmt} {precision}"
             + (f", {len(fallback.ops)} ops kept in float" if fallback else ""),
             "provenance": shared.provenance,
-            "compatibility": Compatibility(
-                min_runtime_version=__version__,
+            "compatibility": Compatibility(  # min_runtime_version: what its fields need
                 backends=["litert", "tflite-runtime", "tf-lite"]
                 if fmt == "tflite"
                 else ["onnxruntime"],

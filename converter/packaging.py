@@ -39,6 +39,8 @@ from edge_runtime.bundle import (
     parse_bundle,
     write_bundle,
 )
+from edge_runtime.bundle.compat import runtime_too_old
+from edge_runtime.bundle.fields import required_runtime
 from edge_runtime.bundle.manifest import FloatFallback
 from edge_runtime.classifier import Classifier
 from edge_runtime.preprocess import crop_box
@@ -159,7 +161,7 @@ def assemble_bundle(
         "postprocessing": postprocessing,
         "quality": quality,
         "provenance": provenance or Provenance(created_by=f"edgefleet {__version__}"),
-        "compatibility": compatibility or Compatibility(min_runtime_version=__version__),
+        "compatibility": compatibility or Compatibility(),
     }
     draft_members = {model_spec.file: model}
     draft = parse_bundle(build_bundle(ManifestSpec(**fields), draft_members))
@@ -175,5 +177,16 @@ def assemble_bundle(
         expected = [round(float(s), 6) for s in scores]
         vectors.append(GoldenVector(input=f"golden/{i:03d}.png", expected=expected, label=label))
     golden = GoldenSet(atol=golden_atol, vectors=vectors) if vectors else None
-    manifest = ManifestSpec(**fields, golden=golden)
+    manifest = _needing_its_runtime(ManifestSpec(**fields, golden=golden))
     return write_bundle(path, manifest, members)
+
+
+def _needing_its_runtime(manifest: ManifestSpec) -> ManifestSpec:
+    """``manifest`` with ``min_runtime_version`` raised to the oldest runtime that reads every
+    field it carries (:func:`~edge_runtime.bundle.fields.required_runtime`), if it said less."""
+    needed = required_runtime(manifest)
+    declared = manifest.compatibility.min_runtime_version
+    if not runtime_too_old(needed, declared):
+        return manifest
+    compatibility = manifest.compatibility.model_copy(update={"min_runtime_version": needed})
+    return manifest.model_copy(update={"compatibility": compatibility})

@@ -1,7 +1,9 @@
 """Which runtime a bundle needs: ``compatibility.min_runtime_version`` against this runtime.
 
-A bundle names the oldest runtime that can run it (the converter writes its
-own version). Three places check it:
+A bundle names the oldest runtime that can run it: :func:`~edge_runtime.bundle.fields.required_runtime`,
+the newest "since" version among the manifest fields it carries
+(:data:`~edge_runtime.bundle.fields.FIELDS_SINCE`; a runtime refuses a manifest with a field it does not
+know). Three places check it:
 
 - the fleet server leaves a device that reported an older runtime out of the
   rollout, with the reason (:mod:`fleet_server.rollout_plan`), as Mender does

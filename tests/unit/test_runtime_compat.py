@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from converter.packaging import assemble_bundle
 from edge_runtime import __version__
 from edge_runtime.bundle import Compatibility, dump_manifest, load_manifest, parse_bundle
 from edge_runtime.bundle.compat import (
@@ -18,6 +20,13 @@ from edge_runtime.bundle.compat import (
     runtime_too_old,
     version_key,
 )
+from edge_runtime.bundle.fields import (
+    FIELDS_SINCE,
+    manifest_fields,
+    required_runtime,
+    schema_fields,
+)
+from edge_runtime.bundle.manifest import FloatFallback
 from edge_runtime.errors import ManifestError, RuntimeTooOldError
 from fleet_server.coordinator import RolloutCoordinator
 from fleet_server.errors import RolloutError
@@ -26,6 +35,8 @@ from fleet_server.registry import Registry
 from fleet_server.rollout_plan import Action, Assign, EventKind, RolloutState
 from fleet_server.rollout_spec import RolloutSpec, TargetDevice, WaveSpec
 from tests.conftest import manifest_for
+from tests.media import make_bundle as make_model_bundle
+from tests.models import tiny_onnx_model
 
 NEW = "b" * 64
 OTHER = "c" * 64
@@ -116,6 +127,65 @@ def test_an_invalid_manifest_for_this_runtime_stays_a_plain_manifest_error() -> 
     with pytest.raises(ManifestError, match="is invalid") as garbled:
         load_manifest(json.dumps(data).encode())
     assert not isinstance(garbled.value, RuntimeTooOldError)
+
+
+# --- which runtime a manifest needs ------------------------------------------------------
+
+
+def test_every_manifest_field_names_the_first_runtime_that_reads_it() -> None:
+    missing = schema_fields() - set(FIELDS_SINCE)
+    assert not missing, (
+        f"manifest fields without a first runtime version: {sorted(missing)}: bump "
+        "edge_runtime.__version__ and add them to edge_runtime.bundle.fields.FIELDS_SINCE"
+    )
+    assert not set(FIELDS_SINCE) - schema_fields()  # nothing listed that the schema lost
+    assert all(version_key(v) <= version_key(__version__) for v in FIELDS_SINCE.values())
+
+
+def test_a_bundle_needs_the_runtime_of_its_newest_field(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    plain = manifest_for("onnx")
+    fallback = FloatFallback(ops=["head"], float_mac_fraction=0.001)
+    with_fallback = plain.model_copy(
+        update={"model": plain.model.model_copy(update={"float_fallback": fallback})}
+    )
+    paths = set(manifest_fields(json.loads(dump_manifest(with_fallback))))
+    assert {"model.float_fallback.ops", "model.inputs[].shape", "golden.vectors[].input"} <= paths
+    assert "model.float_fallback" not in set(manifest_fields(json.loads(dump_manifest(plain))))
+    assert required_runtime(plain) == required_runtime(with_fallback) == "0.1.0"  # all 0.1.0
+    # were the fallback's field new in 0.3.0: only bundles that carry it would need 0.3.0
+    monkeypatch.setitem(FIELDS_SINCE, "model.float_fallback", "0.3.0")
+    assert required_runtime(with_fallback) == "0.3.0" and required_runtime(plain) == "0.1.0"
+    # and the packer writes it into the bundle (never lowering what the caller declared)
+    base = make_model_bundle(tmp_path / "plain.efb", tiny_onnx_model(), "onnx", softmax=True)
+    assert base.manifest.compatibility.min_runtime_version == "0.1.0"
+    written = set(manifest_fields(json.loads(dump_manifest(base.manifest))))
+    assert {"files{}", "files{}.sha256"} <= written <= set(FIELDS_SINCE)  # map keys are data
+    manifest = base.manifest
+    made = assemble_bundle(
+        tmp_path / "fallback.efb",
+        name=manifest.name,
+        version=manifest.version,
+        model=base.model_bytes,
+        model_format="onnx",
+        precision="fp32",
+        preprocessing=manifest.preprocessing,
+        labels=list(manifest.labels),
+        postprocessing=manifest.postprocessing,
+        golden_frames=[],
+        golden_atol=1e-4,
+        float_fallback=fallback,
+    )
+    assert made.manifest.compatibility.min_runtime_version == "0.3.0"
+    declared = make_model_bundle(
+        tmp_path / "declared.efb",
+        tiny_onnx_model(),
+        "onnx",
+        softmax=True,
+        min_runtime_version="5.0.0",
+    )
+    assert declared.manifest.compatibility.min_runtime_version == "5.0.0"
 
 
 # --- the fleet server ---------------------------------------------------------------------
