@@ -27,6 +27,7 @@ from edgefleet.testing import wait_for
 from edgefleet.testing.broker import LocalBroker
 from edgefleet.testing.fleet import LocalFleet
 from fleet_server.access import Role
+from fleet_server.registry import Registry
 from tests.e2e.test_console import WAIT_MS, log_in, require_chromium, shot
 from tests.media import make_bundle
 from tests.models import tiny_onnx_model
@@ -64,6 +65,24 @@ def _sample(
     return sha, struct.pack(">I", len(head)) + head + image
 
 
+def _publish(
+    fleet: LocalFleet,
+    registry: Registry,
+    device: str,
+    *,
+    camera: str | None = None,
+    grey: int,
+    label: str,
+    bundle: str,
+) -> str:
+    """Publish one sample as the device's uploader does and wait until the server stored it."""
+    assert fleet.client is not None
+    sha, payload = _sample(device, camera, grey, label, bundle)
+    fleet.client.publish(f"edgefleet/devices/{device}/field-data/samples", payload, qos=1)
+    wait_for(lambda: sha in {s.sha256 for s in registry.field_samples()}, 30)
+    return sha
+
+
 def _put_label(url: str, secret: str, sha: str, label: str) -> int:
     request = urllib.request.Request(
         f"{url}/field-data/samples/{sha}/label",
@@ -94,12 +113,10 @@ def test_an_operator_confirms_and_corrects_samples_and_a_viewer_cannot(
         _, operator = registry.create_token("alice", Role.OPERATOR, created_by="test")
         _, viewer = registry.create_token("carol", Role.VIEWER, created_by="test")
 
-        first, payload = _sample("cam-a", "belt-1", 60, "glass", bundle.sha256)
-        fleet.client.publish("edgefleet/devices/cam-a/field-data/samples", payload, qos=1)
-        wait_for(lambda: first in {s.sha256 for s in registry.field_samples()}, 30)
-        second, payload = _sample("cam-b", None, 200, "metal", bundle.sha256)
-        fleet.client.publish("edgefleet/devices/cam-b/field-data/samples", payload, qos=1)
-        wait_for(lambda: second in {s.sha256 for s in registry.field_samples()}, 30)
+        first = _publish(
+            fleet, registry, "cam-a", camera="belt-1", grey=60, label="glass", bundle=bundle.sha256
+        )
+        second = _publish(fleet, registry, "cam-b", grey=200, label="metal", bundle=bundle.sha256)
 
         errors: list[str] = []
         with sync_api.sync_playwright() as p:
@@ -202,10 +219,9 @@ def test_the_samples_page_by_page_newest_first(tmp_path: Path, mqtt_broker: Loca
         _, viewer = registry.create_token("carol", Role.VIEWER, created_by="test")
         published = []
         for grey in range(10, 130, 10):  # 12 samples, one after another (newest last)
-            sha, payload = _sample("cam-a", None, grey, "glass", bundle.sha256)
-            fleet.client.publish("edgefleet/devices/cam-a/field-data/samples", payload, qos=1)
-            wait_for(lambda sha=sha: sha in {s.sha256 for s in registry.field_samples()}, 30)
-            published.append(sha)
+            published.append(
+                _publish(fleet, registry, "cam-a", grey=grey, label="glass", bundle=bundle.sha256)
+            )
             time.sleep(0.01)  # distinct receive times
         newest_first = published[::-1]
 
