@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,7 @@ __all__ = ["DeviceTopicReceiver"]
 log = logging.getLogger(__name__)
 
 
-class DeviceTopicReceiver:
+class DeviceTopicReceiver(ABC):
     """Subscribe to one per-device topic and work its messages off on a worker (see the module).
 
     Subclasses set :attr:`worker_name`, :attr:`leaf` and :attr:`what` and implement
@@ -112,19 +113,19 @@ class DeviceTopicReceiver:
 
     # --- what subclasses do ---------------------------------------------------------
 
+    @abstractmethod
     def handle(self, topic: str, payload: bytes) -> bool:
         """Work one message off; False when it was refused (and so may never have reached the
         database). Raise what the database raised."""
-        raise NotImplementedError
 
-    def periodic(self, now: float) -> None:
+    def periodic(self, now: float) -> None:  # noqa: B027 - an optional hook
         """Between messages, on the worker (``now``: ``time.monotonic()``); use :meth:`attempt`
         for database work."""
 
-    def started(self) -> None:
+    def started(self) -> None:  # noqa: B027 - an optional hook
         """Called on :meth:`start`, before the worker runs."""
 
-    def reconnected(self) -> None:
+    def reconnected(self) -> None:  # noqa: B027 - an optional hook
         """Called on paho's thread after each reconnect (the subscription is renewed already)."""
 
     def attempt(self, what: str, work: Callable[[], object]) -> None:
