@@ -140,8 +140,9 @@ class RolloutCoordinator:
         ``ignore_windows`` sends every wave whole regardless (an emergency). Planned
         first: a rollout that cannot be planned (:class:`RolloutPlanError`, or windows
         that never open together) writes no row. Devices that reported a runtime older
-        than ``min_runtime_version`` (the bundle's) are skipped with the reason; when
-        every target device is, the rollout is refused (:class:`RolloutError`).
+        than ``min_runtime_version`` (the bundle's) are skipped with the reason (a snapshot,
+        as pins are); when every target device that is not pinned is, the rollout is
+        refused (:class:`RolloutError`).
         """
         devices = self.registry.select_devices(target)
         if not devices:
