@@ -254,15 +254,14 @@ def test_the_coordinator_refuses_a_rollout_no_target_device_can_run(
         _report(registry, name, "0.1.0", 100.0)
     sent: list[Action] = []
     coordinator = RolloutCoordinator(registry, sent.extend)
+
+    def create(now: float) -> int:
+        waves = [WaveSpec(percent=100)]
+        target = TargetSelector.tags(["line-a"])
+        return coordinator.create(sha, target, waves, None, now, min_runtime_version="99.0.0")
+
     with pytest.raises(RolloutError) as refused:
-        coordinator.create(
-            sha,
-            TargetSelector.tags(["line-a"]),
-            [WaveSpec(percent=100)],
-            None,
-            200.0,
-            min_runtime_version="99.0.0",
-        )
+        create(200.0)
     message = str(refused.value)
     assert "none of the 2 target devices that are not pinned can run this bundle" in message
     assert "cam-1: runtime 0.1.0, the bundle needs >= 99.0.0" in message
@@ -270,14 +269,7 @@ def test_the_coordinator_refuses_a_rollout_no_target_device_can_run(
     assert registry.rollouts() == [] and sent == []  # refused before anything was written
 
     _report(registry, "cam-2", "99.0.1", 300.0)  # one device upgraded
-    rollout_id = coordinator.create(
-        sha,
-        TargetSelector.tags(["line-a"]),
-        [WaveSpec(percent=100)],
-        None,
-        400.0,
-        min_runtime_version="99.0.0",
-    )
+    rollout_id = create(400.0)
     assert sent == [Assign(device_ids=("cam-2",), bundle_sha=sha)]
     state = registry.rollout_state(rollout_id)
     assert state is not None
